@@ -1,0 +1,18 @@
+# The two commands the README opens with:
+#   make demo   set everything up, start the listener on a throw-away data dir, replay sample_studies/
+#   make test   set everything up (Python env, dcmtk, Orthanc) and run every test, slow ones included
+.PHONY: demo test test-fast env
+
+env:
+	@./scripts/bootstrap
+
+demo: env
+	.venv/bin/triage demo
+
+test: env
+	./scripts/install-test-deps
+	.venv/bin/python -m pytest -m "" -q
+
+# The quick loop while developing: skips tests marked slow (subprocesses, external servers).
+test-fast: env
+	.venv/bin/python -m pytest -q

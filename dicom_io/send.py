@@ -1,0 +1,266 @@
+"""The SCU side: ``triage echo`` and ``triage replay``.
+
+Replay sends files as they are on disk (no decode, no re-encode), proposing
+each file's own SOP class and transfer syntax, over several parallel
+associations, optionally rate-limited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from triage.errors import DicomNetworkError, TriageError
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``; raises :class:`TriageError` naming the input."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TriageError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def echo(host: str, port: int, *, called_ae: str = "TRIAGE", calling_ae: str = "TRIAGESCU", timeout: float = 10) -> float:
+    """C-ECHO the peer; returns the round trip in seconds.
+
+    Raises
+    ------
+    DicomNetworkError
+        If the association is refused or the echo fails.
+    """
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    start = time.perf_counter()
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        raise DicomNetworkError(f"association with {called_ae}@{host}:{port} {_why_not(assoc)}")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or status.Status != 0x0000:
+        code = f"0x{status.Status:04X}" if status else "no response"
+        raise DicomNetworkError(f"C-ECHO to {called_ae}@{host}:{port} failed: {code}")
+    return time.perf_counter() - start
+
+
+def _why_not(assoc) -> str:  # type: ignore[no-untyped-def]
+    if assoc.is_rejected:
+        return "was rejected (calling AE not allowed, or the peer is busy)"
+    if assoc.is_aborted:
+        return "was aborted"
+    return "could not be established (is the peer listening?)"
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    path: Path
+    sop_class_uid: str
+    transfer_syntax: str
+
+
+def find_dicom_files(paths: Iterable[str | Path]) -> tuple[list[DicomFile], list[Path]]:
+    """Walk files and folders; return the DICOM Part 10 files and the others skipped."""
+    found: list[DicomFile] = []
+    skipped: list[Path] = []
+    for path in _walk(paths):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(132)
+            if head[128:132] != b"DICM":
+                skipped.append(path)
+                continue
+            meta = read_file_meta_info(path)
+            found.append(DicomFile(path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        except (OSError, AttributeError, ValueError, EOFError) as exc:
+            log.debug("skipping %s: %s", path, exc)
+            skipped.append(path)
+        except Exception as exc:  # pydicom raises many types on broken file meta
+            log.debug("skipping %s: %s", path, exc)
+            skipped.append(path)
+    return found, skipped
+
+
+def _walk(paths: Iterable[str | Path]) -> Iterator[Path]:
+    for p in map(Path, paths):
+        if p.is_dir():
+            for dirpath, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(dirpath) / name
+        elif p.exists():
+            yield p
+        else:
+            raise TriageError(f"no such file or folder: {p}")
+
+
+@dataclass
+class ReplaySummary:
+    total: int
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+class _RateLimit:
+    """A shared pacer: at most ``rate`` sends per second across all workers."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+def _context_groups(files: list[DicomFile]) -> list[tuple[list[tuple[str, str]], list[DicomFile]]]:
+    """Split files so that each group needs at most 128 presentation contexts."""
+    by_pair: dict[tuple[str, str], list[DicomFile]] = {}
+    for f in files:
+        by_pair.setdefault((f.sop_class_uid, f.transfer_syntax), []).append(f)
+    pairs = sorted(by_pair)
+    groups = []
+    for i in range(0, len(pairs), MAX_CONTEXTS):
+        chunk = pairs[i : i + MAX_CONTEXTS]
+        members = sorted((f for pair in chunk for f in by_pair[pair]), key=lambda f: str(f.path))
+        groups.append((chunk, members))
+    return groups
+
+
+def replay(
+    files: list[DicomFile],
+    host: str,
+    port: int,
+    *,
+    called_ae: str = "TRIAGE",
+    calling_ae: str = "TRIAGESCU",
+    parallel: int = 4,
+    rate: float | None = None,
+    timeout: float = 30,
+    on_result: Callable[[DicomFile, bool], None] | None = None,
+) -> ReplaySummary:
+    """C-STORE ``files`` to ``called_ae@host:port`` over ``parallel`` associations.
+
+    Never raises for a peer's failure: every file not acknowledged with
+    success is counted in ``failed`` with its reason.
+    """
+    if parallel < 1:
+        raise TriageError(f"--parallel must be at least 1, got {parallel}")
+    if rate is not None and rate <= 0:
+        raise TriageError(f"--rate must be positive, got {rate}")
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, not a re-encoding
+    summary = ReplaySummary(total=len(files))
+    lock = threading.Lock()
+    pacer = _RateLimit(rate)
+    start = time.perf_counter()
+
+    def report(f: DicomFile, ok: bool, reason: str = "") -> None:
+        with lock:
+            if ok:
+                summary.sent += 1
+            else:
+                summary.failed += 1
+                summary.failures.append((f.path, reason))
+        if on_result is not None:
+            on_result(f, ok)
+
+    for contexts, members in _context_groups(files):
+        work: queue.Queue[DicomFile] = queue.Queue()
+        for f in members:
+            work.put(f)
+        workers = [
+            threading.Thread(
+                target=_worker,
+                args=(work, contexts, host, port, called_ae, calling_ae, timeout, pacer, report),
+                daemon=True,
+            )
+            for _ in range(min(parallel, len(members)))
+        ]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        # Files left when every worker gave up (peer unreachable) count as failed.
+        while not work.empty():
+            report(work.get_nowait(), False, "not sent: no association could be established")
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _worker(
+    work: queue.Queue[DicomFile],
+    contexts: list[tuple[str, str]],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str,
+    timeout: float,
+    pacer: _RateLimit,
+    report: Callable[..., None],
+) -> None:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.maximum_pdu_size = 0
+    for sop_class, ts in contexts:
+        ae.add_requested_context(sop_class, ts)
+    assoc = None
+    failures_in_a_row = 0
+    try:
+        while True:
+            if assoc is None or not assoc.is_established:
+                assoc = ae.associate(host, port, ae_title=called_ae)
+                if not assoc.is_established:
+                    log.error("association with %s@%s:%d %s", called_ae, host, port, _why_not(assoc))
+                    return
+            try:
+                f = work.get_nowait()
+            except queue.Empty:
+                return
+            pacer.wait()
+            try:
+                status = assoc.send_c_store(f.path)
+            except (ValueError, AttributeError, OSError) as exc:  # e.g. context not accepted
+                report(f, False, str(exc))
+                continue
+            if status and status.Status in (0x0000, 0xB000, 0xB006, 0xB007):
+                failures_in_a_row = 0
+                report(f, True)
+            else:
+                reason = f"status 0x{status.Status:04X}" if status else "no response (association lost)"
+                report(f, False, reason)
+                failures_in_a_row += 1
+                if failures_in_a_row >= 3 and not status:
+                    return
+    finally:
+        if assoc is not None and assoc.is_established:
+            assoc.release()

@@ -1,0 +1,268 @@
+"""The one typed settings object.
+
+Sources, later ones winning: defaults, a TOML file (``--config``, else
+``triage.toml`` in the working directory if present, else ``$TRIAGE_CONFIG``),
+``TRIAGE_*`` environment variables, and CLI flags. Nested keys use a double
+underscore in the environment: ``TRIAGE_LISTENER__PORT=11113`` sets
+``[listener] port``.
+
+Any bad key or value raises :class:`ConfigError` with one line naming the key
+and where it came from, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from triage.errors import ConfigError
+
+ENV_PREFIX = "TRIAGE_"
+DEFAULT_CONFIG_NAME = "triage.toml"
+# Environment variables with the prefix that are not settings keys.
+_NON_SETTING_ENV = {"TRIAGE_CONFIG"}
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable ASCII characters without '\\', not all spaces")
+    return value.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TLSSettings(_Section):
+    """DICOM TLS (PS3.15 Annex B.9). Off unless ``cert`` and ``key`` are set."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = Field(None, description="CA bundle to verify peers' certificates")
+    require_client_cert: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None and self.key is not None
+
+
+class ListenerSettings(_Section):
+    ae_title: str = "TRIAGE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    max_associations: int = Field(32, ge=1, le=1024)
+    # Our Maximum PDU Length (PS3.8 D.3.3.1); 0 means unlimited. A large PDU cuts
+    # per-PDU overhead for big images; peers may still send smaller ones.
+    max_pdu: int = Field(1 << 20, ge=0)
+    network_timeout: float = Field(60.0, gt=0)
+    # Empty list: every calling AE title is accepted.
+    allowed_ae_titles: list[str] = Field(default_factory=list)
+    # Empty list: every peer address is accepted. Entries are IPs or CIDR networks.
+    allowed_peers: list[str] = Field(default_factory=list)
+    # Refuse stores (0xA700) when the data volume has less free space than this.
+    min_free_mb: int = Field(256, ge=0)
+    # On SIGTERM: how long active associations may take to release by themselves.
+    shutdown_grace: float = Field(5.0, ge=0)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_own_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_ae_titles")
+    @classmethod
+    def _check_allowed(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _check_peers(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for v in values:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address or CIDR network") from None
+        return values
+
+
+class CompletenessSettings(_Section):
+    """When a series counts as complete: no new instance for ``stable_after`` s."""
+
+    stable_after: float = Field(15.0, gt=0)
+    # Overrides per modality, e.g. {"CR" = 5, "CT" = 20}.
+    per_modality: dict[str, float] = Field(default_factory=lambda: {"CR": 5.0, "DX": 5.0})
+    check_interval: float = Field(1.0, gt=0)
+
+    @field_validator("per_modality")
+    @classmethod
+    def _check_per_modality(cls, values: dict[str, float]) -> dict[str, float]:
+        for modality, seconds in values.items():
+            if seconds <= 0:
+                raise ValueError(f"{modality}: must be > 0 seconds, got {seconds}")
+        return {k.upper(): v for k, v in values.items()}
+
+    def stable_after_for(self, modality: str | None) -> float:
+        return self.per_modality.get((modality or "").upper(), self.stable_after)
+
+
+class Settings(_Section):
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
+    db: str = ""
+    log_level: str = "INFO"
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    completeness: CompletenessSettings = Field(default_factory=CompletenessSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return v
+
+    @field_validator("db")
+    @classmethod
+    def _check_db(cls, v: str) -> str:
+        if v:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(v)
+            except ArgumentError:
+                raise ValueError("not an SQLAlchemy database URL") from None
+        return v
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.data_dir / 'triage.db'}"
+
+
+def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config: {dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; lists and tables may be written as JSON."""
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            pass
+    return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """``TRIAGE_LISTENER__PORT`` -> ``{"listener.port": ("TRIAGE_LISTENER__PORT", raw)}``."""
+    out: dict[str, tuple[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NON_SETTING_ENV:
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        out[dotted] = (name, _env_value(raw))
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted not in _TABLE_VALUED:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# Keys whose value is itself a table (not a section): kept whole when flattening.
+_TABLE_VALUED = {"completeness.per_modality"}
+
+
+def _format_error(err: ValidationError, origins: Mapping[str, str]) -> str:
+    first = err.errors()[0]
+    dotted = ".".join(str(p) for p in first["loc"])
+    origin = origins.get(dotted) or next(
+        (o for k, o in origins.items() if dotted.startswith(k + ".")), "default"
+    )
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown key '{dotted}' (from {origin})"
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = f", got {value!r}" if not isinstance(value, dict) else ""
+    return f"config: {dotted}: {msg}{shown} (from {origin})"
+
+
+def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The TOML file to read: the flag, else ``$TRIAGE_CONFIG``, else ./triage.toml if present."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config: file {path} does not exist")
+        return path
+    if environ.get("TRIAGE_CONFIG"):
+        return resolve_config_path(environ["TRIAGE_CONFIG"], {})
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults, TOML, environment and CLI overrides.
+
+    Parameters
+    ----------
+    config_file
+        Path given with ``--config``; ``None`` looks for ``$TRIAGE_CONFIG`` and
+        ``./triage.toml``.
+    overrides
+        Dotted keys from CLI flags (``{"listener.port": 11113}``); ``None``
+        values are ignored so unset flags do not override anything.
+    environ
+        The environment to read ``TRIAGE_*`` from (``os.environ`` by default).
+    """
+    environ = os.environ if environ is None else environ
+    path = resolve_config_path(config_file, environ)
+    flat: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+        for dotted, value in _flatten(data).items():
+            flat[dotted], origins[dotted] = value, str(path)
+    for dotted, (name, value) in _env_overrides(environ).items():
+        flat[dotted], origins[dotted] = value, name
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            flat[dotted], origins[dotted] = value, "command line"
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        _set_nested(tree, dotted, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origins)) from None

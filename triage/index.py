@@ -1,0 +1,289 @@
+"""The study index writer: records stored instances in Study/Series/Instance.
+
+Indexing goes through one writer thread that commits in groups: every
+association thread hands over its record and waits for the commit that
+includes it (the C-STORE success is sent only after that). One writer is what
+SQLite wants, and grouping many instances into one fsynced transaction is what
+lets the index keep up with the network. Counters are updated with SQL
+arithmetic (``n = n + 1``) so that several processes can share one
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_io.ingest import IndexRecord
+from triage.errors import DatabaseError
+from triage.models import Instance, ReceiveStatus, Series, Study
+
+log = logging.getLogger(__name__)
+
+_STUDY_FIELDS = (
+    "patient_id", "patient_name", "patient_sex", "patient_birth_date", "patient_age",
+    "accession_number", "study_id", "study_date", "study_time", "study_description",
+    "referring_physician", "institution_name", "order_priority", "patient_location",
+    "requesting_service",
+)  # fmt: skip
+_SERIES_FIELDS = (
+    "series_number", "modality", "series_description", "body_part", "manufacturer",
+    "manufacturer_model", "station_name",
+)  # fmt: skip
+
+STUDY = Study.__table__  # type: ignore[attr-defined]
+SERIES = Series.__table__  # type: ignore[attr-defined]
+INSTANCE = Instance.__table__  # type: ignore[attr-defined]
+
+
+def _insert_ignore(conn: Connection, table, values: dict, key: str):  # type: ignore[no-untyped-def]
+    """INSERT ... ON CONFLICT (key) DO NOTHING, for SQLite and PostgreSQL alike."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    return conn.execute(stmt)
+
+
+@dataclass
+class _Pending:
+    record: IndexRecord
+    future: Future[bool]
+
+
+class SqlIndex:
+    """:class:`dicom_io.ingest.Index` on an SQLAlchemy engine.
+
+    ``record`` is synchronous until :meth:`start` is called; after that it is
+    served by the group-commit writer thread.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        # UID -> primary key; cleared on rollback since rolled-back keys are void.
+        self._study_pk: dict[str, int] = {}
+        self._series_pk: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Finish every queued record, then stop the writer thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    # -- Index protocol ----------------------------------------------------
+    def find(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(INSTANCE.c.sha256, INSTANCE.c.path).where(INSTANCE.c.sop_instance_uid == sop_instance_uid)
+                ).first()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"index lookup failed: {exc.__class__.__name__}: {_reason(exc)}") from None
+        return (row[0], row[1]) if row else None
+
+    def record(self, record: IndexRecord) -> bool:
+        if self._thread is None:
+            return self._commit_batch([record])[0]
+        pending = _Pending(record, Future())
+        self._queue.put(pending)
+        return pending.future.result()
+
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(INSTANCE)
+                    .where(INSTANCE.c.sop_instance_uid == sop_instance_uid)
+                    .values(conflicts=INSTANCE.c.conflicts + 1)
+                )
+        except SQLAlchemyError as exc:
+            log.error("could not count a conflict for %s: %s", sop_instance_uid, _reason(exc))
+
+    # -- writer ------------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch: list[_Pending] = []
+            if item is None:
+                stop = True
+            else:
+                batch.append(item)
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._serve(batch)
+
+    def _serve(self, batch: list[_Pending]) -> None:
+        try:
+            results = self._commit_batch([p.record for p in batch])
+        except DatabaseError as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:  # one bad record must not fail the others: retry them one by one
+                for p in batch:
+                    self._serve([p])
+            return
+        for p, new in zip(batch, results, strict=True):
+            p.future.set_result(new)
+
+    def _commit_batch(self, records: list[IndexRecord]) -> list[bool]:
+        try:
+            with self.engine.begin() as conn:
+                return [self._record_one(conn, r) for r in records]
+        except SQLAlchemyError as exc:
+            self._study_pk.clear()
+            self._series_pk.clear()
+            raise DatabaseError(f"index write failed: {exc.__class__.__name__}: {_reason(exc)}") from None
+
+    def _record_one(self, conn: Connection, rec: IndexRecord) -> bool:
+        h = rec.header
+        study_pk = self._ensure_study(conn, rec)
+        series_pk = self._ensure_series(conn, rec, study_pk)
+        inserted = _insert_ignore(
+            conn,
+            INSTANCE,
+            dict(
+                sop_instance_uid=h.sop_instance_uid,
+                series_pk=series_pk,
+                sop_class_uid=h.sop_class_uid,
+                instance_number=h.instance_number,
+                transfer_syntax=h.transfer_syntax,
+                path=rec.relpath,
+                size_bytes=rec.size_bytes,
+                sha256=rec.sha256,
+                received_at=rec.received_at,
+                calling_ae=rec.calling_ae,
+                peer_address=rec.peer_address,
+                conflicts=0,
+            ),
+            "sop_instance_uid",
+        ).rowcount
+        if not inserted:
+            return False
+        complete = ReceiveStatus.COMPLETE.value
+        conn.execute(
+            update(SERIES)
+            .where(SERIES.c.id == series_pk)
+            .values(
+                num_instances=SERIES.c.num_instances + 1,
+                last_received=rec.received_at,
+                # A late instance reopens a completed series: a new generation,
+                # so its next completion gets a job of its own.
+                generation=case((SERIES.c.status == complete, SERIES.c.generation + 1), else_=SERIES.c.generation),
+                completed_at=None,
+                status=ReceiveStatus.RECEIVING.value,
+            )
+        )
+        conn.execute(
+            update(STUDY)
+            .where(STUDY.c.id == study_pk)
+            .values(
+                num_instances=STUDY.c.num_instances + 1,
+                last_received=rec.received_at,
+                status=ReceiveStatus.RECEIVING.value,
+            )
+        )
+        return True
+
+    def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
+        h = rec.header
+        pk = self._study_pk.get(h.study_uid)
+        if pk is not None:
+            return pk
+        values = {f: getattr(h, f) for f in _STUDY_FIELDS}
+        result = _insert_ignore(
+            conn,
+            STUDY,
+            dict(
+                study_uid=h.study_uid,
+                modalities="",
+                num_series=0,
+                num_instances=0,
+                first_received=rec.received_at,
+                last_received=rec.received_at,
+                calling_ae=rec.calling_ae,
+                peer_address=rec.peer_address,
+                status=ReceiveStatus.RECEIVING.value,
+                **values,
+            ),
+            "study_uid",
+        )
+        if result.rowcount:
+            pk = result.inserted_primary_key[0]
+        else:
+            pk = conn.execute(select(STUDY.c.id).where(STUDY.c.study_uid == h.study_uid)).scalar_one()
+        self._study_pk[h.study_uid] = pk
+        return pk
+
+    def _ensure_series(self, conn: Connection, rec: IndexRecord, study_pk: int) -> int:
+        h = rec.header
+        pk = self._series_pk.get(h.series_uid)
+        if pk is not None:
+            return pk
+        result = _insert_ignore(
+            conn,
+            SERIES,
+            dict(
+                series_uid=h.series_uid,
+                study_pk=study_pk,
+                num_instances=0,
+                first_received=rec.received_at,
+                last_received=rec.received_at,
+                generation=0,
+                calling_ae=rec.calling_ae,
+                peer_address=rec.peer_address,
+                status=ReceiveStatus.RECEIVING.value,
+                **{f: getattr(h, f) for f in _SERIES_FIELDS},
+            ),
+            "series_uid",
+        )
+        if result.rowcount:
+            pk = result.inserted_primary_key[0]
+            self._on_new_series(conn, rec, study_pk)
+        else:
+            pk = conn.execute(select(SERIES.c.id).where(SERIES.c.series_uid == h.series_uid)).scalar_one()
+        self._series_pk[h.series_uid] = pk
+        return pk
+
+    def _on_new_series(self, conn: Connection, rec: IndexRecord, study_pk: int) -> None:
+        """Count the series on its study, add its modality, and fill study
+        attributes the first instance lacked (series may differ in what they carry)."""
+        h = rec.header
+        current = conn.execute(select(STUDY.c.modalities).where(STUDY.c.id == study_pk)).scalar_one()
+        modalities = [m for m in (current or "").split("\\") if m]
+        if h.modality and h.modality not in modalities:
+            modalities.append(h.modality)
+        fill = {f: func.coalesce(STUDY.c[f], getattr(h, f)) for f in _STUDY_FIELDS if getattr(h, f) is not None}
+        conn.execute(
+            update(STUDY)
+            .where(STUDY.c.id == study_pk)
+            .values(num_series=STUDY.c.num_series + 1, modalities="\\".join(modalities)[:64], **fill)
+        )
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]

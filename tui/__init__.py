@@ -1,0 +1,1 @@
+"""The terminal worklist (textual). Not built yet: arrives with the worklist issue."""
