@@ -63,9 +63,8 @@ def echo(host: str, port: int, *, called_ae: str = "TRIAGE", calling_ae: str = "
 def _why_not(assoc) -> str:  # type: ignore[no-untyped-def]
     if assoc.is_rejected:
         return "was rejected (calling AE not allowed, or the peer is busy)"
-    if assoc.is_aborted:
-        return "was aborted"
-    return "could not be established (is the peer listening?)"
+    # pynetdicom reports a refused TCP connection as an abort too.
+    return "could not be established: refused, aborted or timed out (is the peer listening there?)"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ def is_valid_uid(value: object) -> bool:
 
 def check_uid(value: object, name: str) -> str:
     """Return ``value`` if it is a valid UID, else raise :class:`InvalidUIDError` naming it."""
+    if value is None or value == "":
+        raise InvalidUIDError(f"{name} is missing")
     if not is_valid_uid(value):
         shown = repr(value)[:80]
         raise InvalidUIDError(f"{name} is not a valid DICOM UID: {shown}")

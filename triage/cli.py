@@ -17,21 +17,22 @@ from typing import Any
 
 from triage import __version__
 from triage.config import Settings, load_settings
-from triage.errors import ConfigError, TriageError
+from triage.errors import TriageError
 
 log = logging.getLogger("triage")
 
 SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, pynetdicom_level: str = "ERROR") -> None:
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom logs every PDU at INFO; our handlers log one line per association.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+    # pynetdicom logs every PDU at INFO; our handlers log one line per association,
+    # and the SCU commands report failures themselves.
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else pynetdicom_level)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -71,6 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from dicom_io.send import echo, parse_address
 
+    _setup_logging("WARNING", pynetdicom_level="CRITICAL")
     host, port = parse_address(args.address)
     seconds = echo(host, port, called_ae=args.called_ae, calling_ae=args.calling_ae, timeout=args.timeout)
     print(f"C-ECHO {args.called_ae}@{host}:{port}: success in {seconds * 1000:.1f} ms")
@@ -81,6 +83,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from dicom_io.send import find_dicom_files, parse_address, replay
     from triage.progress import progress_bar
 
+    _setup_logging("WARNING", pynetdicom_level="CRITICAL")
     host, port = parse_address(args.to)
     files, skipped = find_dicom_files(args.paths)
     if not files:

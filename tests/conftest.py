@@ -1,0 +1,76 @@
+"""Shared fixtures: settings on a temporary data directory, a running server on
+a free loopback port, synthetic CT series and pydicom's bundled test files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
+from triage.config import Settings, load_settings
+from triage.server import TriageServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundled_file(name: str) -> Path:
+    """A file bundled with pydicom (no download)."""
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"pydicom test file {name} is not bundled"
+    return Path(path)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on ``tmp_path/data``, listening on a free loopback port."""
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),
+            "listener.host": "127.0.0.1",
+            "listener.port": 0,
+            "listener.min_free_mb": 0,
+            "listener.shutdown_grace": 1.0,
+        }
+        base.update(overrides)
+        return load_settings(overrides=base, environ={})
+
+    return make
+
+
+@pytest.fixture
+def make_server(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TriageServer]]:
+    """Start a TriageServer (stopped at teardown)."""
+    started: list[TriageServer] = []
+
+    def make(**overrides: Any) -> TriageServer:
+        server = TriageServer(make_settings(**overrides))
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., TriageServer]) -> TriageServer:
+    return make_server()
+
+
+@pytest.fixture
+def make_ct_series(tmp_path: Path) -> Callable[..., list[Path]]:
+    """Write a synthetic CT series; returns its file paths."""
+    counter = iter(range(10_000))
+
+    def make(slices: int = 8, size: int = 64, meta: StudyMeta | None = None, **kwargs: Any) -> list[Path]:
+        out = tmp_path / f"series{next(counter)}"
+        volume = simple_head_volume(slices, size, seed=slices)
+        return write_datasets(ct_datasets(volume, meta=meta or StudyMeta(), **kwargs), out)
+
+    return make

@@ -1,0 +1,96 @@
+"""The index writer on a real SQLite file: counts, duplicates, group commits."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from dicom_io.headers import InstanceHeader
+from dicom_io.ingest import IndexRecord
+from triage.db import make_engine
+from triage.errors import DatabaseError
+from triage.index import SqlIndex
+from triage.models import Instance, Series, Study
+
+
+def header(study: str = "1.2.3", series: str = "1.2.3.1", sop: str = "1.2.3.1.1", **kw) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=sop, study_uid=study, series_uid=series,
+        transfer_syntax="1.2.840.10008.1.2.1", modality=kw.pop("modality", "CT"), **kw,
+    )  # fmt: skip
+
+
+def record(h: InstanceHeader) -> IndexRecord:
+    return IndexRecord(h, f"studies/{h.study_uid}/{h.series_uid}/{h.sop_instance_uid}.dcm", 10, "ab" * 32, "SCU", "127.0.0.1")
+
+
+@pytest.fixture
+def index(tmp_path: Path):
+    idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.db'}"))
+    yield idx
+    idx.close()
+
+
+def test_counts_and_fills_blanks(index: SqlIndex) -> None:
+    assert index.record(record(header(sop="1.2.3.1.1")))
+    assert index.record(record(header(sop="1.2.3.1.2")))
+    # A second series carries the accession number and priority the first lacked.
+    assert index.record(record(header(series="1.2.3.2", sop="1.2.3.2.1", modality="SR", accession_number="A1", order_priority="STAT")))
+    assert not index.record(record(header(sop="1.2.3.1.1")))  # duplicate
+    with Session(index.engine) as s:
+        study = s.exec(select(Study)).one()
+        assert (study.num_series, study.num_instances, study.modalities) == (2, 3, "CT\\SR")
+        assert (study.accession_number, study.order_priority) == ("A1", "STAT")
+        assert sorted(x.num_instances for x in s.exec(select(Series))) == [1, 2]
+    assert index.find("1.2.3.1.2") == ("ab" * 32, "studies/1.2.3/1.2.3.1/1.2.3.1.2.dcm")
+    assert index.find("9.9") is None
+
+
+def test_group_commit_from_many_threads(index: SqlIndex) -> None:
+    index.start()
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def send(t: int) -> None:
+        for i in range(25):
+            ok = index.record(record(header(series=f"1.2.3.{t}", sop=f"1.2.3.{t}.{i + 1}")))
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 200
+    with Session(index.engine) as s:
+        assert s.exec(select(Study)).one().num_instances == 200
+        assert len(s.exec(select(Instance)).all()) == 200
+
+
+def test_one_bad_record_does_not_fail_its_batch(index: SqlIndex) -> None:
+    good = [record(header(sop=f"1.2.3.1.{i}")) for i in range(1, 4)]
+    # Another SOP UID at a path already taken: violates the unique path.
+    bad = replace(record(header(sop="1.2.3.1.9")), relpath=good[0].relpath)
+    index.start()
+    outcomes: dict[str, object] = {}
+
+    def send(r: IndexRecord) -> None:
+        try:
+            outcomes[r.header.sop_instance_uid] = index.record(r)
+        except DatabaseError as exc:
+            outcomes[r.header.sop_instance_uid] = exc
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in [*good, bad]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(outcomes[r.header.sop_instance_uid] is True for r in good)
+    assert isinstance(outcomes["1.2.3.1.9"], DatabaseError)
+    with Session(index.engine) as s:
+        assert s.exec(select(Study)).one().num_instances == 3
