@@ -293,6 +293,7 @@ class ServeProcess:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes]
+    calling_ae: str = "TRIAGESCU"  # for the readiness C-ECHO (mind listener.allowed_ae_titles)
     expect_clean_exit: bool = True  # False once the test has killed it on purpose
 
     @property
@@ -306,7 +307,7 @@ class ServeProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
-    def _died(self) -> str | None:
+    def died(self) -> str | None:
         if self.running:
             return None
         return f"triage serve exited with {self.proc.returncode}; log:\n{self.log_text()[-4000:]}"
@@ -317,9 +318,9 @@ class ServeProcess:
         from triage.errors import DicomNetworkError
 
         wait_for(
-            lambda: echo(LOCALHOST, self.port, timeout=5) >= 0,
+            lambda: echo(LOCALHOST, self.port, calling_ae=self.calling_ae, timeout=5) >= 0,
             timeout=timeout, what=f"C-ECHO to triage serve on {self.address}",
-            interval=0.2, ignore=(DicomNetworkError, OSError), abort=self._died,
+            interval=0.2, ignore=(DicomNetworkError, OSError), abort=self.died,
         )  # fmt: skip
 
     def stop(self, timeout: float = SERVE_STOP_TIMEOUT) -> int:
@@ -350,12 +351,20 @@ class ServeFactory:
     tmp_path: Path
     started: list[ServeProcess] = field(default_factory=list)
 
-    def start(self, data_dir: Path, *, env: Mapping[str, str] | None = None, wait: bool = True) -> ServeProcess:
+    def start(
+        self,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        calling_ae: str = "TRIAGESCU",
+        wait: bool = True,
+    ) -> ServeProcess:
         """Start ``triage serve --data-dir DATA_DIR`` on a free loopback port.
 
         ``env`` adds ``TRIAGE_*`` settings; series complete after 1 s unless
         it says otherwise. An empty ``--config`` file keeps a developer's
-        ``./triage.toml`` out of the test.
+        ``./triage.toml`` out of the test. With ``wait``, returns once a C-ECHO
+        from ``calling_ae`` succeeds.
         """
         port = free_port()
         n = len(self.started)
@@ -371,7 +380,7 @@ class ServeFactory:
                 cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=clean_env({"TRIAGE_COMPLETENESS__STABLE_AFTER": "1", **(env or {})}),
             )  # fmt: skip
-        server = ServeProcess(data_dir, port, log_path, proc)
+        server = ServeProcess(data_dir, port, log_path, proc, calling_ae)
         self.started.append(server)
         if wait:
             server.wait_ready()

@@ -110,7 +110,7 @@ def test_storescu_series_and_compressed_files_arrive_intact(triage_serve: ServeF
 
 def test_calling_ae_outside_allow_list_is_rejected(triage_serve: ServeFactory, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = triage_serve.start(data, env={"TRIAGE_LISTENER__ALLOWED_AE_TITLES": '["GOODAE"]'})
+    server = triage_serve.start(data, env={"TRIAGE_LISTENER__ALLOWED_AE_TITLES": '["GOODAE"]'}, calling_ae="GOODAE")
 
     bad = _echoscu(server.port, calling_ae="BADAE")
     assert bad.returncode != 0, f"echoscu as BADAE succeeded:\n{bad.stdout}{bad.stderr}"
