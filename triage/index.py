@@ -51,6 +51,22 @@ def _insert_ignore(conn: Connection, table, values: dict, key: str):  # type: ig
     return conn.execute(stmt)
 
 
+def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+    """Primary key of the row with ``key == uid``, inserting it if missing; and whether it was."""
+    result = _insert_ignore(conn, table, {key: uid, **values}, key)
+    if result.rowcount:
+        return result.inserted_primary_key[0], True
+    return conn.execute(select(table.c.id).where(table.c[key] == uid)).scalar_one(), False
+
+
+def _arrival(rec: IndexRecord) -> dict:
+    """Columns a new study or series row starts with, from its first instance."""
+    return dict(
+        num_instances=0, first_received=rec.received_at, last_received=rec.received_at,
+        calling_ae=rec.calling_ae, peer_address=rec.peer_address, status=ReceiveStatus.RECEIVING.value,
+    )  # fmt: skip
+
+
 @dataclass
 class _Pending:
     record: IndexRecord
@@ -211,63 +227,23 @@ class SqlIndex:
 
     def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
         h = rec.header
-        pk = self._study_pk.get(h.study_uid)
-        if pk is not None:
-            return pk
-        values = {f: getattr(h, f) for f in _STUDY_FIELDS}
-        result = _insert_ignore(
-            conn,
-            STUDY,
-            dict(
-                study_uid=h.study_uid,
-                modalities="",
-                num_series=0,
-                num_instances=0,
-                first_received=rec.received_at,
-                last_received=rec.received_at,
-                calling_ae=rec.calling_ae,
-                peer_address=rec.peer_address,
-                status=ReceiveStatus.RECEIVING.value,
-                **values,
-            ),
-            "study_uid",
-        )
-        if result.rowcount:
-            pk = result.inserted_primary_key[0]
-        else:
-            pk = conn.execute(select(STUDY.c.id).where(STUDY.c.study_uid == h.study_uid)).scalar_one()
-        self._study_pk[h.study_uid] = pk
-        return pk
+        if h.study_uid not in self._study_pk:
+            values = {f: getattr(h, f) for f in _STUDY_FIELDS}
+            values.update(modalities="", num_series=0)
+            pk, _ = _insert_or_get(conn, STUDY, "study_uid", h.study_uid, _arrival(rec) | values)
+            self._study_pk[h.study_uid] = pk
+        return self._study_pk[h.study_uid]
 
     def _ensure_series(self, conn: Connection, rec: IndexRecord, study_pk: int) -> int:
         h = rec.header
-        pk = self._series_pk.get(h.series_uid)
-        if pk is not None:
-            return pk
-        result = _insert_ignore(
-            conn,
-            SERIES,
-            dict(
-                series_uid=h.series_uid,
-                study_pk=study_pk,
-                num_instances=0,
-                first_received=rec.received_at,
-                last_received=rec.received_at,
-                generation=0,
-                calling_ae=rec.calling_ae,
-                peer_address=rec.peer_address,
-                status=ReceiveStatus.RECEIVING.value,
-                **{f: getattr(h, f) for f in _SERIES_FIELDS},
-            ),
-            "series_uid",
-        )
-        if result.rowcount:
-            pk = result.inserted_primary_key[0]
-            self._on_new_series(conn, rec, study_pk)
-        else:
-            pk = conn.execute(select(SERIES.c.id).where(SERIES.c.series_uid == h.series_uid)).scalar_one()
-        self._series_pk[h.series_uid] = pk
-        return pk
+        if h.series_uid not in self._series_pk:
+            values = {f: getattr(h, f) for f in _SERIES_FIELDS}
+            values.update(study_pk=study_pk, generation=0)
+            pk, created = _insert_or_get(conn, SERIES, "series_uid", h.series_uid, _arrival(rec) | values)
+            if created:
+                self._on_new_series(conn, rec, study_pk)
+            self._series_pk[h.series_uid] = pk
+        return self._series_pk[h.series_uid]
 
     def _on_new_series(self, conn: Connection, rec: IndexRecord, study_pk: int) -> None:
         """Count the series on its study, add its modality, and fill study
