@@ -216,6 +216,24 @@ def replay(
     return summary
 
 
+_ACCEPTED = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the warnings (PS3.4 B.2.3)
+
+
+def _send_one(assoc, f: DicomFile) -> tuple[bool, str, bool]:  # type: ignore[no-untyped-def]
+    """C-STORE one file: ``(acknowledged, failure reason, association lost)``."""
+    try:
+        status = assoc.send_c_store(f.path)
+    except (ValueError, AttributeError) as exc:  # this file: e.g. its context was not accepted
+        return False, str(exc), False
+    except Exception as exc:  # the association went away under us
+        return False, f"association lost: {exc}", True
+    if not status or "Status" not in status:
+        return False, "no response (association lost)", True
+    if status.Status in _ACCEPTED:
+        return True, "", False
+    return False, f"status 0x{status.Status:04X}", False
+
+
 def _worker(
     work: queue.Queue[DicomFile],
     contexts: list[tuple[str, str]],
@@ -233,33 +251,25 @@ def _worker(
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, ts)
     assoc = None
-    failures_in_a_row = 0
     try:
         while True:
-            if assoc is None or not assoc.is_established:
-                assoc = ae.associate(host, port, ae_title=called_ae)
-                if not assoc.is_established:
-                    log.error("association with %s@%s:%d %s", called_ae, host, port, _why_not(assoc))
-                    return
             try:
                 f = work.get_nowait()
             except queue.Empty:
                 return
-            pacer.wait()
-            try:
-                status = assoc.send_c_store(f.path)
-            except (ValueError, AttributeError, OSError) as exc:  # e.g. context not accepted
-                report(f, False, str(exc))
-                continue
-            if status and status.Status in (0x0000, 0xB000, 0xB006, 0xB007):
-                failures_in_a_row = 0
-                report(f, True)
-            else:
-                reason = f"status 0x{status.Status:04X}" if status else "no response (association lost)"
-                report(f, False, reason)
-                failures_in_a_row += 1
-                if failures_in_a_row >= 3 and not status:
-                    return
+            for _attempt in range(2):  # once more on a new association if the first was lost
+                if assoc is None or not assoc.is_established:
+                    assoc = ae.associate(host, port, ae_title=called_ae)
+                    if not assoc.is_established:
+                        log.error("association with %s@%s:%d %s", called_ae, host, port, _why_not(assoc))
+                        work.put(f)  # for another worker, or counted as not sent
+                        return
+                pacer.wait()
+                ok, reason, lost = _send_one(assoc, f)
+                if not lost:
+                    break
+                assoc = None  # a re-send is safe: receivers are idempotent on SOP Instance UID
+            report(f, ok, reason)
     finally:
         if assoc is not None and assoc.is_established:
             assoc.release()

@@ -167,7 +167,9 @@ def assert_same_instance(stored: Path, source: Path) -> None:
     assert b.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID, stored
     assert a.PixelData == b.PixelData, f"pixel data of {stored.name} differs from {source.name}"
     a, b = _strip_encoding_details(a), _strip_encoding_details(b)
-    differing = sorted({e.tag for e in a} ^ {e.tag for e in b} | {e.tag for e in a if e.tag in b and e != b[e.tag]})
+    only_in_one = {e.tag for e in a} ^ {e.tag for e in b}
+    changed = {e.tag for e in a if e.tag in b and e != b[e.tag]}
+    differing = sorted(only_in_one | changed)
     assert not differing, f"{stored.name}: elements differ from {source.name}: {differing}"
 
 
@@ -366,25 +368,33 @@ class ServeFactory:
         ``./triage.toml`` out of the test. With ``wait``, returns once a C-ECHO
         from ``calling_ae`` succeeds.
         """
-        port = free_port()
-        n = len(self.started)
-        log_path = self.tmp_path / f"serve-{n}.log"
         config = self.tmp_path / "empty-triage.toml"
         config.touch()
-        cmd = [
-            sys.executable, "-m", "triage", "serve", "--data-dir", str(data_dir),
-            "--port", str(port), "--host", LOCALHOST, "--config", str(config),
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=clean_env({"TRIAGE_COMPLETENESS__STABLE_AFTER": "1", **(env or {})}),
-            )  # fmt: skip
-        server = ServeProcess(data_dir, port, log_path, proc, calling_ae)
-        self.started.append(server)
-        if wait:
-            server.wait_ready()
-        return server
+        for attempt in range(3):
+            port = free_port()
+            log_path = self.tmp_path / f"serve-{len(self.started)}.log"
+            cmd = [
+                sys.executable, "-m", "triage", "serve", "--data-dir", str(data_dir),
+                "--port", str(port), "--host", LOCALHOST, "--config", str(config),
+            ]  # fmt: skip
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=clean_env({"TRIAGE_COMPLETENESS__STABLE_AFTER": "1", **(env or {})}),
+                )  # fmt: skip
+            server = ServeProcess(data_dir, port, log_path, proc, calling_ae)
+            self.started.append(server)
+            if not wait:
+                return server
+            try:
+                server.wait_ready()
+                return server
+            except AssertionError:
+                # Another process took the free port between our probe and its bind.
+                if attempt == 2 or "Address already in use" not in server.log_text():
+                    raise
+                server.expect_clean_exit = False
+        raise AssertionError("unreachable")
 
     def stop_all(self) -> list[str]:
         """Stop every process still running; returns the problems found."""

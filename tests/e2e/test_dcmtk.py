@@ -45,6 +45,13 @@ _DCMTK_ENV = {"TCP_NODELAY": "1"}
 _TIMEOUTS = ["-to", "10", "-ta", "10", "-td", "30"]
 
 
+@pytest.fixture(autouse=True)
+def _dcmtk_installed() -> None:
+    """Skip (or fail in CI) before any server starts when dcmtk is missing."""
+    require_binary(ECHOSCU)
+    require_binary(STORESCU)
+
+
 def _dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [require_binary(tool), *args], env=clean_env(_DCMTK_ENV),
