@@ -36,21 +36,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from dicom_io.send import echo, find_dicom_files, replay
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
+from triage.config import ListenerSettings
 from triage.errors import DicomNetworkError, TriageError
 from triage.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 HOST = "127.0.0.1"
 STORESCU = Path("/usr/bin/storescu")  # full path: pynetdicom installs a `storescu` of its own
 DCMTK_STORESCP = Path("/usr/bin/storescp")
 CALLING_AE = "BENCHSCU"
+TRIAGE, PYNETDICOM, DCMTK = "triage serve", "pynetdicom storescp", "dcmtk storescp --fork"
 
 MAX_SERIES_SLICES = 100
 GENERATION_BUDGET_BYTES = 256 * 2**20  # float64 noise of one generated series volume
@@ -152,9 +159,9 @@ def run_ingest_bench(n: int, parallel: int, size: int, keep: bool) -> int:
         warmup_n = min(parallel, 8) * 2
         receivers_n = 3 if have_dcmtk else 2
         _check_space(root, (n + warmup_n) * (size * size * 2 + HEADER_BYTES) * (receivers_n + 1))
-        inputs = _generate_inputs(root / "inputs", n, warmup_n, size)
         sender, sender_text = _pick_sender(parallel, have_dcmtk)
         _print_header(n, parallel, size, warmup_n, root, sender_text)
+        inputs = _generate_inputs(root / "inputs", n, warmup_n, size)
         results = [_run_receiver(r, inputs, sender) for r in _receivers(root, have_dcmtk)]
         print()
         _print_table(results, have_dcmtk)
@@ -184,7 +191,6 @@ def _executable(path: Path) -> bool:
 def _check_space(root: Path, needed: int) -> None:
     free = shutil.disk_usage(root).free
     if free < needed:
-        shutil.rmtree(root, ignore_errors=True)
         raise TriageError(
             f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only {free / 2**30:.1f} GiB free "
             "(lower --n or --size)"
@@ -220,7 +226,7 @@ def _write_series(
     return paths
 
 
-def _advancing(items: Iterator, advance: Callable[[], None]) -> Iterator:  # type: ignore[type-arg]
+def _advancing(items: Iterable[T], advance: Callable[[], None]) -> Iterator[T]:
     for item in items:
         yield item
         advance()
@@ -247,9 +253,9 @@ def _triage_receiver(workdir: Path) -> Receiver:
     env = {k: v for k, v in os.environ.items() if k not in ("TRIAGE_DB", "TRIAGE_CONFIG")}
     env["TRIAGE_LOG_LEVEL"] = "WARNING"
     argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(data), "--port", str(port), "--host", HOST]
-    pdu = env.get("TRIAGE_LISTENER__MAX_PDU")
-    note = "fsync + SQLite index" + (f", max PDU {pdu}" if pdu else "")
-    return Receiver("triage serve", "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.db")
+    pdu = env.get("TRIAGE_LISTENER__MAX_PDU") or ListenerSettings.model_fields["max_pdu"].default
+    note = f"fsync file + dir, SQLite index commit; max PDU {pdu}"
+    return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.db")
 
 
 def _pynetdicom_receiver(workdir: Path) -> Receiver:
@@ -257,7 +263,8 @@ def _pynetdicom_receiver(workdir: Path) -> Receiver:
     port = _free_port()
     argv = [sys.executable, "-m", "pynetdicom", "storescp", str(port), "--output-directory", str(out),
             "--ae-title", "PYNETDICOM", "--bind-address", HOST]  # fmt: skip
-    return Receiver("pynetdicom storescp", "PYNETDICOM", port, argv, dict(os.environ), workdir, out, "files, no fsync")
+    note = "decode + re-encode to a file, no fsync; max PDU 16382 (its default)"
+    return Receiver(PYNETDICOM, "PYNETDICOM", port, argv, dict(os.environ), workdir, out, note)
 
 
 def _dcmtk_receiver(workdir: Path) -> Receiver:
@@ -265,7 +272,8 @@ def _dcmtk_receiver(workdir: Path) -> Receiver:
     port = _free_port()
     argv = [str(DCMTK_STORESCP), "--fork", "-od", str(out), "-aet", "DCMTK", str(port)]
     env = {**os.environ, "TCP_NODELAY": "1"}
-    return Receiver("dcmtk storescp --fork", "DCMTK", port, argv, env, workdir, out, "files, no fsync")
+    note = "file, no fsync, a process per association; max PDU 16384 (its default)"
+    return Receiver(DCMTK, "DCMTK", port, argv, env, workdir, out, note)
 
 
 def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResult:
@@ -280,22 +288,30 @@ def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResu
             receiver.argv, env=receiver.env, cwd=receiver.workdir, stdin=subprocess.DEVNULL,
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+    sent = ready = False
     try:
         _wait_ready(proc, receiver, port)
+        ready = True
         problems = sender(inputs.warmup, port, receiver.ae_title, receiver.workdir / "warmup")
         result.problems += [f"warm-up: {p}" for p in problems]
-        os.sync()
+        os.sync()  # the warm-up's dirty pages are not the timed batch's cost
         start = time.perf_counter()
         result.problems += sender(inputs.timed, port, receiver.ae_title, receiver.workdir / "timed")
         result.seconds = time.perf_counter() - start
+        sent = True
     except TriageError as exc:
         result.problems.append(str(exc))
     finally:
-        result.problems += _stop(proc, receiver)
-    _check_stored(result, len(inputs.warmup) + len(inputs.timed))
-    status = "ok" if result.ok else "FAILED"
-    print(f"{receiver.name}: {result.expected} images in {result.seconds:.2f} s, "
-          f"{result.images_per_s:.0f} images/s ({status})", flush=True)  # fmt: skip
+        stop_problems = _stop(proc, receiver)
+        if ready:  # a start failure already said how it exited
+            result.problems += stop_problems
+    if sent:
+        _check_stored(result, len(inputs.warmup) + len(inputs.timed))
+    if result.ok:
+        print(f"{receiver.name}: {result.expected} images in {result.seconds:.2f} s, "
+              f"{result.images_per_s:.0f} images/s", flush=True)  # fmt: skip
+    else:
+        print(f"{receiver.name}: FAILED: {result.problems[0]}", flush=True)
     return result
 
 
@@ -391,28 +407,47 @@ def _pick_sender(parallel: int, have_dcmtk: bool) -> tuple[Sender, str]:
 def _send_storescu(files: list[Path], port: int, called_ae: str, parallel: int, logs: Path) -> list[str]:
     """K storescu processes, each with a contiguous 1/K of ``files``; wait for all."""
     logs.mkdir(parents=True, exist_ok=True)
+    # Debian's dcmtk leaves Nagle on unless told: ~40 ms per message otherwise.
     env = {**os.environ, "TCP_NODELAY": "1"}
     chunks = [files[i * len(files) // parallel : (i + 1) * len(files) // parallel] for i in range(parallel)]
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    for i, chunk in enumerate(c for c in chunks if c):
-        log_path = logs / f"storescu{i}.log"
-        argv = [str(STORESCU), "-R", "-nh", "-aet", CALLING_AE, "-aec", called_ae,
-                "-to", str(NETWORK_TIMEOUT_S), "-ts", str(NETWORK_TIMEOUT_S), HOST, str(port), *map(str, chunk)]  # fmt: skip
-        with open(log_path, "wb") as out:
-            procs.append((subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT), log_path))
-    problems = []
-    for proc, log_path in procs:
-        if proc.wait() != 0:
-            last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            problems.append(f"storescu exited with code {proc.returncode}: {last[0]}")
-    return problems
+    try:
+        for i, chunk in enumerate(c for c in chunks if c):
+            log_path = logs / f"storescu{i}.log"
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(_storescu_argv(chunk, port, called_ae), env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            procs.append((proc, log_path))
+        return [p for p in (_storescu_problem(proc, log_path) for proc, log_path in procs) if p]
+    finally:
+        for proc, _ in procs:  # only left running when we are interrupted
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _storescu_argv(files: list[Path], port: int, called_ae: str) -> list[str]:
+    # -R: propose only the contexts the files need; -nh: go on after a failed store.
+    timeouts = ["-to", str(NETWORK_TIMEOUT_S), "-ts", str(NETWORK_TIMEOUT_S)]
+    return [str(STORESCU), "-R", "-nh", "-aet", CALLING_AE, "-aec", called_ae, *timeouts, HOST, str(port),
+            *map(str, files)]  # fmt: skip
+
+
+def _storescu_problem(proc: subprocess.Popen[bytes], log_path: Path) -> str | None:
+    if proc.wait() == 0:
+        return None
+    last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return f"storescu exited with code {proc.returncode}: {last[0]}"
 
 
 def _send_replay(files: list[Path], port: int, called_ae: str, parallel: int) -> list[str]:
-    dicom_files, _skipped = find_dicom_files(files)
+    # The inputs are ours (CT Image Storage, Explicit VR Little Endian): no need to read their meta.
+    dicom_files = [DicomFile(f, str(CTImageStorage), str(ExplicitVRLittleEndian)) for f in files]
     summary = replay(dicom_files, HOST, port, called_ae=called_ae, calling_ae=CALLING_AE,
                      parallel=parallel, timeout=NETWORK_TIMEOUT_S)  # fmt: skip
-    return [f"{summary.failed} instances not acknowledged (first: {summary.failures[0][1]})"] if summary.failed else []
+    if summary.failed:
+        return [f"{summary.failed} instances not acknowledged (first: {summary.failures[0][1]})"]
+    return []
 
 
 # -- report -----------------------------------------------------------------
@@ -446,19 +481,19 @@ def _ratio(result: RunResult, baseline: RunResult | None) -> str:
 
 def _print_table(results: list[RunResult], have_dcmtk: bool) -> None:
     by_name = {r.receiver.name: r for r in results}
-    pyn = by_name.get("pynetdicom storescp")
-    dcmtk = by_name.get("dcmtk storescp --fork")
-    rows = [("receiver", "images/s", "seconds", "vs pynetdicom", "vs dcmtk", "stores")]
+    pyn, dcmtk = by_name.get(PYNETDICOM), by_name.get(DCMTK)
+    rows = [("receiver", "images/s", "seconds", "vs pynetdicom", "vs dcmtk", "per instance")]
     for r in results:
         rate = f"{r.images_per_s:.0f}" if r.ok else "FAILED"
-        rows.append((r.receiver.name, rate, f"{r.seconds:.2f}", _ratio(r, pyn), _ratio(r, dcmtk), r.receiver.note))
+        seconds = f"{r.seconds:.2f}" if r.seconds else "-"
+        rows.append((r.receiver.name, rate, seconds, _ratio(r, pyn), _ratio(r, dcmtk), r.receiver.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:5])] + [row[5]]
         print("  ".join(cells))
     if not have_dcmtk:
         print("dcmtk storescp: not installed (apt-get install dcmtk), skipped")
-    triage = by_name["triage serve"]
+    triage = by_name[TRIAGE]
     print()
     print(_target_line(triage, pyn, TARGET_VS_PYNETDICOM, "target", "pynetdicom storescp"))
     if dcmtk is not None:
