@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from dicom_io.headers import HeaderError, InstanceHeader, read_header
-from dicom_io.store import InstanceStore, OutOfSpaceError, sha256_hex
+from dicom_io.store import InstanceStore, sha256_hex
 from triage.errors import InvalidUIDError, StorageError, TriageError
 from triage.clock import utcnow
 
@@ -143,24 +143,32 @@ class Ingestor:
         sha = sha256_hex(payload)
         record = IndexRecord(header, relpath, len(payload), sha, calling_ae, peer)
         try:
-            existing = self.index.find(sop)
-            if existing is not None:
-                return self._repeat(record, payload, existing[0])
             result = self.store.write(relpath, payload)
-        except OutOfSpaceError as exc:
+        except StorageError as exc:  # OutOfSpaceError included
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc), sop)
+        try:
+            if not result.created:
+                # A file is there already: this instance again, other bytes under its
+                # UID, or a crash leftover not yet indexed.
+                existing = self.index.find(sop)
+                if existing is None:
+                    return self._adopt_unindexed(record, payload)
+                return self._repeat(record, payload, existing[0])
+            try:
+                new = self.index.record(record)
+            except TriageError:
+                self.store.remove(relpath)
+                raise
+            if not new:
+                # The UID is indexed under another study or series: keep that one.
+                self.store.remove(relpath)
+                existing = self.index.find(sop)
+                if existing is None:
+                    return IngestOutcome(StoreStatus.INDEX_UNAVAILABLE, "index changed while storing", sop)
+                return self._repeat(record, payload, existing[0])
         except StorageError as exc:
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc), sop)
-        except TriageError as exc:  # index lookup failed
-            return IngestOutcome(StoreStatus.INDEX_UNAVAILABLE, str(exc), sop)
-
-        if not result.created:
-            # On disk but not indexed: a crash leftover or a concurrent sender of this UID.
-            return self._adopt_unindexed(record, payload)
-        try:
-            self.index.record(record)
-        except TriageError as exc:
-            self.store.remove(relpath)
+        except TriageError as exc:  # the index failed
             return IngestOutcome(StoreStatus.INDEX_UNAVAILABLE, str(exc), sop)
         return IngestOutcome(StoreStatus.SUCCESS, "stored", sop)
 
@@ -187,10 +195,7 @@ class Ingestor:
         disk_record = record
         if disk_sha != record.sha256:
             disk_record = IndexRecord(read_header(on_disk), record.relpath, len(on_disk), disk_sha, None, None)
-        try:
-            self.index.record(disk_record)
-        except TriageError as exc:
-            return IngestOutcome(StoreStatus.INDEX_UNAVAILABLE, str(exc), record.header.sop_instance_uid)
+        self.index.record(disk_record)
         if disk_sha != record.sha256:
             return self._conflict(record, payload)
         return IngestOutcome(StoreStatus.SUCCESS, "stored", record.header.sop_instance_uid, duplicate=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import socketserver
 import ssl
+import threading
 import time
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
@@ -82,6 +84,27 @@ class _PeerFilter:
         return any(ip in net for net in self.networks)
 
 
+class _SharedSocketServer(ThreadedAssociationServer):
+    """Serves on a listening socket made by the parent process (pre-fork model):
+    several listener processes accept from one socket, and whichever is free
+    takes the next association."""
+
+    def __init__(self, *args, listen_socket: socket.socket, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._listen_socket = listen_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        self.socket.close()
+        # Non-blocking: when another process takes the connection first, accept()
+        # fails with EAGAIN instead of blocking the serve loop.
+        self._listen_socket.setblocking(False)
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # the parent already listens
+
+
 class Listener:
     """A running listener; :meth:`stop` ends it gracefully."""
 
@@ -98,7 +121,8 @@ class Listener:
         assert self.server is not None, "listener not started"
         return int(self.server.server_address[1])
 
-    def start(self) -> None:
+    def start(self, listen_socket: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or serve on ``listen_socket`` shared with other processes."""
         handlers = [
             (evt.EVT_C_STORE, handle_store, [self.ingestor, self.assoc_log]),
             (evt.EVT_ESTABLISHED, handle_established, [self.assoc_log]),
@@ -107,12 +131,15 @@ class Listener:
             (evt.EVT_REJECTED, handle_rejected, [self.ae.require_calling_aet]),
         ]
         try:
-            self.server = self.ae.start_server(
-                (self.settings.host, self.settings.port),
-                block=False,
-                evt_handlers=handlers,
-                ssl_context=tls_context(self.settings.tls),
-            )
+            if listen_socket is None:
+                self.server = self.ae.start_server(
+                    (self.settings.host, self.settings.port),
+                    block=False,
+                    evt_handlers=handlers,
+                    ssl_context=tls_context(self.settings.tls),
+                )
+            else:
+                self.server = self._serve_shared(listen_socket, handlers)
         except OSError as exc:
             raise DicomNetworkError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
@@ -129,10 +156,23 @@ class Listener:
             return base_verify(request, client_address)
 
         self.server.verify_request = verify_request  # type: ignore[method-assign]
-        log.info(
-            "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
-            " (TLS)" if self.settings.tls.enabled else "",
-        )  # fmt: skip
+        if listen_socket is None:
+            log.info(
+                "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
+                " (TLS)" if self.settings.tls.enabled else "",
+            )  # fmt: skip
+
+    def _serve_shared(self, listen_socket: socket.socket, handlers: list) -> ThreadedAssociationServer:
+        server = self.ae.make_server(
+            listen_socket.getsockname(),
+            evt_handlers=handlers,
+            ssl_context=tls_context(self.settings.tls),
+            server_class=_SharedSocketServer,
+            listen_socket=listen_socket,
+        )
+        threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
+        self.ae._servers.append(server)
+        return server
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let active associations finish for ``grace`` seconds,

@@ -35,6 +35,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "listener.port": 0,
             "listener.min_free_mb": 0,
             "listener.shutdown_grace": 1.0,
+            "listener.processes": 1,
         }
         base.update(overrides)
         return load_settings(overrides=base, environ={})

@@ -18,21 +18,11 @@ from typing import Any
 from triage import __version__
 from triage.config import Settings, load_settings
 from triage.errors import TriageError
+from triage.logs import setup_logging
 
 log = logging.getLogger("triage")
 
 SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
-
-
-def _setup_logging(level: str, pynetdicom_level: str = "ERROR") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO; our handlers log one line per association,
-    # and the SCU commands report failures themselves.
-    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else pynetdicom_level)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +41,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     overrides.setdefault("db", getattr(args, "db", None))
     overrides.setdefault("log_level", getattr(args, "log_level", None))
     settings = load_settings(args.config, overrides=overrides)
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     return settings
 
 
@@ -72,7 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from dicom_io.send import echo, parse_address
 
-    _setup_logging("WARNING", pynetdicom_level="CRITICAL")
+    setup_logging("WARNING", pynetdicom_level="CRITICAL")
     host, port = parse_address(args.address)
     seconds = echo(host, port, called_ae=args.called_ae, calling_ae=args.calling_ae, timeout=args.timeout)
     print(f"C-ECHO {args.called_ae}@{host}:{port}: success in {seconds * 1000:.1f} ms")
@@ -83,7 +73,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from dicom_io.send import find_dicom_files, parse_address, replay
     from triage.progress import progress_bar
 
-    _setup_logging("WARNING", pynetdicom_level="CRITICAL")
+    setup_logging("WARNING", pynetdicom_level="CRITICAL")
     host, port = parse_address(args.to)
     files, skipped = find_dicom_files(args.paths)
     if not files:
@@ -124,14 +114,14 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from triage.demo import run_demo
 
-    _setup_logging(args.log_level or "WARNING")
+    setup_logging(args.log_level or "WARNING")
     return run_demo(Path(args.samples), port=args.port)
 
 
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from triage.bench.ingest import run_ingest_bench
 
-    _setup_logging(args.log_level or "WARNING")
+    setup_logging(args.log_level or "WARNING")
     return run_ingest_bench(n=args.n, parallel=args.parallel, size=args.size, keep=args.keep)
 
 

@@ -61,6 +61,9 @@ class ListenerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(32, ge=1, le=1024)
+    # Listener processes sharing the port (Python runs one thread at a time per
+    # process); 0 = one per available CPU core, 1 = in the main process.
+    processes: int = Field(0, ge=0, le=64)
     # Our Maximum PDU Length (PS3.8 D.3.3.1); 0 means unlimited. A large PDU cuts
     # per-PDU overhead for big images; peers may still send smaller ones.
     max_pdu: int = Field(1 << 20, ge=0)
@@ -74,6 +77,10 @@ class ListenerSettings(_Section):
     # On SIGTERM: how long active associations may take to release by themselves.
     shutdown_grace: float = Field(5.0, ge=0)
     tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    @property
+    def process_count(self) -> int:
+        return self.processes or min(available_cores(), 8)
 
     @field_validator("ae_title")
     @classmethod
@@ -96,6 +103,13 @@ class ListenerSettings(_Section):
             except ValueError:
                 raise ValueError(f"{v!r} is not an IP address or CIDR network") from None
         return values
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class CompletenessSettings(_Section):

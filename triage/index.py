@@ -114,11 +114,19 @@ class SqlIndex:
         return (row[0], row[1]) if row else None
 
     def record(self, record: IndexRecord) -> bool:
+        return self.submit(record).result()
+
+    def submit(self, record: IndexRecord) -> Future[bool]:
+        """Queue ``record`` for the next group commit; the future resolves after it."""
+        future: Future[bool] = Future()
         if self._thread is None:
-            return self._commit_batch([record])[0]
-        pending = _Pending(record, Future())
-        self._queue.put(pending)
-        return pending.future.result()
+            try:
+                future.set_result(self._commit_batch([record])[0])
+            except DatabaseError as exc:
+                future.set_exception(exc)
+        else:
+            self._queue.put(_Pending(record, future))
+        return future
 
     def record_conflict(self, sop_instance_uid: str) -> None:
         try:
@@ -167,63 +175,81 @@ class SqlIndex:
             p.future.set_result(new)
 
     def _commit_batch(self, records: list[IndexRecord]) -> list[bool]:
+        """Index ``records`` in one transaction: one multi-row insert, then one
+        counter update per series and per study touched (not per instance)."""
         try:
             with self.engine.begin() as conn:
-                return [self._record_one(conn, r) for r in records]
+                # Records of UIDs already indexed (or repeated in this batch) create
+                # nothing: not even an empty study or series row.
+                uids = [r.header.sop_instance_uid for r in records]
+                known = set(
+                    conn.execute(select(INSTANCE.c.sop_instance_uid).where(INSTANCE.c.sop_instance_uid.in_(uids))).scalars()
+                )
+                fresh: dict[str, IndexRecord] = {}
+                for r in records:
+                    if r.header.sop_instance_uid not in known:
+                        fresh.setdefault(r.header.sop_instance_uid, r)
+                placed = [(r, self._ensure_series(conn, r, self._ensure_study(conn, r))) for r in fresh.values()]
+                inserted = self._insert_instances(conn, placed) if placed else set()
+                self._count_arrivals(conn, [(r, pk) for r, pk in placed if r.header.sop_instance_uid in inserted])
+                return [fresh.get(r.header.sop_instance_uid) is r and r.header.sop_instance_uid in inserted for r in records]
         except SQLAlchemyError as exc:
             self._study_pk.clear()
             self._series_pk.clear()
             raise DatabaseError(f"index write failed: {exc.__class__.__name__}: {_reason(exc)}") from None
 
-    def _record_one(self, conn: Connection, rec: IndexRecord) -> bool:
-        h = rec.header
-        study_pk = self._ensure_study(conn, rec)
-        series_pk = self._ensure_series(conn, rec, study_pk)
-        inserted = _insert_ignore(
-            conn,
-            INSTANCE,
+    def _insert_instances(self, conn: Connection, placed: list[tuple[IndexRecord, int]]) -> set[str]:
+        """Insert the instance rows; returns the SOP Instance UIDs that were new."""
+        rows = [
             dict(
-                sop_instance_uid=h.sop_instance_uid,
-                series_pk=series_pk,
-                sop_class_uid=h.sop_class_uid,
-                instance_number=h.instance_number,
-                transfer_syntax=h.transfer_syntax,
-                path=rec.relpath,
-                size_bytes=rec.size_bytes,
-                sha256=rec.sha256,
-                received_at=rec.received_at,
-                calling_ae=rec.calling_ae,
-                peer_address=rec.peer_address,
-                conflicts=0,
-            ),
-            "sop_instance_uid",
-        ).rowcount
-        if not inserted:
-            return False
+                sop_instance_uid=r.header.sop_instance_uid, series_pk=series_pk, sop_class_uid=r.header.sop_class_uid,
+                instance_number=r.header.instance_number, transfer_syntax=r.header.transfer_syntax, path=r.relpath,
+                size_bytes=r.size_bytes, sha256=r.sha256, received_at=r.received_at, calling_ae=r.calling_ae,
+                peer_address=r.peer_address, conflicts=0,
+            )
+            for r, series_pk in placed
+        ]  # fmt: skip
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = (
+            dialect.insert(INSTANCE)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(INSTANCE.c.sop_instance_uid)
+        )
+        return set(conn.execute(stmt).scalars())
+
+    def _count_arrivals(self, conn: Connection, new: list[tuple[IndexRecord, int]]) -> None:
+        """Bump instance counts and arrival times, one UPDATE per series and per study."""
+        per_series: dict[int, list[IndexRecord]] = {}
+        for r, series_pk in new:
+            per_series.setdefault(series_pk, []).append(r)
+        per_study: dict[int, list[IndexRecord]] = {}
         complete = ReceiveStatus.COMPLETE.value
-        conn.execute(
-            update(SERIES)
-            .where(SERIES.c.id == series_pk)
-            .values(
-                num_instances=SERIES.c.num_instances + 1,
-                last_received=rec.received_at,
-                # A late instance reopens a completed series: a new generation,
-                # so its next completion gets a job of its own.
-                generation=case((SERIES.c.status == complete, SERIES.c.generation + 1), else_=SERIES.c.generation),
-                completed_at=None,
-                status=ReceiveStatus.RECEIVING.value,
+        for series_pk, recs in per_series.items():
+            per_study.setdefault(self._study_pk[recs[0].header.study_uid], []).extend(recs)
+            conn.execute(
+                update(SERIES)
+                .where(SERIES.c.id == series_pk)
+                .values(
+                    num_instances=SERIES.c.num_instances + len(recs),
+                    last_received=max(r.received_at for r in recs),
+                    # A late instance reopens a completed series: a new generation,
+                    # so its next completion gets a job of its own.
+                    generation=case((SERIES.c.status == complete, SERIES.c.generation + 1), else_=SERIES.c.generation),
+                    completed_at=None,
+                    status=ReceiveStatus.RECEIVING.value,
+                )
             )
-        )
-        conn.execute(
-            update(STUDY)
-            .where(STUDY.c.id == study_pk)
-            .values(
-                num_instances=STUDY.c.num_instances + 1,
-                last_received=rec.received_at,
-                status=ReceiveStatus.RECEIVING.value,
+        for study_pk, recs in per_study.items():
+            conn.execute(
+                update(STUDY)
+                .where(STUDY.c.id == study_pk)
+                .values(
+                    num_instances=STUDY.c.num_instances + len(recs),
+                    last_received=max(r.received_at for r in recs),
+                    status=ReceiveStatus.RECEIVING.value,
+                )
             )
-        )
-        return True
 
     def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
         h = rec.header

@@ -1,12 +1,25 @@
 """``triage serve``: the listener, the index writer and the completeness monitor,
 wired together on one settings object.
+
+With ``listener.processes`` > 1 (the default on a multi-core machine) the main
+process binds the port and runs the index writer and the completeness monitor,
+and listener processes accept associations from the shared socket; a listener
+process that dies is started again. With 1, everything runs in this process
+(what most tests use).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import multiprocessing
 import signal
+import socket
 import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from dicom_io.ingest import Ingestor
@@ -15,10 +28,21 @@ from dicom_io.store import InstanceStore
 from triage.completeness import CompletenessMonitor
 from triage.config import Settings
 from triage.db import make_engine
+from triage.errors import DicomNetworkError, TriageError
 from triage.index import SqlIndex
+from triage.index_rpc import serve_index
+from triage.listener_process import run_listener_process
 from triage.recovery import recover
 
 log = logging.getLogger(__name__)
+
+_START_TIMEOUT = 60.0  # seconds for a listener process to import and start listening
+
+
+@dataclass
+class _Child:
+    process: BaseProcess
+    conn: Connection
 
 
 class TriageServer:
@@ -30,12 +54,18 @@ class TriageServer:
         self.engine = make_engine(settings.db_url)
         self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
         self.index = SqlIndex(self.engine)
-        self.ingestor = Ingestor(self.store, self.index)
-        self.listener = Listener(settings.listener, self.ingestor)
         self.monitor = CompletenessMonitor(self.engine, settings.completeness)
+        self.processes = settings.listener.process_count
+        self.listener: Listener | None = None
+        self._socket: socket.socket | None = None
+        self._children: list[_Child] = []
+        self._mp = multiprocessing.get_context("spawn")  # no fork of a threaded process
 
     @property
     def port(self) -> int:
+        if self._socket is not None:
+            return int(self._socket.getsockname()[1])
+        assert self.listener is not None, "server not started"
         return self.listener.port
 
     def start(self) -> None:
@@ -46,13 +76,80 @@ class TriageServer:
         )  # fmt: skip
         self.index.start()
         self.monitor.start()
-        self.listener.start()
+        if self.processes == 1:
+            self.listener = Listener(self.settings.listener, Ingestor(self.store, self.index))
+            self.listener.start()
+            return
+        self._socket = self._bind()
+        for _ in range(self.processes):
+            self._children.append(self._spawn())
+        log.info(
+            "listening as %s on %s:%d with %d listener processes%s",
+            self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
+            " (TLS)" if self.settings.listener.tls.enabled else "",
+        )  # fmt: skip
+
+    def _bind(self) -> socket.socket:
+        host, port = self.settings.listener.host, self.settings.listener.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise DicomNetworkError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.listen(128)
+        return sock
+
+    def _spawn(self) -> _Child:
+        parent_conn, child_conn = self._mp.Pipe()
+        ready = self._mp.Event()
+        process = self._mp.Process(
+            target=run_listener_process,
+            args=(self.settings, self._socket, child_conn, ready),
+            name=f"listener-{len(self._children) + 1}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        serve_index(parent_conn, self.index)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not ready.wait(0.1):
+            if not process.is_alive() or time.monotonic() > deadline:
+                process.kill()
+                raise TriageError(f"listener process failed to start (exit code {process.exitcode})")
+        return _Child(process, parent_conn)
+
+    def check_listeners(self) -> None:
+        """Start again any listener process that died (called from the serve loop)."""
+        for i, child in enumerate(self._children):
+            if not child.process.is_alive():
+                log.error("%s died (exit code %s); starting it again", child.process.name, child.process.exitcode)
+                child.conn.close()
+                self._children[i] = self._spawn()
 
     def stop(self) -> None:
-        self.listener.stop()
+        if self.listener is not None:
+            self.listener.stop()
+        for child in self._children:
+            if child.process.is_alive():
+                child.process.terminate()  # SIGTERM: finish in-flight stores, then exit
+        grace = self.settings.listener.shutdown_grace + 30
+        for child in self._children:
+            child.process.join(grace)
+            if child.process.is_alive():
+                log.error("%s did not stop in time; killing it", child.process.name)
+                child.process.kill()
+                child.process.join()
+            child.conn.close()
+        self._children = []
+        if self._socket is not None:
+            self._socket.close()
         self.monitor.stop()
         self.index.close()
         self.engine.dispose()
+        log.info("stopped")
 
 
 def serve(settings: Settings, ready: threading.Event | None = None) -> int:
@@ -70,9 +167,11 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> int:
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):
-            pass
+            server.check_listeners()
     finally:
+        faulthandler.dump_traceback_later(25)  # a stop that hangs says where
         server.stop()
+        faulthandler.cancel_dump_traceback_later()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0

@@ -123,6 +123,19 @@ def test_other_payload_with_same_uid_keeps_the_first(server, make_ct_series, tmp
     assert len(kept) == 1 and dataset_bytes(kept[0]) == dataset_bytes(other)
 
 
+def test_same_uid_in_another_series_keeps_the_first(server, make_ct_series, tmp_path: Path) -> None:
+    [path] = make_ct_series(slices=1)
+    moved = dcmread(path)
+    moved.SeriesInstanceUID = generate_uid()
+    other = tmp_path / "moved.dcm"
+    moved.save_as(other)
+    assert store(server.port, [path, other]) == [0x0000, 0x0000]
+    data_dir = server.settings.data_dir
+    assert index_rows(data_dir, "select count(*), sum(conflicts) from instance") == [(1, 1)]
+    assert index_rows(data_dir, "select count(*) from series") == [(1,)]
+    assert len(stored_files(data_dir)) == 1  # the second file was not left in the store
+
+
 def test_uid_mismatch_is_refused(server, make_ct_series, tmp_path: Path) -> None:
     [path] = make_ct_series(slices=1)
     ds = dcmread(path)
