@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,6 +49,47 @@ def _insert_ignore(conn: Connection, table, values: dict, key: str):  # type: ig
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
     return conn.execute(stmt)
+
+
+# Statements of the hot path, built once so SQLAlchemy compiles each once
+# (statements built per batch, with a varying number of rows, defeat its cache).
+_KNOWN_UIDS = select(INSTANCE.c.sop_instance_uid).where(
+    INSTANCE.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
+)
+_SERIES_ARRIVALS = (
+    update(SERIES)
+    .where(SERIES.c.id == bindparam("pk"))
+    .values(
+        num_instances=SERIES.c.num_instances + bindparam("n"),
+        last_received=bindparam("last"),
+        # A late instance reopens a completed series: a new generation, so its
+        # next completion gets a job of its own.
+        generation=case(
+            (SERIES.c.status == ReceiveStatus.COMPLETE.value, SERIES.c.generation + 1), else_=SERIES.c.generation
+        ),
+        completed_at=None,
+        status=ReceiveStatus.RECEIVING.value,
+    )
+)
+_STUDY_ARRIVALS = (
+    update(STUDY)
+    .where(STUDY.c.id == bindparam("pk"))
+    .values(
+        num_instances=STUDY.c.num_instances + bindparam("n"),
+        last_received=bindparam("last"),
+        status=ReceiveStatus.RECEIVING.value,
+    )
+)
+_INSERT_INSTANCES = {
+    name: dialect.insert(INSTANCE)
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(INSTANCE.c.sop_instance_uid, sort_by_parameter_order=True)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def _insert_instances_stmt(conn: Connection):  # type: ignore[no-untyped-def]
+    return _INSERT_INSTANCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
 
 
 def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
@@ -182,9 +223,7 @@ class SqlIndex:
                 # Records of UIDs already indexed (or repeated in this batch) create
                 # nothing: not even an empty study or series row.
                 uids = [r.header.sop_instance_uid for r in records]
-                known = set(
-                    conn.execute(select(INSTANCE.c.sop_instance_uid).where(INSTANCE.c.sop_instance_uid.in_(uids))).scalars()
-                )
+                known = set(conn.execute(_KNOWN_UIDS, {"uids": uids}).scalars())
                 fresh: dict[str, IndexRecord] = {}
                 for r in records:
                     if r.header.sop_instance_uid not in known:
@@ -209,47 +248,26 @@ class SqlIndex:
             )
             for r, series_pk in placed
         ]  # fmt: skip
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = (
-            dialect.insert(INSTANCE)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(INSTANCE.c.sop_instance_uid)
-        )
-        return set(conn.execute(stmt).scalars())
+        return set(conn.execute(_insert_instances_stmt(conn), rows).scalars())
 
     def _count_arrivals(self, conn: Connection, new: list[tuple[IndexRecord, int]]) -> None:
         """Bump instance counts and arrival times, one UPDATE per series and per study."""
         per_series: dict[int, list[IndexRecord]] = {}
         for r, series_pk in new:
             per_series.setdefault(series_pk, []).append(r)
+        if not per_series:
+            return
         per_study: dict[int, list[IndexRecord]] = {}
-        complete = ReceiveStatus.COMPLETE.value
-        for series_pk, recs in per_series.items():
+        for recs in per_series.values():
             per_study.setdefault(self._study_pk[recs[0].header.study_uid], []).extend(recs)
-            conn.execute(
-                update(SERIES)
-                .where(SERIES.c.id == series_pk)
-                .values(
-                    num_instances=SERIES.c.num_instances + len(recs),
-                    last_received=max(r.received_at for r in recs),
-                    # A late instance reopens a completed series: a new generation,
-                    # so its next completion gets a job of its own.
-                    generation=case((SERIES.c.status == complete, SERIES.c.generation + 1), else_=SERIES.c.generation),
-                    completed_at=None,
-                    status=ReceiveStatus.RECEIVING.value,
-                )
-            )
-        for study_pk, recs in per_study.items():
-            conn.execute(
-                update(STUDY)
-                .where(STUDY.c.id == study_pk)
-                .values(
-                    num_instances=STUDY.c.num_instances + len(recs),
-                    last_received=max(r.received_at for r in recs),
-                    status=ReceiveStatus.RECEIVING.value,
-                )
-            )
+        conn.execute(
+            _SERIES_ARRIVALS,
+            [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_series.items()],
+        )
+        conn.execute(
+            _STUDY_ARRIVALS,
+            [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_study.items()],
+        )
 
     def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
         h = rec.header
