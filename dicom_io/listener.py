@@ -14,6 +14,8 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -84,14 +86,37 @@ class _PeerFilter:
         return any(ip in net for net in self.networks)
 
 
-class _SharedSocketServer(ThreadedAssociationServer):
-    """Serves on a listening socket made by the parent process (pre-fork model):
-    several listener processes accept from one socket, and whichever is free
-    takes the next association."""
+@dataclass(frozen=True)
+class SharedSocket:
+    """A listening socket shared by several listener processes.
 
-    def __init__(self, *args, listen_socket: socket.socket, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self._listen_socket = listen_socket
+    ``loads[slot]`` is this process's count of active associations, published
+    for the others: a process with more associations than another lets it
+    accept the next one, so that associations spread evenly across processes
+    (and so across cores) rather than by who happens to wake first.
+    """
+
+    sock: socket.socket
+    loads: Sequence[int]  # a multiprocessing.Array("i", processes)
+    slot: int
+
+
+class _SharedSocketServer(ThreadedAssociationServer):
+    """Serves on a listening socket made by the parent process (pre-fork model)."""
+
+    def __init__(self, *args, shared: SharedSocket, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._listen_socket = shared.sock
+        self._shared = shared
         super().__init__(*args, **kwargs)
+
+    def _handle_request_noblock(self) -> None:
+        loads, slot = self._shared.loads, self._shared.slot
+        mine = loads[slot] = len(self.active_associations)
+        if any(mine > load for i, load in enumerate(loads) if i != slot):
+            time.sleep(0.001)  # a less busy process will take it
+            return
+        super()._handle_request_noblock()
+        loads[slot] = len(self.active_associations)
 
     def server_bind(self) -> None:
         self.socket.close()
@@ -121,8 +146,8 @@ class Listener:
         assert self.server is not None, "listener not started"
         return int(self.server.server_address[1])
 
-    def start(self, listen_socket: socket.socket | None = None) -> None:
-        """Listen on ``host:port``, or serve on ``listen_socket`` shared with other processes."""
+    def start(self, shared: SharedSocket | None = None) -> None:
+        """Listen on ``host:port``, or serve on a socket shared with other processes."""
         handlers = [
             (evt.EVT_C_STORE, handle_store, [self.ingestor, self.assoc_log]),
             (evt.EVT_ESTABLISHED, handle_established, [self.assoc_log]),
@@ -131,7 +156,7 @@ class Listener:
             (evt.EVT_REJECTED, handle_rejected, [self.ae.require_calling_aet]),
         ]
         try:
-            if listen_socket is None:
+            if shared is None:
                 self.server = self.ae.start_server(
                     (self.settings.host, self.settings.port),
                     block=False,
@@ -139,7 +164,7 @@ class Listener:
                     ssl_context=tls_context(self.settings.tls),
                 )
             else:
-                self.server = self._serve_shared(listen_socket, handlers)
+                self.server = self._serve_shared(shared, handlers)
         except OSError as exc:
             raise DicomNetworkError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
@@ -156,19 +181,19 @@ class Listener:
             return base_verify(request, client_address)
 
         self.server.verify_request = verify_request  # type: ignore[method-assign]
-        if listen_socket is None:
+        if shared is None:
             log.info(
                 "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
                 " (TLS)" if self.settings.tls.enabled else "",
             )  # fmt: skip
 
-    def _serve_shared(self, listen_socket: socket.socket, handlers: list) -> ThreadedAssociationServer:
+    def _serve_shared(self, shared: SharedSocket, handlers: list) -> ThreadedAssociationServer:
         server = self.ae.make_server(
-            listen_socket.getsockname(),
+            shared.sock.getsockname(),
             evt_handlers=handlers,
             ssl_context=tls_context(self.settings.tls),
             server_class=_SharedSocketServer,
-            listen_socket=listen_socket,
+            shared=shared,
         )
         threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
         self.ae._servers.append(server)

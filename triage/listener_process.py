@@ -7,7 +7,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
-import socket
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
@@ -15,7 +14,7 @@ from multiprocessing.synchronize import Event as EventType
 from pydicom import config as pydicom_config
 
 from dicom_io.ingest import Ingestor
-from dicom_io.listener import Listener
+from dicom_io.listener import Listener, SharedSocket
 from dicom_io.store import InstanceStore
 from triage.config import Settings
 from triage.index_rpc import IndexClient
@@ -24,7 +23,7 @@ from triage.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
-def run_listener_process(settings: Settings, listen_socket: socket.socket, conn: Connection, ready: EventType) -> None:
+def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connection, ready: EventType) -> None:
     """Entry point of a listener process; returns on SIGTERM or when the main process is gone."""
     setup_logging(settings.log_level)
     # The header is read for the index only; values pydicom would warn about are
@@ -38,7 +37,7 @@ def run_listener_process(settings: Settings, listen_socket: socket.socket, conn:
     store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
     index = IndexClient(conn, on_lost=stop.set)
     listener = Listener(settings.listener, Ingestor(store, index))
-    listener.start(listen_socket=listen_socket)
+    listener.start(shared)
     ready.set()
     stop.wait()
     faulthandler.dump_traceback_later(20)  # a stop that hangs says where

@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from dicom_io.ingest import Ingestor
-from dicom_io.listener import Listener
+from dicom_io.listener import Listener, SharedSocket
 from dicom_io.store import InstanceStore
 from triage.completeness import CompletenessMonitor
 from triage.config import Settings
@@ -81,8 +81,9 @@ class TriageServer:
             self.listener.start()
             return
         self._socket = self._bind()
-        for _ in range(self.processes):
-            self._children.append(self._spawn())
+        self._loads = self._mp.Array("i", self.processes, lock=False)
+        for slot in range(self.processes):
+            self._children.append(self._spawn(slot))
         log.info(
             "listening as %s on %s:%d with %d listener processes%s",
             self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
@@ -102,13 +103,13 @@ class TriageServer:
         sock.listen(128)
         return sock
 
-    def _spawn(self) -> _Child:
+    def _spawn(self, slot: int) -> _Child:
         parent_conn, child_conn = self._mp.Pipe()
         ready = self._mp.Event()
         process = self._mp.Process(
             target=run_listener_process,
-            args=(self.settings, self._socket, child_conn, ready),
-            name=f"listener-{len(self._children) + 1}",
+            args=(self.settings, SharedSocket(self._socket, self._loads, slot), child_conn, ready),
+            name=f"listener-{slot + 1}",
             daemon=True,
         )
         process.start()
@@ -127,7 +128,8 @@ class TriageServer:
             if not child.process.is_alive():
                 log.error("%s died (exit code %s); starting it again", child.process.name, child.process.exitcode)
                 child.conn.close()
-                self._children[i] = self._spawn()
+                self._loads[i] = 0
+                self._children[i] = self._spawn(i)
 
     def stop(self) -> None:
         if self.listener is not None:

@@ -1,0 +1,33 @@
+"""``triage serve`` with listener processes sharing one socket, indexing
+through the main process."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from dicom_io.send import echo
+from dicom_io.writer import StudyMeta
+from tests.scu import store
+
+
+def test_listener_processes_index_through_the_main_process(make_server, make_ct_series) -> None:
+    server = make_server(**{"listener.processes": 2})
+    assert len(server._children) == 2
+    first = make_ct_series(slices=4, size=32)
+    second = make_ct_series(slices=3, size=32, meta=StudyMeta(patient_id="P2"))
+    assert store(server.port, first) == [0] * 4
+    assert store(server.port, second + first[:1]) == [0] * 4  # the last one is a duplicate
+    assert echo("127.0.0.1", server.port) < 5
+    with sqlite3.connect(server.settings.data_dir / "triage.db") as conn:
+        assert conn.execute("select count(*), sum(num_instances) from study").fetchone() == (2, 7)
+        assert conn.execute("select count(*) from instance").fetchone() == (7,)
+
+
+def test_a_dead_listener_process_is_replaced(make_server, make_ct_series) -> None:
+    server = make_server(**{"listener.processes": 2})
+    victim = server._children[0].process
+    victim.kill()
+    victim.join()
+    server.check_listeners()
+    assert server._children[0].process.is_alive() and server._children[0].process is not victim
+    assert store(server.port, make_ct_series(slices=2, size=32)) == [0, 0]
