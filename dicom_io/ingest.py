@@ -55,6 +55,9 @@ class Index(Protocol):
     def record(self, record: IndexRecord) -> bool:
         """Durably index ``record``; True if new, False if the UID was already there.
 
+        Before its commit the index fsyncs the folder of the record's file, so
+        that the file's directory entry is as durable as the index row.
+
         Raises :class:`triage.errors.DatabaseError` on failure."""
 
     def record_conflict(self, sop_instance_uid: str) -> None:
@@ -143,7 +146,7 @@ class Ingestor:
         sha = sha256_hex(payload)
         record = IndexRecord(header, relpath, len(payload), sha, calling_ae, peer)
         try:
-            result = self.store.write(relpath, payload)
+            result = self.store.write(relpath, payload, sync_dir=False)  # the index syncs the folder
         except StorageError as exc:  # OutOfSpaceError included
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc), sop)
         try:

@@ -102,8 +102,12 @@ class InstanceStore:
                 continue  # another writer made it; it fsyncs its parent
             fsync_dir(d.parent)
 
-    def write(self, relpath: str, payload: bytes) -> WriteResult:
+    def write(self, relpath: str, payload: bytes, *, sync_dir: bool = True) -> WriteResult:
         """Write ``payload`` durably at ``relpath`` unless a file is already there.
+
+        With ``sync_dir=False`` the file's data is durable but its directory
+        entry is not until the caller fsyncs the folder (the index writer does
+        that once per folder for a whole group commit).
 
         Raises
         ------
@@ -134,7 +138,7 @@ class InstanceStore:
             except FileExistsError:
                 created = False
             os.unlink(tmp)
-            if created:
+            if created and sync_dir:
                 fsync_dir(final.parent)
             return WriteResult(final, relpath, created)
         except OSError as exc:

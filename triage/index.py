@@ -16,6 +16,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_io.ingest import IndexRecord
+from dicom_io.store import fsync_dir
 from triage.errors import DatabaseError
 from triage.models import Instance, ReceiveStatus, Series, Study
 
@@ -121,8 +123,12 @@ class SqlIndex:
     served by the group-commit writer thread.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 256) -> None:
+    def __init__(self, engine: Engine, *, data_dir: Path | None = None, max_batch: int = 256) -> None:
         self.engine = engine
+        # Folder of the stored files: the folders of a batch's files are fsynced
+        # once each before its commit (a folder per series, so once per batch
+        # instead of once per instance).
+        self.data_dir = data_dir
         self.max_batch = max_batch
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -218,6 +224,12 @@ class SqlIndex:
     def _commit_batch(self, records: list[IndexRecord]) -> list[bool]:
         """Index ``records`` in one transaction: one multi-row insert, then one
         counter update per series and per study touched (not per instance)."""
+        if self.data_dir is not None:
+            try:
+                for folder in {(self.data_dir / r.relpath).parent for r in records}:
+                    fsync_dir(folder)
+            except OSError as exc:
+                raise DatabaseError(f"cannot sync the folder of a stored file: {exc}") from None
         try:
             with self.engine.begin() as conn:
                 # Records of UIDs already indexed (or repeated in this batch) create

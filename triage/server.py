@@ -53,7 +53,7 @@ class TriageServer:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.db_url)
         self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
-        self.index = SqlIndex(self.engine)
+        self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
         self.monitor = CompletenessMonitor(self.engine, settings.completeness)
         self.processes = settings.listener.process_count
         self.listener: Listener | None = None
