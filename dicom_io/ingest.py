@@ -16,7 +16,7 @@ from typing import Protocol
 
 from dicom_io.headers import HeaderError, InstanceHeader, read_header
 from dicom_io.store import InstanceStore, sha256_hex
-from triage.errors import InvalidUIDError, StorageError, TriageError
+from triage.errors import IndexUnreachableError, InvalidUIDError, StorageError, TriageError
 from triage.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,13 @@ class Ingestor:
                 return self._repeat(record, payload, existing[0])
             try:
                 new = self.index.record(record)
+            except IndexUnreachableError:
+                # The record may have been committed before the index went away:
+                # keep the (durable) file; recovery indexes it if it was not, and
+                # the sender, told of the failure, resends a duplicate.
+                raise
             except TriageError:
-                self.store.remove(relpath)
+                self.store.remove(relpath)  # the index refused it: leave nothing behind
                 raise
             if not new:
                 # The UID is indexed under another study or series: keep that one.

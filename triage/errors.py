@@ -27,6 +27,11 @@ class DatabaseError(TriageError):
     """The study index (database) could not record or answer something."""
 
 
+class IndexUnreachableError(DatabaseError):
+    """The index process could not be asked or did not answer: whether the
+    record was committed is unknown."""
+
+
 class DicomNetworkError(TriageError):
     """A DICOM peer could not be reached, refused us, or answered with a failure."""
 

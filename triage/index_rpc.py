@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dicom_io.ingest import IndexRecord
-from triage.errors import DatabaseError, TriageError
+from triage.errors import DatabaseError, IndexUnreachableError, TriageError
 from triage.index import SqlIndex
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class IndexClient:
         call_id = next(self._ids)
         with self._pending_lock:
             if self._lost:
-                raise DatabaseError("the index process is gone")
+                raise IndexUnreachableError("the index process is gone")
             self._pending[call_id] = future
         try:
             with self._send_lock:
@@ -66,7 +66,7 @@ class IndexClient:
         except (OSError, ValueError) as exc:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
-            raise DatabaseError(f"cannot reach the index process: {exc}") from None
+            raise IndexUnreachableError(f"cannot reach the index process: {exc}") from None
         return future.result()
 
     def _read(self) -> None:
@@ -87,7 +87,7 @@ class IndexClient:
             self._lost = True
             pending, self._pending = self._pending, {}
         for future in pending.values():
-            future.set_exception(DatabaseError("the index process is gone"))
+            future.set_exception(IndexUnreachableError("the index process is gone"))
         if self._on_lost is not None:
             self._on_lost()
 

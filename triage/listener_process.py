@@ -30,16 +30,22 @@ def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connect
     # still stored as received, and UIDs used in paths are checked by our own rules.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     stop = threading.Event()
+    orphaned = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Ctrl-C reaches the whole process group: the main process decides, and
     # stops its listener processes with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
-    index = IndexClient(conn, on_lost=stop.set)
+
+    def on_lost() -> None:  # the main process died: stop now, free the port for a restart
+        orphaned.set()
+        stop.set()
+
+    index = IndexClient(conn, on_lost=on_lost)
     listener = Listener(settings.listener, Ingestor(store, index))
     listener.start(shared)
     ready.set()
     stop.wait()
     faulthandler.dump_traceback_later(20)  # a stop that hangs says where
-    listener.stop()
+    listener.stop(grace=0 if orphaned.is_set() else None)
     faulthandler.cancel_dump_traceback_later()
