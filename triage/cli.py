@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from triage.config import Settings, load_settings
 from triage.errors import TriageError
 from triage.logs import setup_logging
 
-log = logging.getLogger("triage")
 
 SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
 
@@ -114,8 +112,9 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from triage.demo import run_demo
 
-    setup_logging(args.log_level or "WARNING")
-    return run_demo(Path(args.samples), port=args.port)
+    level = args.log_level or "WARNING"
+    setup_logging(level)
+    return run_demo(Path(args.samples), port=args.port, log_level=level)
 
 
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:

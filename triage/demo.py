@@ -22,7 +22,7 @@ from triage.server import TriageServer
 from triage.studies import format_table, list_studies
 
 
-def run_demo(samples: Path, port: int = 0) -> int:
+def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING") -> int:
     files, _ = find_dicom_files([samples]) if samples.exists() else ([], [])
     if not files:
         raise TriageError(f"no DICOM files in {samples} to replay")
@@ -30,6 +30,7 @@ def run_demo(samples: Path, port: int = 0) -> int:
         settings = load_settings(
             overrides={
                 "data_dir": tmp,
+                "log_level": log_level,  # the listener processes log at this level too
                 "listener.port": port,
                 "listener.host": "127.0.0.1",
                 "completeness.stable_after": 2.0,
