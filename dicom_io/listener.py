@@ -1,34 +1,31 @@
 """The DICOM listener: Verification and Storage SCP on one port.
 
-Accepts every storage SOP class pynetdicom knows with every transfer syntax
-it lists (uncompressed, deflated, JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE,
+Accepts every storage SOP class pynetdicom knows with every transfer syntax it
+lists (uncompressed, deflated, JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE,
 ...): the bytes are stored as received, so no codec is needed to accept them.
+Each association runs in its own thread (:mod:`dicom_io.association`).
+
+In ``triage serve`` several listener processes accept from one socket that the
+main process listens on (:class:`SharedSocket`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import selectors
 import socket
-import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_io.handlers import (
-    AssociationLog,
-    handle_aborted,
-    handle_established,
-    handle_rejected,
-    handle_released,
-    handle_store,
-)
+from dicom_io.association import Association, Policy
 from dicom_io.ingest import Ingestor
 from triage.config import ListenerSettings, TLSSettings
 from triage.errors import ConfigError, DicomNetworkError
@@ -36,19 +33,10 @@ from triage.errors import ConfigError, DicomNetworkError
 log = logging.getLogger(__name__)
 
 
-def build_ae(settings: ListenerSettings) -> AE:
-    """An AE that accepts C-ECHO and C-STORE as configured."""
-    ae = AE(ae_title=settings.ae_title)
-    ae.maximum_associations = settings.max_associations
-    ae.maximum_pdu_size = settings.max_pdu
-    ae.network_timeout = settings.network_timeout
-    ae.acse_timeout = settings.network_timeout
-    ae.dimse_timeout = settings.network_timeout
-    ae.require_calling_aet = list(settings.allowed_ae_titles)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    return ae
+def supported_contexts() -> list[PresentationContext]:
+    """Verification and every storage SOP class, each with every transfer syntax."""
+    abstract = [Verification] + [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    return [build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in abstract]
 
 
 def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
@@ -67,11 +55,7 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
 
 
 class _PeerFilter:
-    """Refuses TCP connections from addresses outside ``allowed_peers``.
-
-    pynetdicom has no A-ASSOCIATE-RJ hook that sees the peer address, so such
-    peers are refused at connection time, with a log line naming them.
-    """
+    """Refuses TCP connections from addresses outside ``allowed_peers``."""
 
     def __init__(self, allowed: list[str]) -> None:
         self.networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
@@ -101,33 +85,18 @@ class SharedSocket:
     slot: int
 
 
-class _SharedSocketServer(ThreadedAssociationServer):
-    """Serves on a listening socket made by the parent process (pre-fork model)."""
-
-    def __init__(self, *args, shared: SharedSocket, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self._listen_socket = shared.sock
-        self._shared = shared
-        super().__init__(*args, **kwargs)
-
-    def _handle_request_noblock(self) -> None:
-        loads, slot = self._shared.loads, self._shared.slot
-        mine = loads[slot] = len(self.active_associations)
-        if any(mine > load for i, load in enumerate(loads) if i != slot):
-            time.sleep(0.001)  # a less busy process will take it
-            return
-        super()._handle_request_noblock()
-        loads[slot] = len(self.active_associations)
-
-    def server_bind(self) -> None:
-        self.socket.close()
-        # Non-blocking: when another process takes the connection first, accept()
-        # fails with EAGAIN instead of blocking the serve loop.
-        self._listen_socket.setblocking(False)
-        self.socket = self._listen_socket
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        pass  # the parent already listens
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DicomNetworkError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock
 
 
 class Listener:
@@ -136,86 +105,126 @@ class Listener:
     def __init__(self, settings: ListenerSettings, ingestor: Ingestor) -> None:
         self.settings = settings
         self.ingestor = ingestor
-        self.assoc_log = AssociationLog()
-        self.ae = build_ae(settings)
-        self.server: ThreadedAssociationServer | None = None
+        self.policy = Policy(
+            ae_title=settings.ae_title,
+            allowed_ae_titles=list(settings.allowed_ae_titles),
+            max_pdu=settings.max_pdu,
+            contexts=supported_contexts(),
+            too_busy=lambda: len(self._active) > settings.max_associations,
+        )
+        self._peer_ok = _PeerFilter(settings.allowed_peers)
+        self._tls = tls_context(settings.tls)
+        self._sock: socket.socket | None = None
+        self._shared: SharedSocket | None = None
+        self._active: dict[threading.Thread, Association] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._acceptor: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0 for an ephemeral port)."""
-        assert self.server is not None, "listener not started"
-        return int(self.server.server_address[1])
+        assert self._sock is not None, "listener not started"
+        return int(self._sock.getsockname()[1])
 
     def start(self, shared: SharedSocket | None = None) -> None:
         """Listen on ``host:port``, or serve on a socket shared with other processes."""
-        handlers = [
-            (evt.EVT_C_STORE, handle_store, [self.ingestor, self.assoc_log]),
-            (evt.EVT_ESTABLISHED, handle_established, [self.assoc_log]),
-            (evt.EVT_RELEASED, handle_released, [self.assoc_log]),
-            (evt.EVT_ABORTED, handle_aborted, [self.assoc_log]),
-            (evt.EVT_REJECTED, handle_rejected, [self.ae.require_calling_aet]),
-        ]
-        try:
-            if shared is None:
-                self.server = self.ae.start_server(
-                    (self.settings.host, self.settings.port),
-                    block=False,
-                    evt_handlers=handlers,
-                    ssl_context=tls_context(self.settings.tls),
-                )
-            else:
-                self.server = self._serve_shared(shared, handlers)
-        except OSError as exc:
-            raise DicomNetworkError(
-                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
-            ) from None
-        peer_ok = _PeerFilter(self.settings.allowed_peers)
-        base_verify = self.server.verify_request
-
-        def verify_request(request, client_address) -> bool:  # type: ignore[no-untyped-def]
-            if not peer_ok(client_address[0]):
-                log.warning(
-                    "connection from %s:%s refused: address not in listener.allowed_peers", *client_address[:2]
-                )
-                return False
-            return base_verify(request, client_address)
-
-        self.server.verify_request = verify_request  # type: ignore[method-assign]
+        self._shared = shared
+        self._sock = shared.sock if shared is not None else bind(self.settings.host, self.settings.port)
+        # Non-blocking: when another process takes a connection first, accept()
+        # fails with EAGAIN instead of blocking the accept loop.
+        self._sock.setblocking(False)
+        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
+        self._acceptor.start()
         if shared is None:
             log.info(
                 "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
-                " (TLS)" if self.settings.tls.enabled else "",
+                " (TLS)" if self._tls else "",
             )  # fmt: skip
 
-    def _serve_shared(self, shared: SharedSocket, handlers: list) -> ThreadedAssociationServer:
-        server = self.ae.make_server(
-            shared.sock.getsockname(),
-            evt_handlers=handlers,
-            ssl_context=tls_context(self.settings.tls),
-            server_class=_SharedSocketServer,
-            shared=shared,
-        )
-        threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
-        self.ae._servers.append(server)
-        return server
+    def _publish_load(self) -> int:
+        with self._lock:
+            mine = len(self._active)
+        if self._shared is not None:
+            self._shared.loads[self._shared.slot] = mine
+        return mine
+
+    def _should_yield(self, mine: int) -> bool:
+        if self._shared is None:
+            return False
+        loads, slot = self._shared.loads, self._shared.slot
+        return any(mine > load for i, load in enumerate(loads) if i != slot)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._sock, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                if not selector.select(timeout=0.2):
+                    continue
+                if self._should_yield(self._publish_load()):
+                    time.sleep(0.001)  # a less busy process will take it
+                    continue
+                try:
+                    conn, peer = self._sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # another process took it
+                except OSError:
+                    if self._stopping.is_set():
+                        return
+                    raise
+                self._start_association(conn, peer)
+
+    def _start_association(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        if not self._peer_ok(peer[0]):
+            log.warning("connection from %s:%s refused: address not in listener.allowed_peers", *peer[:2])
+            conn.close()
+            return
+        conn.setblocking(True)
+        conn.settimeout(self.settings.network_timeout)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        thread = threading.Thread(target=self._run_association, args=(conn, peer), daemon=True)
+        thread.name = f"assoc-{peer[0]}:{peer[1]}"
+        thread.start()
+
+    def _run_association(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        me = threading.current_thread()
+        try:
+            if self._tls is not None:
+                try:
+                    conn = self._tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc)
+                    conn.close()
+                    return
+            assoc = Association(conn, peer, self.policy, self.ingestor)
+            with self._lock:
+                self._active[me] = assoc
+            self._publish_load()
+            assoc.run()
+        finally:
+            with self._lock:
+                self._active.pop(me, None)
+            self._publish_load()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let active associations finish for ``grace`` seconds,
         abort the rest, and wait for in-flight stores to be written and indexed."""
-        if self.server is None:
+        if self._sock is None or self._stopping.is_set():
             return
-        server, self.server = self.server, None
+        self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join()
+        self._sock.close()
         grace = self.settings.shutdown_grace if grace is None else grace
-        socketserver.TCPServer.shutdown(server)  # stop the accept loop, keep associations
-        server.server_close()
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        with self._lock:
+            remaining = dict(self._active)
+        for assoc in remaining.values():
             assoc.abort()
         self.ingestor.wait_idle()
-        for assoc in server.active_associations:
-            assoc.join(timeout=5)
-        if server in self.ae._servers:
-            self.ae._servers.remove(server)
+        for thread in remaining:
+            thread.join(timeout=5)
         log.info("listener stopped")

@@ -23,12 +23,12 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from dicom_io.ingest import Ingestor
-from dicom_io.listener import Listener, SharedSocket
+from dicom_io.listener import Listener, SharedSocket, bind
 from dicom_io.store import InstanceStore
 from triage.completeness import CompletenessMonitor
 from triage.config import Settings
 from triage.db import make_engine
-from triage.errors import DicomNetworkError, TriageError
+from triage.errors import TriageError
 from triage.index import SqlIndex
 from triage.index_rpc import serve_index
 from triage.listener_process import run_listener_process
@@ -80,7 +80,7 @@ class TriageServer:
             self.listener = Listener(self.settings.listener, Ingestor(self.store, self.index))
             self.listener.start()
             return
-        self._socket = self._bind()
+        self._socket = bind(self.settings.listener.host, self.settings.listener.port)
         self._loads = self._mp.Array("i", self.processes, lock=False)
         for slot in range(self.processes):
             self._children.append(self._spawn(slot))
@@ -89,19 +89,6 @@ class TriageServer:
             self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
             " (TLS)" if self.settings.listener.tls.enabled else "",
         )  # fmt: skip
-
-    def _bind(self) -> socket.socket:
-        host, port = self.settings.listener.host, self.settings.listener.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise DicomNetworkError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        sock.listen(128)
-        return sock
 
     def _spawn(self, slot: int) -> _Child:
         parent_conn, child_conn = self._mp.Pipe()
