@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import bindparam, case, func, select, update
@@ -88,6 +90,45 @@ _INSERT_INSTANCES = {
     .returning(INSTANCE.c.sop_instance_uid, sort_by_parameter_order=True)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
+
+
+# The same three statements as raw SQL for SQLite: on the one writer's hot path,
+# SQLAlchemy's per-statement overhead was most of a group commit's time.
+# Times are bound as SQLAlchemy stores them on SQLite (UTC, no offset).
+_SQLITE_INSERT_INSTANCE = (
+    "INSERT INTO instance (sop_instance_uid, series_pk, sop_class_uid, instance_number, transfer_syntax, path,"
+    " size_bytes, sha256, received_at, calling_ae, peer_address, conflicts) VALUES (:sop_instance_uid, :series_pk,"
+    " :sop_class_uid, :instance_number, :transfer_syntax, :path, :size_bytes, :sha256, :received_at, :calling_ae,"
+    " :peer_address, :conflicts) ON CONFLICT (sop_instance_uid) DO NOTHING"
+)
+_SQLITE_SERIES_ARRIVALS = (
+    "UPDATE series SET num_instances = num_instances + :n, last_received = :last,"
+    " generation = CASE WHEN status = 'complete' THEN generation + 1 ELSE generation END,"
+    " completed_at = NULL, status = 'receiving' WHERE id = :pk"
+)
+_SQLITE_STUDY_ARRIVALS = (
+    "UPDATE study SET num_instances = num_instances + :n, last_received = :last, status = 'receiving' WHERE id = :pk"
+)
+
+
+def _sqlite(conn: Connection) -> sqlite3.Connection | None:
+    """The raw sqlite3 connection under ``conn`` (same transaction), or None on other databases."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return conn.connection.driver_connection  # type: ignore[return-value]
+
+
+def _sqlite_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _known_uids(conn: Connection, uids: list[str]) -> set[str]:
+    sqlite_conn = _sqlite(conn)
+    if sqlite_conn is None:
+        return set(conn.execute(_KNOWN_UIDS, {"uids": uids}).scalars())
+    marks = ",".join("?" * len(uids))
+    sql = f"SELECT sop_instance_uid FROM instance WHERE sop_instance_uid IN ({marks})"
+    return {row[0] for row in sqlite_conn.execute(sql, uids)}
 
 
 def _insert_instances_stmt(conn: Connection):  # type: ignore[no-untyped-def]
@@ -235,7 +276,7 @@ class SqlIndex:
                 # Records of UIDs already indexed (or repeated in this batch) create
                 # nothing: not even an empty study or series row.
                 uids = [r.header.sop_instance_uid for r in records]
-                known = set(conn.execute(_KNOWN_UIDS, {"uids": uids}).scalars())
+                known = _known_uids(conn, uids)
                 fresh: dict[str, IndexRecord] = {}
                 for r in records:
                     if r.header.sop_instance_uid not in known:
@@ -244,7 +285,7 @@ class SqlIndex:
                 inserted = self._insert_instances(conn, placed) if placed else set()
                 self._count_arrivals(conn, [(r, pk) for r, pk in placed if r.header.sop_instance_uid in inserted])
                 return [fresh.get(r.header.sop_instance_uid) is r and r.header.sop_instance_uid in inserted for r in records]
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             self._study_pk.clear()
             self._series_pk.clear()
             raise DatabaseError(f"index write failed: {exc.__class__.__name__}: {_reason(exc)}") from None
@@ -260,7 +301,15 @@ class SqlIndex:
             )
             for r, series_pk in placed
         ]  # fmt: skip
-        return set(conn.execute(_insert_instances_stmt(conn), rows).scalars())
+        sqlite_conn = _sqlite(conn)
+        if sqlite_conn is None:
+            return set(conn.execute(_insert_instances_stmt(conn), rows).scalars())
+        new = set()
+        for row in rows:
+            row["received_at"] = _sqlite_time(row["received_at"])
+            if sqlite_conn.execute(_SQLITE_INSERT_INSTANCE, row).rowcount:
+                new.add(row["sop_instance_uid"])
+        return new
 
     def _count_arrivals(self, conn: Connection, new: list[tuple[IndexRecord, int]]) -> None:
         """Bump instance counts and arrival times, one UPDATE per series and per study."""
@@ -272,14 +321,18 @@ class SqlIndex:
         per_study: dict[int, list[IndexRecord]] = {}
         for recs in per_series.values():
             per_study.setdefault(self._study_pk[recs[0].header.study_uid], []).extend(recs)
-        conn.execute(
-            _SERIES_ARRIVALS,
-            [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_series.items()],
-        )
-        conn.execute(
-            _STUDY_ARRIVALS,
-            [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_study.items()],
-        )
+        series_rows = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_series.items()]
+        study_rows = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_study.items()]
+        sqlite_conn = _sqlite(conn)
+        if sqlite_conn is None:
+            conn.execute(_SERIES_ARRIVALS, series_rows)
+            conn.execute(_STUDY_ARRIVALS, study_rows)
+            return
+        for rows in (series_rows, study_rows):
+            for row in rows:
+                row["last"] = _sqlite_time(row["last"])
+        sqlite_conn.executemany(_SQLITE_SERIES_ARRIVALS, series_rows)
+        sqlite_conn.executemany(_SQLITE_STUDY_ARRIVALS, study_rows)
 
     def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
         h = rec.header
@@ -317,5 +370,5 @@ class SqlIndex:
         )
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: Exception) -> str:
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
