@@ -54,7 +54,6 @@ class AssociationStats:
 class Policy:
     """What the listener decides at association time."""
 
-    ae_title: str
     allowed_ae_titles: list[str]
     max_pdu: int
     contexts: list[PresentationContext]
@@ -137,6 +136,8 @@ class Association:
         rq = RqPDU()
         rq.decode(struct.pack(">BBL", pdu_type, 0, len(body)) + body)
         request = rq.to_primitive()
+        if not request.presentation_context_definition_list:
+            raise PeerGone("A-ASSOCIATE-RQ without presentation contexts")
         self.stats.calling_ae = str(request.calling_ae_title).strip()
         policy = self.policy
         reason = None

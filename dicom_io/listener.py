@@ -106,7 +106,6 @@ class Listener:
         self.settings = settings
         self.ingestor = ingestor
         self.policy = Policy(
-            ae_title=settings.ae_title,
             allowed_ae_titles=list(settings.allowed_ae_titles),
             max_pdu=settings.max_pdu,
             contexts=supported_contexts(),
