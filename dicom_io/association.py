@@ -55,6 +55,7 @@ class Policy:
     """What the listener decides at association time."""
 
     allowed_ae_titles: list[str]
+    peer_allowed: Callable[[str], bool]  # the peer's IP address is in listener.allowed_peers
     max_pdu: int
     contexts: list[PresentationContext]
     too_busy: Callable[[], bool]  # the association limit is reached
@@ -141,7 +142,10 @@ class Association:
         self.stats.calling_ae = str(request.calling_ae_title).strip()
         policy = self.policy
         reason = None
-        if policy.allowed_ae_titles and self.stats.calling_ae not in policy.allowed_ae_titles:
+        if not policy.peer_allowed(self.peer_ip):
+            # PS3.8 9.3.4: rejected-permanent, service-user, no reason given (none fits better)
+            reason, rsd = "peer address not in listener.allowed_peers", (1, 1, 1)
+        elif policy.allowed_ae_titles and self.stats.calling_ae not in policy.allowed_ae_titles:
             # PS3.8 9.3.4: rejected-permanent, service-user, calling AE title not recognized
             reason, rsd = "calling AE title not in listener.allowed_ae_titles", (1, 1, 3)
         elif policy.too_busy():

@@ -107,11 +107,11 @@ class Listener:
         self.ingestor = ingestor
         self.policy = Policy(
             allowed_ae_titles=list(settings.allowed_ae_titles),
+            peer_allowed=_PeerFilter(settings.allowed_peers),
             max_pdu=settings.max_pdu,
             contexts=supported_contexts(),
             too_busy=lambda: len(self._active) > settings.max_associations,
         )
-        self._peer_ok = _PeerFilter(settings.allowed_peers)
         self._tls = tls_context(settings.tls)
         self._sock: socket.socket | None = None
         self._shared: SharedSocket | None = None
@@ -175,10 +175,6 @@ class Listener:
                 self._start_association(conn, peer)
 
     def _start_association(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        if not self._peer_ok(peer[0]):
-            log.warning("connection from %s:%s refused: address not in listener.allowed_peers", *peer[:2])
-            conn.close()
-            return
         conn.setblocking(True)
         conn.settimeout(self.settings.network_timeout)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -226,7 +226,7 @@ def test_calling_ae_allow_list(make_server) -> None:
 
 def test_peer_address_allow_list(make_server) -> None:
     server = make_server(**{"listener.allowed_peers": ["10.0.0.0/8"]})
-    with pytest.raises(DicomNetworkError):
+    with pytest.raises(DicomNetworkError, match="rejected"):
         echo("127.0.0.1", server.port, timeout=3)
     allowed = make_server(**{"listener.allowed_peers": ["127.0.0.0/8"]})
     assert echo("127.0.0.1", allowed.port) < 5
