@@ -94,3 +94,24 @@ def test_one_bad_record_does_not_fail_its_batch(index: SqlIndex) -> None:
     assert isinstance(outcomes["1.2.3.1.9"], DatabaseError)
     with Session(index.engine) as s:
         assert s.exec(select(Study)).one().num_instances == 3
+
+
+def test_portable_statements_match_the_sqlite_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SQLAlchemy Core statements (what PostgreSQL runs) give the same index
+    # as the raw SQLite ones.
+    import triage.index as index_module
+
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(index_module, "_sqlite", lambda conn: None)
+        idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / f'{fast}.db'}"))
+        idx.start()
+        news = [idx.record(record(header(sop=f"1.2.3.1.{i}"))) for i in (1, 2, 2)]
+        idx.close()
+        with Session(idx.engine) as s:
+            study = s.exec(select(Study)).one()
+            instances = sorted((i.sop_instance_uid, i.received_at.tzinfo is not None) for i in s.exec(select(Instance)))
+            results.append((news, study.num_instances, study.last_received is not None, instances))
+    assert results[0] == results[1]
+    assert results[0][0] == [True, True, False]
