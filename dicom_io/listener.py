@@ -110,7 +110,7 @@ class Listener:
             peer_allowed=_PeerFilter(settings.allowed_peers),
             max_pdu=settings.max_pdu,
             contexts=supported_contexts(),
-            too_busy=lambda: len(self._active) > settings.max_associations,
+            too_busy=lambda: self._total_active() > settings.max_associations,
         )
         self._tls = tls_context(settings.tls)
         self._sock: socket.socket | None = None
@@ -140,6 +140,13 @@ class Listener:
                 "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
                 " (TLS)" if self._tls else "",
             )  # fmt: skip
+
+    def _total_active(self) -> int:
+        """Active associations of this listener, across all processes sharing the port."""
+        if self._shared is not None:
+            return sum(self._shared.loads)
+        with self._lock:
+            return len(self._active)
 
     def _publish_load(self) -> int:
         with self._lock:

@@ -60,7 +60,7 @@ class ListenerSettings(_Section):
     ae_title: str = "TRIAGE"
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
-    max_associations: int = Field(32, ge=1, le=1024)
+    max_associations: int = Field(32, ge=1, le=1024)  # across all listener processes
     # Listener processes sharing the port (Python runs one thread at a time per
     # process); 0 = one per available CPU core, 1 = in the main process.
     processes: int = Field(0, ge=0, le=64)

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from dicom_io.send import echo
 from dicom_io.writer import StudyMeta
 from tests.scu import store
+from triage.errors import DicomNetworkError
 
 
 def test_listener_processes_index_through_the_main_process(make_server, make_ct_series) -> None:
@@ -31,3 +36,18 @@ def test_a_dead_listener_process_is_replaced(make_server, make_ct_series) -> Non
     server.check_listeners()
     assert server._children[0].process.is_alive() and server._children[0].process is not victim
     assert store(server.port, make_ct_series(slices=2, size=32)) == [0, 0]
+
+
+def test_association_limit_counts_every_listener_process(make_server) -> None:
+    server = make_server(**{"listener.processes": 2, "listener.max_associations": 2})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    holders = [ae.associate("127.0.0.1", server.port, ae_title="TRIAGE") for _ in range(2)]
+    try:
+        assert all(h.is_established for h in holders)
+        with pytest.raises(DicomNetworkError, match="rejected"):
+            echo("127.0.0.1", server.port)
+    finally:
+        for h in holders:
+            h.release()
+    assert echo("127.0.0.1", server.port) < 5
