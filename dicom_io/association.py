@@ -61,11 +61,18 @@ class Policy:
     too_busy: Callable[[], bool]  # the association limit is reached
 
 
+# Largest PDU we read when our Maximum PDU Length is 0 (unlimited): a length
+# field is never trusted to allocate gigabytes.
+_PDU_CAP = 64 * 2**20
+
+
 class _Reader:
     """Exact reads from a blocking socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_pdu: int) -> None:
         self.sock = sock
+        # Peers must keep P-DATA within our Maximum PDU Length; allow the header.
+        self.limit = (max_pdu + 6) if max_pdu else _PDU_CAP
 
     def exactly(self, n: int) -> bytes:
         buf = bytearray(n)
@@ -80,6 +87,8 @@ class _Reader:
 
     def pdu(self) -> tuple[int, bytes]:
         pdu_type, _, length = struct.unpack(">BBL", self.exactly(6))
+        if length > max(self.limit, 65536):  # an A-ASSOCIATE-RQ may exceed a tiny max PDU
+            raise PeerGone(f"PDU of {length} bytes exceeds our maximum PDU length")
         return pdu_type, self.exactly(length)
 
 
@@ -92,7 +101,7 @@ class Association:
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], policy: Policy, ingestor: Ingestor) -> None:
         self.sock = sock
-        self.reader = _Reader(sock)
+        self.reader = _Reader(sock, policy.max_pdu)
         self.peer_ip = peer[0]
         self.policy = policy
         self.ingestor = ingestor

@@ -43,6 +43,7 @@ def test_malformed_pdv_is_refused() -> None:
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not DICOM at all
         dimse.pdu(dimse.P_DATA_TF, b"\x00\x00\x00\x04\x01\x03ab"),  # data before any association
         dimse.pdu(dimse.A_ASSOCIATE_RQ, b"\x00\x01\x00\x00" + b"x" * 20),  # a truncated request
+        b"\x01\x00\xff\xff\xff\xf0",  # claims a 4 GiB PDU
     ],
 )
 def test_garbage_on_the_port_is_dropped_and_listener_keeps_serving(server, garbage: bytes) -> None:
