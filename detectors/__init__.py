@@ -1,5 +1,8 @@
-"""Detectors (bleed, fracture, nodule) and the batched inference engine.
+"""Detectors (bleed, fracture, nodule), routing, and (later) the batched
+inference engine.
 
-Not built yet: this package arrives with the detectors issue. It will take
-arrays and metadata and return findings, knowing nothing of the network or DB.
+``detectors.routing`` decides from a series' header which detectors apply; it
+imports no torch. The networks and the engine arrive with the detectors issue.
+They take arrays and metadata and return findings, knowing nothing of the
+network or the DB.
 """
