@@ -1,0 +1,318 @@
+"""Reading pixels: a CT/MR series as a HU volume, a radiograph as a display image.
+
+Compressed transfer syntaxes are decoded by pydicom with the pylibjpeg plugins.
+Every failure to read or decode becomes a ``PixelDataError`` whose one-line
+message names the file (and the transfer syntax, for decoding), so a worker can
+log it and move on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from triage.errors import TriageError
+
+# Direction cosines closer than this are the same orientation (they are stored
+# as decimal strings of varying precision).
+_ORIENTATION_TOL = 1e-3
+# A gap that differs from the median gap by more than this fraction is reported.
+_GAP_TOL = 0.1
+_DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+class PixelDataError(TriageError):
+    """Pixel data could not be read, decoded or assembled; the message names why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A series as a volume in Hounsfield units (or the modality's rescaled values, for MR)."""
+
+    hu: np.ndarray  # (slices, rows, cols), float32
+    spacing_mm: tuple[float, float, float]  # (slice, row, col)
+    sop_instance_uids: list[str]  # one per slice, in volume order (repeated for multi-frame)
+    series_uid: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Radiograph:
+    """A projection image for display and detection: bright means dense."""
+
+    image: np.ndarray  # (rows, cols) float32 in [0, 1]
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col)
+    sop_instance_uid: str
+    photometric: str  # as stored, before MONOCHROME1 inversion
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """Geometry and rescale of one slice, read from the header before decoding."""
+
+    path: Path
+    index: int  # frame index within the file
+    sop_uid: str
+    position: np.ndarray  # (3,), mm, Image Position (Patient)
+    orientation: tuple[float, ...]  # (6,), row then column direction cosines
+    shape: tuple[int, int]  # (rows, cols)
+    pixel_spacing: tuple[float, float]  # (row, col), mm
+    rescale: tuple[float, float] | None  # (slope, intercept) per frame; None: whole-dataset modality LUT
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        ds = dcmread(path)
+    except Exception as exc:  # pydicom raises many types for bad files; all are "unreadable" to us
+        raise PixelDataError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise PixelDataError(f"{path}: has no Pixel Data")
+    return ds
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    uid = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    return f"{uid.name} ({uid})" if uid else "unknown transfer syntax"
+
+
+def _decode(ds: Dataset, path: Path) -> np.ndarray:
+    """The stored values, decoded; any decoder failure becomes a PixelDataError."""
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError, ...
+        # Plugin errors span several lines; the message must stay on one.
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise PixelDataError(f"{path}: cannot decode pixel data in {_transfer_syntax(ds)}: {detail}") from exc
+    return arr
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _group(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
+    """The functional group ``keyword`` for one frame: per-frame, else shared (PS3.3 C.7.6.16)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    for item in (per_frame[frame] if per_frame else None, shared[0] if shared else None):
+        if item is not None and item.get(keyword):
+            return item.get(keyword)[0]
+    return None
+
+
+def _normal(orientation: Sequence[float]) -> np.ndarray:
+    # The slice normal is row cosine x column cosine (PS3.3 C.7.6.2.1.1).
+    return np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+
+
+def _frames(ds: Dataset, path: Path, warnings: list[str]) -> list[_Frame]:
+    """One ``_Frame`` per slice in the dataset.
+
+    Enhanced multi-frame objects take position, orientation, spacing and rescale
+    from their functional groups. A plain multi-frame object (e.g. RT Dose, NM)
+    has one Image Position for its first frame: the others are placed along the
+    normal at Grid Frame Offset Vector, else at Spacing Between Slices / Slice
+    Thickness steps.
+    """
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise PixelDataError(f"{path}: is a colour image ({ds.get('PhotometricInterpretation')}), not a CT/MR slice")
+    n = int(ds.get("NumberOfFrames") or 1)
+    shape = (int(ds.Rows), int(ds.Columns))
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds
+    frames = []
+    for k in range(n):
+        plane = _group(ds, k, "PlanePositionSequence") if enhanced else ds
+        orient = _group(ds, k, "PlaneOrientationSequence") if enhanced else ds
+        measures = _group(ds, k, "PixelMeasuresSequence") if enhanced else ds
+        value = _group(ds, k, "PixelValueTransformationSequence") if enhanced else None
+        position = _floats(plane.get("ImagePositionPatient") if plane else None, 3)
+        orientation = _floats(orient.get("ImageOrientationPatient") if orient else None, 6)
+        spacing = _floats(measures.get("PixelSpacing") if measures else None, 2)
+        if orientation is None:
+            warnings.append(f"{path}: no Image Orientation (Patient); assuming axial")
+            orientation = _DEFAULT_ORIENTATION
+        if position is None:
+            raise PixelDataError(f"{path}: frame {k + 1} has no Image Position (Patient); cannot place the slice")
+        pos = np.asarray(position)
+        if not enhanced and k > 0:
+            offsets = _floats(ds.get("GridFrameOffsetVector"), n)
+            step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+            pos = pos + _normal(orientation) * (offsets[k] - offsets[0] if offsets else k * step)
+        rescale = None
+        if enhanced:
+            rescale = (float(value.get("RescaleSlope", 1.0)), float(value.get("RescaleIntercept", 0.0))) if value else (1.0, 0.0)
+        row_col = (spacing[0], spacing[1]) if spacing else (1.0, 1.0)
+        frames.append(_Frame(path, k, sop_uid, pos, orientation, shape, row_col, rescale))
+    return frames
+
+
+def _check_consistent(frames: list[_Frame]) -> None:
+    """Raise if the slices cannot form one volume: mixed orientation, matrix or pixel spacing."""
+    first = frames[0]
+    for f in frames[1:]:
+        if not np.allclose(f.orientation, first.orientation, atol=_ORIENTATION_TOL):
+            raise PixelDataError(
+                f"inconsistent orientation: {f.path} has {f.orientation}, {first.path} has {first.orientation}"
+            )
+        if f.shape != first.shape:
+            raise PixelDataError(f"inconsistent matrix size: {f.path} is {f.shape}, {first.path} is {first.shape}")
+        if not np.allclose(f.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+            raise PixelDataError(
+                f"inconsistent pixel spacing: {f.path} has {f.pixel_spacing}, {first.path} has {first.pixel_spacing}"
+            )
+
+
+def _drop_duplicates(frames: list[_Frame], along: np.ndarray, warnings: list[str]) -> list[_Frame]:
+    """Keep one frame per SOP Instance UID + frame, and one per position, with a warning for each dropped."""
+    kept: list[_Frame] = []
+    seen: dict[tuple[str, int], float] = {}
+    for f in frames:
+        key, where = (f.sop_uid, f.index), float(f.position @ along)
+        if f.sop_uid and key in seen:
+            if abs(seen[key] - where) >= 1e-3:  # one UID, two places: which is the instance?
+                raise PixelDataError(f"SOP Instance UID {f.sop_uid} occurs at two positions ({f.path})")
+            warnings.append(f"duplicate SOP Instance UID {f.sop_uid} ({f.path}); kept one copy")
+            continue
+        seen[key] = where
+        if kept and abs(float(f.position @ along) - float(kept[-1].position @ along)) < 1e-3:
+            warnings.append(
+                f"two slices at the same position {float(f.position @ along):.3f} mm "
+                f"({kept[-1].sop_uid} and {f.sop_uid}); kept {kept[-1].sop_uid}"
+            )
+            continue
+        kept.append(f)
+    return kept
+
+
+def _slice_spacing(frames: list[_Frame], along: np.ndarray, datasets: dict[Path, Dataset], warnings: list[str]) -> float:
+    if len(frames) == 1:
+        ds = datasets[frames[0].path]
+        return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    gaps = np.diff([float(f.position @ along) for f in frames])
+    median = float(np.median(gaps))
+    if np.any(np.abs(gaps - median) > _GAP_TOL * median):
+        warnings.append(
+            f"inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm; using the median {median:.3f} mm"
+        )
+    return median
+
+
+def load_volume(paths: Iterable[str | Path]) -> Volume:
+    """Assemble a CT/MR series (single-frame files, or multi-frame files) into a volume.
+
+    Slices are ordered by their position along the slice normal (PS3.3
+    C.7.6.2.1.1), never by Instance Number. Slice spacing is the median gap
+    between positions; uneven gaps and dropped duplicates are reported in
+    ``Volume.warnings``. Slices of different orientation, matrix size, pixel
+    spacing or series raise ``PixelDataError``: they are never mixed.
+
+    Parameters
+    ----------
+    paths
+        The series' files, in any order.
+
+    Returns
+    -------
+    Volume
+        Rescaled values (Rescale Slope/Intercept or Modality LUT), float32.
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise PixelDataError("no files given for the volume")
+    warnings: list[str] = []
+    datasets = {p: _read(p) for p in dict.fromkeys(files)}
+    if len(datasets) < len(files):
+        warnings.append("the same file was given more than once; read once")
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets.values()}
+    if len(series) > 1:
+        raise PixelDataError(f"files from {len(series)} different series: {sorted(series)}")
+    frames = [f for p, ds in datasets.items() for f in _frames(ds, p, warnings)]
+    _check_consistent(frames)
+    along = _normal(frames[0].orientation)
+    # Ties broken by UID so that the slice kept of a duplicated pair is reproducible.
+    frames.sort(key=lambda f: (float(f.position @ along), f.sop_uid, f.index))
+    frames = _drop_duplicates(frames, along, warnings)
+    slice_mm = _slice_spacing(frames, along, datasets, warnings)
+
+    decoded: dict[Path, np.ndarray] = {}
+    hu = np.empty((len(frames), *frames[0].shape), dtype=np.float32)
+    for i, f in enumerate(frames):
+        if f.path not in decoded:
+            ds = datasets[f.path]
+            stored = _decode(ds, f.path)
+            stored = stored.reshape(-1, *f.shape)  # (frames, rows, cols) even for one frame
+            decoded[f.path] = stored if f.rescale else apply_modality_lut(stored, ds)
+        values = decoded[f.path][f.index]
+        if f.rescale:
+            values = values * f.rescale[0] + f.rescale[1]
+        hu[i] = values
+    row_mm, col_mm = frames[0].pixel_spacing
+    return Volume(
+        hu=hu,
+        spacing_mm=(slice_mm, row_mm, col_mm),
+        sop_instance_uids=[f.sop_uid for f in frames],
+        series_uid=series.pop(),
+        warnings=warnings,
+    )
+
+
+def _has_voi(ds: Dataset) -> bool:
+    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:  # a flat image: nothing to show, and no division by zero
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def load_radiograph(path: str | Path) -> Radiograph:
+    """Read a projection radiograph (CR, DX, MG or similar) as a [0, 1] display image.
+
+    The Modality LUT (rescale or LUT) is applied, then the first VOI LUT or
+    window (PS3.3 C.11.2), else a min/max window. The result is scaled to
+    [0, 1] over the VOI output range, and MONOCHROME1 is inverted so that bright
+    always means dense (PS3.3 C.7.6.3.1.2).
+    """
+    path = Path(path)
+    ds = _read(path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise PixelDataError(f"{path}: is a colour image ({photometric}), not a radiograph")
+    if int(ds.get("NumberOfFrames") or 1) != 1:
+        raise PixelDataError(f"{path}: has {ds.NumberOfFrames} frames; a radiograph has one (use load_volume)")
+    stored = _decode(ds, path)
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    if _has_voi(ds):
+        if "VOILUTSequence" in ds:  # a LUT is indexed by integer input values (PS3.3 C.11.2.1.1)
+            values = np.rint(values).astype(np.int64)
+        shown = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        # The VOI output range is what the window (or LUT) maps its ends to:
+        # evaluate it at values far below and above every pixel.
+        span = values.max() - values.min() + 1
+        ends = np.array([values.min() - span, values.max() + span], dtype=values.dtype)
+        lo, hi = (float(v) for v in apply_voi_lut(ends, ds, index=0))
+        image = _to_unit(shown, min(lo, hi), max(lo, hi))
+    else:
+        image = _to_unit(values, float(values.min()), float(values.max()))
+    if photometric == "MONOCHROME1":
+        image = (1.0 - image).astype(np.float32)
+    pixel_spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    return Radiograph(
+        image=image,
+        pixel_spacing_mm=(pixel_spacing[0], pixel_spacing[1]) if pixel_spacing else None,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        photometric=photometric,
+    )

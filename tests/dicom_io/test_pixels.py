@@ -1,0 +1,242 @@
+"""Reading pixels: HU volumes from series and display images from radiographs."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.sequence import Sequence
+from pydicom.uid import RLELossless, generate_uid
+
+from dicom_io.pixels import PixelDataError, load_radiograph, load_volume
+from dicom_io.writer import StudyMeta
+from tests.conftest import bundled_file
+
+MakeSeries = Callable[..., list[Path]]
+
+
+def _edit(path: Path, out: Path, **attrs: object) -> Path:
+    ds = dcmread(path)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    ds.save_as(out)
+    return out
+
+
+# --- volumes -------------------------------------------------------------
+
+
+def test_ct_small_is_rescaled_to_hu_as_pydicom_does() -> None:
+    path = bundled_file("CT_small.dcm")
+    ds = dcmread(path)
+    volume = load_volume([path])
+    assert volume.hu.dtype == np.float32
+    assert volume.hu.shape == (1, 128, 128)
+    np.testing.assert_array_equal(volume.hu[0], apply_modality_lut(ds.pixel_array, ds))
+    assert -1100 < volume.hu.min() < -800  # air around the phantom
+    assert 500 < volume.hu.max() < 3000  # bone, not raw stored values
+    assert volume.sop_instance_uids == [ds.SOPInstanceUID]
+    assert volume.series_uid == ds.SeriesInstanceUID
+
+
+def test_shuffled_series_sorts_by_position_not_instance_number(make_ct_series: MakeSeries, tmp_path: Path) -> None:
+    paths = make_ct_series(slices=8, size=32, slice_thickness_mm=2.5, pixel_spacing_mm=(0.7, 0.8))
+    reference = load_volume(paths)
+    rng = random.Random(7)
+    numbers = list(range(1, 9))
+    rng.shuffle(numbers)
+    out = tmp_path / "shuffled"
+    out.mkdir()
+    # Random file names and scrambled Instance Numbers: only the positions tell the order.
+    shuffled = [_edit(p, out / f"{generate_uid()[-12:]}.dcm", InstanceNumber=n) for p, n in zip(paths, numbers)]
+    rng.shuffle(shuffled)
+    volume = load_volume(shuffled)
+    z = [float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in paths]
+    assert z == sorted(z)
+    assert volume.sop_instance_uids == [dcmread(p).SOPInstanceUID for p in paths]
+    np.testing.assert_array_equal(volume.hu, reference.hu)
+    assert volume.spacing_mm == pytest.approx((2.5, 0.7, 0.8))
+    assert volume.warnings == []
+
+
+def test_rle_series_equals_uncompressed(make_ct_series: MakeSeries) -> None:
+    plain = load_volume(make_ct_series(slices=4, size=32))
+    rle = load_volume(make_ct_series(slices=4, size=32, transfer_syntax=RLELossless))
+    np.testing.assert_array_equal(plain.hu, rle.hu)
+    assert -1100 < plain.hu.min() and plain.hu.max() < 1300
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+)
+def test_mr_small_transfer_syntaxes_decode_identically(name: str) -> None:
+    reference = load_volume([bundled_file("MR_small.dcm")]).hu
+    np.testing.assert_array_equal(load_volume([bundled_file(name)]).hu, reference)
+
+
+def test_mr_small_jpeg_ls_decodes_or_fails_clearly() -> None:
+    path = bundled_file("MR_small_jpeg_ls_lossless.dcm")
+    try:
+        volume = load_volume([path])
+    except PixelDataError as exc:
+        assert "JPEG-LS" in str(exc)
+        pytest.skip(f"no JPEG-LS decoder here: {exc}")
+    np.testing.assert_array_equal(volume.hu, load_volume([bundled_file("MR_small.dcm")]).hu)
+
+
+def test_mixed_orientation_raises(make_ct_series: MakeSeries, tmp_path: Path) -> None:
+    paths = make_ct_series(slices=4, size=32)
+    paths[2] = _edit(paths[2], tmp_path / "coronal.dcm", ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.raises(PixelDataError, match="orientation"):
+        load_volume(paths)
+
+
+def test_mixed_matrix_size_raises(make_ct_series: MakeSeries) -> None:
+    meta = StudyMeta()
+    paths = make_ct_series(slices=4, size=32, meta=meta) + make_ct_series(slices=3, size=16, meta=meta)
+    with pytest.raises(PixelDataError, match="matrix size"):
+        load_volume(paths)
+
+
+def test_two_series_are_not_mixed(make_ct_series: MakeSeries) -> None:
+    paths = make_ct_series(slices=2, size=16) + make_ct_series(slices=3, size=16)
+    with pytest.raises(PixelDataError, match="series"):
+        load_volume(paths)
+
+
+def test_duplicated_file_is_kept_once_with_a_warning(make_ct_series: MakeSeries, tmp_path: Path) -> None:
+    paths = make_ct_series(slices=4, size=16)
+    copy = tmp_path / "copy.dcm"
+    shutil.copy(paths[1], copy)
+    volume = load_volume([*paths, copy])
+    assert volume.hu.shape[0] == 4
+    assert any("duplicate SOP Instance UID" in w for w in volume.warnings)
+
+
+def test_two_instances_at_one_position_keep_one_with_a_warning(make_ct_series: MakeSeries, tmp_path: Path) -> None:
+    paths = make_ct_series(slices=4, size=16)
+    twin = _edit(paths[1], tmp_path / "twin.dcm", SOPInstanceUID=generate_uid())
+    volume = load_volume([*paths, twin])
+    assert volume.hu.shape[0] == 4
+    assert any("same position" in w for w in volume.warnings)
+    assert volume.spacing_mm[0] == pytest.approx(5.0)
+
+
+def test_missing_slice_reports_uneven_gaps(make_ct_series: MakeSeries) -> None:
+    paths = make_ct_series(slices=6, size=16)
+    volume = load_volume(paths[:2] + paths[3:])
+    assert volume.hu.shape[0] == 5
+    assert volume.spacing_mm[0] == pytest.approx(5.0)
+    assert any("inconsistent slice spacing" in w for w in volume.warnings)
+
+
+def test_plain_multiframe_frames_become_slices() -> None:
+    volume = load_volume([bundled_file("rtdose.dcm")])
+    assert volume.hu.shape == (15, 10, 10)
+    assert volume.spacing_mm == pytest.approx((5.0, 10.0, 10.0))
+
+
+def test_colour_multiframe_is_refused() -> None:
+    with pytest.raises(PixelDataError, match="colour"):
+        load_volume([bundled_file("SC_rgb_rle_2frame.dcm")])
+
+
+def _enhanced_ct(paths: list[Path], out: Path) -> Path:
+    """An Enhanced CT-like multi-frame file built from a series, frames in reverse order."""
+    slices = [dcmread(p) for p in reversed(paths)]
+    ds = dcmread(paths[-1])  # a fresh copy: the header of the first frame
+    ds.NumberOfFrames = len(slices)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept"):
+        delattr(ds, keyword)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.5]
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for s in slices:
+        item = Dataset()
+        item.PlanePositionSequence = Sequence([Dataset()])
+        item.PlanePositionSequence[0].ImagePositionPatient = s.ImagePositionPatient
+        item.PixelValueTransformationSequence = Sequence([Dataset()])
+        item.PixelValueTransformationSequence[0].RescaleSlope = 1
+        item.PixelValueTransformationSequence[0].RescaleIntercept = s.RescaleIntercept
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.save_as(out)
+    return out
+
+
+def test_enhanced_multiframe_uses_functional_groups(make_ct_series: MakeSeries, tmp_path: Path) -> None:
+    paths = make_ct_series(slices=5, size=16)
+    reference = load_volume(paths)
+    volume = load_volume([_enhanced_ct(paths, tmp_path / "enhanced.dcm")])
+    assert volume.hu.shape == (5, 16, 16)
+    np.testing.assert_array_equal(volume.hu, reference.hu)  # re-sorted by position
+    assert volume.spacing_mm == pytest.approx((5.0, 0.5, 0.5))
+
+
+def test_not_dicom_raises(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file at all")
+    with pytest.raises(PixelDataError, match="junk.dcm"):
+        load_volume([junk])
+
+
+# --- radiographs -----------------------------------------------------------
+
+
+def test_radiograph_without_voi_uses_min_max() -> None:
+    radiograph = load_radiograph(bundled_file("JPEG2000.dcm"))
+    assert radiograph.image.dtype == np.float32
+    assert radiograph.image.shape == (1024, 256)
+    assert radiograph.image.min() == 0.0 and radiograph.image.max() == 1.0
+    assert radiograph.pixel_spacing_mm == pytest.approx((2.26, 2.26))
+    assert radiograph.photometric == "MONOCHROME2"
+
+
+def test_radiograph_window_is_applied(tmp_path: Path) -> None:
+    source = bundled_file("CT_small.dcm")
+    windowed = _edit(source, tmp_path / "windowed.dcm", WindowCenter=40, WindowWidth=400)
+    image = load_radiograph(windowed).image
+    ds = dcmread(source)
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    expected = np.clip((hu - (40 - 200)) / 400, 0, 1)
+    np.testing.assert_allclose(image, expected, atol=0.01)
+    assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    source = bundled_file("CT_small.dcm")
+    inverted = _edit(source, tmp_path / "mono1.dcm", PhotometricInterpretation="MONOCHROME1")
+    normal = load_radiograph(source)
+    radiograph = load_radiograph(inverted)
+    assert radiograph.photometric == "MONOCHROME1"
+    np.testing.assert_allclose(radiograph.image, 1.0 - normal.image, atol=1e-6)
+
+
+def test_corrupt_compressed_pixel_data_raises_one_line(tmp_path: Path) -> None:
+    ds = dcmread(bundled_file("JPEG2000.dcm"))
+    half = len(ds.PixelData) // 2
+    ds.PixelData = ds.PixelData[:half] + bytes(len(ds.PixelData) - half)  # truncated codestream, zero-filled
+    corrupt = tmp_path / "corrupt.dcm"
+    ds.save_as(corrupt)
+    with pytest.raises(PixelDataError) as info:
+        load_radiograph(corrupt)
+    message = str(info.value)
+    assert "corrupt.dcm" in message and "JPEG 2000" in message
+    assert "\n" not in message
+
+
+def test_colour_radiograph_is_refused() -> None:
+    with pytest.raises(PixelDataError, match="colour"):
+        load_radiograph(bundled_file("SC_rgb_jpeg.dcm"))
