@@ -63,38 +63,11 @@ def ct_datasets(
     intercept = -1024.0
     stored = np.clip(np.rint(hu_volume - intercept), 0, 4095).astype(np.uint16)
     n, rows, cols = stored.shape
-    date = meta.study_datetime.strftime("%Y%m%d")
-    time = meta.study_datetime.strftime("%H%M%S")
     for k in range(n):
-        sop_uid = generate_uid(UID_ROOT)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = meta.study_uid
-        ds.SeriesInstanceUID = meta.series_uid
-        ds.FrameOfReferenceUID = meta.frame_of_reference_uid
-        ds.PatientID, ds.PatientName = meta.patient_id, meta.patient_name
-        ds.PatientSex, ds.PatientAge = meta.patient_sex, meta.patient_age
-        ds.AccessionNumber = meta.accession_number
-        ds.StudyID = "1"
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
-        ds.StudyDescription, ds.SeriesDescription = meta.study_description, meta.series_description
-        ds.Modality = "CT"
-        if meta.body_part:
-            ds.BodyPartExamined = meta.body_part
-        if meta.order_priority:
-            ds.RequestedProcedurePriority = meta.order_priority
-        ds.Manufacturer, ds.ManufacturerModelName = meta.manufacturer, meta.model
-        ds.InstitutionName = meta.institution
-        ds.ReferringPhysicianName = ""
+        ds = _new_dataset(CTImageStorage, "CT", meta)
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.FrameOfReferenceUID = meta.frame_of_reference_uid
         ds.PatientPosition = "HFS"
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [-cols * pixel_spacing_mm[1] / 2, -rows * pixel_spacing_mm[0] / 2, k * slice_thickness_mm]
@@ -108,11 +81,108 @@ def ct_datasets(
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = 40, 80
         ds.PixelData = stored[k].tobytes()
-        if transfer_syntax == RLELossless:
-            ds.compress(RLELossless, encoding_plugin="pydicom")
-        elif transfer_syntax != ExplicitVRLittleEndian:
-            raise ValueError(f"Argument \"transfer_syntax\" must be Explicit VR LE or RLE, got {transfer_syntax}")
+        _encode(ds, transfer_syntax)
         yield ds
+
+
+def _new_dataset(sop_class: str, modality: str, meta: StudyMeta) -> Dataset:
+    """A dataset with file meta, UIDs, and the patient, study and series attributes."""
+    sop_uid = generate_uid(UID_ROOT)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = meta.study_uid, meta.series_uid
+    ds.PatientID, ds.PatientName = meta.patient_id, meta.patient_name
+    ds.PatientSex, ds.PatientAge = meta.patient_sex, meta.patient_age
+    ds.AccessionNumber = meta.accession_number
+    ds.StudyID = "1"
+    date, time = meta.study_datetime.strftime("%Y%m%d"), meta.study_datetime.strftime("%H%M%S")
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
+    ds.StudyDescription, ds.SeriesDescription = meta.study_description, meta.series_description
+    ds.Modality = modality
+    if meta.body_part:
+        ds.BodyPartExamined = meta.body_part
+    if meta.order_priority:
+        ds.RequestedProcedurePriority = meta.order_priority
+    ds.Manufacturer, ds.ManufacturerModelName = meta.manufacturer, meta.model
+    ds.InstitutionName = meta.institution
+    ds.ReferringPhysicianName = ""
+    return ds
+
+
+def _encode(ds: Dataset, transfer_syntax: str) -> None:
+    if transfer_syntax == RLELossless:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+    elif transfer_syntax != ExplicitVRLittleEndian:
+        raise ValueError(f"Argument \"transfer_syntax\" must be Explicit VR LE or RLE, got {transfer_syntax}")
+
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def radiograph_dataset(
+    image: np.ndarray,  # (rows, cols), in [0, 1], bright = dense (log-attenuation-like)
+    *,
+    modality: str = "DX",
+    pixel_spacing_mm: float = 0.2,
+    photometric: str = "MONOCHROME2",
+    voi: str = "window",
+    view_position: str = "PA",
+    meta: StudyMeta | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """One CR Image or DX For Presentation dataset (PS3.3 A.2, A.26), 12-bit.
+
+    ``photometric`` MONOCHROME1 stores inverted values (bright = low), as many
+    CR/DX devices do; ``voi`` is "window" (Window Center/Width), "lut" (a VOI
+    LUT Sequence, a gamma curve) or "none".
+    """
+    if modality not in ("CR", "DX"):
+        raise ValueError(f'Argument "modality" must be CR or DX, got {modality!r}')
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f'Argument "photometric" must be MONOCHROME1 or MONOCHROME2, got {photometric!r}')
+    if voi not in ("window", "lut", "none"):
+        raise ValueError(f'Argument "voi" must be "window", "lut" or "none", got {voi!r}')
+    meta = meta or StudyMeta(study_description="XR CHEST PA", series_description="PA", body_part="CHEST")
+    stored = np.rint(np.clip(image, 0.0, 1.0) * 4095).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = 4095 - stored
+    ds = _new_dataset(CR_IMAGE_STORAGE if modality == "CR" else DX_FOR_PRESENTATION, modality, meta)
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ViewPosition = view_position
+    ds.PatientOrientation = ["L", "F"] if view_position in ("PA", "AP") else ["A", "F"]
+    if modality == "CR":
+        ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+    else:
+        ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME1" else 1
+        ds.DetectorType = "SCINTILLATOR"
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if voi == "window":
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    elif voi == "lut":
+        lut = Dataset()
+        lut.LUTDescriptor = [4096, 0, 12]
+        # A gentle gamma curve: monotonic, so reading order is kept.
+        curve = np.rint(4095 * (np.arange(4096) / 4095) ** 0.8).astype("<u2")
+        lut.LUTData = curve.tobytes()  # OW
+        lut.LUTExplanation = "GAMMA 0.8"
+        ds.VOILUTSequence = [lut]
+    ds.PixelData = stored.tobytes()
+    _encode(ds, transfer_syntax)
+    return ds
 
 
 def simple_head_volume(slices: int = 24, size: int = 256, seed: int = 0, noise_hu: float = 8.0) -> np.ndarray:
