@@ -90,7 +90,7 @@ def _new_dataset(sop_class: str, modality: str, meta: StudyMeta) -> Dataset:
     sop_uid = generate_uid(UID_ROOT)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
