@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     UID,
@@ -64,7 +65,7 @@ def ct_datasets(
     stored = np.clip(np.rint(hu_volume - intercept), 0, 4095).astype(np.uint16)
     n, rows, cols = stored.shape
     for k in range(n):
-        ds = _new_dataset(CTImageStorage, "CT", meta)
+        ds = _new_dataset(CTImageStorage, "CT", meta, k)
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.FrameOfReferenceUID = meta.frame_of_reference_uid
@@ -85,9 +86,13 @@ def ct_datasets(
         yield ds
 
 
-def _new_dataset(sop_class: str, modality: str, meta: StudyMeta) -> Dataset:
-    """A dataset with file meta, UIDs, and the patient, study and series attributes."""
-    sop_uid = generate_uid(UID_ROOT)
+def _new_dataset(sop_class: str, modality: str, meta: StudyMeta, index: int = 0) -> Dataset:
+    """A dataset with file meta, UIDs, and the patient, study and series attributes.
+
+    The SOP Instance UID derives from the series UID and ``index``, so a series
+    written twice with the same StudyMeta gets the same UIDs (reproducible samples).
+    """
+    sop_uid = generate_uid(UID_ROOT, entropy_srcs=[meta.series_uid, str(index)])
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -117,9 +122,11 @@ def _new_dataset(sop_class: str, modality: str, meta: StudyMeta) -> Dataset:
 
 def _encode(ds: Dataset, transfer_syntax: str) -> None:
     if transfer_syntax == RLELossless:
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+    elif transfer_syntax == JPEG2000Lossless:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif transfer_syntax != ExplicitVRLittleEndian:
-        raise ValueError(f"Argument \"transfer_syntax\" must be Explicit VR LE or RLE, got {transfer_syntax}")
+        raise ValueError(f"Argument \"transfer_syntax\" must be Explicit VR LE, RLE or JPEG 2000 lossless, got {transfer_syntax}")
 
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

@@ -117,6 +117,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.samples), port=args.port, log_level=level)
 
 
+def _cmd_samples_generate(args: argparse.Namespace) -> int:
+    from detectors.phantoms.samples import KINDS, generate_samples
+    from triage.progress import progress_bar
+
+    kinds = args.kinds or list(KINDS)
+    if args.n < 1:
+        raise TriageError(f"--n must be at least 1, got {args.n}")
+    if unknown := [k for k in kinds if k not in KINDS]:
+        raise TriageError(f"--kinds: unknown kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
+    out = Path(args.out)
+    with progress_bar(args.n, "studies", enabled=not args.no_progress) as advance:
+        manifest = generate_samples(out, args.n, args.seed, kinds, progress=advance)
+    with_finding = sum(1 for s in manifest["studies"] if s["present"])  # type: ignore[union-attr]
+    print(f"wrote {args.n} studies ({with_finding} with a finding) and {out / 'manifest.json'}")
+    return 0
+
+
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from triage.bench.ingest import run_ingest_bench
 
@@ -169,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_demo)
+
+    samples = sub.add_parser("samples", help="synthetic phantom studies with ground truth")
+    ssub = samples.add_subparsers(dest="samples", metavar="ACTION", required=True)
+    p = ssub.add_parser("generate", help="write phantom studies as DICOM plus manifest.json (ground truth)")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--n", type=int, default=12, help="number of studies (default 12)")
+    p.add_argument("--seed", type=int, default=1, help="seed; the same seed gives the same files (default 1)")
+    p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr (default all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_samples_generate)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as ratios against baselines run alongside")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -49,7 +49,7 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING") -> int:
                 summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title,
                                  on_result=lambda *_: advance())  # fmt: skip
             print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 15
             while time.monotonic() < deadline and not stop.is_set():
                 rows = list_studies(server.engine)
                 if rows and all(r.status == "complete" for r in rows):

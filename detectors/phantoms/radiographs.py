@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from detectors.phantoms.truth import Lesion, XRPhantom, box_of
 from dicom_io.writer import StudyMeta, radiograph_dataset
@@ -443,6 +444,7 @@ def to_dicom(
     photometric: str = "MONOCHROME2",
     voi: str = "window",
     meta: StudyMeta | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     """A CR or DX dataset of ``phantom`` with its pixel spacing, body part and a fitting description.
 
@@ -457,5 +459,5 @@ def to_dicom(
     )
     return radiograph_dataset(
         phantom.image, modality=modality, pixel_spacing_mm=phantom.pixel_spacing_mm, photometric=photometric,
-        voi=voi, view_position=view, meta=meta,
+        voi=voi, view_position=view, meta=meta, transfer_syntax=transfer_syntax,
     )
