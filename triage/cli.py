@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = samples.add_subparsers(dest="samples", metavar="ACTION", required=True)
     p = ssub.add_parser("generate", help="write phantom studies as DICOM plus manifest.json (ground truth)")
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--n", type=int, default=12, help="number of studies (default 12)")
+    p.add_argument("--n", type=int, default=13, help="number of studies (default 13)")
     p.add_argument("--seed", type=int, default=1, help="seed; the same seed gives the same files (default 1)")
-    p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr (default all)")
+    p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr abdomen_ct (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 

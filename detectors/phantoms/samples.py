@@ -19,13 +19,15 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
+from detectors.phantoms.abdomen_ct import abdomen_ct
 from detectors.phantoms.chest_ct import chest_ct
 from detectors.phantoms.head_ct import head_ct
 from detectors.phantoms.radiographs import chest_radiograph, extremity_radiograph, to_dicom
 from detectors.phantoms.truth import Lesion
 from dicom_io.writer import UID_ROOT, StudyMeta, ct_datasets
 
-KINDS = ("head_ct", "chest_ct", "chest_xr", "extremity_xr")
+KINDS = ("head_ct", "chest_ct", "chest_xr", "extremity_xr", "abdomen_ct")
+WITHOUT_FINDINGS = {"abdomen_ct"}  # no detector covers it: always normal
 MANIFEST = "manifest.json"
 
 _SEXES, _MAKERS = ("F", "M", "F", "M", "O"), ("GE MEDICAL SYSTEMS", "SIEMENS", "Philips", "TOSHIBA", "FUJIFILM")
@@ -40,7 +42,11 @@ class _Plan:
 
 def plan(n: int, kinds: Sequence[str]) -> list[_Plan]:
     """Each kind in turn, alternating without and with a finding."""
-    return [_Plan(kinds[i % len(kinds)], bool((i // len(kinds)) % 2), i) for i in range(n)]
+    out = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        out.append(_Plan(kind, bool((i // len(kinds)) % 2) and kind not in WITHOUT_FINDINGS, i))
+    return out
 
 
 def _meta(rng: random.Random, seed: int, p: _Plan, description: str, series: str, body_part: str | None) -> StudyMeta:
@@ -60,8 +66,11 @@ def _study(seed: int, p: _Plan) -> tuple[list[Dataset], list[Lesion], dict[str, 
     # Some studies compressed, some without Body Part Examined: what PACS send.
     ts = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless][p.index % 3]
     part_tag = p.index % 4 != 3
-    if p.kind in ("head_ct", "chest_ct"):
-        if p.kind == "head_ct":
+    if p.kind in ("head_ct", "chest_ct", "abdomen_ct"):
+        if p.kind == "abdomen_ct":
+            ph = abdomen_ct(seed * 1000 + p.index)
+            desc, part = "CT ABDOMEN PELVIS WO CONTRAST", "ABDOMEN"
+        elif p.kind == "head_ct":
             ph = head_ct(seed * 1000 + p.index, bleed="random" if p.present else None, matrix=256, slices=24)
             desc, part = "CT HEAD WO CONTRAST", "HEAD"
         else:
