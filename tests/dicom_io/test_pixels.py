@@ -15,8 +15,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import RLELossless, generate_uid
 
+from detectors.phantoms.head_ct import head_ct
 from dicom_io.pixels import PixelDataError, load_radiograph, load_volume
-from dicom_io.writer import StudyMeta
+from dicom_io.writer import StudyMeta, ct_datasets, write_datasets
 from tests.conftest import bundled_file
 
 MakeSeries = Callable[..., list[Path]]
@@ -240,3 +241,17 @@ def test_corrupt_compressed_pixel_data_raises_one_line(tmp_path: Path) -> None:
 def test_colour_radiograph_is_refused() -> None:
     with pytest.raises(PixelDataError, match="colour"):
         load_radiograph(bundled_file("SC_rgb_jpeg.dcm"))
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])
+def test_phantom_round_trip_through_dicom(tmp_path: Path, transfer_syntax: str) -> None:
+    """A head CT phantom written as DICOM (shuffled) reads back as the same HU volume."""
+    ph = head_ct(7, bleed="subdural", matrix=256, slices=10)
+    paths = write_datasets(
+        ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0],
+                    transfer_syntax=transfer_syntax),
+        tmp_path,
+    )  # fmt: skip
+    vol = load_volume(list(reversed(paths)))
+    assert vol.spacing_mm == pytest.approx(ph.spacing_mm)
+    np.testing.assert_allclose(vol.hu, np.clip(np.rint(ph.hu), -1024, 3071), atol=1)
