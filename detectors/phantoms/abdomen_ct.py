@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.phantoms.head_ct import _blur
+from detectors.phantoms.kernel import blur_inplane
 from detectors.phantoms.truth import CTPhantom
 
 
@@ -53,7 +53,7 @@ def abdomen_ct(seed: int, *, slices: int = 24, matrix: int = 256) -> CTPhantom:
             dy, dx = rng.uniform(-50, 30), rng.uniform(-60, 60)
             s[ellipse(dy, dx, *rng.uniform(6, 16, 2))] = -950
     noise = float(rng.uniform(8, 20))
-    hu = _blur(hu, float(rng.uniform(0.4, 1.0))) + rng.normal(0, noise, hu.shape).astype(np.float32)
+    hu = blur_inplane(hu, float(rng.uniform(0.4, 1.0))) + rng.normal(0, noise, hu.shape).astype(np.float32)
     return CTPhantom(
         hu=np.clip(hu, -1024, 3071).astype(np.float32), spacing_mm=(thickness, pixel, pixel), lesions=[],
         body_part="ABDOMEN", notes={"noise_hu": noise, "pixel_mm": pixel, "thickness_mm": thickness},

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from detectors.phantoms.kernel import blur_inplane
 from detectors.phantoms.truth import CTPhantom, Lesion, box_of
 
 NODULE_TYPES = ("solid", "part_solid", "ground_glass")
@@ -95,7 +96,7 @@ def chest_ct(
     lesions, placed = _add_nodules(nod_rng, hu, lung, zc, yc, xc, geo, vessel_segments, nodules,
                                    nodule_type, nodule_diameter_mm, nodule_placement)
     hu += _streaks(scan_rng, Y[0], X[0], geo)[None]
-    hu = _blur_inplane(hu, kernel_px)
+    hu = blur_inplane(hu, kernel_px)
     hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
     np.clip(hu, -1024.0, 3071.0, out=hu)
     notes: dict[str, object] = {
@@ -347,20 +348,3 @@ def _streaks(rng: np.random.Generator, Y: np.ndarray, X: np.ndarray, geo: dict) 
         dist = np.abs(-np.sin(phi) * (X - cx) + np.cos(phi) * (Y - sy))
         out = out - rng.uniform(4.0, 15.0) * np.exp(-((dist / rng.uniform(1.5, 4.0)) ** 2))
     return (out * body).astype(np.float32)
-
-
-def _blur_inplane(vol: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian blur along rows and columns (the reconstruction kernel); edges replicated."""
-    radius = max(1, math.ceil(2.5 * sigma_px))
-    w = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_px) ** 2)
-    w = (w / w.sum()).astype(np.float32)
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = np.pad(vol, pad, mode="edge")
-        size = vol.shape[axis]
-        out = np.zeros_like(vol)
-        for i, wi in enumerate(w):
-            out += wi * padded.take(np.arange(i, i + size), axis=axis)
-        vol = out
-    return vol

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors.phantoms.kernel import blur_inplane
 from detectors.phantoms.truth import CTPhantom, Lesion, box_of
 
 SUBTYPES = ("epidural", "subdural", "intraparenchymal", "subarachnoid", "intraventricular")
@@ -219,8 +220,8 @@ def head_ct(
         notes_bleed = {"bleed": None}
 
     # Scanner: kernel blur (separable, in-plane), then noise smoothed by the same kernel.
-    hu = _blur(hu, kernel_sigma_px)
-    hu += _blur(noise * rng_noise.standard_normal(hu.shape, dtype=np.float32), 0.5 * kernel_sigma_px)
+    hu = blur_inplane(hu, kernel_sigma_px)
+    hu += blur_inplane(noise * rng_noise.standard_normal(hu.shape, dtype=np.float32), 0.5 * kernel_sigma_px)
     np.clip(hu, -1024, 3071, out=hu)
     rc = [(matrix - 1) / 2 + off[0] / px, (matrix - 1) / 2 + off[1] / px]
     notes = {"seed": seed, "matrix": matrix, "pixel_spacing_mm": round(px, 4), "slice_thickness_mm": thick,
@@ -232,22 +233,6 @@ def head_ct(
              "ventricle_z_mm": round(vent_z, 1), "bone_hu": round(bone_hu), "diploe_hu": round(diploe_hu),
              "holder_hu": round(holder_hu), **notes_bleed}
     return CTPhantom(hu=hu, spacing_mm=(float(thick), px, px), lesions=lesions, body_part="HEAD", notes=notes)
-
-
-def _blur(vol: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable gaussian blur over rows and cols of a (slices, rows, cols) volume."""
-    half = max(1, int(np.ceil(2.5 * sigma_px)))
-    taps = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_px) ** 2).astype(np.float32)
-    taps /= taps.sum()
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (half, half)
-        padded = np.pad(vol, pad, mode="edge")
-        out = np.zeros_like(vol)
-        for i, wgt in enumerate(taps):
-            out += wgt * np.take(padded, np.arange(i, i + vol.shape[axis]), axis=axis)
-        vol = out
-    return vol
 
 
 def _bleed(subtype: str, target_ml: float, c: dict[str, Any]) -> tuple[Frac, Frac | None, float]:
