@@ -57,4 +57,5 @@ def abdomen_ct(seed: int, *, slices: int = 24, matrix: int = 256) -> CTPhantom:
     return CTPhantom(
         hu=np.clip(hu, -1024, 3071).astype(np.float32), spacing_mm=(thickness, pixel, pixel), lesions=[],
         body_part="ABDOMEN", notes={"noise_hu": noise, "pixel_mm": pixel, "thickness_mm": thickness},
+        mask=np.zeros(hu.shape, dtype=bool),
     )  # fmt: skip

@@ -58,7 +58,8 @@ def chest_ct(
     Returns
     -------
     CTPhantom
-        ``hu`` (slices, rows, cols) float32 in [-1024, 3071]; one ``Lesion`` per nodule.
+        ``hu`` (slices, rows, cols) float32 in [-1024, 3071]; one ``Lesion`` per nodule;
+        ``mask`` the nodules' voxels (a part-solid nodule's ground-glass halo included).
     """
     if nodule_type is not None and nodule_type not in NODULE_TYPES:
         raise ValueError(f'Argument "nodule_type" must be one of {NODULE_TYPES}, got {nodule_type!r}')
@@ -93,7 +94,7 @@ def chest_ct(
     hu, lung, geo = _anatomy(anat_rng, Z, Y, X, ps)
     geo["dz"] = dz
     vessel_segments = _draw_tubes(anat_rng, hu, lung, zc, yc, xc, geo)
-    lesions, placed = _add_nodules(nod_rng, hu, lung, zc, yc, xc, geo, vessel_segments, nodules,
+    lesions, placed, mask = _add_nodules(nod_rng, hu, lung, zc, yc, xc, geo, vessel_segments, nodules,
                                    nodule_type, nodule_diameter_mm, nodule_placement)
     hu += _streaks(scan_rng, Y[0], X[0], geo)[None]
     hu = blur_inplane(hu, kernel_px)
@@ -104,7 +105,8 @@ def chest_ct(
         "z_start_mm": z0, "noise_hu": noise_hu, "kernel_sigma_px": kernel_px,
         **{k: v for k, v in geo.items() if k.endswith("_mm")}, "nodules": placed,
     }
-    return CTPhantom(hu=hu.astype(np.float32), spacing_mm=(dz, ps, ps), lesions=lesions, body_part="CHEST", notes=notes)
+    return CTPhantom(hu=hu.astype(np.float32), spacing_mm=(dz, ps, ps), lesions=lesions, body_part="CHEST", notes=notes,
+                     mask=mask)
 
 
 def _anatomy(rng: np.random.Generator, Z: np.ndarray, Y: np.ndarray, X: np.ndarray,
@@ -260,11 +262,13 @@ def _ellipsoid_frac(center: np.ndarray, radius: float, shape: tuple[float, float
 
 def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: np.ndarray, yc: np.ndarray,
                  xc: np.ndarray, geo: dict, vessels: list[Segment], count: int | None, kind: str | None,
-                 diameter: float | None, placement: str | None) -> tuple[list[Lesion], list[dict[str, object]]]:
-    """Place nodules in ``hu`` (in place); return their ground truth and placement notes."""
+                 diameter: float | None,
+                 placement: str | None) -> tuple[list[Lesion], list[dict[str, object]], np.ndarray]:
+    """Place nodules in ``hu`` (in place); return their ground truth, placement notes and voxel mask."""
     ps, dz = geo["ps"], geo["dz"]
     count = int(rng.integers(0, 4)) if count is None else count
     taken = np.zeros(hu.shape, dtype=bool)
+    nodule_mask = np.zeros(hu.shape, dtype=bool)  # (slices, rows, cols), every nodule's voxels
     lung_idx = np.argwhere(lung)  # (k, 3)
     ca, cb = geo["ca"][:, 0, 0], geo["cb"][:, 0, 0]  # (n,) cavity semi-axes per slice
     r_cav = np.hypot((xc[lung_idx[:, 2]] - geo["body_cx_mm"]) / ca[lung_idx[:, 0]],
@@ -328,6 +332,7 @@ def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc:
                     hu[cbox] += cf * (rng.uniform(20, 50) - hu[cbox])
         mask = f >= min(0.5, 0.5 * float(f.max()))  # clipping at the pleura can thin a tiny nodule
         taken[box] |= f > 0
+        nodule_mask[box] |= mask  # the outer ellipsoid: a part-solid core lies inside its halo
         (s0, s1), (r0, c0, r1, c1) = box_of(mask)
         k0, rr, cc = box[0].start, box[1].start, box[2].start
         lesions.append(Lesion(kind="nodule", subtype=typ, slices=(s0 + k0, s1 + k0),
@@ -335,7 +340,7 @@ def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc:
                               volume_ml=float(f.sum() * dz * ps * ps / 1000.0)))
         placed.append({"type": typ, "placement": where, "diameter_mm": float(diam),
                        "center_mm": [float(v) for v in center]})
-    return lesions, placed
+    return lesions, placed, nodule_mask
 
 
 def _streaks(rng: np.random.Generator, Y: np.ndarray, X: np.ndarray, geo: dict) -> np.ndarray:

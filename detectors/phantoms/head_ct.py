@@ -62,7 +62,8 @@ def head_ct(
     -------
     CTPhantom
         ``hu`` is (slices, rows, cols) float32 HU clipped to [-1024, 3071];
-        ``notes`` holds every drawn parameter.
+        ``mask`` the bleed's voxels (blood fraction >= 0.5; all False without a
+        bleed); ``notes`` holds every drawn parameter.
     """
     if bleed is not None and bleed != "random" and bleed not in SUBTYPES:
         raise ValueError(f'Argument "bleed" must be None, "random" or one of {SUBTYPES}, got {bleed!r}')
@@ -196,6 +197,7 @@ def head_ct(
     hu += streak * np.exp(-0.5 * ((z - 0.16 * vertex) / 10) ** 2) * brain
 
     lesions: list[Lesion] = []
+    lesion_mask = np.zeros(hu.shape, dtype=bool)
     if bleed is not None:
         subtype = str(rng_bleed.choice(SUBTYPES)) if bleed == "random" else bleed
         cap = 20.0 if subtype in ("subarachnoid", "intraventricular") else 60.0
@@ -207,9 +209,12 @@ def head_ct(
         if f_edema is not None:
             paint(f_edema, float(rng_bleed.uniform(15, 20)))
         paint(f_blood, value)
+        # Blood is painted last and its fraction is already clipped to its space (brain, CSF,
+        # a ventricle), so this is the blood the image shows.
         mask = f_blood >= 0.5
         if not mask.any():  # a sub-voxel bleed still marks its strongest voxel
             mask = f_blood == f_blood.max()
+        lesion_mask = mask
         (z_first, z_last), box = box_of(mask)
         pts = np.argwhere(mask) * np.array([thick, px, px])
         size = float(np.ptp(pts, axis=0).max() + px) if len(pts) else px
@@ -232,7 +237,7 @@ def head_ct(
              "grey_hu": round(gm, 1), "white_hu": round(wm, 1), "csf_hu": round(csf, 1),
              "ventricle_z_mm": round(vent_z, 1), "bone_hu": round(bone_hu), "diploe_hu": round(diploe_hu),
              "holder_hu": round(holder_hu), **notes_bleed}
-    return CTPhantom(hu=hu, spacing_mm=(float(thick), px, px), lesions=lesions, body_part="HEAD", notes=notes)
+    return CTPhantom(hu=hu, spacing_mm=(float(thick), px, px), lesions=lesions, body_part="HEAD", notes=notes, mask=lesion_mask)
 
 
 def _bleed(subtype: str, target_ml: float, c: dict[str, Any]) -> tuple[Frac, Frac | None, float]:

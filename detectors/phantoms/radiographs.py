@@ -131,7 +131,8 @@ def chest_radiograph(
     -------
     XRPhantom
         ``image`` (rows, cols) float32 in [0, 1]; at most one Lesion of kind
-        "nodule", subtype "solid", ``size_mm`` = diameter; drawn parameters in ``notes``.
+        "nodule", subtype "solid", ``size_mm`` = diameter; ``mask`` the nodule's
+        disc (all False without one); drawn parameters in ``notes``.
     """
     rng, rng_n, _, rng_noise = _streams(seed)
     rows = int(rows or rng.integers(768, 1025))
@@ -196,6 +197,7 @@ def chest_radiograph(
             best, best_hits = p, hits
         if hits == ring.size:
             break
+    disc = np.zeros((1, rows, cols), dtype=bool)  # the nodule's pixels; empty without one
     if want:
         r, c = divmod(int(best), cols)
         pad = int(radius * 1.6) + 4
@@ -204,7 +206,6 @@ def chest_radiograph(
         dist = np.hypot(py - r, px - c)
         edge = 0.12 * radius + 0.5  # soft edge
         image[r0:r1, c0:c1] += amp * _sigmoid((radius - dist) / edge) * _chord((dist / (radius + 3 * edge)) ** 2) ** 0.5
-        disc = np.zeros((1, rows, cols), dtype=bool)
         disc[0, r0:r1, c0:c1] = dist <= radius
         lesions.append(Lesion(kind="nodule", subtype="solid", slices=(0, 0), box=box_of(disc)[1], size_mm=diam))
     image, sigma = _add_noise(image, base, rng_noise)
@@ -213,7 +214,8 @@ def chest_radiograph(
     }
     if want:
         notes["nodule_contrast"] = amp
-    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part="CHEST", notes=notes)
+    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part="CHEST", notes=notes,
+                     mask=disc[0])
 
 
 # --------------------------------------------------------------------------- long bones
@@ -323,7 +325,8 @@ def extremity_radiograph(
     -------
     XRPhantom
         One Lesion(kind="fracture", subtype=fracture) when fractured, its box
-        around the fracture lines and ``size_mm`` the longest line's length.
+        around the fracture lines and ``size_mm`` the longest line's length;
+        ``mask`` those lines widened to about 2 mm, on the bone (all False when normal).
         ``notes["mimics"]`` lists nutrient canals, growth plates, overlapping
         bones and benign lesions (never lesions), each with a box.
     """
@@ -389,6 +392,7 @@ def extremity_radiograph(
     intact = density + main.density(u0, v0) * factor + extra
 
     lesions: list[Lesion] = []
+    lesion_mask = np.zeros(u0.shape, dtype=bool)
     full = density
     # Fracture draws happen for normal studies too, for the same-seed pairing.
     kind = fracture or "transverse"
@@ -419,10 +423,16 @@ def extremity_radiograph(
             bone_density = np.where(distal, moved, bone_density)
         crack = 1.0 - depth * np.exp(-((dist / width) ** 2))
         full = density + bone_density * factor * crack + extra
-        on_line = (dist < 2 * width) & (main.density(u0, v0) > 0)
+        on_bone = main.density(u0, v0) > 0  # the undisplaced bone, for the box and the mask alike
+        on_line = (dist < 2 * width) & on_bone
+        r0, c0, r1, c1 = box = box_of(on_line[None])[1]
+        # The drawn crack is 0.4-1.3 mm wide (FWHM), a thin target for a heatmap: label the lines
+        # widened to about 2 mm, kept inside the box (a thin crack's box can be a pixel or two
+        # narrower). Mimics are not in ``dist``, so they never enter the mask.
+        lesion_mask[r0:r1, c0:c1] = ((dist <= 1.0 / spacing) & on_bone)[r0:r1, c0:c1]
         r_at = float(main.radii(np.array(uf))[0])  # the lines' extent is clipped to the bone
         size_px = max(_line_px(f, max(lo, -r_at), min(hi, r_at)) for f, lo, hi in lines)
-        lesions.append(Lesion(kind="fracture", subtype=kind, slices=(0, 0), box=box_of(on_line[None])[1], size_mm=size_px * spacing))
+        lesions.append(Lesion(kind="fracture", subtype=kind, slices=(0, 0), box=box, size_mm=size_px * spacing))
 
     exposure = _exposure(rng)
     base = _window(intact, intact, exposure)
@@ -434,7 +444,8 @@ def extremity_radiograph(
         if shift:
             notes["displacement_mm"] = float(np.hypot(dv, du) * spacing)
             notes["angulation_deg"] = float(np.degrees(ang))
-    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=_STUDY[bone][0], notes=notes)
+    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=_STUDY[bone][0], notes=notes,
+                     mask=lesion_mask)
 
 
 def to_dicom(

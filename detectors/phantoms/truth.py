@@ -28,20 +28,41 @@ class Lesion:
 
 @dataclass
 class CTPhantom:
+    """A CT volume with its ground truth.
+
+    ``mask`` is the per-voxel lesion label for segmentation and heatmap
+    training: (slices, rows, cols) bool, the union over ``lesions`` of the
+    voxels where a lesion's fraction (before blur and noise) is >= 0.5. It is
+    the set each Lesion's ``slices``, ``box`` and (bleeds) ``volume_ml`` are
+    measured from, so a lesion too small to reach 0.5 anywhere keeps its
+    strongest voxels and every Lesion has some. A normal phantom has an
+    all-False mask; 2D and 2.5D detectors take slice ``k``'s label as ``mask[k]``.
+    """
+
     hu: np.ndarray  # (slices, rows, cols), float32, HU
     spacing_mm: tuple[float, float, float]  # (slice, row, col)
     lesions: list[Lesion] = field(default_factory=list)
     body_part: str = ""  # "HEAD", "CHEST"
     notes: dict[str, object] = field(default_factory=dict)  # parameters drawn (noise, kernel, ...)
+    mask: np.ndarray | None = None  # (slices, rows, cols) bool, lesion voxels; None only if the maker has none
 
 
 @dataclass
 class XRPhantom:
+    """A projection radiograph with its ground truth.
+
+    ``mask`` is the per-pixel lesion label: (rows, cols) bool, the union over
+    ``lesions`` (a nodule's disc; a fracture's lines widened to about 2 mm
+    and clipped to the bone). Mimics are never in it; a normal study has an
+    all-False mask.
+    """
+
     image: np.ndarray  # (rows, cols), float32 in [0, 1], bright = dense (log-attenuation-like)
     pixel_spacing_mm: float
     lesions: list[Lesion] = field(default_factory=list)
     body_part: str = ""  # "CHEST", "LEG", "FOREARM", ...
     notes: dict[str, object] = field(default_factory=dict)
+    mask: np.ndarray | None = None  # (rows, cols) bool, lesion pixels; None only if the maker has none
 
 
 def box_of(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int, int, int]]:

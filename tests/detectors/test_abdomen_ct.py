@@ -15,5 +15,6 @@ def test_deterministic_plausible_and_not_analysed() -> None:
     middle = a.hu[a.hu.shape[0] // 2]
     assert (middle > 300).any() and 30 < np.median(middle[(middle > 20) & (middle < 80)]) < 70
     assert a.lesions == [] and ct_region(a.hu) is None  # neither head nor chest
+    assert a.mask is not None and a.mask.shape == a.hu.shape and a.mask.dtype == bool and not a.mask.any()
     decided = route(SeriesInfo(modality="CT", body_part="ABDOMEN", study_description="CT ABDOMEN PELVIS WO CONTRAST"))
     assert not decided.analysed and decided.detectors == ()

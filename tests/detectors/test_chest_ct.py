@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from detectors.phantoms.chest_ct import NODULE_TYPES, chest_ct
+from detectors.phantoms.truth import box_of
 from dicom_io.writer import StudyMeta, ct_datasets, write_datasets
 
 SMALL = {"matrix": 256, "slices": 40, "slice_thickness_mm": 1.0}
@@ -82,6 +84,7 @@ def test_matrix_and_thickness_respected() -> None:
 def test_vessel_mimics_in_lung_without_lesions() -> None:
     p = chest_ct(11, nodules=0, **SMALL)
     assert p.lesions == []
+    assert p.mask is not None and p.mask.shape == p.hu.shape and p.mask.dtype == bool and not p.mask.any()
     mimics = lung_mask(p.hu) & (p.hu > -200)  # dense dots and tubes surrounded by lung
     assert mimics.sum() > 50
     with_nodules = chest_ct(11, nodules=3, **SMALL)
@@ -90,6 +93,15 @@ def test_vessel_mimics_in_lung_without_lesions() -> None:
         r0, c0, r1, c1 = lesion.box
         outside[lesion.slices[0]: lesion.slices[1] + 1, r0:r1, c0:c1] = False
     assert outside.sum() > 50  # the mimics are not the lesions
+    # The mask is the union of the nodules: every voxel in some box, every box holding some.
+    assert with_nodules.mask is not None
+    in_boxes = np.zeros(p.hu.shape, dtype=bool)
+    for lesion in with_nodules.lesions:
+        r0, c0, r1, c1 = lesion.box
+        box = (slice(lesion.slices[0], lesion.slices[1] + 1), slice(r0, r1), slice(c0, c1))
+        assert with_nodules.mask[box].any()
+        in_boxes[box] = True
+    assert with_nodules.mask.any() and not (with_nodules.mask & ~in_boxes).any()
 
 
 def _single(seed: int, kind: str, placement: str = "intraparenchymal", diameter: float = 14.0):
@@ -124,11 +136,31 @@ def test_nodule_type_changes_its_box_only_with_typed_hu(kind: str) -> None:
     assert lesion.volume_ml is not None and lesion.volume_ml > 0
 
 
+@pytest.mark.parametrize("kind", NODULE_TYPES)
+def test_nodule_mask_is_the_whole_nodule(kind: str) -> None:
+    p, clean, lesion = _single(21, kind)
+    assert p.mask is not None and p.mask.shape == p.hu.shape and p.mask.dtype == bool
+    assert box_of(p.mask) == (lesion.slices, lesion.box)
+    dz, ps, _ = p.spacing_mm
+    assert lesion.volume_ml is not None  # the sum of fractions; the mask counts voxels >= half
+    assert 0.85 <= float(p.mask.sum()) * dz * ps * ps / 1000 / lesion.volume_ml <= 1.15
+    diff = np.abs(p.hu - clean.hu)
+    core = (p.hu > -150) & (clean.hu < -500)  # solid tissue where there was lung
+    halo = (diff > 200) & (p.hu < -250) & (p.hu > -750)  # ground glass, a part-solid's halo included
+    assert p.mask[core].all()
+    if kind != "solid":  # a solid nodule's blurred edge passes through ground-glass values too
+        assert p.mask[halo].mean() >= 0.8
+    # Beyond the mask, widened by partial volume (a slice, a pixel) and the kernel, nothing changed.
+    near = ndimage.maximum_filter(p.mask, size=(3, 13, 13))
+    np.testing.assert_array_equal(p.hu[~near], clean.hu[~near])
+
+
 @pytest.mark.parametrize("placement", ["intraparenchymal", "juxta_pleural", "juxta_vascular"])
 def test_nodules_lie_in_lung(placement: str) -> None:
     p, clean, lesion = _single(5, "solid", placement, diameter=10.0)
     assert p.notes["nodules"][0]["placement"] == placement
     (s0, s1), (r0, c0, r1, c1) = lesion.slices, lesion.box
+    assert p.mask is not None and box_of(p.mask) == (lesion.slices, lesion.box)  # clipped at the pleura too
     nodule = np.abs(p.hu - clean.hu) > 300
     assert nodule.any()
     # Before the nodule was added, its voxels were mostly lung.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from detectors.phantoms.head_ct import SUBTYPES, head_ct
+from detectors.phantoms.truth import CTPhantom, box_of
 from dicom_io.writer import ct_datasets, write_datasets
 
 SMALL: dict[str, Any] = {"slices": 24, "matrix": 256}
@@ -42,6 +45,7 @@ def test_values_are_physically_plausible(seed: int) -> None:
 def test_no_bleed_has_no_lesions_but_has_calcification_mimics() -> None:
     ph = head_ct(3, **SMALL)
     assert ph.lesions == [] and ph.notes["bleed"] is None
+    assert ph.mask is not None and ph.mask.shape == ph.hu.shape and ph.mask.dtype == bool and not ph.mask.any()
     dz, px, _ = ph.spacing_mm
     z_mm = cast(float, ph.notes["slab_start_mm"]) + (np.arange(len(ph.hu)) + 0.5) * dz
     near = np.abs(z_mm - cast(float, ph.notes["ventricle_z_mm"])) < 20
@@ -51,10 +55,15 @@ def test_no_bleed_has_no_lesions_but_has_calcification_mimics() -> None:
     assert (ph.hu[near][:, central] > 100).any()
 
 
+@cache
+def _with_and_without(subtype: str) -> tuple[CTPhantom, CTPhantom]:
+    """The same seed with a 4 mL bleed of ``subtype`` and without one (shared by the tests below)."""
+    return head_ct(11, bleed=subtype, volume_ml=4.0, **SMALL), head_ct(11, **SMALL)
+
+
 @pytest.mark.parametrize("subtype", SUBTYPES)
 def test_each_bleed_is_in_its_box_and_sized_as_requested(subtype: str) -> None:
-    base = head_ct(11, **SMALL)
-    ph = head_ct(11, bleed=subtype, volume_ml=4.0, **SMALL)
+    ph, base = _with_and_without(subtype)
     assert ph.hu.shape == base.hu.shape
     (lesion,) = ph.lesions
     assert (lesion.kind, lesion.subtype) == ("bleed", subtype)
@@ -70,6 +79,23 @@ def test_each_bleed_is_in_its_box_and_sized_as_requested(subtype: str) -> None:
     pad = int(np.ceil(10 / ph.spacing_mm[1]))
     outside[max(z0 - 2, 0) : z1 + 3, max(r0 - pad, 0) : r1 + pad, max(c0 - pad, 0) : c1 + pad] = False
     np.testing.assert_allclose(ph.hu[outside], base.hu[outside], atol=0.01)
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+def test_each_bleed_mask_is_the_blood_painted(subtype: str) -> None:
+    ph, base = _with_and_without(subtype)
+    (lesion,) = ph.lesions
+    assert ph.mask is not None and ph.mask.shape == ph.hu.shape and ph.mask.dtype == bool
+    # The mask is what the truth was measured from: same slices, box and volume.
+    assert box_of(ph.mask) == (lesion.slices, lesion.box)
+    dz, px, _ = ph.spacing_mm
+    assert float(ph.mask.sum()) * dz * px * px / 1000 == pytest.approx(lesion.volume_ml, abs=5e-4)  # rounded to 1 uL
+    # Blood, not the space it was clipped to: nearly every mask voxel changed.
+    assert (np.abs(ph.hu - base.hu)[ph.mask] > 5).mean() >= 0.9
+    # Beyond the mask, widened by the edema rim (<= ~7 mm), partial volume and the kernel, nothing changed.
+    pad, pad_z = int(np.ceil(10 / px)), int(np.ceil(8 / dz))
+    near = ndimage.maximum_filter(ph.mask, size=(2 * pad_z + 1, 2 * pad + 1, 2 * pad + 1))
+    np.testing.assert_array_equal(ph.hu[~near], base.hu[~near])
 
 
 def test_random_bleed_draws_a_known_subtype_and_volume() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from detectors.phantoms.radiographs import (
     FRACTURES,
@@ -14,7 +15,7 @@ from detectors.phantoms.radiographs import (
     extremity_radiograph,
     to_dicom,
 )
-from detectors.phantoms.truth import XRPhantom
+from detectors.phantoms.truth import XRPhantom, box_of
 from dicom_io.pixels import load_radiograph
 
 
@@ -29,6 +30,7 @@ def _in_unit_range(p: XRPhantom) -> None:
     assert p.image.dtype == np.float32 and p.image.ndim == 2
     assert p.image.min() >= 0.0 and p.image.max() <= 1.0
     assert np.isfinite(p.image).all()
+    assert p.mask is not None and p.mask.shape == p.image.shape and p.mask.dtype == bool
 
 
 @pytest.mark.parametrize("make", [lambda s: chest_radiograph(s, nodule=True), lambda s: extremity_radiograph(s, fracture="oblique")])
@@ -54,6 +56,9 @@ def test_chest_values_spacing_and_body_part(seed: int) -> None:
 def test_nodule_changes_image_only_near_its_box(seed: int) -> None:
     with_nodule, without = chest_radiograph(seed, nodule=True), chest_radiograph(seed, nodule=False)
     assert without.lesions == []
+    _in_unit_range(with_nodule)
+    _in_unit_range(without)
+    assert without.mask is not None and not without.mask.any()
     (lesion,) = with_nodule.lesions
     assert (lesion.kind, lesion.subtype, lesion.slices) == ("nodule", "solid", (0, 0))
     assert 5.0 <= lesion.size_mm <= 30.0
@@ -62,6 +67,12 @@ def test_nodule_changes_image_only_near_its_box(seed: int) -> None:
     near = _dilated(diff.shape, lesion.box, pad=max(4, (lesion.box[2] - lesion.box[0]) // 3))
     assert diff[near].sum() >= 0.99 * diff.sum()
     assert diff[_dilated(diff.shape, lesion.box, pad=0)].sum() >= 0.8 * diff.sum()
+    # The mask is the nodule's disc; its soft edge reaches about 0.4 radius further.
+    assert with_nodule.mask is not None and box_of(with_nodule.mask[None])[1] == lesion.box
+    radius = lesion.size_mm / with_nodule.pixel_spacing_mm / 2
+    assert with_nodule.mask.sum() == pytest.approx(np.pi * radius**2, rel=0.05)
+    near = ndimage.maximum_filter(with_nodule.mask, size=2 * (int(0.4 * radius) + 3) + 1)
+    assert not diff[~near].any()
 
 
 @pytest.mark.parametrize("diameter_mm", [5.0, 12.0, 30.0])
@@ -98,6 +109,12 @@ def test_fracture_changes_bone_inside_its_box(seed: int, kind: str) -> None:
     assert inside.max() > 0.1  # a lucent line, darker than the intact bone
     assert (broken.image[r0:r1, c0:c1] - normal.image[r0:r1, c0:c1]).min() < -0.1
     assert broken.notes["mimics"] == normal.notes["mimics"]
+    # The mask: the lines, about 2 mm wide, inside the box; none for the normal study's mimics.
+    assert broken.mask is not None and normal.mask is not None and not normal.mask.any()
+    m0, n0, m1, n1 = box_of(broken.mask[None])[1]
+    assert r0 <= m0 and c0 <= n0 and m1 <= r1 and n1 <= c1
+    if kind != "comminuted":  # one line: its area over its length is its width
+        assert 1.6 <= broken.mask.sum() * broken.pixel_spacing_mm**2 / lesion.size_mm <= 2.4
 
 
 def test_undisplaced_fracture_changes_nothing_far_from_its_box() -> None:
@@ -106,6 +123,9 @@ def test_undisplaced_fracture_changes_nothing_far_from_its_box() -> None:
     diff = np.abs(broken.image - normal.image)
     near = _dilated(diff.shape, broken.lesions[0].box, pad=8)
     assert diff[near].sum() >= 0.99 * diff.sum()
+    # The crack's tail (its Gaussian profile) is below float precision ~8 px from the lines.
+    assert broken.mask is not None
+    assert not diff[~ndimage.maximum_filter(broken.mask, size=2 * 10 + 1)].any()
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -113,6 +133,7 @@ def test_normal_study_has_no_lesions_but_notes_its_mimics(seed: int) -> None:
     p = extremity_radiograph(seed)
     _in_unit_range(p)
     assert p.lesions == []
+    assert p.mask is not None and not p.mask.any()  # mimics are never labelled
     assert p.notes["bone"] in ("tibia_fibula", "radius_ulna", "femur")
     assert p.body_part == {"tibia_fibula": "LEG", "radius_ulna": "FOREARM", "femur": "FEMUR"}[p.notes["bone"]]
     mimics = p.notes["mimics"]
