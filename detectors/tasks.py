@@ -32,7 +32,7 @@ class Task:
     spec: DetectorSpec  # uncalibrated defaults; training fills calibration and sha256
     sample: Callable[[int], Sample]
     train_size: tuple[int, int]  # random crops of this size during training (FCN: any size works)
-    positive_rate: float  # share of positive studies drawn
+    crops: int = 1  # training crops per chosen slice (radiographs: one slice, so several crops)
 
 
 def _uids(n: int, seed: int) -> tuple[str, ...]:
@@ -91,19 +91,19 @@ _CHEST_WINDOWS = (Window(-600, 1500), Window(40, 400))
 TASKS: dict[str, Task] = {
     "bleed-ct": Task(
         _spec("bleed-ct", FindingKind.BLEED, Family.CT, InputSpec(1.0, 256, 256, 1, _BLEED_WINDOWS), 2, 12),
-        _bleed, (256, 256), 0.5,
+        _bleed, (256, 256),
     ),
     "nodule-ct": Task(
         _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 1, _CHEST_WINDOWS), 2, 16),
-        _nodule_ct, (192, 192), 0.67,
+        _nodule_ct, (192, 192),
     ),
     "nodule-xr": Task(
         _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512), 4, 16),
-        _nodule_xr, (256, 256), 0.5,
+        _nodule_xr, (256, 256), 4,
     ),
     "fracture-xr": Task(
         _spec("fracture-xr", FindingKind.FRACTURE, Family.RADIOGRAPH, InputSpec(0.5, 832, 512), 4, 16),
-        _fracture, (320, 320), 0.5,
+        _fracture, (320, 320), 4,
     ),
 }  # fmt: skip
 

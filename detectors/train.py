@@ -135,7 +135,7 @@ def _examples_of(args: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     chosen = np.concatenate([positive, rng.choice(negative, n_neg, replace=False)]).astype(int)
     items, outs = [], []
     s = spec.stride
-    for k in chosen:
+    for k in np.repeat(chosen, task.crops):
         r0, c0 = _crop_origin(targets[k], task.train_size, s, rng)
         h, w = task.train_size
         h, w = min(h, spec.input.height), min(w, spec.input.width)
