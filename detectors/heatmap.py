@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,14 @@ def load_detector(card_path: str | Path, device: str | torch.device = "cpu") -> 
         else:
             module = build_module(spec)
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"the file holds a {type(state).__name__}, not a state dict")
             module.load_state_dict({k: v.float() for k, v in state.items()})
             module.to(device)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CardError(f"{card_path}: cannot load {weights.name} as {spec.format}: {str(exc).splitlines()[0]}") from None
+    # Not a torch file at all, or an empty one, fails in pickle's ways rather than torch's.
+    except (RuntimeError, ValueError, KeyError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CardError(f"{card_path}: cannot load {weights.name} as {spec.format}: {why}") from None
     _check_output(spec, module, card_path, device)
     logger.info("loaded detector %s from %s", spec.name, weights)
     return HeatmapDetector(spec, module, digest)

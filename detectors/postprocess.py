@@ -77,7 +77,9 @@ def postprocess(prepared: Prepared, logits: np.ndarray, spec: DetectorSpec, iden
 def find_regions(maps: np.ndarray, geometry: Geometry, spec: DetectorSpec, series_uid: str,
                  sop_uids: tuple[str, ...], spacing_mm: tuple[float, float, float]) -> list[Region]:  # fmt: skip
     """Connected components of the heatmap above the region threshold, strongest first."""
-    threshold = math.log(spec.region_threshold / (1 - spec.region_threshold)) if 0 < spec.region_threshold < 1 else 0.0
+    p = spec.region_threshold
+    # 0 and 1 have no logit: 1 outlines nothing; 0 every image cell (padding sits at -60, not above it).
+    threshold = math.log(p / (1 - p)) if 0 < p < 1 else (math.inf if p >= 1 else -60.0)
     above = maps > threshold
     if not above.any():
         return []
@@ -95,8 +97,9 @@ def find_regions(maps: np.ndarray, geometry: Geometry, spec: DetectorSpec, serie
         label = int(i) + 1
         zs, ys, xs = objects[i]
         component = labels[zs, ys, xs] == label
-        areas = component.sum(axis=(1, 2))
-        best = int(zs.start + np.argmax(np.where(areas > 0, (strongest[zs, ys, xs] * component).max(axis=(1, 2)), -np.inf)))
+        # Cells outside the component must not count (a product with the mask would count them
+        # as 0, which beats a slice whose smoothed logits are all negative).
+        best = int(zs.start + np.argmax(np.where(component, strongest[zs, ys, xs], -np.inf).max(axis=(1, 2))))
         s = spec.stride
         box = geometry.to_source_box((ys.start * s, xs.start * s, ys.stop * s, xs.stop * s))
         diameter = None

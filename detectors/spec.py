@@ -37,6 +37,7 @@ channel: the image normalised to its 1st-99th percentile range.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,13 +114,17 @@ class DetectorSpec:
             f"format = {_q(self.format)}",
             f"weights = {_q(self.weights)}",
             f"sha256 = {_q(self.sha256)}",
+        ]
+        # Unknown top-level keys go before the first table, or TOML would file them under it.
+        lines += [f"{_key(k)} = {_value(v)}" for k, v in self.extra.items() if not isinstance(v, dict)]
+        lines += [
             "",
             "[input]",
             f"spacing_mm = {self.input.spacing_mm!r}",
             f"height = {self.input.height}",
             f"width = {self.input.width}",
             f"context_slices = {self.input.context_slices}",
-            "windows = [" + ", ".join(f"[{w.center:g}, {w.width:g}]" for w in self.input.windows) + "]",
+            "windows = [" + ", ".join(f"[{w.center!r}, {w.width!r}]" for w in self.input.windows) + "]",
             "",
             "[output]",
             f"stride = {self.stride}",
@@ -133,15 +138,21 @@ class DetectorSpec:
             f"b = {self.platt_b!r}",
         ]
         if self.network:
-            lines += ["", "[network]"] + [f"{k} = {_value(v)}" for k, v in self.network.items()]
+            lines += ["", "[network]"] + [f"{_key(k)} = {_value(v)}" for k, v in self.network.items()]
         for section, values in self.extra.items():
             if isinstance(values, dict):
-                lines += ["", f"[{section}]"] + [f"{k} = {_value(v)}" for k, v in values.items()]
+                lines += ["", f"[{_key(section)}]"] + [f"{_key(k)} = {_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A TOML basic string: backslash, quote and control characters (but tab) escaped.
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\u{ord(m.group()):04x}", escaped) + '"'
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _q(key)
 
 
 def _value(v: Any) -> str:
@@ -151,6 +162,8 @@ def _value(v: Any) -> str:
         return _q(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 
@@ -191,12 +204,14 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
             raise CardError(f"{where}: {name} must be a {kind.__name__}, got {value!r}")
         return value
 
+    # Read outside the try: CardError is a ValueError, and "kind is missing" says more than "must be one of".
+    kind_value, family_value = get(None, "kind", str), get(None, "family", str)
     try:
-        kind = FindingKind(get(None, "kind", str))
+        kind = FindingKind(kind_value)
     except ValueError:
         raise CardError(f"{where}: kind must be one of {', '.join(k.value for k in FindingKind)}") from None
     try:
-        family = Family(get(None, "family", str))
+        family = Family(family_value)
     except ValueError:
         raise CardError(f"{where}: family must be one of {', '.join(f.value for f in Family)}") from None
     fmt = get(None, "format", str, "state_dict")
@@ -226,6 +241,9 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
     for key, value in (("thresholds.operating_point", op), ("thresholds.region", region)):
         if not 0.0 <= value <= 1.0:
             raise CardError(f"{where}: {key} must be a probability in [0, 1], got {value}")
+    network = raw.get("network", {})
+    if not isinstance(network, dict):
+        raise CardError(f"{where}: [network] must be a table")
     known = {"name", "version", "kind", "family", "format", "weights", "sha256",
              "input", "output", "thresholds", "calibration", "network"}  # fmt: skip
     return DetectorSpec(
@@ -242,7 +260,7 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         format=fmt,
         weights=get(None, "weights", str),
         sha256=get(None, "sha256", str, ""),
-        network=dict(raw.get("network", {})),
+        network=dict(network),
         extra={k: v for k, v in raw.items() if k not in known},
     )
 

@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triage import __version__
 from triage.config import Settings, load_settings
-from triage.errors import TriageError
+from triage.errors import ConfigError, TriageError
 from triage.logs import setup_logging
+
+if TYPE_CHECKING:
+    from detectors.engine import InferenceEngine
+    from detectors.registry import DetectorSet
 
 
 SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
+FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch for --help
+
+
+class UsageError(TriageError):
+    """A flag value the command cannot use (exit 2, like argparse's own usage errors)."""
+
+    exit_code = 2
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +54,61 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = load_settings(args.config, overrides=overrides)
     setup_logging(settings.log_level)
     return settings
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: [detectors] device, auto)")
+    p.add_argument("--model", action="append", default=[], metavar="CARD",
+                   help="an external model card (TOML beside its TorchScript weights); repeat for several; "
+                        "replaces the shipped detector of the same finding kind and image family")  # fmt: skip
+    _add_config_args(p)
+
+
+def _offline_settings(args: argparse.Namespace) -> Settings:
+    """Settings with ``--device`` applied; logging at WARNING unless ``--log-level`` says otherwise.
+
+    Offline commands print their own report, which INFO lines (the server's
+    default level) would only interleave with.
+    """
+    settings = load_settings(args.config, overrides={"detectors.device": args.device, "log_level": args.log_level})
+    setup_logging(args.log_level or "WARNING")
+    return settings
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return shlex.join(["triage", *args.argv])
+
+
+def _resolve_device(name: str) -> str:
+    from detectors.engine import pick_device
+
+    try:
+        return str(pick_device(name))
+    except ValueError as exc:
+        # pick_device names the argument; the user set a key or a flag, so name that instead.
+        why = str(exc).split(", but ", 1)[-1]
+        raise ConfigError(f"config: detectors.device: {name!r} cannot be used: {why}") from None
+
+
+@contextmanager
+def _scoring(args: argparse.Namespace) -> Iterator[tuple[DetectorSet, InferenceEngine]]:
+    """Settings, detectors (shipped + config + --model) and an engine, closed on the way out."""
+    from detectors.engine import InferenceEngine
+    from detectors.registry import load_detectors
+    from detectors.spec import CardError
+
+    settings = _offline_settings(args)
+    cfg = settings.detectors
+    device = _resolve_device(cfg.device)
+    for card in args.model:
+        if not Path(card).is_file():
+            raise UsageError(f"--model: no such model card: {card}")
+    try:
+        detectors = load_detectors([*cfg.external, *args.model], device=device)
+    except CardError as exc:  # a bad card is configuration: exit 2
+        raise ConfigError(f"model card: {exc}") from None
+    with InferenceEngine(device, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, workers=cfg.workers) as engine:
+        yield detectors, engine
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -134,6 +202,91 @@ def _cmd_samples_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from triage.score_report import format_scores
+    from triage.scoring import score_paths
+
+    with _scoring(args) as (detectors, engine):
+        report = score_paths(args.paths, detectors, engine)
+    if not report.studies and not report.unreadable:
+        raise TriageError(f"no DICOM files found in {', '.join(args.paths)}")
+    if args.json:
+        doc = report.as_json()
+        doc["detectors"] = [
+            {"name": d.name, "kind": d.kind.value, "family": d.family.value, "version": d.identity.version,
+             "sha256": d.identity.sha256} for d in detectors
+        ]  # fmt: skip
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_scores(report))
+    return 1 if report.failures or report.unreadable else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from detectors.evaluation import evaluate, format_reports, reports_as_json
+    from detectors import registry
+    from triage.evaluate import not_scored_line, read_manifest, score_manifest, update_cards
+    from triage.progress import progress_bar
+
+    folder = Path(args.path)
+    total = len(read_manifest(folder)["studies"])  # before loading models: a wrong folder fails fast
+    with _scoring(args) as (detectors, engine):
+        with progress_bar(total, "studies", enabled=not args.no_progress) as advance:
+            result = score_manifest(folder, detectors, engine, on_study=advance)
+    if not result.outcomes:
+        detail = not_scored_line(result) or f"{len(result.failures)} failures"
+        raise TriageError(f"no study in {folder} was scored by a detector ({detail})")
+    reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None)
+    updated: list[Path] = []
+    notes: list[str] = []
+    if args.update_cards:
+        if result.failures:
+            notes.append(f"cards not updated: {len(result.failures)} scoring failures")
+        else:
+            updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed)
+    if args.json:
+        doc = reports_as_json(reports) | result.as_json()
+        doc["cards_updated"] = [str(p) for p in updated]
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_reports(reports))
+        lines = [f"models: {', '.join(str(m) for _, m in sorted(result.models.items()))}"]
+        if line := not_scored_line(result):
+            lines.append(line)
+        if result.failures:
+            lines.append(f"{len(result.failures)} scoring failures:")
+            lines += [f"  {text}" for text in result.failures]
+        lines += [f"updated {p} and {p.with_suffix('.md').name}" for p in updated] + notes
+        if args.plots:
+            lines.append(f"plots in {args.plots}")
+        print("\n".join(lines))
+    return 1 if result.failures else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from detectors.train import TrainConfig
+    from triage.training import format_result, train_kind
+
+    # Unset flags keep TrainConfig's defaults, so the help and the code cannot disagree.
+    given = {k: getattr(args, k) for k in ("epochs", "phantoms", "validation", "workers") if getattr(args, k) is not None}
+    for key, least in (("epochs", 1), ("phantoms", 1), ("validation", 2), ("workers", 0)):
+        if given.get(key, least) < least:
+            raise UsageError(f"--{key} must be at least {least}, got {given[key]}")
+    settings = _offline_settings(args)
+    cfg = TrainConfig(seed=args.seed, device=_resolve_device(settings.detectors.device), **given)
+    out = Path(args.out) if args.out else _models_dir()
+    results = train_kind(args.kind, cfg, out, _command_line(args), show_progress=not args.no_progress)
+    for result in results:
+        print(format_result(result))
+    return 0
+
+
+def _models_dir() -> Path:
+    from detectors.registry import MODELS_DIR
+
+    return MODELS_DIR
+
+
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from triage.bench.ingest import run_ingest_bench
 
@@ -197,6 +350,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 
+    p = sub.add_parser("score", help="score DICOM files and folders with the detectors (offline: no network, no DB)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders, walked for DICOM files")
+    p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    _add_detector_args(p)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("evaluate", help="score a sample folder (manifest.json) and report AUC, sensitivity, FROC")
+    p.add_argument("path", metavar="PATH", help="a folder written by `triage samples generate`")
+    p.add_argument("--plots", metavar="DIR", help="write roc.png and froc-<detector>.png here")
+    p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    p.add_argument("--update-cards", action="store_true",
+                   help="write the test figures into the shipped detectors' cards (detectors/models/)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_detector_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train, calibrate and write the shipped detectors of one finding kind")
+    p.add_argument("kind", choices=FINDING_KINDS,
+                   help="bleed (head CT), fracture (radiographs) or nodule (CT and radiographs)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="passes over the training examples (default 8)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed; the same seed, flags, device and torch give the same weights (default 0)")  # fmt: skip
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: [detectors] device, auto)")
+    p.add_argument("--phantoms", type=int, help="training phantoms per detector (default 300)")
+    p.add_argument("--validation", type=int,
+                   help="validation phantoms, for calibration and the operating point (default 200)")  # fmt: skip
+    p.add_argument("--workers", type=int, help="phantom generation processes (default 0: one per core)")
+    p.add_argument("--out", metavar="DIR", help="where weights and cards go (default: the package's detectors/models)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
     bench = sub.add_parser("bench", help="benchmarks, printed as ratios against baselines run alongside")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     p = bsub.add_parser("ingest", help="images/s into triage serve vs pynetdicom's and dcmtk's storescp")
@@ -211,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the exact command, recorded in model cards
     try:
         return int(args.func(args) or 0)
     except TriageError as exc:

@@ -132,6 +132,38 @@ class CompletenessSettings(_Section):
         return self.per_modality.get((modality or "").upper(), self.stable_after)
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class DetectorSettings(_Section):
+    """The inference engine and which models score (``[detectors]``).
+
+    Whether a CUDA or MPS device exists is checked when the engine starts, not
+    here: a settings file is valid on a machine without the GPU it names.
+    """
+
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    max_batch: int = Field(8, ge=1)  # items per module call
+    max_wait_ms: float = Field(10.0, ge=0)  # longest an item waits for its batch to fill
+    workers: int = Field(2, ge=1)  # threads reading pixels / postprocessing
+    # External model cards (TOML beside TorchScript weights); one for the same
+    # finding kind and image family replaces the shipped detector.
+    external: list[Path] = Field(default_factory=list)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _DEVICE.match(v):
+            raise ValueError('must be "auto", "cpu", "cuda", "cuda:N" or "mps"')
+        return v
+
+    @field_validator("external")
+    @classmethod
+    def _expand(cls, values: list[Path]) -> list[Path]:
+        return [p.expanduser() for p in values]
+
+
 class Settings(_Section):
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
     # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
@@ -139,6 +171,7 @@ class Settings(_Section):
     log_level: str = "INFO"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     completeness: CompletenessSettings = Field(default_factory=CompletenessSettings)
+    detectors: DetectorSettings = Field(default_factory=DetectorSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -14,11 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from typing import TYPE_CHECKING
 
 from detectors.phantoms.truth import Lesion, XRPhantom, box_of
-from dicom_io.writer import StudyMeta, radiograph_dataset
+
+if TYPE_CHECKING:  # the phantoms need numpy only (training runs where pydicom is not installed)
+    from pydicom.dataset import Dataset
+
+    from dicom_io.writer import StudyMeta
+
+_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 BONES = ("tibia_fibula", "radius_ulna", "femur")
 FRACTURES = ("transverse", "oblique", "spiral", "comminuted")
@@ -455,7 +460,7 @@ def to_dicom(
     photometric: str = "MONOCHROME2",
     voi: str = "window",
     meta: StudyMeta | None = None,
-    transfer_syntax: str = ExplicitVRLittleEndian,
+    transfer_syntax: str = _EXPLICIT_VR_LITTLE_ENDIAN,
 ) -> Dataset:
     """A CR or DX dataset of ``phantom`` with its pixel spacing, body part and a fitting description.
 
@@ -463,6 +468,8 @@ def to_dicom(
     defined terms: CHEST, LEG, FOREARM, FEMUR) and a study description such as
     "XR CHEST PA" or "XR TIBIA FIBULA 2V".
     """
+    from dicom_io.writer import StudyMeta, radiograph_dataset
+
     key = "chest" if phantom.body_part == "CHEST" else str(phantom.notes.get("bone", "tibia_fibula"))
     part, description, view = _STUDY[key]
     meta = meta or StudyMeta(

@@ -38,6 +38,16 @@ def test_layering_toml_then_env_then_cli(tmp_path: Path) -> None:
     assert (s.listener.port, s.listener.ae_title) == (3000, "FROMFILE")
 
 
+def test_detector_settings(tmp_path: Path) -> None:
+    d = load_settings(environ={}).detectors
+    assert (d.device, d.max_batch, d.max_wait_ms, d.workers, d.external) == ("auto", 8, 10.0, 2, [])
+    path = write(tmp_path, "[detectors]\ndevice = 'CUDA:1'\nmax_batch = 32\nexternal = ['~/cards/my-bleed.toml']\n")
+    d = load_settings(path, environ={"TRIAGE_DETECTORS__MAX_WAIT_MS": "2.5"}).detectors
+    assert (d.device, d.max_batch, d.max_wait_ms) == ("cuda:1", 32, 2.5)
+    assert d.external == [Path("~/cards/my-bleed.toml").expanduser()]
+    assert load_settings(overrides={"detectors.device": "cpu"}, environ={}).detectors.device == "cpu"
+
+
 def test_env_lists_as_json() -> None:
     s = load_settings(environ={"TRIAGE_LISTENER__ALLOWED_AE_TITLES": '["PACS1", "CT2"]'})
     assert s.listener.allowed_ae_titles == ["PACS1", "CT2"]
@@ -61,6 +71,13 @@ def test_default_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.M
         ("[completeness]\nstable_after = -1\n", {}, "config: completeness.stable_after:"),
         ("listener = [", {}, "is not valid TOML"),
         ("db = 'not a url'\n", {}, "config: db: not an SQLAlchemy database URL"),
+        ("[detectors]\ndevice = 'gpu'\n", {}, "config: detectors.device: must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got 'gpu'"),
+        ("", {"TRIAGE_DETECTORS__DEVICE": "cuda:x"}, "config: detectors.device: must be"),
+        ("[detectors]\nmax_batch = 0\n", {}, "config: detectors.max_batch: Input should be greater than or equal to 1"),
+        ("[detectors]\nmax_wait_ms = -1\n", {}, "config: detectors.max_wait_ms: Input should be greater than or equal to 0"),
+        ("[detectors]\nworkers = 0\n", {}, "config: detectors.workers:"),
+        ("[detectors]\nexternal = 'card.toml'\n", {}, "config: detectors.external: Input should be a valid list"),
+        ("[detectors]\nmodels = []\n", {}, "config: unknown key 'detectors.models'"),
     ],
 )
 def test_bad_key_or_value_is_one_line_naming_it(tmp_path: Path, toml: str, env: dict, message: str) -> None:

@@ -1,0 +1,256 @@
+"""``triage evaluate``: score a manifest folder and compare with its ground truth.
+
+A manifest folder is what ``triage samples generate`` writes: one folder per
+study and ``manifest.json`` with each study's UID and true findings. Every
+study is scored with :func:`triage.scoring.score_paths`; each detector that
+scored a study gives one :class:`detectors.evaluation.StudyOutcome`, and
+:func:`detectors.evaluation.evaluate` turns those into the report.
+
+Studies no detector scored (an abdomen CT: routed nowhere; a chest radiograph
+when no chest radiograph model is loaded) are counted, not evaluated; studies
+whose scoring failed are listed and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from detectors.base import Finding, ModelIdentity
+from detectors.engine import InferenceEngine
+from detectors.evaluation import DetectorReport, StudyOutcome, truth_from_findings
+from detectors.model_card import render_card
+from detectors.phantoms.samples import MANIFEST
+from detectors.registry import DetectorSet
+from detectors.spec import CardError, load_card
+from triage.errors import TriageError
+from triage.scoring import StudyScore, score_paths
+
+
+@dataclass
+class ManifestScore:
+    """A manifest folder scored: outcomes to evaluate, and what could not be.
+
+    ``not_routed`` and ``no_detector`` count studies by manifest kind:
+    routed to no detector at all, or routed to a finding kind with no loaded
+    detector. ``failures`` are ``"<folder>: <text>"`` lines. ``models`` is the
+    identity of the model behind each detector name that scored something.
+    """
+
+    outcomes: list[StudyOutcome]
+    studies: int
+    seed: int | None
+    not_routed: Counter[str] = field(default_factory=Counter)
+    no_detector: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    models: dict[str, ModelIdentity] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "studies": self.studies,
+            "evaluated_outcomes": len(self.outcomes),
+            "manifest_seed": self.seed,
+            "not_routed": dict(self.not_routed),
+            "no_detector_loaded": dict(self.no_detector),
+            "failures": list(self.failures),
+            "models": {name: {"version": m.version, "sha256": m.sha256} for name, m in sorted(self.models.items())},
+        }
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a sample folder; :class:`TriageError` if there is none or it is damaged."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TriageError(f"no {MANIFEST} in {folder} (write one with `triage samples generate`)") from None
+    except (OSError, ValueError) as exc:
+        raise TriageError(f"{path}: cannot read the manifest: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("studies"), list):
+        raise TriageError(f"{path}: not a sample manifest (no \"studies\" list)")
+    return manifest
+
+
+def _outcome(study: Mapping[str, Any], finding: Finding) -> StudyOutcome:
+    truth_kind = finding.kind.value
+    findings = study.get("findings") or []
+    return StudyOutcome(
+        kind=finding.detector,
+        study_folder=str(study["folder"]),
+        label=any(f.get("kind") == truth_kind for f in findings),
+        probability=finding.probability,
+        urgent=finding.urgent,
+        operating_point=finding.operating_point,
+        regions=[(r.box, r.slices, r.probability) for r in finding.regions],
+        truth=truth_from_findings(findings, kind=truth_kind),
+    )
+
+
+def score_manifest(
+    folder: str | Path,
+    detectors: DetectorSet,
+    engine: InferenceEngine,
+    on_study: Callable[[], None] | None = None,
+) -> ManifestScore:
+    """Score every study of a manifest folder and pair each detector's output with the truth.
+
+    Per study and detector the strongest finding over the study's series is
+    the outcome (a phantom study has one series). ``on_study`` is called once
+    per manifest study (progress bars).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entries: list[Mapping[str, Any]] = manifest["studies"]
+    result = ManifestScore(outcomes=[], studies=len(entries), seed=manifest.get("seed"))
+    present, by_uid = [], {}
+    for entry in entries:
+        study_folder = folder / str(entry.get("folder", ""))
+        if not entry.get("folder") or not study_folder.is_dir():
+            result.failures.append(f"{entry.get('folder')}: study folder missing")
+            if on_study:
+                on_study()
+            continue
+        present.append(study_folder)
+        by_uid[str(entry.get("study_uid"))] = entry
+
+    def scored(study: StudyScore) -> None:
+        if on_study and study.study_uid in by_uid:
+            on_study()
+
+    report = score_paths(present, detectors, engine, on_study=scored)
+    seen = set()
+    for study in report.studies:
+        entry = by_uid.get(study.study_uid)
+        if entry is None:  # a stray study in a study folder: not part of the test set
+            continue
+        seen.add(study.study_uid)
+        _add_study(result, entry, study)
+    for u in report.unreadable:
+        where = u.path.relative_to(folder) if u.path.is_relative_to(folder) else u.path
+        result.failures.append(f"{where}: {u.reason}")
+    for uid, entry in by_uid.items():
+        if uid not in seen:
+            result.failures.append(f"{entry['folder']}: no readable DICOM file of study {uid}")
+            if on_study:  # score_paths never saw it, so no progress was reported for it
+                on_study()
+    return result
+
+
+def _add_study(result: ManifestScore, entry: Mapping[str, Any], study: StudyScore) -> None:
+    kind = str(entry.get("kind", "?"))
+    result.failures += [f"{entry['folder']}: {text}" for text in study.failures]
+    best: dict[str, Finding] = {}
+    for finding in study.findings:
+        if finding.detector not in best or finding.probability > best[finding.detector].probability:
+            best[finding.detector] = finding
+    for finding in best.values():
+        try:
+            result.outcomes.append(_outcome(entry, finding))
+        except ValueError as exc:  # a hand-edited manifest: its truth cannot be compared
+            result.failures.append(f"{entry['folder']}: manifest truth unusable: {exc}")
+            continue
+        result.models[finding.detector] = finding.model
+    if not best and not study.failures:
+        if any(s.missing_detectors for s in study.series):
+            result.no_detector[kind] += 1
+        else:
+            result.not_routed[kind] += 1
+
+
+def not_scored_line(result: ManifestScore) -> str | None:
+    """``"not scored: 2 studies routed to no detector (abdomen_ct 2); ..."`` or None."""
+    parts = []
+    counters = ((result.not_routed, "routed to no detector"), (result.no_detector, "with no detector loaded"))
+    for counter, what in counters:
+        if counter:
+            n = sum(counter.values())
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
+            parts.append(f"{n} {'study' if n == 1 else 'studies'} {what} ({kinds})")
+    return f"not scored: {'; '.join(parts)}" if parts else None
+
+
+# -- writing the test figures into the shipped cards -------------------------------------------
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def card_test_table(report: DetectorReport, command: str, seed: int | None) -> dict[str, Any]:
+    """The ``[test]`` table of a card: the report's headline figures, the command and the seed.
+
+    Undefined figures are left out (TOML has no null).
+    """
+    table: dict[str, Any] = {
+        "studies": report.n,
+        "positive": report.n_positive,
+        "auc": _r(report.auc),
+        "auc_ci_low": _r(report.auc_ci[0]) if report.auc_ci else None,
+        "auc_ci_high": _r(report.auc_ci[1]) if report.auc_ci else None,
+        "operating_point": _r(report.operating_point),
+        "sensitivity": _r(report.sensitivity),
+        "specificity": _r(report.specificity),
+        "localisation_hit_rate": _r(report.localisation_hit_rate),
+    }
+    if report.froc is not None:
+        table["froc_sensitivity_at_1fp"] = _r(report.froc.sensitivity_at_fp(1.0))
+        table["froc_cpm"] = _r(report.froc.cpm)
+    table["manifest_seed"] = seed
+    table["command"] = command
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def update_cards(
+    reports: Sequence[DetectorReport],
+    models: Mapping[str, ModelIdentity],
+    models_dir: Path,
+    command: str,
+    seed: int | None,
+) -> tuple[list[Path], list[str]]:
+    """Write each shipped detector's test figures into its card and re-render its Markdown card.
+
+    Only a card in ``models_dir`` whose SHA-256 is that of the model that was
+    evaluated is changed: figures of an external replacement, or of weights
+    that changed since, must not land in the shipped card. Everything else in
+    the card is kept.
+
+    Returns
+    -------
+    (list of Path, list of str)
+        The cards written, and one line per detector left alone saying why.
+    """
+    written, skipped = [], []
+    for report in reports:
+        card = models_dir / f"{report.detector}.toml"
+        model = models.get(report.detector)
+        if not card.is_file():
+            skipped.append(f"{report.detector}: not a shipped detector (no {card})")
+            continue
+        try:
+            spec = load_card(card)
+        except CardError as exc:
+            skipped.append(f"{report.detector}: {exc}")
+            continue
+        if model is None or spec.sha256 != model.sha256:
+            scored = model.sha256[:12] if model else "?"
+            skipped.append(f"{report.detector}: evaluated model (sha256 {scored}) is not the shipped card's "
+                           f"({spec.sha256[:12]})")  # fmt: skip
+            continue
+        spec = replace(spec, extra={**spec.extra, "test": card_test_table(report, command, seed)})
+        _write_atomic(card, spec.to_toml())
+        _write_atomic(card.with_suffix(".md"), render_card(spec))
+        written.append(card)
+    return written, skipped
