@@ -20,14 +20,30 @@ def fit_platt(raw: np.ndarray, labels: np.ndarray, iterations: int = 100) -> tup
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f'Argument "labels" must hold both classes, got {n_pos} positive and {n_neg} negative')
     t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, 0.0
-    for _ in range(iterations):  # Newton's method on the logistic loss, with a tiny ridge for stability
-        p = 1 / (1 + np.exp(-np.clip(a * x + b, -60, 60)))
-        g = np.array([np.sum((p - t) * x), np.sum(p - t)]) + 1e-6 * np.array([a, b])
-        w = p * (1 - p)
-        h = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-6 * np.eye(2)
+    # Fit on standardised logits (well conditioned whatever the network's scale),
+    # by damped Newton steps: a step that does not lower the loss is halved, so
+    # the fit cannot run away as plain Newton can on near-separable data.
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    z = (x - mu) / sd
+    w = np.zeros(2)
+
+    def loss(v: np.ndarray) -> float:
+        m = v[0] * z + v[1]
+        return float(np.sum(np.logaddexp(0.0, m) - t * m) + 1e-4 * v @ v)
+
+    current = loss(w)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(w[0] * z + w[1], -60, 60)))
+        g = np.array([np.sum((p - t) * z), np.sum(p - t)]) + 2e-4 * w
+        q = p * (1 - p)
+        h = np.array([[np.sum(q * z * z), np.sum(q * z)], [np.sum(q * z), np.sum(q)]]) + 2e-4 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-9:
+        scale = 1.0
+        while scale > 1e-6 and loss(w - scale * step) > current:
+            scale /= 2
+        w = w - scale * step
+        previous, current = current, loss(w)
+        if previous - current < 1e-12:
             break
-    return float(a), float(b)
+    a = w[0] / sd
+    return float(a), float(w[1] - a * mu)

@@ -241,6 +241,39 @@ def validate(name: str, module: torch.nn.Module, cfg: TrainConfig,
     return np.array(raw), np.array(labels)
 
 
+def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig,
+              progress: Progress | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+    """Platt (a, b), the operating point and validation metrics of ``module`` on the validation phantoms."""
+    raw, labels = validate(name, module, cfg, progress)
+    a, b = fit_platt(raw, labels)
+    calibrated = np.asarray(platt(raw, a, b))
+    op = operating_point_for_sensitivity(labels, calibrated, cfg.target_sensitivity)
+    sens, spec_ = sensitivity_specificity(labels, calibrated, op)
+    metrics = {
+        "validation_studies": int(len(labels)), "validation_positive": int(labels.sum()),
+        "validation_auc": round(float(auc(labels, raw)), 4),  # raw logits: no ties from saturation
+        "validation_sensitivity": round(float(sens), 4), "validation_specificity": round(float(spec_), 4),
+    }  # fmt: skip
+    return a, b, op, metrics
+
+
+def recalibrate(card: Path, cfg: TrainConfig, progress: Progress | None = None, command: str = "") -> DetectorSpec:
+    """Refit calibration and operating point of a trained shipped detector in place (weights unchanged)."""
+    from detectors.heatmap import load_detector
+
+    detector = load_detector(card, device=cfg.device)
+    spec = detector.spec
+    a, b, op, metrics = calibrate(spec.name, detector.module, cfg, progress)
+    validation = {**spec.extra.get("validation", {}), **metrics}
+    training = {**spec.extra.get("training", {})}
+    if command:
+        training["calibration_command"] = command
+    spec = replace(spec.with_calibration(a, b, op), extra={**spec.extra, "validation": validation, "training": training})
+    card.write_text(spec.to_toml())
+    card.with_suffix(".md").write_text(render_card(spec))
+    return spec
+
+
 @dataclass
 class TrainResult:
     spec: DetectorSpec
@@ -260,15 +293,8 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
     module = build_module(task.spec)
     steps = max(1, cfg.epochs * len(examples.items) // cfg.batch_size)
     losses = train_steps(module, examples, steps, cfg, progress)
-    raw, labels = validate(name, module, cfg, progress)
-    a, b = fit_platt(raw, labels)
-    calibrated = np.asarray(platt(raw, a, b))
-    op = operating_point_for_sensitivity(labels, calibrated, cfg.target_sensitivity)
-    sens, spec_ = sensitivity_specificity(labels, calibrated, op)
-    metrics = {
-        "validation_studies": int(len(labels)), "validation_positive": int(labels.sum()),
-        "validation_auc": round(float(auc(labels, calibrated)), 4),
-        "validation_sensitivity": round(float(sens), 4), "validation_specificity": round(float(spec_), 4),
+    a, b, op, metrics = calibrate(name, module, cfg, progress)
+    metrics |= {
         "training_examples": int(len(examples.items)), "training_steps": steps,
         "final_loss": round(float(np.mean(losses[-50:])), 4), "minutes": round((time.monotonic() - started) / 60, 1),
     }  # fmt: skip
@@ -306,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--validation", type=int, default=TrainConfig.validation)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", type=Path, default=MODELS_DIR)
+    p.add_argument("--recalibrate", action="store_true",
+                   help="keep the weights in --out, refit calibration and operating point on the validation phantoms")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in args.names:
@@ -318,7 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.info("%s %s %d/%d", name, stage, done, total)
                 last["stage"] = stage
 
-        result = train(name, cfg, args.out, progress, command=" ".join(["python -m detectors.train", *sys.argv[1:]]))
+        command = " ".join(["python -m detectors.train", *sys.argv[1:]])
+        if args.recalibrate:
+            spec = recalibrate(args.out / f"{name}.toml", cfg, progress, command=command)
+            logger.info("%s recalibrated: %s", name, spec.extra["validation"])
+            continue
+        result = train(name, cfg, args.out, progress, command=command)
         logger.info("%s done: %s", name, result.metrics)
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from triage import __version__
+from triage.bench import infer as bench_infer
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
 from triage.logs import setup_logging
@@ -391,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary folders")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_bench_ingest)
+    p = bsub.add_parser("infer", help="detector slices/s: dynamic batching vs batch 1, GFLOP/s vs matmul peak, head CT latency")
+    bench_infer.add_arguments(p)
+    p.set_defaults(func=bench_infer.run)
     return parser
 
 
