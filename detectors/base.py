@@ -105,9 +105,9 @@ class ModelIdentity:
 class Region:
     """Where a detector saw evidence, in the series' own pixel coordinates.
 
-    ``box`` is ``(row0, col0, row1, col1)``, half-open, on the slice
-    ``slice_index`` (the component's strongest slice) and spans ``slices``
-    (first, last, inclusive). ``probability`` is the calibrated score of this
+    ``box`` is ``(row0, col0, row1, col1)``, half-open: the region's bounding
+    box over all the slices it spans, ``slices`` (first, last, inclusive);
+    ``slice_index`` is its strongest slice. ``probability`` is the calibrated score of this
     region alone. ``diameter_mm`` is the estimated largest in-plane diameter
     (nodules).
     """
@@ -186,7 +186,11 @@ class Detector(ABC):
         import torch
 
         prepared = self.prepare(series)
-        device = next(self.module.parameters()).device
+        # A TorchScript model may hold no parameters; then it runs where its buffers are, or on the CPU.
+        tensor = next(iter(self.module.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.module.buffers()), None)
+        device = tensor.device if tensor is not None else torch.device("cpu")
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(prepared.items), batch_size):

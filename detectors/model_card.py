@@ -34,7 +34,8 @@ def render_card(spec: DetectorSpec) -> str:
     if spec.family is Family.CT:
         windows = ", ".join(f"{w.center:g}/{w.width:g}" for w in inp.windows)
         inputs = (f"axial CT in HU, resampled to {inp.spacing_mm:g} mm pixels, {inp.height}x{inp.width} around the "
-                  f"body; each slice with {inp.context_slices} neighbour(s) on each side (2.5D), windows (centre/width) "
+                  f"body; each slice with {inp.context_slices} neighbour(s) on each side (2.5D"
+                  f"{f', about {inp.context_mm:g} mm apart' if inp.context_mm else ', adjacent'}), windows (centre/width) "
                   f"{windows}: {spec.item_shape[0]} channels")  # fmt: skip
     else:
         inputs = (f"one projection radiograph (bright = dense), resampled to {inp.spacing_mm:g} mm pixels, "

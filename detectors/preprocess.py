@@ -106,17 +106,30 @@ def crop_at(pixels: np.ndarray, origin: tuple[int, int], height: int, width: int
     return out
 
 
-def window_channels(hu: np.ndarray, spec: InputSpec) -> np.ndarray:
+def neighbour_step(spec: InputSpec, slice_spacing_mm: float) -> int:
+    """Slices between an item's slice and its nearest context slice.
+
+    With ``context_mm`` set, neighbours are that far away whatever the slice
+    thickness (0.625 mm slices look 3 mm away, like 3 mm slices do), so a
+    detector sees the same anatomy around a slice on every scanner.
+    """
+    if spec.context_mm <= 0 or slice_spacing_mm <= 0:
+        return 1
+    return max(1, round(spec.context_mm / slice_spacing_mm))
+
+
+def window_channels(hu: np.ndarray, spec: InputSpec, slice_spacing_mm: float = 0.0) -> np.ndarray:
     """(slices, h, w) HU -> (slices, channels, h, w) in [0, 1]: windows of each slice and its neighbours.
 
     Edge slices repeat themselves as their missing neighbours.
     """
     n = hu.shape[0]
     k = spec.context_slices
+    step = neighbour_step(spec, slice_spacing_mm)
     windowed = np.stack(
         [np.clip((hu - (w.center - w.width / 2)) / w.width, 0.0, 1.0) for w in spec.windows], axis=1
     ).astype(np.float32)  # (slices, windows, h, w)
-    index = np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)  # (slices, 2k+1)
+    index = np.clip(np.arange(n)[:, None] + step * np.arange(-k, k + 1)[None, :], 0, n - 1)  # (slices, 2k+1)
     return windowed[index].reshape(n, -1, *hu.shape[1:])
 
 
@@ -142,7 +155,7 @@ def prepare(series: SeriesArrays, spec: DetectorSpec) -> Prepared:
     if spec.family is Family.CT:
         centre = body_centre(resampled, BODY_HU)
         window, origin = crop_or_pad(resampled, centre, inp.height, inp.width, AIR_HU)
-        items = window_channels(window, inp)
+        items = window_channels(window, inp, series.spacing_mm[0])
     else:
         image = normalise_radiograph(resampled)
         window, origin = crop_or_pad(image, ((image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2),

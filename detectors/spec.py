@@ -16,6 +16,7 @@ site's own model plugs in by writing one file beside its weights::
     height = 256                 # item size after resampling, cropped or padded
     width = 256
     context_slices = 1           # CT: neighbours on each side (2.5D)
+    context_mm = 0.0             # CT: distance to the nearest neighbour (0: adjacent slices)
     windows = [[40, 80], [75, 215], [600, 2800]]   # CT: (centre, width) in HU, one channel each
 
     [output]
@@ -70,6 +71,7 @@ class InputSpec:
     width: int
     context_slices: int = 0
     windows: tuple[Window, ...] = ()
+    context_mm: float = 0.0  # neighbours this far apart (rounded to whole slices); 0: adjacent slices
 
     def channels(self, family: Family) -> int:
         if family is Family.RADIOGRAPH:
@@ -124,6 +126,7 @@ class DetectorSpec:
             f"height = {self.input.height}",
             f"width = {self.input.width}",
             f"context_slices = {self.input.context_slices}",
+            f"context_mm = {self.input.context_mm!r}",
             "windows = [" + ", ".join(f"[{w.center!r}, {w.width!r}]" for w in self.input.windows) + "]",
             "",
             "[output]",
@@ -229,8 +232,11 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         height=int(_positive(get("input", "height", int), f"{where}: input.height")),
         width=int(_positive(get("input", "width", int), f"{where}: input.width")),
         context_slices=get("input", "context_slices", int, 0),
+        context_mm=get("input", "context_mm", float, 0.0),
         windows=tuple(windows),
     )
+    if inp.context_mm < 0:
+        raise CardError(f"{where}: input.context_mm must be >= 0, got {inp.context_mm}")
     if inp.context_slices < 0:
         raise CardError(f"{where}: input.context_slices must be >= 0, got {inp.context_slices}")
     stride = int(_positive(get("output", "stride", int, 1), f"{where}: output.stride"))

@@ -131,7 +131,7 @@ def _examples_of(args: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     negative = np.flatnonzero(targets.reshape(len(targets), -1).max(axis=1) == 0)
     if len(positive) > max_pos:
         positive = rng.choice(positive, max_pos, replace=False)
-    n_neg = min(len(negative), max(3, len(positive)))
+    n_neg = min(len(negative), max(task.min_negatives, len(positive)))
     chosen = np.concatenate([positive, rng.choice(negative, n_neg, replace=False)]).astype(int)
     items, outs = [], []
     s = spec.stride

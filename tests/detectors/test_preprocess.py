@@ -259,3 +259,21 @@ def test_map_mask_follows_the_crop_of_a_ct() -> None:
     expected = np.zeros((16, 16))
     expected[8:10, 3:5] = 1.0
     np.testing.assert_allclose(target[1], expected)
+
+
+# --- context in millimetres -------------------------------------------------
+
+
+def test_context_mm_picks_neighbours_at_the_same_distance_for_any_thickness() -> None:
+    from detectors.preprocess import neighbour_step
+
+    spec = InputSpec(1.0, 2, 2, context_slices=1, windows=(Window(0, 100),), context_mm=2.5)
+    assert neighbour_step(spec, 0.625) == 4
+    assert neighbour_step(spec, 1.25) == 2
+    assert neighbour_step(spec, 5.0) == 1  # never the slice itself
+    assert neighbour_step(InputSpec(1.0, 2, 2, 1, (Window(0, 100),)), 0.625) == 1  # 0 mm: adjacent slices
+    hu = np.arange(9, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    out = window_channels(hu, spec, slice_spacing_mm=1.25)  # step 2
+    # Window 0/100 maps HU h to h / 100 + 0.5; slice 4's neighbours are slices 2 and 6.
+    assert np.allclose(out[4, :, 0, 0], [0.52, 0.54, 0.56])
+    assert np.allclose(out[0, :, 0, 0], [0.50, 0.50, 0.52])  # edges repeat themselves
