@@ -47,3 +47,24 @@ def fit_platt(raw: np.ndarray, labels: np.ndarray, iterations: int = 100) -> tup
             break
     a = w[0] / sd
     return float(a), float(w[1] - a * mu)
+
+
+def operating_point_in_gap(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
+    """The "urgent" threshold: sensitivity >= target on these data, placed mid-gap below that.
+
+    Starts from the largest threshold that keeps ``target_sensitivity``, then
+    lowers it to halfway (in logit space) to the highest negative below it.
+    Validation sensitivity and specificity stay what they were; positives of
+    new data that score a little lower than the validation positives still
+    pass, which matters most when a detector separates its validation set.
+    """
+    from detectors.metrics import operating_point_for_sensitivity
+
+    y = np.asarray(labels, dtype=bool)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    top = operating_point_for_sensitivity(y, p, target_sensitivity)
+    below = p[~y & (p < top)]
+    if below.size == 0:
+        return float(top)
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    return float(1 / (1 + np.exp(-(logit(top) + logit(below.max())) / 2)))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import multiprocessing
@@ -40,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from detectors.base import Family
-from detectors.calibration import fit_platt
+from detectors.calibration import fit_platt, operating_point_in_gap
 from detectors.heatmap import build_module
-from detectors.metrics import auc, operating_point_for_sensitivity, sensitivity_specificity
+from detectors.metrics import auc, sensitivity_specificity
 from detectors.model_card import render_card
 from detectors.postprocess import platt, study_logit, valid_cells
 from detectors.preprocess import map_mask, prepare
@@ -241,13 +242,29 @@ def validate(name: str, module: torch.nn.Module, cfg: TrainConfig,
     return np.array(raw), np.array(labels)
 
 
-def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig,
-              progress: Progress | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
-    """Platt (a, b), the operating point and validation metrics of ``module`` on the validation phantoms."""
+def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None,
+              scores_path: Path | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+    """Platt (a, b), the operating point and validation metrics of ``module`` on the validation phantoms.
+
+    ``scores_path`` keeps each validation phantom's raw study logit and label
+    (JSON), so that the calibration can be checked or redone without rescoring.
+    """
     raw, labels = validate(name, module, cfg, progress)
+    if scores_path is not None:
+        scores_path.write_text(json.dumps({
+            "detector": name, "seed": cfg.seed, "validation_phantoms": cfg.validation,
+            "first_phantom_seed": SEED_BASES["validation"] + cfg.seed * 1_000_000,
+            "raw_study_logits": [round(float(x), 5) for x in raw], "labels": [bool(y) for y in labels],
+        }, indent=0) + "\n")  # fmt: skip
+    return calibrate_scores(raw, labels, cfg.target_sensitivity)
+
+
+def calibrate_scores(raw: np.ndarray, labels: np.ndarray,
+                     target_sensitivity: float) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+    """Platt (a, b), operating point and metrics from validation study logits and labels."""
     a, b = fit_platt(raw, labels)
     calibrated = np.asarray(platt(raw, a, b))
-    op = operating_point_for_sensitivity(labels, calibrated, cfg.target_sensitivity)
+    op = operating_point_in_gap(labels, calibrated, target_sensitivity)
     sens, spec_ = sensitivity_specificity(labels, calibrated, op)
     metrics = {
         "validation_studies": int(len(labels)), "validation_positive": int(labels.sum()),
@@ -263,7 +280,13 @@ def recalibrate(card: Path, cfg: TrainConfig, progress: Progress | None = None, 
 
     detector = load_detector(card, device=cfg.device)
     spec = detector.spec
-    a, b, op, metrics = calibrate(spec.name, detector.module, cfg, progress)
+    stored = card.with_name(f"{spec.name}.validation.json")
+    saved = json.loads(stored.read_text()) if stored.is_file() else {}
+    if saved.get("seed") == cfg.seed and saved.get("validation_phantoms") == cfg.validation:
+        raw, labels = np.array(saved["raw_study_logits"]), np.array(saved["labels"], dtype=bool)
+        a, b, op, metrics = calibrate_scores(raw, labels, cfg.target_sensitivity)
+    else:
+        a, b, op, metrics = calibrate(spec.name, detector.module, cfg, progress, scores_path=stored)
     validation = {**spec.extra.get("validation", {}), **metrics}
     training = {**spec.extra.get("training", {})}
     if command:
@@ -293,7 +316,8 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
     module = build_module(task.spec)
     steps = max(1, cfg.epochs * len(examples.items) // cfg.batch_size)
     losses = train_steps(module, examples, steps, cfg, progress)
-    a, b, op, metrics = calibrate(name, module, cfg, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    a, b, op, metrics = calibrate(name, module, cfg, progress, scores_path=out_dir / f"{name}.validation.json")
     metrics |= {
         "training_examples": int(len(examples.items)), "training_steps": steps,
         "final_loss": round(float(np.mean(losses[-50:])), 4), "minutes": round((time.monotonic() - started) / 60, 1),

@@ -45,3 +45,20 @@ def test_one_class_raises(labels: list[bool]) -> None:
 def test_mismatched_shapes_raise() -> None:
     with pytest.raises(ValueError, match='"raw" and "labels"'):
         fit_platt(np.array([0.1, 0.2]), np.array([True, False, True]))
+
+
+def test_operating_point_sits_mid_gap_and_keeps_the_target_sensitivity() -> None:
+    from detectors.calibration import operating_point_in_gap
+    from detectors.metrics import sensitivity_specificity
+
+    labels = np.array([False] * 4 + [True] * 4)
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 0.95])
+    op = operating_point_in_gap(labels, p, 0.95)
+    assert 0.3 < op < 0.7  # below the weakest positive, above the strongest negative
+    assert op == pytest.approx(0.5)  # logits -0.85 and 0.85: the middle is 0
+    assert sensitivity_specificity(labels, p, op) == (1.0, 1.0)
+    # Overlap: the threshold keeps 3 of 4 positives (0.75 >= target) and stays above every negative below it.
+    p2 = np.array([0.05, 0.1, 0.2, 0.85, 0.3, 0.8, 0.9, 0.95])
+    op2 = operating_point_in_gap(labels, p2, 0.75)
+    assert 0.2 < op2 < 0.8
+    assert sensitivity_specificity(labels, p2, op2)[0] >= 0.75
