@@ -197,7 +197,7 @@ def _cmd_samples_generate(args: argparse.Namespace) -> int:
         raise TriageError(f"--kinds: unknown kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
     out = Path(args.out)
     with progress_bar(args.n, "studies", enabled=not args.no_progress) as advance:
-        manifest = generate_samples(out, args.n, args.seed, kinds, progress=advance)
+        manifest = generate_samples(out, args.n, args.seed, kinds, progress=advance, acquisition=args.acquisition)
     with_finding = sum(1 for s in manifest["studies"] if s["present"])  # type: ignore[union-attr]
     print(f"wrote {args.n} studies ({with_finding} with a finding) and {out / 'manifest.json'}")
     return 0
@@ -226,7 +226,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from detectors.evaluation import evaluate, format_reports, reports_as_json
     from detectors import registry
-    from triage.evaluate import not_scored_line, read_manifest, score_manifest, update_cards
+    from triage.evaluate import acquisition_strata, not_scored_line, read_manifest, score_manifest, update_cards
     from triage.progress import progress_bar
 
     folder = Path(args.path)
@@ -238,6 +238,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         detail = not_scored_line(result) or f"{len(result.failures)} failures"
         raise TriageError(f"no study in {folder} was scored by a detector ({detail})")
     reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None)
+    strata = {name: evaluate(group) for name, group in acquisition_strata(folder, result.outcomes).items()}
     updated: list[Path] = []
     notes: list[str] = []
     if args.update_cards:
@@ -248,9 +249,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         doc = reports_as_json(reports) | result.as_json()
         doc["cards_updated"] = [str(p) for p in updated]
+        doc["strata"] = {name: reports_as_json(group) for name, group in strata.items()}
         print(json.dumps(doc, indent=2))
     else:
         print(format_reports(reports))
+        for name, group in strata.items():
+            print(f"\n-- acquisition stratum: {name} --")
+            print(format_reports(group))
         lines = [f"models: {', '.join(str(m) for _, m in sorted(result.models.items()))}"]
         if line := not_scored_line(result):
             lines.append(line)
@@ -348,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=13, help="number of studies (default 13)")
     p.add_argument("--seed", type=int, default=1, help="seed; the same seed gives the same files (default 1)")
     p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr abdomen_ct (default all)")
+    p.add_argument("--acquisition", choices=("fixed", "varied"), default="fixed",
+                   help="CT geometry: fixed (24 slices, 256 matrix; small) or varied (matrix, thickness and slices drawn as scanners vary; large)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 

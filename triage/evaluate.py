@@ -254,3 +254,22 @@ def update_cards(
         _write_atomic(card.with_suffix(".md"), render_card(spec))
         written.append(card)
     return written, skipped
+
+
+def acquisition_strata(folder: str | Path, outcomes: Sequence[StudyOutcome]) -> dict[str, list[StudyOutcome]]:
+    """Outcomes grouped by CT acquisition, when the manifest records it (``--acquisition varied``).
+
+    Groups: matrix (256 / 512) and slice thickness (thin <= 1.25 mm, thick
+    above); a detector that holds up on real scanners holds up in each.
+    Empty when the manifest has no acquisition records.
+    """
+    entries = {str(e.get("folder")): e.get("acquisition") for e in read_manifest(Path(folder))["studies"]}
+    groups: dict[str, list[StudyOutcome]] = {}
+    for o in outcomes:
+        acq = entries.get(o.study_folder)
+        if not isinstance(acq, Mapping):
+            continue
+        thin = float(acq.get("slice_thickness_mm", 0)) <= 1.25
+        for key in (f"matrix {acq.get('matrix')}", "slices <= 1.25 mm" if thin else "slices > 1.25 mm"):
+            groups.setdefault(key, []).append(o)
+    return dict(sorted(groups.items()))

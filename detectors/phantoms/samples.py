@@ -61,7 +61,10 @@ def _meta(rng: random.Random, seed: int, p: _Plan, description: str, series: str
     )  # fmt: skip
 
 
-def _study(seed: int, p: _Plan) -> tuple[list[Dataset], list[Lesion], dict[str, object]]:
+ACQUISITIONS = ("fixed", "varied")
+
+
+def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Dataset], list[Lesion], dict[str, object]]:
     rng = random.Random(f"{seed}-{p.index}")
     # Some studies compressed, some without Body Part Examined: what PACS send.
     ts = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless][p.index % 3]
@@ -71,15 +74,22 @@ def _study(seed: int, p: _Plan) -> tuple[list[Dataset], list[Lesion], dict[str, 
             ph = abdomen_ct(seed * 1000 + p.index)
             desc, part = "CT ABDOMEN PELVIS WO CONTRAST", "ABDOMEN"
         elif p.kind == "head_ct":
-            ph = head_ct(seed * 1000 + p.index, bleed="random" if p.present else None, matrix=256, slices=24)
+            geometry = {"matrix": 256, "slices": 24} if acquisition == "fixed" else {}
+            ph = head_ct(seed * 1000 + p.index, bleed="random" if p.present else None, **geometry)
             desc, part = "CT HEAD WO CONTRAST", "HEAD"
         else:
-            ph = chest_ct(seed * 1000 + p.index, nodules=1 if p.present else 0, matrix=256, slices=24)
+            geometry = {"matrix": 256, "slices": 24} if acquisition == "fixed" else {}
+            ph = chest_ct(seed * 1000 + p.index, nodules=1 if p.present else 0, **geometry)
             desc, part = "CT CHEST WO CONTRAST", "CHEST"
         meta = _meta(rng, seed, p, desc, f"AXIAL {ph.spacing_mm[0]:g}MM", part if part_tag else None)
         datasets = list(ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0],
                                     meta=meta, transfer_syntax=ts))  # fmt: skip
-        return datasets, ph.lesions, {"body_part": part}
+        extra: dict[str, object] = {"body_part": part}
+        if acquisition == "varied":  # recorded for stratified evaluation (fixed sets keep their old manifest)
+            extra["acquisition"] = {"matrix": int(ph.hu.shape[1]), "slices": int(ph.hu.shape[0]),
+                                    "slice_thickness_mm": round(float(ph.spacing_mm[0]), 3),
+                                    "pixel_spacing_mm": round(float(ph.spacing_mm[1]), 3)}  # fmt: skip
+        return datasets, ph.lesions, extra
     if p.kind == "chest_xr":
         xr = chest_radiograph(seed * 1000 + p.index, nodule=p.present, rows=768)
         desc, part, view = "XR CHEST PA", "CHEST", "PA"
@@ -102,9 +112,18 @@ def pixel_hash(datasets: Sequence[Dataset]) -> str:
 
 
 def generate_samples(
-    out: Path, n: int, seed: int, kinds: Sequence[str] = KINDS, progress: Callable[[], None] | None = None
+    out: Path, n: int, seed: int, kinds: Sequence[str] = KINDS, progress: Callable[[], None] | None = None,
+    acquisition: str = "fixed",
 ) -> dict[str, object]:
-    """Write ``n`` studies under ``out/<nn>_<kind>/`` and ``out/manifest.json``; returns the manifest."""
+    """Write ``n`` studies under ``out/<nn>_<kind>/`` and ``out/manifest.json``; returns the manifest.
+
+    ``acquisition="fixed"`` writes CTs of 24 slices on a 256 matrix (small,
+    for the committed samples); ``"varied"`` draws matrix (256/512), slice
+    thickness (0.625-5 mm) and slice count as the phantoms do, and records
+    them per study, for robustness evaluation.
+    """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f'Argument "acquisition" must be one of {ACQUISITIONS}, got {acquisition!r}')
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ValueError(f'Argument "kinds" must be some of {", ".join(KINDS)}, got {", ".join(unknown) or "none"}')
@@ -112,7 +131,7 @@ def generate_samples(
         raise ValueError(f'Argument "n" must be at least 1, got {n}')
     studies = []
     for p in plan(n, kinds):
-        datasets, lesions, extra = _study(seed, p)
+        datasets, lesions, extra = _study(seed, p, acquisition)
         folder = out / f"{p.index:02d}_{p.kind}"
         folder.mkdir(parents=True, exist_ok=True)
         for ds in datasets:
