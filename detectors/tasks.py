@@ -36,6 +36,7 @@ class Task:
     min_negatives: int = 3  # lesion-free slices per phantom, at least this many and as many as lesion slices
     # Where lesion-free training crops should mostly look: item (C, H, W) -> (H, W) bool.
     focus: Callable[[np.ndarray, DetectorSpec], np.ndarray] | None = None
+    strongest_weight: float = 0.5  # loss weight of each item's strongest cell (item-level hard negatives)
 
 
 def _uids(n: int, seed: int) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ class TrainConfig:
     workers: int = 0  # phantom generation processes; 0 = one per core
     target_sensitivity: float = 0.97  # on validation; the card promises >= 0.95
     max_positive_slices: int = 12  # per phantom
+    strongest_weight: float = 0.5  # weight of the strongest-cell loss term (the task's, via train())
 
 
 @dataclass
@@ -183,13 +184,17 @@ def make_examples(name: str, cfg: TrainConfig, progress: Progress | None = None)
     return Examples(np.concatenate(items), np.concatenate(targets), TASKS[name].spec.family)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Heatmap BCE (lesion cells x10) + BCE of each item's strongest cell against 'has a lesion'."""
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, strongest_weight: float = 0.5) -> torch.Tensor:
+    """Heatmap BCE (lesion cells x10) + BCE of each item's strongest cell against 'has a lesion'.
+
+    The second term is item-level hard-negative mining: on a lesion-free item
+    it pushes down exactly the cell that would become a false alarm.
+    """
     logits = logits[:, 0]
     cells = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(10.0, device=logits.device))
     has = (target.flatten(1).amax(dim=1) > 0.25).float()
     strongest = F.binary_cross_entropy_with_logits(logits.flatten(1).amax(dim=1), has)
-    return cells + 0.5 * strongest
+    return cells + strongest_weight * strongest
 
 
 def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: TrainConfig,
@@ -215,7 +220,7 @@ def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: Tr
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = module(x)
-        loss = loss_fn(out.float(), y)
+        loss = loss_fn(out.float(), y, cfg.strongest_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -319,6 +324,7 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
         raise ValueError(f'Argument "name" must be one of {", ".join(TASKS)}, got {name!r}')
     started = time.monotonic()
     task: Task = TASKS[name]
+    cfg = replace(cfg, strongest_weight=task.strongest_weight)
     torch.manual_seed(cfg.seed)
     examples = make_examples(name, cfg, progress)
     module = build_module(task.spec)
@@ -343,7 +349,8 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
             "training": {
                 "seed": cfg.seed, "epochs": cfg.epochs, "phantoms": cfg.phantoms, "validation_phantoms": cfg.validation,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "device": cfg.device, "torch": torch.__version__,
-                "target_sensitivity": cfg.target_sensitivity, "command": command,
+                "target_sensitivity": cfg.target_sensitivity, "strongest_weight": cfg.strongest_weight,
+                "min_negative_slices": task.min_negatives, "command": command,
             },
         },
     )  # fmt: skip
