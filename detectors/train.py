@@ -154,16 +154,15 @@ def _examples_of(args: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(items), np.stack(outs)
 
 
-def _validation_case(args: tuple[str, int]) -> tuple[np.ndarray, np.ndarray, bool]:
+def _validation_case(args: tuple[str, int, DetectorSpec]) -> tuple[np.ndarray, np.ndarray, bool]:
     """Worker: one validation phantom -> (all items u8, valid cells, has a lesion)."""
-    name, seed = args
+    name, seed, spec = args
     torch.set_num_threads(1)
-    task = TASKS[name]
-    series, mask = task.sample(seed)
-    prepared = prepare(series, task.spec)
-    h, w = task.spec.input.height // task.spec.stride, task.spec.input.width // task.spec.stride
-    valid = valid_cells(prepared.context["geometry"], task.spec, (h, w))
-    return _to_u8(prepared.items, task.spec.family), valid, bool(mask.any())
+    series, mask = TASKS[name].sample(seed)
+    prepared = prepare(series, spec)
+    h, w = spec.input.height // spec.stride, spec.input.width // spec.stride
+    valid = valid_cells(prepared.context["geometry"], spec, (h, w))
+    return _to_u8(prepared.items, spec.family), valid, bool(mask.any())
 
 
 def _pool(workers: int):  # noqa: ANN202 - a multiprocessing Pool
@@ -232,15 +231,18 @@ def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: Tr
     return losses
 
 
-def validate(name: str, module: torch.nn.Module, cfg: TrainConfig,
-             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Raw study logits and labels of the validation phantoms, scored by the full pipeline."""
-    spec = TASKS[name].spec
+def validate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None,
+             spec: DetectorSpec | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Raw study logits and labels of the validation phantoms, scored by the full pipeline.
+
+    ``spec`` is the card the module was trained for (default: the task's current one).
+    """
+    spec = spec or TASKS[name].spec
     base = SEED_BASES["validation"] + cfg.seed * 1_000_000
     device = torch.device(cfg.device)
     raw, labels = [], []
     with _pool(cfg.workers) as pool:
-        jobs = [(name, base + i) for i in range(cfg.validation)]
+        jobs = [(name, base + i, spec) for i in range(cfg.validation)]
         for i, (items, valid, label) in enumerate(pool.imap(_validation_case, jobs)):
             x = _from_u8(items, spec.family)
             outs = []
@@ -256,13 +258,14 @@ def validate(name: str, module: torch.nn.Module, cfg: TrainConfig,
 
 
 def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None,
-              scores_path: Path | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+              scores_path: Path | None = None,
+              spec: DetectorSpec | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
     """Platt (a, b), the operating point and validation metrics of ``module`` on the validation phantoms.
 
     ``scores_path`` keeps each validation phantom's raw study logit and label
     (JSON), so that the calibration can be checked or redone without rescoring.
     """
-    raw, labels = validate(name, module, cfg, progress)
+    raw, labels = validate(name, module, cfg, progress, spec)
     if scores_path is not None:
         scores_path.write_text(json.dumps({
             "detector": name, "seed": cfg.seed, "validation_phantoms": cfg.validation,
@@ -299,7 +302,7 @@ def recalibrate(card: Path, cfg: TrainConfig, progress: Progress | None = None, 
         raw, labels = np.array(saved["raw_study_logits"]), np.array(saved["labels"], dtype=bool)
         a, b, op, metrics = calibrate_scores(raw, labels, cfg.target_sensitivity)
     else:
-        a, b, op, metrics = calibrate(spec.name, detector.module, cfg, progress, scores_path=stored)
+        a, b, op, metrics = calibrate(spec.name, detector.module, cfg, progress, scores_path=stored, spec=spec)
     validation = {**spec.extra.get("validation", {}), **metrics}
     training = {**spec.extra.get("training", {})}
     if command:
