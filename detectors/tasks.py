@@ -34,8 +34,6 @@ class Task:
     train_size: tuple[int, int]  # random crops of this size during training (FCN: any size works)
     crops: int = 1  # training crops per chosen slice (radiographs: one slice, so several crops)
     min_negatives: int = 3  # lesion-free slices per phantom, at least this many and as many as lesion slices
-    # Where lesion-free training crops should mostly look: item (C, H, W) -> (H, W) bool.
-    focus: Callable[[np.ndarray, DetectorSpec], np.ndarray] | None = None
     strongest_weight: float = 0.5  # loss weight of each item's strongest cell (item-level hard negatives)
 
 
@@ -81,12 +79,6 @@ def _fracture(seed: int) -> Sample:
     return _xr(extremity_radiograph(seed, fracture=fracture), seed, rng)
 
 
-def _lung(item: np.ndarray, spec: DetectorSpec) -> np.ndarray:
-    """Lung parenchyma on the item's own slice (lung window channel): where vessels mimic nodules."""
-    lung_window = item[spec.input.context_slices * len(spec.input.windows)]  # slice-major channels
-    return (lung_window > 0.1) & (lung_window < 0.45)  # about -1200 to -675 HU
-
-
 def _spec(name: str, kind: FindingKind, family: Family, inp: InputSpec, stride: int, width: int) -> DetectorSpec:
     return DetectorSpec(name=name, version="1.0.0", kind=kind, family=family, input=inp, stride=stride,
                         weights=f"{name}.pt", network={"arch": "heatmap-unet", "width": width})  # fmt: skip
@@ -106,9 +98,8 @@ TASKS: dict[str, Task] = {
         _bleed, (256, 256), 1, 8,
     ),
     "nodule-ct": Task(
-        # Two neighbours each side, 4 mm apart: a nodule ends within a few mm, a vessel runs on.
-        _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 2, _CHEST_WINDOWS, 4.0), 2, 16),
-        _nodule_ct, (192, 192), 1, 4, _lung,
+        _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 1, _CHEST_WINDOWS), 2, 16),
+        _nodule_ct, (192, 192),
     ),
     "nodule-xr": Task(
         _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512), 4, 16),

@@ -103,20 +103,13 @@ def _from_u8(x: np.ndarray, family: Family) -> np.ndarray:
     return x.astype(np.float32) * np.float32(span / 255) + np.float32(lo)
 
 
-def _crop_origin(target: np.ndarray, size: tuple[int, int], stride: int, rng: np.random.Generator,
-                 focus: np.ndarray | None = None) -> tuple[int, int]:  # fmt: skip
-    """Top-left (item pixels, multiples of the stride) of a training crop.
-
-    Around a lesion when there is one; otherwise, mostly around a ``focus``
-    cell (where the mimics are, e.g. lung with its vessels) when given.
-    """
+def _crop_origin(target: np.ndarray, size: tuple[int, int], stride: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left (item pixels, multiples of the stride) of a training crop: around a lesion when there is one."""
     h, w = target.shape
     ch, cw = size[0] // stride, size[1] // stride
     if ch >= h and cw >= w:
         return 0, 0
     cells = np.argwhere(target > 0.25)
-    if not len(cells) and focus is not None and focus.any() and rng.random() < 0.8:
-        cells = np.argwhere(focus)
     if len(cells):
         r, c = cells[rng.integers(len(cells))]
         r0 = int(np.clip(r - rng.integers(ch // 6, ch - ch // 6), 0, h - ch))
@@ -145,8 +138,7 @@ def _examples_of(args: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     items, outs = [], []
     s = spec.stride
     for k in np.repeat(chosen, task.crops):
-        focus = task.focus(prepared.items[k], spec)[::s, ::s] if task.focus else None
-        r0, c0 = _crop_origin(targets[k], task.train_size, s, rng, focus)
+        r0, c0 = _crop_origin(targets[k], task.train_size, s, rng)
         h, w = task.train_size
         h, w = min(h, spec.input.height), min(w, spec.input.width)
         items.append(_to_u8(prepared.items[k, :, r0 : r0 + h, c0 : c0 + w], spec.family))
