@@ -92,10 +92,8 @@ _CHEST_WINDOWS = (Window(-600, 1500), Window(40, 400))
 
 TASKS: dict[str, Task] = {
     "bleed-ct": Task(
-        _spec("bleed-ct", FindingKind.BLEED, Family.CT, InputSpec(1.0, 256, 256, 1, _BLEED_WINDOWS, 2.5), 2, 12),
-        # Normal slices near the vertex and skull base (inner table cut obliquely,
-        # calcifications, petrous bone) are where false alarms come from: more of them.
-        _bleed, (256, 256), 1, 8,
+        _spec("bleed-ct", FindingKind.BLEED, Family.CT, InputSpec(1.0, 256, 256, 1, _BLEED_WINDOWS), 2, 12),
+        _bleed, (256, 256),
     ),
     "nodule-ct": Task(
         _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 1, _CHEST_WINDOWS), 2, 16),

@@ -325,17 +325,20 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
     module = build_module(task.spec)
     steps = max(1, cfg.epochs * len(examples.items) // cfg.batch_size)
     losses = train_steps(module, examples, steps, cfg, progress)
+    # Weights first: a failure in validation must not lose the training. And
+    # calibrate the fp16-rounded weights that ship, not the fp32 ones.
     out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{name}.pt"
+    half = {k: v.detach().cpu().half() for k, v in module.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(half, buffer)
+    weights.write_bytes(buffer.getvalue())
+    module.load_state_dict({k: v.float() for k, v in half.items()})
     a, b, op, metrics = calibrate(name, module, cfg, progress, scores_path=out_dir / f"{name}.validation.json")
     metrics |= {
         "training_examples": int(len(examples.items)), "training_steps": steps,
         "final_loss": round(float(np.mean(losses[-50:])), 4), "minutes": round((time.monotonic() - started) / 60, 1),
     }  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{name}.pt"
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu().half() for k, v in module.state_dict().items()}, buffer)
-    weights.write_bytes(buffer.getvalue())
     spec = replace(
         task.spec.with_calibration(a, b, op),
         sha256=sha256_of(weights),
