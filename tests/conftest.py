@@ -36,6 +36,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "listener.min_free_mb": 0,
             "listener.shutdown_grace": 1.0,
             "listener.processes": 1,
+            # Ingest tests need no detectors; pipeline tests turn scoring on.
+            "pipeline.enabled": False,
         }
         base.update(overrides)
         return load_settings(overrides=base, environ={})

@@ -162,14 +162,78 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
-def _cmd_studies(args: argparse.Namespace) -> int:
+def _open_index(settings: Settings):  # type: ignore[no-untyped-def]
+    """The engine of an existing study index; a clear error if there is none."""
     from triage.db import make_engine
+
+    if not settings.db and not (settings.data_dir / "triage.db").exists():
+        raise TriageError(f"no study index in {settings.data_dir} (has `triage serve` run with this --data-dir?)")
+    return make_engine(settings.db_url)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from triage.audit import verify
+
+    result = verify(_open_index(_settings(args)))
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    elif result.ok:
+        print(f"audit trail intact: {result.events} events, hash chain verified")
+    else:
+        print(f"audit trail BROKEN at event {result.first_broken_seq}: {result.problem}", file=sys.stderr)
+    return 0 if result.ok else 3
+
+
+def _parse_since(text: str | None):  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since: not an ISO 8601 date or time: {text!r} (e.g. 2026-11-28 or 2026-11-28T14:00)") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from triage.audit import export
+
+    since = _parse_since(args.since)
+    engine = _open_index(_settings(args))
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for event in export(engine, since=since, study_uid=args.study):
+            out.write(json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from triage.monitor import format_text, monitor_report, write_plots
+
+    if args.min_n < 1:
+        raise UsageError(f"--min-n must be at least 1, got {args.min_n}")
+    report = monitor_report(_open_index(_settings(args)), min_n=args.min_n)
+    written = write_plots(report, Path(args.plots)) if args.plots else []
+    if args.json:
+        doc = report.as_json()
+        doc["plots"] = [str(p) for p in written]
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_text(report))
+        if written:
+            print(f"plots: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
     from triage.studies import format_table, list_studies
 
     settings = _settings(args)
-    if not settings.db and not (settings.data_dir / "triage.db").exists():
-        raise TriageError(f"no study index in {settings.data_dir} (has `triage serve` run with this --data-dir?)")
-    engine = make_engine(settings.db_url)
+    engine = _open_index(settings)
     rows = list_studies(engine)
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=2))
@@ -339,6 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     _add_config_args(p)
     p.set_defaults(func=_cmd_studies)
+
+    audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
+    asub = audit.add_subparsers(dest="audit", metavar="ACTION", required=True)
+    p = asub.add_parser("verify", help="check every event's hash and the chain; exit 3 naming the first broken event")
+    p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    _add_store_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_audit_verify)
+    p = asub.add_parser("export", help="events as JSON lines, oldest first")
+    p.add_argument("--since", metavar="WHEN", help="only events at or after this ISO 8601 time (UTC unless it says)")
+    p.add_argument("--study", metavar="UID", help="only events of this Study Instance UID")
+    p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
+    _add_store_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_audit_export)
+
+    p = sub.add_parser("monitor", help="detector agreement, PPV and misses from radiologists' feedback, by subgroup and week")
+    p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots (per-subgroup agreement, weekly trend) here")
+    p.add_argument("--min-n", type=int, default=5, help="fewest reviews for a subgroup to be judged (default 5)")
+    _add_store_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_monitor)
 
     p = sub.add_parser("demo", help="serve on a throw-away data directory and replay the sample studies")
     p.add_argument("--samples", default=str(SAMPLE_STUDIES), help="folder to replay (default: sample_studies/)")

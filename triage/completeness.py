@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from triage import audit
 from triage.clock import utcnow
 from triage.config import CompletenessSettings
 from triage.models import Job, JobStatus, ReceiveStatus, Series, Study
@@ -40,12 +41,13 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
     with engine.begin() as conn:
         candidates = conn.execute(
             select(SERIES.c.id, SERIES.c.study_pk, SERIES.c.modality, SERIES.c.last_received, SERIES.c.generation,
-                   SERIES.c.num_instances)
+                   SERIES.c.num_instances, SERIES.c.series_uid, STUDY.c.study_uid)
+            .join(STUDY, STUDY.c.id == SERIES.c.study_pk)
             .where(SERIES.c.status == ReceiveStatus.RECEIVING.value)
             .where(SERIES.c.last_received <= now - timedelta(seconds=shortest))
         ).all()  # fmt: skip
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        for pk, study_pk, modality, last, generation, count in candidates:
+        for pk, study_pk, modality, last, generation, count, series_uid, study_uid in candidates:
             if last > now - timedelta(seconds=settings.stable_after_for(modality)):
                 continue
             # Compare-and-set on last_received and generation: an instance that
@@ -65,6 +67,9 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
                 .on_conflict_do_nothing(index_elements=["series_pk", "generation"])
             )  # fmt: skip
             completed.append(pk)
+            audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.SERIES_COMPLETE, study_uid=study_uid, at=now,
+                         detail={"series_uid": series_uid, "generation": generation, "instances": count,
+                                 "modality": modality, "stable_after_s": settings.stable_after_for(modality)})  # fmt: skip
             still_receiving = exists().where(
                 and_(SERIES.c.study_pk == study_pk, SERIES.c.status != ReceiveStatus.COMPLETE.value)
             )

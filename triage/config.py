@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from triage.errors import ConfigError
 
@@ -164,6 +164,92 @@ class DetectorSettings(_Section):
         return [p.expanduser() for p in values]
 
 
+_PRIORITY_CLASSES = ("critical", "urgent", "routine")
+
+
+class PolicySettings(_Section):
+    """The urgency policy (``[policy]``, see ``triage.policy``): points, class thresholds, waiting targets.
+
+    A study's score is the sum of its finding points, order-priority points and
+    context points (its *base*), plus ageing: ``ageing_points`` for every
+    waiting target of its base class that it has waited. The class is read off
+    the total against ``critical_at`` and ``urgent_at``.
+    """
+
+    # Points of a finding at or above its detector's operating point, per kind;
+    # below the operating point a finding earns at most half of them.
+    finding_points: dict[str, float] = Field(default_factory=lambda: {"bleed": 100.0, "fracture": 50.0, "nodule": 30.0})
+    # Points per normalised order priority (DICOM Requested Procedure / Scheduled Procedure Step Priority).
+    order_points: dict[str, float] = Field(
+        default_factory=lambda: {"STAT": 60.0, "HIGH": 25.0, "MEDIUM": 0.0, "ROUTINE": 0.0, "LOW": -5.0}
+    )
+    # Points when Current Patient Location or the requesting service names one of these words.
+    emergency_words: list[str] = Field(default_factory=lambda: ["EMERGENCY", "ED", "ER", "A&E", "TRAUMA", "RESUS"])
+    emergency_points: float = Field(20.0, ge=0)
+    critical_at: float = Field(100.0, gt=0)
+    urgent_at: float = Field(40.0, gt=0)
+    # Minutes within which a case of each class should be read.
+    targets_min: dict[str, float] = Field(default_factory=lambda: {"critical": 15.0, "urgent": 60.0, "routine": 240.0})
+    ageing_points: float = Field(20.0, ge=0)
+
+    @field_validator("finding_points")
+    @classmethod
+    def _check_findings(cls, values: dict[str, float]) -> dict[str, float]:
+        for kind, points in values.items():
+            if kind not in ("bleed", "fracture", "nodule"):
+                raise ValueError(f"{kind}: not a finding kind (bleed, fracture, nodule)")
+            if points < 0:
+                raise ValueError(f"{kind}: must be >= 0, got {points}")
+        return values
+
+    @field_validator("order_points")
+    @classmethod
+    def _check_orders(cls, values: dict[str, float]) -> dict[str, float]:
+        return {k.upper(): v for k, v in values.items()}
+
+    @field_validator("emergency_words")
+    @classmethod
+    def _check_words(cls, values: list[str]) -> list[str]:
+        return [w.strip().upper() for w in values if w.strip()]
+
+    @field_validator("targets_min")
+    @classmethod
+    def _check_targets(cls, values: dict[str, float]) -> dict[str, float]:
+        missing = [c for c in _PRIORITY_CLASSES if c not in values]
+        unknown = [c for c in values if c not in _PRIORITY_CLASSES]
+        if missing or unknown:
+            raise ValueError(f"needs exactly {', '.join(_PRIORITY_CLASSES)}")
+        for name, minutes in values.items():
+            if minutes <= 0:
+                raise ValueError(f"{name}: must be > 0 minutes, got {minutes}")
+        return values
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> PolicySettings:
+        if self.critical_at <= self.urgent_at:
+            raise ValueError("critical_at must be greater than urgent_at")
+        return self
+
+
+class WorklistSettings(_Section):
+    """Reading rules (``[worklist]``, see ``triage.worklist``)."""
+
+    claim_minutes: float = Field(30.0, gt=0)  # a claim not renewed for this long lapses
+    # Blinded reads: the AI output of a study is hidden from a reader until they
+    # have recorded their own impression of it.
+    blinded: bool = False
+
+
+class PipelineSettings(_Section):
+    """Scoring jobs (``[pipeline]``): the DB is the queue, claimed with a lease."""
+
+    enabled: bool = True  # false: this `triage serve` only receives (another host scores)
+    lease_seconds: float = Field(300.0, gt=0)  # a job not finished in this time is claimed again
+    max_attempts: int = Field(3, ge=1)  # then the series shows "AI failed: <reason>"
+    poll_interval: float = Field(0.5, gt=0)  # seconds between looks for new jobs
+    concurrent_jobs: int = Field(4, ge=1)  # series in flight at once, so the engine can batch across them
+
+
 class Settings(_Section):
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
     # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
@@ -172,6 +258,9 @@ class Settings(_Section):
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     completeness: CompletenessSettings = Field(default_factory=CompletenessSettings)
     detectors: DetectorSettings = Field(default_factory=DetectorSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @field_validator("log_level")
     @classmethod
@@ -242,7 +331,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Keys whose value is itself a table (not a section): kept whole when flattening.
-_TABLE_VALUED = {"completeness.per_modality"}
+_TABLE_VALUED = {"completeness.per_modality", "policy.finding_points", "policy.order_points", "policy.targets_min"}
 
 
 def _format_error(err: ValidationError, origins: Mapping[str, str]) -> str:

@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_io.ingest import IndexRecord
 from dicom_io.store import fsync_dir
+from triage import audit
 from triage.errors import DatabaseError
 from triage.models import Instance, ReceiveStatus, Series, Study
 
@@ -327,12 +329,13 @@ class SqlIndex:
         if sqlite_conn is None:
             conn.execute(_SERIES_ARRIVALS, series_rows)
             conn.execute(_STUDY_ARRIVALS, study_rows)
-            return
-        for rows in (series_rows, study_rows):
-            for row in rows:
-                row["last"] = _sqlite_time(row["last"])
-        sqlite_conn.executemany(_SQLITE_SERIES_ARRIVALS, series_rows)
-        sqlite_conn.executemany(_SQLITE_STUDY_ARRIVALS, study_rows)
+        else:
+            for rows in (series_rows, study_rows):
+                for row in rows:
+                    row["last"] = _sqlite_time(row["last"])
+            sqlite_conn.executemany(_SQLITE_SERIES_ARRIVALS, series_rows)
+            sqlite_conn.executemany(_SQLITE_STUDY_ARRIVALS, study_rows)
+        _audit_arrivals(conn, per_series.values())
 
     def _ensure_study(self, conn: Connection, rec: IndexRecord) -> int:
         h = rec.header
@@ -368,6 +371,25 @@ class SqlIndex:
             .where(STUDY.c.id == study_pk)
             .values(num_series=STUDY.c.num_series + 1, modalities="\\".join(modalities)[:64], **fill)
         )
+
+
+def _audit_arrivals(conn: Connection, per_series: Iterable[list[IndexRecord]]) -> None:
+    """One audit event per series and sender in this commit (not one per instance: a
+    500-slice CT is one event per group commit), naming every instance and its SHA-256."""
+    for records in per_series:
+        by_sender: dict[tuple[str | None, str | None], list[IndexRecord]] = {}
+        for r in records:
+            by_sender.setdefault((r.calling_ae, r.peer_address), []).append(r)
+        for (calling_ae, peer), recs in by_sender.items():
+            audit.append(
+                conn, actor=audit.LISTENER_ACTOR, action=audit.Action.INSTANCES_RECEIVED,
+                study_uid=recs[0].header.study_uid, at=max(r.received_at for r in recs),
+                detail={
+                    "series_uid": recs[0].header.series_uid,
+                    "calling_ae": calling_ae, "peer": peer, "found_by_recovery": calling_ae is None,
+                    "instances": [{"sop_instance_uid": r.header.sop_instance_uid, "sha256": r.sha256} for r in recs],
+                },
+            )  # fmt: skip
 
 
 def _reason(exc: Exception) -> str:

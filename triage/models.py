@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Column, String, UniqueConstraint
+from sqlalchemy import Column, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from triage.clock import utcnow
@@ -22,9 +22,41 @@ class ReceiveStatus(str, enum.Enum):
 
 class JobStatus(str, enum.Enum):
     PENDING = "pending"
-    RUNNING = "running"
+    RUNNING = "running"  # claimed by a worker whose lease has not run out
     DONE = "done"
-    FAILED = "failed"
+    FAILED = "failed"  # gave up after ``pipeline.max_attempts``; the series shows "AI failed"
+
+
+class AIStatus(str, enum.Enum):
+    """What the AI has said about a study (``Study.ai_status``)."""
+
+    PENDING = "pending"  # receiving, or complete and waiting to be scored
+    SCORED = "scored"  # every series with a detector scored
+    PARTIAL = "partial"  # some series scored, some failed
+    FAILED = "failed"  # scoring failed; the reason is in ``ai_reason``
+    NOT_ANALYSED = "not_analysed"  # no detector applies (routing reason in ``ai_reason``)
+
+
+class ReadState(str, enum.Enum):
+    """Where a study is in the radiologist's hands (``triage.worklist``)."""
+
+    UNREAD = "unread"
+    READING = "reading"  # claimed at least once; an impression, feedback or draft may exist
+    SIGNED = "signed"  # a signed report exists and no amendment is open
+
+
+class ReportStatus(str, enum.Enum):
+    DRAFT = "draft"
+    SIGNED = "signed"  # immutable
+
+
+class Verdict(str, enum.Enum):
+    """A radiologist's feedback on one AI finding, or a finding the AI missed."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    UNSURE = "unsure"
+    MISSED = "missed"  # a finding the AI did not flag (no AI finding row)
 
 
 def _status_column(default: str) -> Column:
@@ -63,6 +95,16 @@ class StudyBase(SQLModel):
 class Study(StudyBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     status: str = Field(default=ReceiveStatus.RECEIVING.value, sa_column=_status_column("receiving"))
+    # The AI's state for the study as a whole (AIStatus) and why, in words.
+    ai_status: str = Field(default=AIStatus.PENDING.value, sa_column=_status_column("pending"))
+    ai_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    scored_at: datetime | None = None
+    # The priority class last audited, so that a change of class is an audit event.
+    priority_class: str | None = Field(default=None, max_length=16)
+    # Reading (triage.worklist): state, and the one reader holding the claim.
+    read_state: str = Field(default=ReadState.UNREAD.value, sa_column=_status_column("unread"))
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claim_expires: datetime | None = None
 
 
 class SeriesBase(SQLModel):
@@ -123,3 +165,122 @@ class Job(SQLModel, table=True):
     num_instances: int = 0  # instances in the series when it completed
     created_at: datetime = Field(default_factory=utcnow)
     status: str = Field(default=JobStatus.PENDING.value, sa_column=_status_column("pending"))
+    # The lease: a worker owns a running job until ``lease_until``; after that
+    # any worker may claim it again (the first one crashed or hung).
+    attempts: int = 0
+    worker: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = Field(default=None, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class SeriesResult(SQLModel, table=True):
+    """What the AI said of one completion (generation) of one series."""
+
+    __tablename__ = "series_result"
+    __table_args__ = (UniqueConstraint("series_pk", "generation", name="uq_result_series_generation"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    series_pk: int = Field(foreign_key="series.id", index=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    generation: int = 0
+    job_pk: int | None = Field(default=None, foreign_key="job.id")
+    analysed: bool = False  # at least one detector was asked
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))  # routing, in words
+    failures: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON list of str
+    device: str | None = Field(default=None, max_length=32)
+    duration_s: float = 0.0
+    scored_at: datetime = Field(default_factory=utcnow)
+
+
+class AIFinding(SQLModel, table=True):
+    """One detector's output for one series result: a suggestion, never a diagnosis."""
+
+    __tablename__ = "ai_finding"
+
+    id: int | None = Field(default=None, primary_key=True)
+    result_pk: int = Field(foreign_key="series_result.id", index=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    series_pk: int = Field(foreign_key="series.id", index=True)
+    kind: str = Field(max_length=16, index=True)  # bleed | fracture | nodule
+    probability: float
+    operating_point: float
+    urgent: bool
+    model_name: str = Field(max_length=64)
+    model_version: str = Field(max_length=32)
+    weights_sha256: str = Field(max_length=64)
+    regions: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON list
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Impression(SQLModel, table=True):
+    """A radiologist's independent impression, recorded before the AI output is shown (blinded reads)."""
+
+    __table_args__ = (UniqueConstraint("study_pk", "user", name="uq_impression_study_user"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    user: str = Field(max_length=64)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    # The finding kinds the reader calls present, comma-separated, e.g. "bleed,nodule" (empty: none).
+    kinds: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    """A radiologist's verdict on an AI finding, or a finding the AI missed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    finding_pk: int | None = Field(default=None, foreign_key="ai_finding.id", index=True)  # None for MISSED
+    kind: str = Field(max_length=16, index=True)
+    verdict: str = Field(max_length=16)
+    comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    user: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Report(SQLModel, table=True):
+    """A report version. A signed version is never changed; an amendment is a new version pointing to it."""
+
+    __table_args__ = (UniqueConstraint("study_pk", "version", name="uq_report_study_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    version: int = 1
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    status: str = Field(default=ReportStatus.DRAFT.value, max_length=16)
+    author: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    signed_by: str | None = Field(default=None, max_length=64)
+    signed_at: datetime | None = None
+    amends_pk: int | None = Field(default=None, foreign_key="report.id")
+
+
+class AuditEvent(SQLModel, table=True):
+    """One audit event; each stores the hash of the one before it (``triage.audit``)."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    seq: int = Field(unique=True, index=True)  # 1, 2, 3, ... without gaps
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=64)  # a user name, "triage-ai", or "listener"
+    action: str = Field(max_length=32, index=True)
+    study_uid: str | None = Field(default=None, max_length=64, index=True)
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # canonical JSON
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The chain's head: one row, updated in every append, so that concurrent
+    writers (several processes on one PostgreSQL) serialise on its row lock."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(default="0" * 64, max_length=64)

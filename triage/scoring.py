@@ -387,3 +387,25 @@ def score_paths(
         if on_study is not None:
             on_study(scored)
     return ScoreReport(studies, unreadable, skipped)
+
+
+def score_series(
+    series_uid: str, files: Sequence[Path], detectors: DetectorSet, engine: InferenceEngine
+) -> SeriesScore:
+    """Score one series from its stored files (what ``triage serve`` does for each scoring job).
+
+    The series is routed from the header of its first file, like
+    :func:`score_paths` does; nothing in the files raises out of here except
+    a header that cannot be read at all (:class:`DetectionError`, so the
+    caller records it as the series' failure).
+    """
+    if not files:
+        raise DetectionError(f"series {series_uid}: no stored instances")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = _read_header(files[0])
+    except Exception as exc:  # a damaged file is the series' failure, not the server's
+        raise DetectionError(f"series {series_uid}: header unreadable: {_one_line(exc)}") from None
+    series = _Series(series_uid, header.info, list(files))
+    return _collect(_submit_series(series, detectors, engine))

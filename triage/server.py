@@ -1,5 +1,5 @@
-"""``triage serve``: the listener, the index writer and the completeness monitor,
-wired together on one settings object.
+"""``triage serve``: the listener, the index writer, the completeness monitor
+and the scoring worker, wired together on one settings object.
 
 With ``listener.processes`` > 1 (the default on a multi-core machine) the main
 process binds the port and runs the index writer and the completeness monitor,
@@ -32,6 +32,7 @@ from triage.errors import TriageError
 from triage.index import SqlIndex
 from triage.index_rpc import serve_index
 from triage.listener_process import run_listener_process
+from triage.pipeline import ScoringWorker
 from triage.recovery import recover
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class TriageServer:
         self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
         self.monitor = CompletenessMonitor(self.engine, settings.completeness)
         self.processes = settings.listener.process_count
+        # Scoring: torch and the detectors load in start(), not here.
+        self.scoring: ScoringWorker | None = ScoringWorker(self.engine, settings) if settings.pipeline.enabled else None
         self.listener: Listener | None = None
         self._socket: socket.socket | None = None
         self._children: list[_Child] = []
@@ -79,16 +82,24 @@ class TriageServer:
         if self.processes == 1:
             self.listener = Listener(self.settings.listener, Ingestor(self.store, self.index))
             self.listener.start()
+            self._start_scoring()
             return
         self._socket = bind(self.settings.listener.host, self.settings.listener.port)
         self._loads = self._mp.Array("i", self.processes, lock=False)
         for slot in range(self.processes):
             self._children.append(self._spawn(slot))
+        self._start_scoring()
         log.info(
             "listening as %s on %s:%d with %d listener processes%s",
             self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
             " (TLS)" if self.settings.listener.tls.enabled else "",
         )  # fmt: skip
+
+    def _start_scoring(self) -> None:
+        # After the listener: PACS can send while torch and the detectors load
+        # (seconds); jobs wait in the DB meanwhile.
+        if self.scoring is not None:
+            self.scoring.start()
 
     def _spawn(self, slot: int) -> _Child:
         parent_conn, child_conn = self._mp.Pipe()
@@ -136,6 +147,8 @@ class TriageServer:
         if self._socket is not None:
             self._socket.close()
         self.monitor.stop()
+        if self.scoring is not None:
+            self.scoring.stop()  # the series in flight finish and are recorded
         self.index.close()
         self.engine.dispose()
         log.info("stopped")
