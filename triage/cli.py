@@ -230,15 +230,15 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from triage.studies import format_table, list_studies
+    from triage.studies import format_table, item_json
+    from triage.worklist import WorklistService
 
     settings = _settings(args)
-    engine = _open_index(settings)
-    rows = list_studies(engine)
+    items = WorklistService(_open_index(settings), settings).items(include_signed=not args.unsigned)
     if args.json:
-        print(json.dumps([r.as_json() for r in rows], indent=2))
+        print(json.dumps([item_json(i) for i in items], indent=2))
     else:
-        print(format_table(rows))
+        print(format_table(items, reasons=not args.brief))
     return 0
 
 
@@ -247,7 +247,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     level = args.log_level or "WARNING"
     setup_logging(level)
-    return run_demo(Path(args.samples), port=args.port, log_level=level)
+    return run_demo(Path(args.samples), port=args.port, log_level=level, once=args.once)
 
 
 def _cmd_samples_generate(args: argparse.Namespace) -> int:
@@ -398,9 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("studies", help="list the indexed studies")
+    p = sub.add_parser("studies", help="the worklist: every study in priority order, with class, findings and reasons")
     _add_store_args(p)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--unsigned", action="store_true", help="leave out signed studies")
+    p.add_argument("--brief", action="store_true", help="one line per study, without the reasons")
     _add_config_args(p)
     p.set_defaults(func=_cmd_studies)
 
@@ -427,9 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_monitor)
 
-    p = sub.add_parser("demo", help="serve on a throw-away data directory and replay the sample studies")
+    p = sub.add_parser("demo", help="serve on a throw-away data directory, replay the sample studies, show them ranked")
     p.add_argument("--samples", default=str(SAMPLE_STUDIES), help="folder to replay (default: sample_studies/)")
     p.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
+    p.add_argument("--once", action="store_true", help="exit once every study is ranked (instead of serving until Ctrl-C)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_demo)
 

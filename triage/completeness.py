@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, select, update
@@ -83,11 +84,17 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
 
 
 class CompletenessMonitor:
-    """Runs :func:`complete_stable_series` every ``check_interval`` seconds."""
+    """Runs :func:`complete_stable_series` every ``check_interval`` seconds.
 
-    def __init__(self, engine: Engine, settings: CompletenessSettings) -> None:
+    ``on_complete`` is called after a pass that completed series (the scoring
+    worker of the same process wakes at once instead of at its next poll).
+    """
+
+    def __init__(self, engine: Engine, settings: CompletenessSettings,
+                 on_complete: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.engine = engine
         self.settings = settings
+        self.on_complete = on_complete
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="completeness", daemon=True)
 
@@ -102,6 +109,7 @@ class CompletenessMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.settings.check_interval):
             try:
-                complete_stable_series(self.engine, self.settings)
+                if complete_stable_series(self.engine, self.settings) and self.on_complete is not None:
+                    self.on_complete()
             except SQLAlchemyError as exc:  # a busy or lost DB must not kill the loop
                 log.error("completeness check failed (will retry): %s", str(getattr(exc, "orig", exc)).splitlines()[0])

@@ -118,7 +118,7 @@ class CompletenessSettings(_Section):
     stable_after: float = Field(15.0, gt=0)
     # Overrides per modality, e.g. {"CR" = 5, "CT" = 20}.
     per_modality: dict[str, float] = Field(default_factory=lambda: {"CR": 5.0, "DX": 5.0})
-    check_interval: float = Field(1.0, gt=0)
+    check_interval: float = Field(0.5, gt=0)  # seconds between checks: part of the time to triage
 
     @field_validator("per_modality")
     @classmethod

@@ -1,9 +1,11 @@
 """``triage demo``: a newcomer's first run.
 
-Starts the server on a throw-away data directory, replays the sample studies
-into it, prints the study index as series complete, and keeps serving until
-Ctrl-C. Scoring and the terminal worklist are not built yet, so the demo shows
-ingest only; it says so.
+Starts the whole server (listener, completeness, scoring) on a throw-away data
+directory and a free port, replays the sample studies into it over DICOM, and
+prints the worklist in priority order, with the reasons, each time the ranking
+changes, until every study has its AI result. Then it keeps serving until
+Ctrl-C (``--once``: it exits there instead). The terminal worklist replaces
+the printed list once it exists.
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ from pathlib import Path
 from dicom_io.send import find_dicom_files, replay
 from triage.config import load_settings
 from triage.errors import TriageError
+from triage.models import AIStatus
 from triage.progress import progress_bar
 from triage.server import TriageServer
-from triage.studies import format_table, list_studies
+from triage.studies import format_table
+from triage.worklist import WorklistItem, WorklistService
+
+RANKED_TIMEOUT_S = 300.0  # every sample study scored well within this on 2 CPU cores
 
 
-def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING") -> int:
+def _signature(items: list[WorklistItem]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((i.study.study_uid, i.urgency.priority_class.value, i.study.ai_status) for i in items)
+
+
+def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False) -> int:
+    """Run the demo; returns the exit code (non-zero if a sample could not be sent or scored)."""
     files, _ = find_dicom_files([samples]) if samples.exists() else ([], [])
     if not files:
         raise TriageError(f"no DICOM files in {samples} to replay")
@@ -38,32 +49,52 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING") -> int:
                 "completeness.check_interval": 0.5,
             }
         )
+        print("triage demo: starting the listener and loading the detectors ...")
         server = TriageServer(settings)
         server.start()
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
-            print(f"triage demo: listening as {settings.listener.ae_title} on 127.0.0.1:{server.port}, data in {tmp}")
+            print(f"listening as {settings.listener.ae_title} on 127.0.0.1:{server.port}, data in {tmp}")
             print(f"replaying {len(files)} instances from {samples} ...")
             with progress_bar(len(files), "replay") as advance:
                 summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title,
                                  on_result=lambda *_: advance())  # fmt: skip
             print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not stop.is_set():
-                rows = list_studies(server.engine)
-                if rows and all(r.status == "complete" for r in rows):
-                    break
-                time.sleep(0.5)
-            print()
-            print(format_table(list_studies(server.engine)))
-            print()
-            print("Scoring and the terminal worklist are not built yet: this demo shows ingest only.")
+            failed = _watch(WorklistService(server.engine, settings), stop)
+            print("Not a medical device: AI findings are suggestions for ordering the worklist; a radiologist reads "
+                  "every study and signs every report.")  # fmt: skip
             print(f"Send more with: triage replay PATH --to 127.0.0.1:{server.port}")
-            print("Ctrl-C to stop.")
-            while not stop.wait(0.5):
-                pass
+            if not once:
+                print("Ctrl-C to stop.")
+                while not stop.wait(0.5):
+                    pass
         finally:
             signal.signal(signal.SIGINT, previous)
             server.stop()
-    return 0 if summary.failed == 0 else 1
+    return 0 if summary.failed == 0 and not failed else 1
+
+
+def _watch(worklist: WorklistService, stop: threading.Event) -> bool:
+    """Print the ranked worklist whenever it changes, until every study has its AI result.
+
+    Returns True if some study's scoring failed or the wait ran out.
+    """
+    deadline = time.monotonic() + RANKED_TIMEOUT_S
+    shown: tuple[tuple[str, str, str], ...] = ()
+    while not stop.is_set():
+        items = worklist.items()
+        pending = [i for i in items if i.study.ai_status == AIStatus.PENDING.value]
+        if _signature(items) != shown and (not pending or time.monotonic() > deadline - RANKED_TIMEOUT_S + 5):
+            shown = _signature(items)
+            print()
+            print(f"-- worklist at {time.strftime('%H:%M:%S')}: {len(items) - len(pending)} of {len(items)} "
+                  "studies scored --")  # fmt: skip
+            print(format_table(items))
+        if items and not pending:
+            return any(i.study.ai_status == AIStatus.FAILED.value for i in items)
+        if time.monotonic() > deadline:
+            print(f"{len(pending)} studies still without an AI result after {RANKED_TIMEOUT_S:.0f} s")
+            return True
+        stop.wait(1.0)
+    return False

@@ -277,7 +277,8 @@ def study_ai_state(results: list[Any], series_waiting: int) -> tuple[AIStatus, s
             return AIStatus.PENDING, None
         if series_waiting:
             return AIStatus.PENDING, waiting
-        reasons = sorted({r.reason for r in results if r.reason})
+        # The routing reason reads "not analysed: <why>"; the status already says the first part.
+        reasons = sorted({r.reason.removeprefix("not analysed: ") for r in results if r.reason})
         return AIStatus.NOT_ANALYSED, "; ".join(reasons) or "no detector applies"
     if failed and len(failed) == len(analysed):
         return AIStatus.FAILED, "; ".join(dict.fromkeys(failures))
@@ -380,6 +381,10 @@ class ScoringWorker:
         log.info("scoring worker %s: %d detectors on %s", self.worker_id, len(self.detectors),
                  self.inference.device)  # fmt: skip
         self._thread.start()
+
+    def wake(self) -> None:
+        """Look for jobs now (new series completed), not at the next poll."""
+        self._wake.set()
 
     def stop(self) -> None:
         """Stop claiming, let the series in flight finish, close the engine."""

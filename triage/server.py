@@ -55,10 +55,11 @@ class TriageServer:
         self.engine = make_engine(settings.db_url)
         self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
         self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
-        self.monitor = CompletenessMonitor(self.engine, settings.completeness)
         self.processes = settings.listener.process_count
         # Scoring: torch and the detectors load in start(), not here.
         self.scoring: ScoringWorker | None = ScoringWorker(self.engine, settings) if settings.pipeline.enabled else None
+        self.monitor = CompletenessMonitor(self.engine, settings.completeness,
+                                           on_complete=self.scoring.wake if self.scoring else None)  # fmt: skip
         self.listener: Listener | None = None
         self._socket: socket.socket | None = None
         self._children: list[_Child] = []

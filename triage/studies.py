@@ -1,64 +1,75 @@
-"""Reading the study index for ``triage studies`` (arrival order until the
-urgency policy exists)."""
+"""``triage studies``: the worklist in priority order, as text or JSON.
+
+The ranking is the worklist service's (``triage.worklist``): the urgency
+policy at this moment, with the reasons, over every study received. Nothing
+is hidden; signed studies come last.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from triage.worklist import WorklistItem
 
-from triage.models import Study
-
-STUDY = Study.__table__  # type: ignore[attr-defined]
+AI_LABEL = "AI suggestion, not a diagnosis"
 
 
-@dataclass(frozen=True)
-class StudyRow:
-    study_uid: str
-    patient_id: str | None
-    patient_name: str | None
-    accession_number: str | None
-    modality: str
-    description: str | None
-    order_priority: str | None
-    num_series: int
-    num_instances: int
-    status: str
-    first_received: datetime
-    last_received: datetime
-
-    def as_json(self) -> dict[str, object]:
-        out = asdict(self)
-        out["first_received"] = self.first_received.isoformat()
-        out["last_received"] = self.last_received.isoformat()
-        return out
-
-
-def list_studies(engine: Engine) -> list[StudyRow]:
-    """Every indexed study, oldest arrival first."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                STUDY.c.study_uid, STUDY.c.patient_id, STUDY.c.patient_name, STUDY.c.accession_number,
-                STUDY.c.modalities, STUDY.c.study_description, STUDY.c.order_priority, STUDY.c.num_series,
-                STUDY.c.num_instances, STUDY.c.status, STUDY.c.first_received, STUDY.c.last_received,
-            ).order_by(STUDY.c.first_received, STUDY.c.id)
-        ).all()  # fmt: skip
-    return [StudyRow(*row) for row in rows]
+def item_json(item: WorklistItem) -> dict[str, Any]:
+    """One worklist row as a JSON-ready dict (what ``triage studies --json`` prints per study)."""
+    s, u = item.study, item.urgency
+    return {
+        "rank": item.rank,
+        "priority_class": u.priority_class.value,
+        "score": round(u.score, 2),
+        "reasons": list(u.reasons),
+        "waiting_min": round(u.waiting_min, 1),
+        "target_min": u.target_min,
+        "overdue": u.overdue,
+        "study_uid": s.study_uid,
+        "patient_id": s.patient_id,
+        "patient_name": s.patient_name,
+        "accession_number": s.accession_number,
+        "modality": s.modality,
+        "description": s.description,
+        "order_priority": s.order_priority,
+        "num_series": s.num_series,
+        "num_instances": s.num_instances,
+        "status": s.receive_status,
+        "first_received": s.first_received.isoformat(),
+        "ai_status": s.ai_status,
+        "ai_reason": s.ai_reason,
+        "ai_hidden": item.ai_hidden,
+        "read_state": s.read_state.value,
+        "claimed_by": s.claimed_by,
+        "findings": [f.as_json() | {"label": AI_LABEL} for f in item.findings],
+    }
 
 
-def format_table(rows: list[StudyRow]) -> str:
-    """Plain text, one study per line, for terminals and grep."""
-    header = f"{'RECEIVED (UTC)':19}  {'STATUS':9}  {'MOD':6}  {'PRIO':7}  {'PATIENT ID':12}  {'ACCESSION':12}  {'SER':>3}  {'IMG':>5}  DESCRIPTION"
+def _findings_text(item: WorklistItem) -> str:
+    if item.ai_hidden:
+        return "(hidden)"
+    flagged = [f"{f.kind} {f.probability:.2f}{'!' if f.urgent else ''}" for f in item.findings]
+    return ", ".join(flagged) or {"scored": "none", "pending": "pending"}.get(item.study.ai_status, item.study.ai_status)
+
+
+def format_table(items: list[WorklistItem], reasons: bool = True) -> str:
+    """Plain text, most urgent first; each study's reasons on the lines under it."""
+    header = (f"{'#':>3}  {'CLASS':8}  {'SCORE':>6}  {'WAIT':>6}  {'MOD':5}  {'PRIO':7}  {'PATIENT ID':12}  "
+              f"{'ACCESSION':12}  {'READ':8}  {'AI FINDINGS':24}  DESCRIPTION")  # fmt: skip
     lines = [header]
-    for r in rows:
+    for item in items:
+        s, u = item.study, item.urgency
         lines.append(
-            f"{r.first_received:%Y-%m-%d %H:%M:%S}  {r.status:9}  {r.modality or '-':6.6}  {r.order_priority or '-':7}  "
-            f"{r.patient_id or '-':12.12}  {r.accession_number or '-':12.12}  {r.num_series:>3}  {r.num_instances:>5}  "
-            f"{r.description or ''}"
-        )
-    if not rows:
+            f"{item.rank:>3}  {u.priority_class.value:8}  {u.score:>6.1f}  {u.waiting_min:>5.0f}m  "
+            f"{s.modality or '-':5.5}  {s.order_priority or '-':7}  {s.patient_id or '-':12.12}  "
+            f"{s.accession_number or '-':12.12}  {s.read_state.value:8}  {_findings_text(item):24.24}  "
+            f"{s.description or ''}"
+        )  # fmt: skip
+        if reasons:
+            lines.append(f"{'':5}why: {'; '.join(u.reasons)}")
+    if not items:
         lines.append("(no studies received yet)")
+    else:
+        lines.append(f"AI findings are suggestions for ordering the worklist ({AI_LABEL}); '!' = at or above the "
+                     "detector's operating point.")  # fmt: skip
     return "\n".join(lines)

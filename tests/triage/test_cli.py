@@ -27,10 +27,14 @@ def test_replay_then_studies(server, make_ct_series, tmp_path: Path, capsys: pyt
     [study] = json.loads(capsys.readouterr().out)
     assert (study["modality"], study["num_series"], study["num_instances"], study["status"]) == ("CT", 1, 5, "receiving")
     assert study["description"] == "CT HEAD WO CONTRAST" and study["patient_id"] == "PHANTOM001"
+    # Not scored yet: ranked by order priority and waiting alone, and it says so.
+    assert (study["rank"], study["priority_class"], study["ai_status"]) == (1, "routine", "pending")
+    assert "AI result pending" in study["reasons"]
 
     assert main(["studies", "--data-dir", str(server.settings.data_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("RECEIVED") and "CT HEAD WO CONTRAST" in lines[1]
+    assert lines[0].split()[:3] == ["#", "CLASS", "SCORE"] and "CT HEAD WO CONTRAST" in lines[1]
+    assert lines[2].strip().startswith("why: AI result pending")
 
 
 def test_echo(server, capsys: pytest.CaptureFixture[str]) -> None:

@@ -156,7 +156,7 @@ def test_a_lease_that_runs_out_on_the_last_attempt_is_recorded_as_failed(receive
     [
         ([], 1, ("pending", None)),
         ([dict(analysed=False, reason="not analysed: abdomen", failures="[]", has_findings=False)], 0,
-         ("not_analysed", "not analysed: abdomen")),
+         ("not_analysed", "abdomen")),
         ([dict(analysed=False, reason="not analysed: SR", failures="[]", has_findings=False)], 1, ("pending", "1 series still being scored")),
         ([dict(analysed=True, reason="head CT", failures="[]", has_findings=True)], 0, ("scored", None)),
         ([dict(analysed=True, reason="head CT", failures='["pixel data unreadable"]', has_findings=False)], 0,
