@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage import __version__
+from triage import __version__, cli_worklist
 from triage.bench import infer as bench_infer
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
@@ -229,6 +229,18 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_worklist(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from triage.worklist import WorklistService
+
+    settings = _settings(args)
+    return WorklistService(_open_index(settings), settings)
+
+
+def _add_index_args(p: argparse.ArgumentParser) -> None:
+    _add_store_args(p)
+    _add_config_args(p)
+
+
 def _cmd_studies(args: argparse.Namespace) -> int:
     from triage.studies import format_table, item_json
     from triage.worklist import WorklistService
@@ -405,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brief", action="store_true", help="one line per study, without the reasons")
     _add_config_args(p)
     p.set_defaults(func=_cmd_studies)
+
+    cli_worklist.add_parser(sub, _add_index_args, _open_worklist)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
     asub = audit.add_subparsers(dest="audit", metavar="ACTION", required=True)

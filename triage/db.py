@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
@@ -56,12 +56,33 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
     if create:
         try:
+            _check_schema(engine, parsed.render_as_string(hide_password=True))
             SQLModel.metadata.create_all(engine)
         except SQLAlchemyError as exc:
             raise DatabaseError(
                 f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
             ) from None
     return engine
+
+
+def _check_schema(engine: Engine, shown_url: str) -> None:
+    """Refuse a database whose existing tables lack columns this version needs.
+
+    ``create_all`` adds missing tables but never columns; without this check an
+    index from an older version fails later with an obscure SQL error.
+    """
+    inspector = inspect(engine)
+    existing = set(inspector.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise DatabaseError(
+                f"database {shown_url} was made by an older version of triage (table {table.name} lacks "
+                f"{', '.join(missing)}); there are no schema migrations before 1.0: move it aside and start afresh"
+            )
 
 
 @contextmanager

@@ -38,6 +38,7 @@ def item_json(item: WorklistItem) -> dict[str, Any]:
         "first_received": s.first_received.isoformat(),
         "ai_status": s.ai_status,
         "ai_reason": s.ai_reason,
+        "scored_at": s.scored_at.isoformat() if s.scored_at else None,
         "ai_hidden": item.ai_hidden,
         "read_state": s.read_state.value,
         "claimed_by": s.claimed_by,

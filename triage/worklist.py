@@ -256,6 +256,7 @@ class StudyFacts:
     receive_status: str  # ReceiveStatus value
     ai_status: str  # AIStatus value
     ai_reason: str | None
+    scored_at: datetime | None  # when the AI's current result was recorded
     read_state: ReadState
     claimed_by: str | None
     claim_expires: datetime | None
@@ -346,6 +347,7 @@ def _facts(row: Any, now: datetime) -> StudyFacts:
         receive_status=row.status,
         ai_status=row.ai_status,
         ai_reason=row.ai_reason,
+        scored_at=_aware(row.scored_at),
         read_state=ReadState(row.read_state),
         claimed_by=row.claimed_by if live else None,
         claim_expires=_aware(row.claim_expires) if live else None,

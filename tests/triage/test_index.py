@@ -115,3 +115,18 @@ def test_portable_statements_match_the_sqlite_fast_path(tmp_path: Path, monkeypa
             results.append((news, study.num_instances, study.last_received is not None, instances))
     assert results[0] == results[1]
     assert results[0][0] == [True, True, False]
+
+
+def test_an_index_from_an_older_version_is_refused_with_a_clear_message(tmp_path) -> None:
+    import sqlite3
+
+    import pytest
+
+    from triage.db import make_engine
+    from triage.errors import DatabaseError
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE study (id INTEGER PRIMARY KEY, study_uid VARCHAR(64))")
+    with pytest.raises(DatabaseError, match=r"older version of triage \(table study lacks .*ai_status"):
+        make_engine(f"sqlite:///{db}")
