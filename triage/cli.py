@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage import __version__, cli_worklist
+from triage import __version__, cli_case
 from triage.bench import infer as bench_infer
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_studies)
 
-    cli_worklist.add_parser(sub, _add_index_args, _open_worklist)
+    cli_case.add_parser(sub, _add_index_args, _open_worklist)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
     asub = audit.add_subparsers(dest="audit", metavar="ACTION", required=True)

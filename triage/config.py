@@ -28,7 +28,7 @@ from triage.errors import ConfigError
 ENV_PREFIX = "TRIAGE_"
 DEFAULT_CONFIG_NAME = "triage.toml"
 # Environment variables with the prefix that are not settings keys.
-_NON_SETTING_ENV = {"TRIAGE_CONFIG", "TRIAGE_USER"}  # TRIAGE_USER: the acting reader (triage worklist)
+_NON_SETTING_ENV = {"TRIAGE_CONFIG", "TRIAGE_USER"}  # TRIAGE_USER: the acting reader (triage case)
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
 

@@ -804,7 +804,7 @@ def format_report(result: PipelineBenchResult) -> str:
     r, c = result, result.config
     stable = f"{c.stable_after:g} s"
     lines = [
-        f"triage bench: a {c.slices}-slice {c.size}x{c.size} head CT replayed into triage serve: 1 warm-up, "
+        f"triage bench: a head CT of {c.slices} slices {c.size}x{c.size} replayed into triage serve: 1 warm-up, "
         f"{c.latency_studies} one at a time, {c.studies} back to back",
         f"machine: {r.cpus} CPU cores, {r.machine}; device {c.device}; stable wait {stable} "
         f"(completeness checked every {r.check_interval:g} s)",

@@ -1,4 +1,4 @@
-"""``triage worklist ...`` and ``triage studies``/``audit``/``monitor`` on a real
+"""``triage case ...`` and ``triage studies``/``audit``/``monitor`` on a real
 SQLite index holding a study with an AI finding."""
 
 from __future__ import annotations
@@ -52,26 +52,26 @@ def test_a_read_from_the_command_line(index: Path, capsys: pytest.CaptureFixture
     assert [r["accession_number"] for r in rows] == ["ACC1", "ACC2"]  # the bleed first
     assert rows[0]["priority_class"] == "critical" and rows[0]["findings"][0]["label"].startswith("AI suggestion")
 
-    assert _run(capsys, "worklist", "claim", "ACC1", "--user", "dr.ada", *d)[0] == 0
-    code, out, _ = _run(capsys, "worklist", "show", "ACC1", "--user", "dr.ada", *d)
+    assert _run(capsys, "case", "claim", "ACC1", "--user", "dr.ada", *d)[0] == 0
+    code, out, _ = _run(capsys, "case", "show", "ACC1", "--user", "dr.ada", *d)
     assert code == 0 and "AI suggestion #7: bleed 0.93" in out and "why: bleed 0.93 >= 0.10" in out
-    assert _run(capsys, "worklist", "feedback", "ACC1", "agree", "--finding", "7", "--user", "dr.ada", *d)[0] == 0
-    assert _run(capsys, "worklist", "draft", "ACC1", "Acute haemorrhage.", "--user", "dr.ada", *d)[0] == 0
-    code, out, _ = _run(capsys, "worklist", "sign", "1.2.3.1", "--user", "dr.ada", *d)
+    assert _run(capsys, "case", "feedback", "ACC1", "agree", "--finding", "7", "--user", "dr.ada", *d)[0] == 0
+    assert _run(capsys, "case", "draft", "ACC1", "Acute haemorrhage.", "--user", "dr.ada", *d)[0] == 0
+    code, out, _ = _run(capsys, "case", "sign", "1.2.3.1", "--user", "dr.ada", *d)
     assert code == 0 and "signed by dr.ada" in out
 
     # Signed: a second signature is an invalid transition, reported in one line.
-    code, _, err = _run(capsys, "worklist", "sign", "ACC1", "--user", "dr.ada", *d)
+    code, _, err = _run(capsys, "case", "sign", "ACC1", "--user", "dr.ada", *d)
     assert code == 1 and err.startswith("triage: error:") and "Traceback" not in err
     # The AI cannot act, and nobody acts anonymously.
-    code, _, err = _run(capsys, "worklist", "claim", "ACC2", "--user", "triage-ai", *d)
+    code, _, err = _run(capsys, "case", "claim", "ACC2", "--user", "triage-ai", *d)
     assert code == 1 and "triage-ai" in err
-    code, _, err = _run(capsys, "worklist", "claim", "ACC2", *d)
+    code, _, err = _run(capsys, "case", "claim", "ACC2", *d)
     assert code == 1 and "--user" in err
-    code, _, err = _run(capsys, "worklist", "claim", "NOPE", "--user", "dr.ada", *d)
+    code, _, err = _run(capsys, "case", "claim", "NOPE", "--user", "dr.ada", *d)
     assert code == 1 and "no study" in err
 
-    code, out, _ = _run(capsys, "worklist", "history", "ACC1", *d)
+    code, out, _ = _run(capsys, "case", "history", "ACC1", *d)
     actions = [json.loads(line)["action"] for line in out.splitlines()]
     assert actions == ["claim", "view", "feedback", "draft", "sign"]
     assert _run(capsys, "audit", "verify", *d)[1].startswith("audit trail intact: 5 events")
@@ -84,7 +84,7 @@ def test_a_read_from_the_command_line(index: Path, capsys: pytest.CaptureFixture
 def test_audit_export_filters_and_verify_names_the_broken_event(index: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = ["--data-dir", str(index)]
     for study in ("ACC1", "ACC2"):
-        _run(capsys, "worklist", "claim", study, "--user", "dr.bo", *d)
+        _run(capsys, "case", "claim", study, "--user", "dr.bo", *d)
     code, out, _ = _run(capsys, "audit", "export", *d, "--study", "1.2.3.2")
     assert code == 0 and [json.loads(x)["study_uid"] for x in out.splitlines()] == ["1.2.3.2"]
     code, out, _ = _run(capsys, "audit", "export", *d, "--since", "2999-01-01")

@@ -1,9 +1,10 @@
-"""``triage worklist ACTION``: a radiologist's actions from the command line.
+"""``triage case ACTION STUDY``: a radiologist's actions on one case from the command line.
 
 The same worklist service as the terminal UI (``triage.worklist``), so the
 same rules hold: one reader at a time, only named humans, signed reports
 immutable, every action audited. For scripts, headless hosts and integration.
 
+(``triage worklist`` is the terminal UI; this is its command-line twin.)
 The acting user is ``--user`` or ``$TRIAGE_USER``; there is no default,
 because every action is recorded under that name.
 """
@@ -94,7 +95,7 @@ def _show(view: Any) -> str:
 def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace], Any]) -> int:
     service = open_worklist(args)
     uid = resolve_study(service.engine, args.study)
-    action = args.worklist
+    action = args.case
     if action == "history":
         for event in service.history(uid):
             print(json.dumps(event, ensure_ascii=False, sort_keys=True))
@@ -123,7 +124,7 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
         print(f"report v{version} of {uid} signed by {user}")
     elif action == "amend":
         version = service.amend(uid, user, _text(args))
-        print(f"amendment v{version} drafted for {uid}; sign it with `triage worklist sign`")
+        print(f"amendment v{version} drafted for {uid}; sign it with `triage case sign`")
     else:  # pragma: no cover - argparse restricts the choices
         print(f"unknown action {action}", file=sys.stderr)
         return 2
@@ -132,9 +133,9 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
 
 def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None],
                open_worklist: Callable[[argparse.Namespace], Any]) -> None:  # fmt: skip
-    """Add ``worklist`` and its actions to the CLI; ``add_common`` adds the data-dir/config flags."""
-    wl = sub.add_parser("worklist", help="a reader's actions: show, claim, impression, feedback, draft, sign, amend")
-    wsub = wl.add_subparsers(dest="worklist", metavar="ACTION", required=True)
+    """Add ``case`` and its actions to the CLI; ``add_common`` adds the data-dir/config flags."""
+    wl = sub.add_parser("case", help="a reader's actions on one study: show, claim, impression, feedback, draft, sign, amend")
+    wsub = wl.add_subparsers(dest="case", metavar="ACTION", required=True)
 
     def action(name: str, help_text: str, text: bool = False) -> argparse.ArgumentParser:
         p = wsub.add_parser(name, help=help_text)
