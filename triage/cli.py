@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from triage import __version__, cli_case
 from triage.bench import infer as bench_infer
+from triage.bench import pipeline as bench_pipeline
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
 from triage.logs import setup_logging
@@ -503,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary folders")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_bench_ingest)
+    p = bsub.add_parser("triage", help="time to triage p50/p95, sustained studies/hour and memory of a running triage serve")
+    bench_pipeline.add_arguments(p)
+    p.set_defaults(func=bench_pipeline.run)
     p = bsub.add_parser("infer", help="detector slices/s: dynamic batching vs batch 1, GFLOP/s vs matmul peak, head CT latency")
     bench_infer.add_arguments(p)
     p.set_defaults(func=bench_infer.run)

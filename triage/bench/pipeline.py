@@ -74,6 +74,7 @@ TARGET_SLICES = 40  # ...for a 40-slice head CT...
 TARGET_CPUS = 2  # ...on this 2-core machine
 FLAT_GROWTH = 1.10  # "memory flat": the last tenth's median within 10% of the first tenth's
 TARGET_MEMORY_STUDIES = 500  # "memory flat over 500 studies"
+SEND_BOUND = 0.8  # sending took at least this share of the throughput time: sending and receiving bound it
 
 READY_TIMEOUT_S = 60.0  # until the listener answers C-ECHO
 WARMUP_TIMEOUT_S = 300.0  # the first study waits for torch and the detectors to load
@@ -406,12 +407,17 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
                         problems.append(stop_problem)
         except BenchFailure as exc:
             problems.insert(0, str(exc))
+        send_s, throughput_s = fields.get("send_s"), fields.get("throughput_s")
+        if send_s and throughput_s and send_s >= SEND_BOUND * throughput_s:
+            notes.append(f"sending took {send_s / throughput_s:.0%} of the throughput time: with one association "
+                         "at a time, sending and receiving, not scoring, bound studies/hour")  # fmt: skip
         if config.keep:
             notes.append(f"kept {root} (the server's data, index and log are in {root / 'serve'})")
         if _cpus() != TARGET_CPUS:
             notes.append(f"the targets are for {TARGET_CPUS} CPU cores; this run had {_cpus()} "
                          f"(`taskset -c 0,1 triage bench triage` measures the target's setting)")  # fmt: skip
-        return replace(result, **fields, notes=tuple(notes), problems=tuple(problems))
+        # A server that died is reported by the wait that noticed and again by stop(): once is enough.
+        return replace(result, **fields, notes=tuple(notes), problems=tuple(dict.fromkeys(problems)))
     finally:
         if not config.keep:
             shutil.rmtree(root, ignore_errors=True)
