@@ -18,7 +18,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -238,6 +238,11 @@ class WorklistSettings(_Section):
     # Blinded reads: the AI output of a study is hidden from a reader until they
     # have recorded their own impression of it.
     blinded: bool = False
+    # The terminal worklist's image preview: "regions" draws the AI's suspect
+    # regions (detection aid); "flag_only" shows the flag and probability but no
+    # marks on the image (passive triage).
+    display: Literal["regions", "flag_only"] = "regions"
+    user: str = ""  # the reader's name for `triage worklist`; empty: --user, else the OS user
 
 
 class PipelineSettings(_Section):

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -47,13 +48,15 @@ from triage.models import (
     AIStatus,
     Feedback,
     Impression,
+    Instance,
     ReadState,
     Report,
     ReportStatus,
+    Series,
     Study,
     Verdict,
 )
-from triage.policy import CaseInput, Urgency, assess, rank
+from triage.policy import CaseInput, Urgency, assess
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ FINDING = AIFinding.__table__  # type: ignore[attr-defined]
 IMPRESSION = Impression.__table__  # type: ignore[attr-defined]
 FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
 REPORT = Report.__table__  # type: ignore[attr-defined]
+SERIES = Series.__table__  # type: ignore[attr-defined]
+INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 
 FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch
 HIDDEN_REASON = "AI output hidden until you record your impression"
@@ -324,6 +329,31 @@ class StudyView:
     impression: ImpressionView | None
     feedback: tuple[FeedbackView, ...]
     reports: tuple[ReportVersion, ...]
+
+
+@dataclass(frozen=True)
+class SeriesImages:
+    """A series of a study and its stored files, for the image preview."""
+
+    series_uid: str
+    modality: str | None
+    description: str | None
+    body_part: str | None
+    manufacturer: str | None
+    series_number: int | None
+    files: tuple[Path, ...]  # absolute, in instance-number order
+    sop_instance_uids: tuple[str, ...]  # one per file
+
+
+def worklist_order_key(item: WorklistItem) -> tuple[bool, float, datetime, str]:
+    """The worklist's order: unsigned before signed, then the policy's (most urgent, then oldest, then UID)."""
+    return (item.study.read_state is ReadState.SIGNED, -item.urgency.score, item.study.first_received,
+            item.study.study_uid)  # fmt: skip
+
+
+def arrival_order_key(item: WorklistItem) -> tuple[datetime, str]:
+    """The standard worklist's order: first received first."""
+    return (item.study.first_received, item.study.study_uid)
 
 
 def _facts(row: Any, now: datetime) -> StudyFacts:
@@ -951,29 +981,45 @@ class WorklistService:
         """
         if user is not None:
             user = check_user(user, "see the worklist")
+        items = self._build_items(None, user, include_signed)
+        items.sort(key=worklist_order_key)
+        return [dataclasses.replace(item, rank=position) for position, item in enumerate(items, start=1)]
+
+    def items_for(self, study_uids: Iterable[str], user: str | None = None) -> list[WorklistItem]:
+        """The current worklist rows of some studies (for a live view's incremental update).
+
+        Same content as :meth:`items`, in no particular order, with ``rank`` 0:
+        the caller merges them into the rows it holds and sorts with
+        :func:`worklist_order_key`. Unknown UIDs are skipped.
+        """
+        if user is not None:
+            user = check_user(user, "see the worklist")
+        wanted = list(dict.fromkeys(study_uids))
+        return self._build_items(wanted, user, include_signed=True) if wanted else []
+
+    def _build_items(self, study_uids: list[str] | None, user: str | None, include_signed: bool) -> list[WorklistItem]:
         now = self._now()
         blinded = self.settings.worklist.blinded and user is not None
         with self.engine.connect() as conn:
             query = select(STUDY)
             if not include_signed:
                 query = query.where(STUDY.c.read_state != ReadState.SIGNED.value)
+            if study_uids is not None:
+                query = query.where(STUDY.c.study_uid.in_(study_uids))
             studies = conn.execute(query).all()
-            findings = current_findings(conn)  # one query for all studies
+            # One query for the findings of all these studies, not one per study.
+            findings = current_findings(conn, None if study_uids is None else [s.id for s in studies])
             seen: set[int] = set()
             if blinded:
                 seen = set(conn.execute(select(IMPRESSION.c.study_pk).where(IMPRESSION.c.user == user)).scalars())
-        by_uid = {s.study_uid: s for s in studies}
-        cases = {s.study_uid: case_input(s._mapping, findings.get(s.id, [])) for s in studies}
-        to_read = [c for uid, c in cases.items() if by_uid[uid].read_state != ReadState.SIGNED.value]
-        signed = [c for uid, c in cases.items() if by_uid[uid].read_state == ReadState.SIGNED.value]
-        ranked = rank(to_read, now, self.settings.policy) + rank(signed, now, self.settings.policy)
         out: list[WorklistItem] = []
-        for position, (case, urgency) in enumerate(ranked, start=1):
-            row = by_uid[case.study_uid]
+        for row in studies:
+            case = case_input(row._mapping, findings.get(row.id, []))
+            urgency = assess(case, now, self.settings.policy)
             hidden = blinded and row.id not in seen
             out.append(
                 WorklistItem(
-                    rank=position,
+                    rank=0,
                     study=_facts(row, now),
                     urgency=blind_urgency(case, urgency, now, self.settings.policy) if hidden else urgency,
                     findings=() if hidden else tuple(findings.get(row.id, [])),
@@ -981,6 +1027,61 @@ class WorklistService:
                 )
             )
         return out
+
+    # -- for live views -------------------------------------------------------------------------
+
+    def change_token(self) -> int:
+        """A number that grows with every change to any study (the audit trail's length).
+
+        Every change the product makes is an audit event (instances received,
+        series complete, inference, rank change, every human action), so a view
+        that holds the token of its last load knows whether to look again
+        with one tiny read. Waiting time is not a change: views re-rank on a timer.
+        """
+        with self.engine.connect() as conn:
+            seq = conn.execute(select(audit.HEAD.c.seq)).scalar()
+        return int(seq or 0)
+
+    def changes_since(self, token: int) -> tuple[int, set[str]]:
+        """The studies with an audit event after ``token``, and the new token."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(audit.EVENT.c.seq, audit.EVENT.c.study_uid).where(audit.EVENT.c.seq > token)
+            ).all()
+        if not rows:
+            return token, set()
+        return max(r.seq for r in rows), {r.study_uid for r in rows if r.study_uid}
+
+    def series_images(self, study_uid: str) -> list[SeriesImages]:
+        """The study's series and their stored files (for the image preview), in series-number order.
+
+        Raises
+        ------
+        NotFound
+            If there is no such study.
+        """
+        with self.engine.connect() as conn:
+            study = self._study(conn, study_uid)
+            series = conn.execute(
+                select(SERIES).where(SERIES.c.study_pk == study.id).order_by(SERIES.c.series_number, SERIES.c.id)
+            ).all()
+            files = conn.execute(
+                select(INSTANCE.c.series_pk, INSTANCE.c.path, INSTANCE.c.sop_instance_uid)
+                .where(INSTANCE.c.series_pk.in_([s.id for s in series]))
+                .order_by(INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
+            ).all()  # fmt: skip
+        by_series: dict[int, list[tuple[Path, str]]] = {}
+        for row in files:
+            by_series.setdefault(row.series_pk, []).append((self.settings.data_dir / row.path, row.sop_instance_uid))
+        return [
+            SeriesImages(
+                series_uid=s.series_uid, modality=s.modality, description=s.series_description,
+                body_part=s.body_part, manufacturer=s.manufacturer, series_number=s.series_number,
+                files=tuple(p for p, _ in by_series.get(s.id, [])),
+                sop_instance_uids=tuple(u for _, u in by_series.get(s.id, [])),
+            )
+            for s in series
+        ]  # fmt: skip
 
     def history(self, study_uid: str) -> list[dict[str, Any]]:
         """The study's audit events, oldest first, as ``triage.audit.events_for_study`` gives them.

@@ -698,3 +698,42 @@ def test_worklist_imports_no_torch_textual_or_pynetdicom() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- for live views ---------------------------------------------------------------------------
+
+
+def test_a_live_view_sees_exactly_the_studies_that_changed(engine: Engine, svc: WorklistService) -> None:
+    first = add_study(engine, "1.9.1")
+    second = add_study(engine, "1.9.2", (("bleed", 0.1, 0.5),))
+    token = svc.change_token()
+    assert svc.changes_since(token) == (token, set())
+    svc.claim(second.uid, A)
+    new_token, changed = svc.changes_since(token)
+    assert new_token == svc.change_token() > token and changed == {second.uid}
+
+    (item,) = svc.items_for([second.uid, "9.9.9"])  # unknown UIDs are skipped
+    assert item.rank == 0 and item.study.claimed_by == A and item.findings[0].probability == 0.1
+    from triage.worklist import arrival_order_key, worklist_order_key
+
+    items = svc.items()
+    assert sorted(items, key=worklist_order_key) == items  # the service's own order
+    assert [i.study.study_uid for i in sorted(items, key=arrival_order_key)] == [first.uid, second.uid]
+
+
+def test_series_images_lists_the_stored_files(engine: Engine, svc: WorklistService) -> None:
+    from triage.models import Instance
+
+    added = add_study(engine, "1.9.3")
+    with Session(engine) as s:
+        for n in (2, 1):
+            s.add(Instance(sop_instance_uid=f"1.9.3.1.{n}", series_pk=added.series_pk, sop_class_uid="1.2",
+                           instance_number=n, transfer_syntax="1.2.840.10008.1.2.1",
+                           path=f"studies/1.9.3/1.9.3.1/{n}.dcm", size_bytes=1, sha256="0" * 64))  # fmt: skip
+        s.commit()
+    (series,) = svc.series_images(added.uid)
+    assert series.series_uid == "1.9.3.1" and series.modality == "CT"
+    assert series.sop_instance_uids == ("1.9.3.1.1", "1.9.3.1.2")
+    assert series.files[0] == svc.settings.data_dir / "studies/1.9.3/1.9.3.1/1.dcm"
+    with pytest.raises(NotFound):
+        svc.series_images("4.4.4")
