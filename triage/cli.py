@@ -242,6 +242,26 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     _add_config_args(p)
 
 
+def _cmd_worklist(args: argparse.Namespace) -> int:
+    from tui.app import build_app
+
+    settings = _settings(args, log_level=args.log_level or "WARNING")
+    _open_index(settings).dispose()  # a clear error before the screen takes over
+    # Log lines on stderr would tear the screen: they go to a file in the data directory.
+    import logging
+
+    log_file = settings.data_dir / "worklist.log"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    app = build_app(settings, args.user)
+    app.run()
+    return 0
+
+
 def _cmd_studies(args: argparse.Namespace) -> int:
     from triage.studies import format_table, item_json
     from triage.worklist import WorklistService
@@ -260,7 +280,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     level = args.log_level or "WARNING"
     setup_logging(level)
-    return run_demo(Path(args.samples), port=args.port, log_level=level, once=args.once)
+    return run_demo(Path(args.samples), port=args.port, log_level=level, once=args.once, user=args.user)
 
 
 def _cmd_samples_generate(args: argparse.Namespace) -> int:
@@ -419,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_studies)
 
+    p = sub.add_parser("worklist", help="the terminal worklist: ranked cases, why and where; claim, read, feedback, sign")
+    p.add_argument("--user", help="the reader (default: [worklist] user, else the OS user); every action is audited under it")
+    _add_index_args(p)
+    p.set_defaults(func=_cmd_worklist)
+
     cli_case.add_parser(sub, _add_index_args, _open_worklist)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
@@ -447,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="serve on a throw-away data directory, replay the sample studies, show them ranked")
     p.add_argument("--samples", default=str(SAMPLE_STUDIES), help="folder to replay (default: sample_studies/)")
     p.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
-    p.add_argument("--once", action="store_true", help="exit once every study is ranked (instead of serving until Ctrl-C)")
+    p.add_argument("--once", action="store_true",
+                   help="print the ranked list and exit once every study is ranked (no terminal worklist)")
+    p.add_argument("--user", help="the reader shown in the worklist (default demo.reader)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_demo)
 

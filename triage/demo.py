@@ -2,15 +2,18 @@
 
 Starts the whole server (listener, completeness, scoring) on a throw-away data
 directory and a free port, replays the sample studies into it over DICOM, and
-prints the worklist in priority order, with the reasons, each time the ranking
-changes, until every study has its AI result. Then it keeps serving until
-Ctrl-C (``--once``: it exits there instead). The terminal worklist replaces
-the printed list once it exists.
+opens the terminal worklist on it while the studies are scored and ranked
+(live). Quitting the worklist stops everything.
+
+Without a terminal (output piped, CI) or with ``--once``, it prints the
+worklist in priority order each time the ranking changes until every study
+has its AI result; ``--once`` then exits, otherwise it serves until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -32,7 +35,8 @@ def _signature(items: list[WorklistItem]) -> tuple[tuple[str, str, str], ...]:
     return tuple((i.study.study_uid, i.urgency.priority_class.value, i.study.ai_status) for i in items)
 
 
-def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False) -> int:
+def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False,
+             user: str | None = None) -> int:  # fmt: skip
     """Run the demo; returns the exit code (non-zero if a sample could not be sent or scored)."""
     files, _ = find_dicom_files([samples]) if samples.exists() else ([], [])
     if not files:
@@ -61,6 +65,9 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: boo
                 summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title,
                                  on_result=lambda *_: advance())  # fmt: skip
             print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
+            if not once and sys.stdin.isatty() and sys.stdout.isatty():
+                _open_worklist(server, user)
+                return 0 if summary.failed == 0 else 1
             failed = _watch(WorklistService(server.engine, settings), stop)
             print("Not a medical device: AI findings are suggestions for ordering the worklist; a radiologist reads "
                   "every study and signs every report.")  # fmt: skip
@@ -73,6 +80,21 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: boo
             signal.signal(signal.SIGINT, previous)
             server.stop()
     return 0 if summary.failed == 0 and not failed else 1
+
+
+def _open_worklist(server: TriageServer, user: str | None) -> None:
+    """The terminal worklist on the demo's index, live while the server scores; returns when the reader quits."""
+    import logging
+
+    from tui.app import build_app
+
+    # The server's log lines would tear the screen: only errors, and to a file.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.FileHandler(server.settings.data_dir / "demo.log", encoding="utf-8"))
+    root.setLevel(logging.WARNING)
+    build_app(server.settings, user or "demo.reader").run()
 
 
 def _watch(worklist: WorklistService, stop: threading.Event) -> bool:

@@ -1,1 +1,2 @@
-"""The terminal worklist (textual). Not built yet: arrives with the worklist issue."""
+"""The terminal worklist (textual): ranked cases, why and where, and the
+radiologist's actions, all through :class:`triage.worklist.WorklistService`."""

@@ -1,0 +1,61 @@
+"""Smoke test: ``triage worklist`` in a real terminal (tmux), on a small index;
+the screen read back with ``capture-pane``."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.tui.conftest import add_study
+from triage.db import make_engine
+
+from .conftest import REPO_ROOT, clean_env, require_binary, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.external, pytest.mark.timeout(120)]
+
+TMUX = "/usr/bin/tmux"
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run([TMUX, *args], capture_output=True, text=True, check=True, timeout=10).stdout
+
+
+def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
+    require_binary(TMUX)
+    data = tmp_path / "data"
+    engine = make_engine(f"sqlite:///{data / 'triage.db'}")
+    add_study(engine, findings=(("bleed", 0.93, 0.1),), description="CT HEAD BLEED CASE")
+    add_study(engine, findings=(("fracture", 0.02, 0.6),), modality="DX", description="XR WRIST")
+    engine.dispose()
+
+    session = f"triage-{uuid.uuid4().hex[:8]}"
+    env = clean_env({"TERM": "xterm-256color"})
+    command = shlex.join([sys.executable, "-m", "triage", "worklist", "--data-dir", str(data), "--user", "dr.tmux"])
+    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "-c", str(REPO_ROOT), command],
+                   check=True, env=env, timeout=10)  # fmt: skip
+    try:
+        screen = wait_for(
+            lambda: (text := _tmux("capture-pane", "-p", "-t", session)) if "CT HEAD BLEED CASE" in text else None,
+            timeout=60, what="the worklist on the tmux screen", interval=0.3,
+        )  # fmt: skip
+        assert "dr.tmux" in screen  # the reader, in the header
+        assert "not a diagnosis" in screen  # the banner
+        assert "bleed 0.93" in screen
+        lines = screen.splitlines()
+        top = next(i for i, line in enumerate(lines) if "CT HEAD BLEED CASE" in line)
+        assert top < next(i for i, line in enumerate(lines) if "XR WRIST" in line)  # urgency order
+
+        _tmux("send-keys", "-t", session, "C-q")
+        wait_for(lambda: session not in _tmux("list-sessions", "-F", "#{session_name}") if _server_up() else True,
+                 timeout=20, what="the worklist to quit on ctrl+q")  # fmt: skip
+    finally:
+        subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True, timeout=10)
+
+
+def _server_up() -> bool:
+    return subprocess.run([TMUX, "list-sessions"], capture_output=True, timeout=10).returncode == 0

@@ -1,0 +1,108 @@
+"""The terminal worklist app: one factory for the CLI and the tests.
+
+The app holds the worklist service and the reader's name and shows the
+ranked list; a study opens in its own screen. Every change goes through the
+service (``triage.worklist``), whose errors appear as notifications.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+
+from textual.app import App
+from textual.binding import Binding
+
+from triage.config import Settings
+from triage.db import make_engine
+from triage.errors import TriageError
+from triage.worklist import WorklistService, check_user
+
+log = logging.getLogger(__name__)
+
+BANNER = ("AI output is a suggestion for ordering the worklist, not a diagnosis. "
+          "The radiologist reads every study and signs every report.")  # fmt: skip
+
+
+class WorklistApp(App[None]):
+    """The worklist for one reader.
+
+    Parameters
+    ----------
+    service
+        The worklist service (the only door to the study index).
+    user
+        The reader: every action is recorded under this name.
+    display
+        "regions" draws the AI's regions on the preview; "flag_only" does not.
+    poll_interval
+        Seconds between looks for changes (new studies, new results, other readers).
+    """
+
+    TITLE = "triage worklist"
+    CSS = """
+    Screen { layers: base overlay; }
+    .banner { background: $warning 20%; color: $text; padding: 0 1; height: auto; }
+    """
+    BINDINGS = [
+        Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, service: WorklistService, user: str, *, display: str = "regions",
+                 poll_interval: float = 0.5) -> None:  # fmt: skip
+        super().__init__()
+        self.service = service
+        self.user = check_user(user, "use the worklist")
+        self.display = display
+        self.blinded = service.settings.worklist.blinded
+        self.poll_interval = poll_interval
+        self.sub_title = f"{self.user}" + ("  (blinded first read)" if self.blinded else "")
+
+    def on_mount(self) -> None:
+        from tui.screens.worklist import WorklistScreen
+
+        self.push_screen(WorklistScreen())
+
+    def open_study(self, study_uid: str) -> None:
+        from tui.screens.study import StudyScreen
+
+        self.push_screen(StudyScreen(study_uid))
+
+    def report_error(self, exc: Exception) -> None:
+        """A problem the reader can act on, shown as a notification (never a traceback)."""
+        if not isinstance(exc, TriageError):
+            log.exception("unexpected error in the worklist")
+        self.notify(str(exc), title="Not done", severity="error", timeout=8)
+
+    def action_help(self) -> None:
+        from tui.dialogs import HelpScreen
+
+        rows: list[tuple[str, str, str]] = []
+        screen = self.screen
+        for where, bindings in ((type(screen).__name__, screen.BINDINGS), ("app", self.BINDINGS)):
+            for b in bindings:
+                if isinstance(b, Binding):
+                    rows.append((where, b.key_display or b.key, b.description))
+                else:
+                    rows.append((where, b[0], b[2] if len(b) > 2 else ""))
+        self.push_screen(HelpScreen(rows))
+
+
+def default_user(settings: Settings, given: str | None) -> str:
+    """The reader: ``--user``, else ``[worklist] user``, else the OS user."""
+    if given:
+        return given
+    if settings.worklist.user:
+        return settings.worklist.user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        raise TriageError("who is reading? give --user NAME or set [worklist] user") from None
+
+
+def build_app(settings: Settings, user: str | None = None, *, poll_interval: float = 0.5) -> WorklistApp:
+    """The app on the settings' study index, for ``user`` (see :func:`default_user`)."""
+    service = WorklistService(make_engine(settings.db_url), settings)
+    return WorklistApp(service, default_user(settings, user), display=settings.worklist.display,
+                       poll_interval=poll_interval)  # fmt: skip

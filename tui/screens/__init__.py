@@ -1,0 +1,1 @@
+"""The worklist's screens: the ranked list and one study."""
