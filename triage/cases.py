@@ -67,11 +67,10 @@ def current_findings(conn: Connection, study_pks: Collection[int] | None = None)
 
     ``study_pks`` None: every study (one query either way, no per-study loop).
     """
-    newest = (
-        select(RESULT.c.series_pk, func.max(RESULT.c.generation).label("generation"))
-        .group_by(RESULT.c.series_pk)
-        .subquery()
-    )
+    newest_query = select(RESULT.c.series_pk, func.max(RESULT.c.generation).label("generation"))
+    if study_pks is not None:  # a live view's few changed studies must not cost a scan of every result
+        newest_query = newest_query.where(RESULT.c.study_pk.in_(list(study_pks)))
+    newest = newest_query.group_by(RESULT.c.series_pk).subquery()
     query = (
         select(FINDING, SERIES.c.series_uid)
         .join(RESULT, RESULT.c.id == FINDING.c.result_pk)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from triage import __version__, cli_case
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
+from triage.bench import tui as bench_tui
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
 from triage.logs import setup_logging
@@ -243,7 +244,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_worklist(args: argparse.Namespace) -> int:
-    from tui.app import build_app
+    from tui.app import run_worklist
 
     settings = _settings(args, log_level=args.log_level or "WARNING")
     _open_index(settings).dispose()  # a clear error before the screen takes over
@@ -257,8 +258,7 @@ def _cmd_worklist(args: argparse.Namespace) -> int:
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root.addHandler(handler)
-    app = build_app(settings, args.user)
-    app.run()
+    run_worklist(settings, args.user)
     return 0
 
 
@@ -534,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("triage", help="time to triage p50/p95, sustained studies/hour and memory of a running triage serve")
     bench_pipeline.add_arguments(p)
     p.set_defaults(func=bench_pipeline.run)
+    p = bsub.add_parser("tui", help="the terminal worklist with 10,000 studies: first paint and live refresh")
+    bench_tui.add_arguments(p)
+    p.set_defaults(func=bench_tui.run)
     p = bsub.add_parser("infer", help="detector slices/s: dynamic batching vs batch 1, GFLOP/s vs matmul peak, head CT latency")
     bench_infer.add_arguments(p)
     p.set_defaults(func=bench_infer.run)

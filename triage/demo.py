@@ -86,7 +86,7 @@ def _open_worklist(server: TriageServer, user: str | None) -> None:
     """The terminal worklist on the demo's index, live while the server scores; returns when the reader quits."""
     import logging
 
-    from tui.app import build_app
+    from tui.app import run_worklist
 
     # The server's log lines would tear the screen: only errors, and to a file.
     root = logging.getLogger()
@@ -94,7 +94,7 @@ def _open_worklist(server: TriageServer, user: str | None) -> None:
         root.removeHandler(handler)
     root.addHandler(logging.FileHandler(server.settings.data_dir / "demo.log", encoding="utf-8"))
     root.setLevel(logging.WARNING)
-    build_app(server.settings, user or "demo.reader").run()
+    run_worklist(server.settings, user or "demo.reader")
 
 
 def _watch(worklist: WorklistService, stop: threading.Event) -> bool:

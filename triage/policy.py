@@ -29,6 +29,7 @@ Every number comes from :class:`triage.config.PolicySettings`.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -234,16 +235,13 @@ def _emergency_word(text: str | None, words: Iterable[str]) -> str | None:
 
 
 def _status_reason(status: AIStatus, reason: str | None) -> str | None:
-    def said(prefix: str) -> str:
-        return f"{prefix}: {reason}" if reason else prefix
-
-    return {
-        AIStatus.PENDING: "AI result pending",
-        AIStatus.FAILED: said("AI failed"),
-        AIStatus.NOT_ANALYSED: said("not analysed by AI"),
-        AIStatus.PARTIAL: said("AI partially failed"),
-        AIStatus.SCORED: None,
-    }[status]
+    if status is AIStatus.SCORED:
+        return None
+    if status is AIStatus.PENDING:
+        return "AI result pending"
+    prefix = {AIStatus.FAILED: "AI failed", AIStatus.NOT_ANALYSED: "not analysed by AI",
+              AIStatus.PARTIAL: "AI partially failed"}[status]  # fmt: skip
+    return f"{prefix}: {reason}" if reason else prefix
 
 
 def class_of(score: float, settings: PolicySettings) -> PriorityClass:
@@ -262,9 +260,16 @@ def target_minutes(priority_class: PriorityClass | str, settings: PolicySettings
     of order in a settings file, a higher base would otherwise age slower and a
     more suspicious finding could rank a study lower.
     """
-    priority_class = PriorityClass(priority_class)
+    targets = settings.targets_min
+    return _ordered_target(PriorityClass(priority_class), targets["critical"], targets["urgent"], targets["routine"])
+
+
+@functools.lru_cache(maxsize=64)
+def _ordered_target(priority_class: PriorityClass, critical: float, urgent: float, routine: float) -> float:
+    # Cached: the worklist asks for every study on every reload (10,000 at a time).
+    targets = {PriorityClass.CRITICAL: critical, PriorityClass.URGENT: urgent, PriorityClass.ROUTINE: routine}
     upto = _CLASS_ORDER.index(priority_class) + 1
-    return min(settings.targets_min[c.value] for c in _CLASS_ORDER[:upto])
+    return min(targets[c] for c in _CLASS_ORDER[:upto])
 
 
 def assess(case: CaseInput, now: datetime, settings: PolicySettings) -> Urgency:
@@ -306,7 +311,7 @@ def assess(case: CaseInput, now: datetime, settings: PolicySettings) -> Urgency:
     scored = sorted(
         ((_finding_points(f, settings), f) for f in findings),
         key=lambda pf: (-pf[0], -pf[1].probability, pf[1].kind),
-    )
+    ) if findings else []  # fmt: skip
     finding_total = _study_finding_points([pts for pts, _ in scored])
     above = [_finding_reason(f, settings) for _, f in scored if f.probability >= f.operating_point]
     below = [_finding_reason(f, settings) for _, f in scored if f.probability < f.operating_point]

@@ -54,7 +54,7 @@ class WorklistApp(App[None]):
         super().__init__()
         self.service = service
         self.user = check_user(user, "use the worklist")
-        self.display = display
+        self.display_mode = display  # not `display`: a textual style property of every widget
         self.blinded = service.settings.worklist.blinded
         self.poll_interval = poll_interval
         self.sub_title = f"{self.user}" + ("  (blinded first read)" if self.blinded else "")
@@ -106,3 +106,11 @@ def build_app(settings: Settings, user: str | None = None, *, poll_interval: flo
     service = WorklistService(make_engine(settings.db_url), settings)
     return WorklistApp(service, default_user(settings, user), display=settings.worklist.display,
                        poll_interval=poll_interval)  # fmt: skip
+
+
+def run_worklist(settings: Settings, user: str | None = None) -> None:
+    """Run the worklist in this terminal until the reader quits (the CLI and the demo)."""
+    from tui.preview import probe_graphics
+
+    probe_graphics()  # before textual owns stdin: the terminal answers on it
+    build_app(settings, user).run()

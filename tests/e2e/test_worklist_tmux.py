@@ -39,10 +39,11 @@ def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
     subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "-c", str(REPO_ROOT), command],
                    check=True, env=env, timeout=10)  # fmt: skip
     try:
-        screen = wait_for(
-            lambda: (text := _tmux("capture-pane", "-p", "-t", session)) if "CT HEAD BLEED CASE" in text else None,
-            timeout=60, what="the worklist on the tmux screen", interval=0.3,
-        )  # fmt: skip
+        def painted() -> str | None:
+            text = _tmux("capture-pane", "-p", "-t", session)
+            return text if "CT HEAD BLEED CASE" in text else None
+
+        screen = wait_for(painted, timeout=60, what="the worklist on the tmux screen", interval=0.3)
         assert "dr.tmux" in screen  # the reader, in the header
         assert "not a diagnosis" in screen  # the banner
         assert "bleed 0.93" in screen
