@@ -30,11 +30,8 @@ from tui.dialogs import (
     ImpressionDialog,
     MissedFindingDialog,
     ReportEditor,
-    format_key,
-    format_person_name,
-    format_time,
-    summarize_event,
 )
+from tui.formatting import format_key, format_person_name, format_time, summarize_event
 
 _NO_RESULT = object()
 

@@ -14,7 +14,7 @@ from textual.strip import Strip
 from dicom_io.pixels import PixelDataError
 from triage.cases import FindingRow
 from triage.worklist import SeriesImages
-from tui.preview import (
+from tui.imaging import (
     BOX_COLOUR,
     HALF_BLOCK,
     WINDOWS,
@@ -27,12 +27,12 @@ from tui.preview import (
     half_block_lines,
     load_series_pixels,
     next_flagged,
-    probe_graphics,
     regions_for_slice,
     render_half_block,
     scale_box,
     strongest_slice,
 )
+from tui.preview import probe_graphics
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_studies"

@@ -27,7 +27,8 @@ from triage.recovery import recover
 from triage.worklist import HIDDEN_REASON, WorklistService
 from tui.app import WorklistApp
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
-from tui.preview import BOX_COLOUR, HalfBlockImage, ImagePreview
+from tui.imaging import BOX_COLOUR
+from tui.preview import HalfBlockImage, ImagePreview
 from tui.screens.study import StudyScreen
 
 from tests.tui.conftest import SIZE, add_study

@@ -45,9 +45,10 @@ from tui.dialogs import (
     ImpressionDialog,
     MissedFindingDialog,
     ReportEditor,
-    format_person_name,
 )
-from tui.preview import ImagePreview, is_image_series
+from tui.formatting import format_person_name
+from tui.imaging import is_image_series
+from tui.preview import ImagePreview
 
 log = logging.getLogger(__name__)
 
