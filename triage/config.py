@@ -249,13 +249,60 @@ class PipelineSettings(_Section):
     """Scoring jobs (``[pipeline]``): the DB is the queue, claimed with a lease."""
 
     enabled: bool = True  # false: this `triage serve` only receives (another host scores)
-    lease_seconds: float = Field(300.0, gt=0)  # a job not finished in this time is claimed again
+    lease_seconds: float = Field(60.0, gt=0)  # a job whose lease is not renewed in this time is claimed again
     max_attempts: int = Field(3, ge=1)  # then the series shows "AI failed: <reason>"
     poll_interval: float = Field(0.5, gt=0)  # seconds between looks for new jobs
     concurrent_jobs: int = Field(4, ge=1)  # series in flight at once, so the engine can batch across them
+    # While a worker scores a job it renews the lease this often, so a long job is
+    # not taken over; a worker that dies stops renewing and its job is claimed
+    # again once the lease runs out.
+    heartbeat_seconds: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> PipelineSettings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+
+class Destination(_Section):
+    """A DICOM peer that receives the AI results (a PACS, a VNA, a viewer)."""
+
+    name: str = Field(min_length=1, max_length=32)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class ResultsSettings(_Section):
+    """AI results and signed reports back to the PACS (``[results]``)."""
+
+    # Each destination gets every result object; empty: nothing is sent (results are still built).
+    destinations: list[Destination] = Field(default_factory=list)
+    calling_ae: str = "TRIAGE"
+    # A Secondary Capture per finding with its box burned in and "AI suggestion" in the image.
+    key_images: bool = False
+    # After a radiologist signs: "none", or "sr" (a Basic Text SR with the radiologist as author).
+    report_export: Literal["none", "sr"] = "sr"
+    retry_min_seconds: float = Field(5.0, gt=0)  # back-off after a failed send: doubles from here ...
+    retry_max_seconds: float = Field(600.0, gt=0)  # ... up to here, and keeps trying until acknowledged
+    send_interval: float = Field(1.0, gt=0)  # seconds between looks at the outbox
+
+    @field_validator("calling_ae")
+    @classmethod
+    def _check_calling(cls, value: str) -> str:
+        return _check_ae_title(value)
 
 
 class Settings(_Section):
+    # What this `triage serve` runs: "all" (one machine), "listener" (receive and
+    # index only) or "worker" (score jobs and send results only), for scale-out on PostgreSQL.
+    role: Literal["all", "listener", "worker"] = "all"
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
     # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
     db: str = ""
@@ -266,6 +313,7 @@ class Settings(_Section):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -284,3 +284,36 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(default="0" * 64, max_length=64)
+
+
+class OutboxStatus(str, enum.Enum):
+    PENDING = "pending"  # to be built (if its file is not written yet) and sent, at ``next_attempt_at``
+    SENT = "sent"  # the destination acknowledged it (C-STORE success)
+
+
+class OutboxItem(SQLModel, table=True):
+    """A result object for one destination: kept until the destination acknowledges it.
+
+    Written in the same transaction as what causes it (a study's scoring, a
+    report's signature); the sender builds the object's file under the data
+    directory if it is not there yet, sends it, and retries with back-off.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("destination", "kind", "source_key", name="uq_outbox_object"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    kind: str = Field(max_length=16)  # "ai_sr" | "key_image" | "report_sr"
+    # What the object is built from, unique per kind: e.g. "<study uid>:<scored at>" or "<report id>".
+    source_key: str = Field(max_length=128)
+    destination: str = Field(max_length=32)  # [results] destinations name
+    path: str | None = Field(default=None, max_length=255)  # relative to the data dir, once built
+    sop_instance_uid: str | None = Field(default=None, max_length=64)
+    sop_class_uid: str | None = Field(default=None, max_length=64)
+    status: str = Field(default=OutboxStatus.PENDING.value, sa_column=_status_column("pending"))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

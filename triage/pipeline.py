@@ -151,6 +151,20 @@ def fail_exhausted(engine: Engine, settings: Settings, now: datetime | None = No
     return len(stale)
 
 
+def renew_leases(engine: Engine, worker: str, job_ids: list[int], lease_seconds: float,
+                 now: datetime | None = None) -> int:  # fmt: skip
+    """Extend the leases of ``worker``'s running jobs (its heartbeat); returns how many are still its own."""
+    if not job_ids:
+        return 0
+    now = now or utcnow()
+    with engine.begin() as conn:
+        return int(conn.execute(
+            update(JOB)
+            .where(JOB.c.id.in_(job_ids), JOB.c.worker == worker, JOB.c.status == JobStatus.RUNNING.value)
+            .values(lease_until=now + timedelta(seconds=lease_seconds))
+        ).rowcount)  # fmt: skip
+
+
 def stored_instances(engine: Engine, series_pk: int, data_dir: Path) -> list[StoredInstance]:
     """The series' instances as stored, in instance-number order."""
     with engine.connect() as conn:
@@ -352,6 +366,7 @@ class ScoringWorker:
         inference: InferenceEngine | None = None,
         worker_id: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        on_recorded: Callable[[ClaimedJob], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -366,6 +381,11 @@ class ScoringWorker:
         self._pool = ThreadPoolExecutor(settings.pipeline.concurrent_jobs, thread_name_prefix="scoring")
         self._thread = threading.Thread(target=self._run, name="scoring-jobs", daemon=True)
         self.jobs_done = 0
+        # Called (on a scoring thread) after a job's result or final failure is
+        # recorded, e.g. to queue the study's results for the PACS.
+        self.on_recorded = on_recorded
+        self._in_flight: set[int] = set()  # job ids, for the heartbeat
+        self._in_flight_lock = threading.Lock()
 
     def start(self) -> None:
         if self.detectors is None or self.inference is None:
@@ -398,13 +418,20 @@ class ScoringWorker:
 
     def _run(self) -> None:
         cfg = self.settings.pipeline
-        last_reassess = 0.0
+        last_reassess = last_beat = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_beat >= cfg.heartbeat_seconds:
+                    with self._in_flight_lock:
+                        held = sorted(self._in_flight)
+                    renew_leases(self.engine, self.worker_id, held, cfg.lease_seconds, self.clock())
+                    last_beat = time.monotonic()
                 free = self._free_slots()
                 jobs = claim_jobs(self.engine, self.worker_id, free, self.settings, self.clock()) if free else []
                 for job in jobs:
                     self._slots.acquire()
+                    with self._in_flight_lock:
+                        self._in_flight.add(job.id)
                     self._pool.submit(self._score, job)
                 if time.monotonic() - last_reassess > REASSESS_EVERY_S:
                     with self.engine.begin() as conn:
@@ -414,7 +441,7 @@ class ScoringWorker:
                 log.error("scoring loop: database error (will retry): %s", str(getattr(exc, "orig", exc)).splitlines()[0])
                 jobs = []
             if not jobs:
-                self._wake.wait(cfg.poll_interval)
+                self._wake.wait(min(cfg.poll_interval, cfg.heartbeat_seconds))
                 self._wake.clear()
 
     def _free_slots(self) -> int:
@@ -441,9 +468,11 @@ class ScoringWorker:
 
                 score = SeriesScore(series_uid=job.series_uid, modality="", description="", instances=len(instances),
                                     reason="scoring failed", analysed=True, failures=(str(exc),))  # fmt: skip
-            record_result(self.engine, job, self.worker_id, score, instances, str(self.inference.device),
-                          time.perf_counter() - started, self.settings.policy, self.clock())  # fmt: skip
+            recorded = record_result(self.engine, job, self.worker_id, score, instances, str(self.inference.device),
+                                     time.perf_counter() - started, self.settings.policy, self.clock())  # fmt: skip
             self.jobs_done += 1
+            if recorded and self.on_recorded is not None:
+                self.on_recorded(job)
         except Exception as exc:  # anything else may be passing (DB busy, a bug): retry up to max_attempts
             log.exception("scoring series %s failed", job.series_uid)
             try:
@@ -452,5 +481,7 @@ class ScoringWorker:
             except SQLAlchemyError:
                 log.exception("could not record the failure of job %d; its lease will run out", job.id)
         finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(job.id)
             self._slots.release()
             self._wake.set()

@@ -56,8 +56,12 @@ class TriageServer:
         self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
         self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
         self.processes = settings.listener.process_count
+        # Roles (scale-out): a listener receives, indexes and decides completeness;
+        # a worker scores jobs (and sends results); "all" does everything.
+        self.receives = settings.role in ("all", "listener")
+        scores = settings.role in ("all", "worker") and settings.pipeline.enabled
         # Scoring: torch and the detectors load in start(), not here.
-        self.scoring: ScoringWorker | None = ScoringWorker(self.engine, settings) if settings.pipeline.enabled else None
+        self.scoring: ScoringWorker | None = ScoringWorker(self.engine, settings) if scores else None
         self.monitor = CompletenessMonitor(self.engine, settings.completeness,
                                            on_complete=self.scoring.wake if self.scoring else None)  # fmt: skip
         self.listener: Listener | None = None
@@ -67,12 +71,18 @@ class TriageServer:
 
     @property
     def port(self) -> int:
+        if not self.receives:
+            raise TriageError("a worker-role server does not listen")
         if self._socket is not None:
             return int(self._socket.getsockname()[1])
         assert self.listener is not None, "server not started"
         return self.listener.port
 
     def start(self) -> None:
+        if not self.receives:
+            log.info("worker role: scoring jobs from %s", self.engine.url.render_as_string(hide_password=True))
+            self._start_scoring()
+            return
         report = recover(self.store, self.index, self.engine)
         log.info(
             "data in %s, index %s; %d series still receiving",
@@ -147,7 +157,8 @@ class TriageServer:
         self._children = []
         if self._socket is not None:
             self._socket.close()
-        self.monitor.stop()
+        if self.receives:
+            self.monitor.stop()
         if self.scoring is not None:
             self.scoring.stop()  # the series in flight finish and are recorded
         self.index.close()

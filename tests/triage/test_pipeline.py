@@ -142,7 +142,8 @@ def test_a_job_that_keeps_failing_ends_as_ai_failed_with_its_reason(received) ->
 
 
 def test_a_lease_that_runs_out_on_the_last_attempt_is_recorded_as_failed(received) -> None:
-    settings, engine = received(["03_extremity_xr"], **{"pipeline.max_attempts": 1, "pipeline.lease_seconds": 10})
+    settings, engine = received(["03_extremity_xr"], **{"pipeline.max_attempts": 1, "pipeline.lease_seconds": 10,
+                                                        "pipeline.heartbeat_seconds": 5})
     now = utcnow()
     assert len(claim_jobs(engine, "w1", 5, settings, now)) == 1
     assert claim_jobs(engine, "w2", 5, settings, now + timedelta(seconds=11)) == []
@@ -241,3 +242,15 @@ def test_a_rescored_series_replaces_its_earlier_findings(received, shipped) -> N
         current = current_findings(conn)
     (rows,) = current.values()
     assert len(rows) == 1  # only generation 1's finding counts
+
+
+def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(received) -> None:
+    from triage.pipeline import renew_leases
+
+    settings, engine = received(["00_head_ct"], **{"pipeline.lease_seconds": 60, "pipeline.heartbeat_seconds": 10})
+    now = utcnow()
+    (job,) = claim_jobs(engine, "w1", 5, settings, now)
+    assert renew_leases(engine, "w1", [job.id], 60, now + timedelta(seconds=50)) == 1
+    assert claim_jobs(engine, "w2", 5, settings, now + timedelta(seconds=70)) == []  # renewed: still w1's
+    assert renew_leases(engine, "w2", [job.id], 60, now + timedelta(seconds=80)) == 0  # not w2's to renew
+    assert len(claim_jobs(engine, "w2", 5, settings, now + timedelta(seconds=111))) == 1  # w1 stopped beating
