@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,17 +170,30 @@ class InstanceStore:
         relpath = f"conflicts/{sop_uid}/{sha256}{INSTANCE_SUFFIX}"
         return self.write(relpath, payload).path
 
-    def clean_temp_files(self) -> int:
-        """Remove temporary files left by a crash; returns how many."""
+    def clean_temp_files(self, older_than_s: float = 0.0) -> int:
+        """Remove temporary files left by a crash; returns how many.
+
+        ``older_than_s`` spares younger ones: on storage shared by several
+        listeners (scale-out), a temporary file may be another listener's
+        store in progress.
+        """
         removed = 0
+        cutoff = time.time() - older_than_s
         for base in (self.studies, self.conflicts):
             if not base.exists():
                 continue
             for dirpath, _dirs, files in os.walk(base):
                 for name in files:
-                    if name.endswith(TEMP_SUFFIX):
-                        _unlink_quietly(Path(dirpath) / name)
-                        removed += 1
+                    if not name.endswith(TEMP_SUFFIX):
+                        continue
+                    path = Path(dirpath) / name
+                    try:
+                        if older_than_s and path.stat().st_mtime > cutoff:
+                            continue
+                    except FileNotFoundError:  # finished by its writer meanwhile
+                        continue
+                    _unlink_quietly(path)
+                    removed += 1
         return removed
 
     def study_dirs(self) -> Iterator[Path]:

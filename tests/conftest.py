@@ -11,6 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
+from tests.pg import postgres_cluster, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 from triage.config import Settings, load_settings
 from triage.server import TriageServer
 

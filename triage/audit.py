@@ -80,6 +80,7 @@ class Action(str, enum.Enum):
     DRAFT = "draft"
     SIGN = "sign"
     AMEND = "amend"
+    RESULT_SENT = "result_sent"  # an AI result or signed report acknowledged by a PACS (triage.outbox)
 
 
 class AuditError(TriageError):
@@ -240,6 +241,33 @@ def _lock_head(conn: Connection) -> tuple[int, str]:
             pass  # another writer created it first
     row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()).one()
     return int(row.seq), str(row.hash)
+
+
+def lock_chain(conn: Connection) -> None:
+    """Take the audit chain's lock now, at the start of a transaction that will append.
+
+    Every append holds the head row's lock until its transaction ends. On
+    PostgreSQL a transaction that first locked other rows (a study, a series,
+    a job) and then waits for the head can deadlock with one that holds the
+    head and waits for those rows; taking the head first, in every writer
+    that appends, gives all of them one lock order. On SQLite the database's
+    one write lock already orders writers: nothing to do there.
+
+    Raises
+    ------
+    AuditError
+        If ``conn`` is not in a transaction.
+    DatabaseError
+        If the database refuses the lock.
+    """
+    if conn.dialect.name == "sqlite":
+        return
+    if not conn.in_transaction():
+        raise AuditError("audit lock needs the caller's transaction: use engine.begin() or session.connection()")
+    try:
+        _lock_head(conn)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot lock the audit chain: {_db_reason(exc)}") from exc
 
 
 def append(
@@ -597,5 +625,6 @@ __all__ = [
     "canonical_json",
     "events_for_study",
     "export",
+    "lock_chain",
     "verify",
 ]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from triage import __version__, cli_case
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
+from triage.bench import scale as bench_scale
 from triage.bench import tui as bench_tui
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, TriageError
@@ -123,6 +124,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "listener.port": args.port,
             "listener.ae_title": args.ae_title,
             "listener.host": args.host,
+            "role": args.role,
         },
     )
     return serve(settings)
@@ -267,11 +269,13 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     from triage.worklist import WorklistService
 
     settings = _settings(args)
-    items = WorklistService(_open_index(settings), settings).items(include_signed=not args.unsigned)
+    service = WorklistService(_open_index(settings), settings)
+    items = service.items(include_signed=not args.unsigned)
+    results = service.results_by_study([i.study.study_uid for i in items])  # the outbox: results sent to the PACS
     if args.json:
-        print(json.dumps([item_json(i) for i in items], indent=2))
+        print(json.dumps([item_json(i, results.get(i.study.study_uid, [])) for i in items], indent=2))
     else:
-        print(format_table(items, reasons=not args.brief))
+        print(format_table(items, reasons=not args.brief, results=results))
     return 0
 
 
@@ -406,7 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE) and the study index")
-    _add_store_args(p)
+    # Not exclusive here, unlike the other commands: a scale-out server names both the
+    # shared storage volume and the shared database.
+    p.add_argument("--data-dir", metavar="DIR", help="data directory: the stored instances (default: the user's data home)")
+    p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL, e.g. postgresql+psycopg://... "
+                                               "(default: SQLite in the data directory)")  # fmt: skip
+    p.add_argument("--role", choices=["all", "listener", "worker"],
+                   help="all (default): everything; listener: receive, index, decide completeness; "
+                        "worker: score jobs from the database (no listening)")  # fmt: skip
     p.add_argument("--port", type=int, help="TCP port (default 11112)")
     p.add_argument("--ae-title", help="our AE title (default TRIAGE)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
@@ -534,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("triage", help="time to triage p50/p95, sustained studies/hour and memory of a running triage serve")
     bench_pipeline.add_arguments(p)
     p.set_defaults(func=bench_pipeline.run)
+    p = bsub.add_parser("scale", help="PostgreSQL scale-out: ingest with 1 vs 2 listeners, scoring with 1 vs 2 workers")
+    bench_scale.add_arguments(p)
+    p.set_defaults(func=bench_scale.run)
     p = bsub.add_parser("tui", help="the terminal worklist with 10,000 studies: first paint and live refresh")
     bench_tui.add_arguments(p)
     p.set_defaults(func=bench_tui.run)

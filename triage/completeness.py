@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from triage import audit
 from triage.clock import utcnow
 from triage.config import CompletenessSettings
+from triage.errors import DatabaseError
 from triage.models import Job, JobStatus, ReceiveStatus, Series, Study
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
             .where(SERIES.c.last_received <= now - timedelta(seconds=shortest))
         ).all()  # fmt: skip
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        if candidates:
+            # Before any row lock (audit.lock_chain). On PostgreSQL this also makes
+            # monitors of several listeners take turns: the compare-and-set below
+            # then sees what the other one committed, and leaves its series alone.
+            audit.lock_chain(conn)
         for pk, study_pk, modality, last, generation, count, series_uid, study_uid in candidates:
             if last > now - timedelta(seconds=settings.stable_after_for(modality)):
                 continue
@@ -113,3 +119,5 @@ class CompletenessMonitor:
                     self.on_complete()
             except SQLAlchemyError as exc:  # a busy or lost DB must not kill the loop
                 log.error("completeness check failed (will retry): %s", str(getattr(exc, "orig", exc)).splitlines()[0])
+            except DatabaseError as exc:  # the same, met inside the audit append
+                log.error("completeness check failed (will retry): %s", exc)

@@ -282,7 +282,7 @@ class Destination(_Section):
 class ResultsSettings(_Section):
     """AI results and signed reports back to the PACS (``[results]``)."""
 
-    # Each destination gets every result object; empty: nothing is sent (results are still built).
+    # Each destination gets every result object; empty: no result objects are built or sent.
     destinations: list[Destination] = Field(default_factory=list)
     calling_ae: str = "TRIAGE"
     # A Secondary Capture per finding with its box burned in and "AI suggestion" in the image.

@@ -1,5 +1,6 @@
 """The database engine: SQLite (WAL) under the data directory by default, any
-SQLAlchemy URL otherwise.
+SQLAlchemy URL otherwise (PostgreSQL, ``postgresql+psycopg://...``, for several
+``triage serve`` processes on one database).
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import event, func, inspect, select
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -20,6 +21,8 @@ from triage.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# pg_advisory_xact_lock key held while the tables are checked and created ("triage" in ASCII).
+_SCHEMA_LOCK_KEY = 0x747269616765
 
 
 def _configure_sqlite(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -48,6 +51,10 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        # A server database restarts or drops idle connections: check a pooled
+        # connection before use instead of failing the first statement on it.
+        kwargs["pool_pre_ping"] = True
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError) as exc:
@@ -56,8 +63,17 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
     if create:
         try:
-            _check_schema(engine, parsed.render_as_string(hide_password=True))
-            SQLModel.metadata.create_all(engine)
+            if parsed.get_backend_name() == "postgresql":
+                with engine.begin() as conn:
+                    # Several `triage serve` processes may start together on an empty
+                    # database: one creates the tables, the others wait and then find
+                    # them (two concurrent CREATE TABLEs fail on PostgreSQL).
+                    conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                    _check_schema(conn, parsed.render_as_string(hide_password=True))
+                    SQLModel.metadata.create_all(conn)
+            else:
+                _check_schema(engine, parsed.render_as_string(hide_password=True))
+                SQLModel.metadata.create_all(engine)
         except SQLAlchemyError as exc:
             raise DatabaseError(
                 f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
@@ -65,7 +81,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     return engine
 
 
-def _check_schema(engine: Engine, shown_url: str) -> None:
+def _check_schema(engine: Engine | Connection, shown_url: str) -> None:
     """Refuse a database whose existing tables lack columns this version needs.
 
     ``create_all`` adds missing tables but never columns; without this check an

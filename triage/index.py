@@ -139,6 +139,15 @@ def _insert_instances_stmt(conn: Connection):  # type: ignore[no-untyped-def]
 
 def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
     """Primary key of the row with ``key == uid``, inserting it if missing; and whether it was."""
+    if conn.dialect.name == "postgresql":
+        # rowcount says nothing here (-1 with psycopg and the RETURNING SQLAlchemy adds);
+        # the returned key says whether the row was inserted (on a conflict, e.g. with
+        # another listener's row, none is returned).
+        stmt = postgresql.insert(table).values(**{key: uid, **values}).on_conflict_do_nothing(index_elements=[key])
+        pk = conn.execute(stmt.returning(table.c.id)).scalar()
+        if pk is not None:
+            return pk, True
+        return conn.execute(select(table.c.id).where(table.c[key] == uid)).scalar_one(), False
     result = _insert_ignore(conn, table, {key: uid, **values}, key)
     if result.rowcount:
         return result.inserted_primary_key[0], True
@@ -254,7 +263,12 @@ class SqlIndex:
     def _serve(self, batch: list[_Pending]) -> None:
         try:
             results = self._commit_batch([p.record for p in batch])
-        except DatabaseError as exc:
+        except Exception as exc:  # noqa: BLE001  a bug must not kill the writer: every waiter would hang
+            if not isinstance(exc, DatabaseError):
+                log.exception("index write failed")
+                exc = DatabaseError(f"index write failed: {exc.__class__.__name__}: {exc}")
+                self._study_pk.clear()
+                self._series_pk.clear()
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
             else:  # one bad record must not fail the others: retry them one by one
@@ -275,6 +289,9 @@ class SqlIndex:
                 raise DatabaseError(f"cannot sync the folder of a stored file: {exc}") from None
         try:
             with self.engine.begin() as conn:
+                # The batch appends an audit event: on PostgreSQL take the chain's
+                # lock before any row's, as every appending writer does (audit.lock_chain).
+                audit.lock_chain(conn)
                 # Records of UIDs already indexed (or repeated in this batch) create
                 # nothing: not even an empty study or series row.
                 uids = [r.header.sop_instance_uid for r in records]

@@ -43,6 +43,7 @@ from triage import audit
 from triage.cases import case_inputs
 from triage.clock import utcnow
 from triage.config import PolicySettings, Settings
+from triage.errors import DatabaseError
 from triage.models import AIFinding, AIStatus, Instance, Job, JobStatus, ReadState, Series, SeriesResult, Study
 from triage.policy import assess
 
@@ -106,11 +107,21 @@ def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings,
         candidates = (
             select(JOB.c.id).where(claimable).order_by(JOB.c.id).limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer and ignores it
-            .scalar_subquery()
         )  # fmt: skip
+        if conn.dialect.name == "postgresql":
+            # Lock the candidates in a statement of their own. As a subquery of the
+            # UPDATE it can run again (PostgreSQL re-checks a row that a concurrent
+            # claim changed by re-evaluating the query), and SKIP LOCKED then picks
+            # other rows each time: with two workers, one claim of 2 took 56 jobs.
+            ids = conn.execute(candidates).scalars().all()
+            if not ids:
+                return []
+            chosen = JOB.c.id.in_(ids)
+        else:
+            chosen = JOB.c.id.in_(candidates.scalar_subquery())
         claimed = conn.execute(
             update(JOB)
-            .where(JOB.c.id.in_(candidates), claimable)  # re-checked under the write lock
+            .where(chosen, claimable)  # re-checked under the write lock
             .values(status=JobStatus.RUNNING.value, worker=worker, attempts=JOB.c.attempts + 1,
                     lease_until=now + timedelta(seconds=lease_seconds), started_at=now)
             .returning(JOB.c.id, JOB.c.series_pk, JOB.c.generation, JOB.c.attempts)
@@ -199,6 +210,7 @@ def record_result(engine: Engine, job: ClaimedJob, worker: str, score: SeriesSco
     """
     now = now or utcnow()
     with engine.begin() as conn:
+        audit.lock_chain(conn)  # before the job's row lock: one lock order for every appending writer
         if not _own(conn, job, worker, JobStatus.DONE, now):
             log.warning("job %d (series %s) was taken over by another worker; result dropped", job.id, job.series_uid)
             return False
@@ -258,6 +270,7 @@ def record_failure(engine: Engine, job: ClaimedJob, worker: str, error: str, max
 def _finish_failed(engine: Engine, job: ClaimedJob, worker: str | None, error: str, now: datetime,
                    policy: PolicySettings) -> None:  # fmt: skip
     with engine.begin() as conn:
+        audit.lock_chain(conn)  # see record_result
         if not _own(conn, job, worker, JobStatus.FAILED, now, error=error):
             return
         conn.execute(
@@ -338,6 +351,8 @@ def reassess(conn: Connection, policy: PolicySettings, now: datetime, study_pks:
         new = urgency.priority_class.value
         if new == study["priority_class"]:
             continue
+        if not changes:  # before the first row lock (audit.lock_chain); a no-op if the caller took it
+            audit.lock_chain(conn)
         conn.execute(update(STUDY).where(STUDY.c.id == pk).values(priority_class=new))
         audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.RANK_CHANGED, study_uid=study["study_uid"], at=now,
                      detail={"from": study["priority_class"], "to": new, "score": round(urgency.score, 2),
@@ -381,8 +396,8 @@ class ScoringWorker:
         self._pool = ThreadPoolExecutor(settings.pipeline.concurrent_jobs, thread_name_prefix="scoring")
         self._thread = threading.Thread(target=self._run, name="scoring-jobs", daemon=True)
         self.jobs_done = 0
-        # Called (on a scoring thread) after a job's result or final failure is
-        # recorded, e.g. to queue the study's results for the PACS.
+        # Called (on a scoring thread) after a job's result is recorded by this
+        # worker, e.g. to queue the study's results for the PACS.
         self.on_recorded = on_recorded
         self._in_flight: set[int] = set()  # job ids, for the heartbeat
         self._in_flight_lock = threading.Lock()
@@ -439,6 +454,9 @@ class ScoringWorker:
                     last_reassess = time.monotonic()
             except SQLAlchemyError as exc:  # a busy or lost DB must not stop scoring for good
                 log.error("scoring loop: database error (will retry): %s", str(getattr(exc, "orig", exc)).splitlines()[0])
+                jobs = []
+            except DatabaseError as exc:  # the same, met inside an audit append
+                log.error("scoring loop: database error (will retry): %s", exc)
                 jobs = []
             if not jobs:
                 self._wake.wait(min(cfg.poll_interval, cfg.heartbeat_seconds))

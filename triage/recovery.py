@@ -36,9 +36,23 @@ class RecoveryReport:
     series_receiving: int
 
 
+# On a server database the storage may be shared with other listeners that are
+# running: their stores in progress are younger than this and are left alone.
+SHARED_TEMP_AGE_S = 3600.0
+
+
 def recover(store: InstanceStore, index: SqlIndex, engine: Engine) -> RecoveryReport:
-    """Bring the store and the index back in agreement after a crash."""
-    removed = store.clean_temp_files()
+    """Bring the store and the index back in agreement after a crash.
+
+    With SQLite the data directory is this process's alone, so every temporary
+    file is a crash's leftover. With a server database (scale-out) other
+    listeners may be writing to the same storage: only temporary files older
+    than :data:`SHARED_TEMP_AGE_S` are removed. A finished file another listener
+    has not indexed yet may be indexed here first; its own index write then
+    finds the row, which is harmless (same path, same bytes).
+    """
+    shared = engine.dialect.name != "sqlite"
+    removed = store.clean_temp_files(older_than_s=SHARED_TEMP_AGE_S if shared else 0.0)
     indexed = unreadable = 0
     for study_dir in store.study_dirs():
         with engine.connect() as conn:

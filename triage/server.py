@@ -1,5 +1,5 @@
-"""``triage serve``: the listener, the index writer, the completeness monitor
-and the scoring worker, wired together on one settings object.
+"""``triage serve``: the listener, the index writer, the completeness monitor,
+the scoring worker and the results sender, wired together on one settings object.
 
 With ``listener.processes`` > 1 (the default on a multi-core machine) the main
 process binds the port and runs the index writer and the completeness monitor,
@@ -32,6 +32,7 @@ from triage.errors import TriageError
 from triage.index import SqlIndex
 from triage.index_rpc import serve_index
 from triage.listener_process import run_listener_process
+from triage.outbox import OutboxSender, on_recorded_hook
 from triage.pipeline import ScoringWorker
 from triage.recovery import recover
 
@@ -60,8 +61,16 @@ class TriageServer:
         # a worker scores jobs (and sends results); "all" does everything.
         self.receives = settings.role in ("all", "listener")
         scores = settings.role in ("all", "worker") and settings.pipeline.enabled
-        # Scoring: torch and the detectors load in start(), not here.
-        self.scoring: ScoringWorker | None = ScoringWorker(self.engine, settings) if scores else None
+        # Results to the PACS: sent by the roles that score (a worker, or "all"), also when this one
+        # does not score (a report signed in the worklist goes out too); nothing to send without destinations.
+        sends = settings.role in ("all", "worker") and bool(settings.results.destinations)
+        self.outbox: OutboxSender | None = OutboxSender(self.engine, settings) if sends else None
+        # Scoring: torch and the detectors load in start(), not here. A scored study's results
+        # are queued for the PACS as its last series is recorded.
+        self.scoring: ScoringWorker | None = ScoringWorker(
+            self.engine, settings,
+            on_recorded=on_recorded_hook(self.engine, settings, self.outbox.wake if self.outbox else None),
+        ) if scores else None  # fmt: skip
         self.monitor = CompletenessMonitor(self.engine, settings.completeness,
                                            on_complete=self.scoring.wake if self.scoring else None)  # fmt: skip
         self.listener: Listener | None = None
@@ -109,6 +118,8 @@ class TriageServer:
     def _start_scoring(self) -> None:
         # After the listener: PACS can send while torch and the detectors load
         # (seconds); jobs wait in the DB meanwhile.
+        if self.outbox is not None:
+            self.outbox.start()  # results left pending by an earlier run go out now
         if self.scoring is not None:
             self.scoring.start()
 
@@ -161,6 +172,8 @@ class TriageServer:
             self.monitor.stop()
         if self.scoring is not None:
             self.scoring.stop()  # the series in flight finish and are recorded
+        if self.outbox is not None:
+            self.outbox.stop()  # after scoring, which queues; what is not sent stays pending in the DB
         self.index.close()
         self.engine.dispose()
         log.info("stopped")

@@ -7,17 +7,23 @@ is hidden; signed studies come last.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from triage.outbox import ResultState
 from triage.worklist import WorklistItem
 
 AI_LABEL = "AI suggestion, not a diagnosis"
 
 
-def item_json(item: WorklistItem) -> dict[str, Any]:
-    """One worklist row as a JSON-ready dict (what ``triage studies --json`` prints per study)."""
+def item_json(item: WorklistItem, results: Sequence[ResultState] | None = None) -> dict[str, Any]:
+    """One worklist row as a JSON-ready dict (what ``triage studies --json`` prints per study).
+
+    ``results`` are the study's result objects for the PACS
+    (``WorklistService.results``); given, they are listed under ``"results"``.
+    """
     s, u = item.study, item.urgency
-    return {
+    out = {
         "rank": item.rank,
         "priority_class": u.priority_class.value,
         "score": round(u.score, 2),
@@ -44,6 +50,24 @@ def item_json(item: WorklistItem) -> dict[str, Any]:
         "claimed_by": s.claimed_by,
         "findings": [f.as_json() | {"label": AI_LABEL} for f in item.findings],
     }
+    if results is not None:
+        out["results"] = [r.as_json() for r in results]
+    return out
+
+
+def results_line(states: Sequence[ResultState]) -> str:
+    """The study's result objects in one line, e.g.
+    ``ai_sr -> PACS sent; report_sr -> PACS pending (3 attempts: connection refused)``."""
+    parts = []
+    for state in states:
+        text = f"{state.kind} -> {state.destination} {state.status}"
+        if state.status != "sent" and state.attempts:
+            # The reason's first clause; the destination's address follows in brackets.
+            why = (state.last_error or "").split(" (")[0]
+            plural = "s" if state.attempts != 1 else ""
+            text += f" ({state.attempts} attempt{plural}{': ' + why if why else ''})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _findings_text(item: WorklistItem) -> str:
@@ -53,8 +77,13 @@ def _findings_text(item: WorklistItem) -> str:
     return ", ".join(flagged) or {"scored": "none", "pending": "pending"}.get(item.study.ai_status, item.study.ai_status)
 
 
-def format_table(items: list[WorklistItem], reasons: bool = True) -> str:
-    """Plain text, most urgent first; each study's reasons on the lines under it."""
+def format_table(items: list[WorklistItem], reasons: bool = True,
+                 results: Mapping[str, Sequence[ResultState]] | None = None) -> str:  # fmt: skip
+    """Plain text, most urgent first; each study's reasons on the lines under it.
+
+    ``results`` (by Study UID, ``WorklistService.results_by_study``) adds a
+    ``results:`` line under the reasons of each study that has result objects.
+    """
     header = (f"{'#':>3}  {'CLASS':8}  {'SCORE':>6}  {'WAIT':>6}  {'MOD':5}  {'PRIO':7}  {'PATIENT ID':12}  "
               f"{'ACCESSION':12}  {'READ':8}  {'AI FINDINGS':24}  DESCRIPTION")  # fmt: skip
     lines = [header]
@@ -68,6 +97,8 @@ def format_table(items: list[WorklistItem], reasons: bool = True) -> str:
         )  # fmt: skip
         if reasons:
             lines.append(f"{'':5}why: {'; '.join(u.reasons)}")
+        if results and results.get(s.study_uid):
+            lines.append(f"{'':5}results: {results_line(results[s.study_uid])}")
     if not items:
         lines.append("(no studies received yet)")
     else:

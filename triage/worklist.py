@@ -27,7 +27,8 @@ import dataclasses
 import enum
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +39,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from triage import audit
+from triage import audit, outbox
 from triage.cases import FindingRow, case_input, current_findings
 from triage.clock import utcnow
 from triage.config import PolicySettings, Settings
@@ -440,6 +441,15 @@ class WorklistService:
         assert now is not None
         return now
 
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A transaction that changes rows and appends an audit event: the audit
+        chain's lock comes first, as in every appending writer (``audit.lock_chain``),
+        so that on PostgreSQL it cannot deadlock with the index or the scoring worker."""
+        with self.engine.begin() as conn:
+            audit.lock_chain(conn)
+            yield conn
+
     def _claim_until(self, now: datetime) -> datetime:
         return now + timedelta(minutes=self.settings.worklist.claim_minutes)
 
@@ -547,7 +557,7 @@ class WorklistService:
         """
         user = check_user(user, "claim")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study = self._study(conn, study_uid)
             target = next_state(study.read_state, ReadAction.CLAIM, study_uid)
             live = claim_is_live(study.claimed_by, study.claim_expires, now)
@@ -588,7 +598,7 @@ class WorklistService:
         """
         user = check_user(user, "release")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study = self._study(conn, study_uid)
             next_state(study.read_state, ReadAction.RELEASE, study_uid)
             if study.claimed_by is None:
@@ -712,7 +722,7 @@ class WorklistService:
             raise InvalidInput(f"cannot record an impression on study {study_uid}: the text is empty")
         clean_kinds = _normalise_kinds(kinds, "impression")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.IMPRESSION, now)
             if self._has_impression(conn, study.id, user):
                 raise InvalidTransition(
@@ -785,7 +795,7 @@ class WorklistService:
             )
         clean_kind = _normalise_kinds([kind], "feedback")[0] if kind is not None else None
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.FEEDBACK, now)
             if self.settings.worklist.blinded and not self._has_impression(conn, study.id, user):
                 raise InvalidTransition(
@@ -841,7 +851,7 @@ class WorklistService:
         if not isinstance(text, str):
             raise InvalidInput(f"cannot save a draft report for study {study_uid}: text must be a string")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.DRAFT, now)
             self._advance(conn, study, ReadAction.DRAFT, target, now)
             newest = self._newest_report(conn, study.id)
@@ -888,7 +898,7 @@ class WorklistService:
         """
         user = check_user(user, "sign")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.SIGN, now)
             draft = self._newest_report(conn, study.id)
             if draft is None or draft.status != ReportStatus.DRAFT.value:
@@ -903,6 +913,8 @@ class WorklistService:
             )
             if result.rowcount != 1:
                 raise ClaimConflict(f"cannot sign study {study_uid}: the draft was signed meanwhile")
+            # The report SR for the PACS is queued in the signing transaction: only a signed report goes out.
+            outbox.enqueue_report(conn, self.settings, study.id, draft.id, now)
             self._audit(
                 conn, user, ReadAction.SIGN, study_uid,
                 {"version": draft.version, "report_id": draft.id, "amends_id": draft.amends_pk,
@@ -931,7 +943,7 @@ class WorklistService:
         if not isinstance(text, str):
             raise InvalidInput(f"cannot amend study {study_uid}: text must be a string")
         now = self._now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.AMEND, now)
             signed = self._newest_signed(conn, study.id)
             if signed is None:
@@ -1082,6 +1094,34 @@ class WorklistService:
             )
             for s in series
         ]  # fmt: skip
+
+    def results(self, study_uid: str) -> list[outbox.ResultState]:
+        """The study's result objects for the PACS (AI SR, key images, report SR), one per destination.
+
+        Each says its kind, destination, status (``pending`` or ``sent``),
+        attempts, last error and when it was sent; oldest first.
+
+        Raises
+        ------
+        NotFound
+            If there is no such study.
+        """
+        with self.engine.connect() as conn:
+            study = self._study(conn, study_uid)
+            return outbox.results_for(conn, [study.id]).get(study.id, [])
+
+    def results_by_study(self, study_uids: Iterable[str] | None = None) -> dict[str, list[outbox.ResultState]]:
+        """:meth:`results` of several studies (all when ``study_uids`` is None) in one query, by Study UID.
+
+        Studies without result objects are left out; unknown UIDs are skipped.
+        """
+        with self.engine.connect() as conn:
+            query = select(STUDY.c.id, STUDY.c.study_uid)
+            if study_uids is not None:
+                query = query.where(STUDY.c.study_uid.in_(list(dict.fromkeys(study_uids))))
+            uids = {pk: uid for pk, uid in conn.execute(query)}
+            by_pk = outbox.results_for(conn, None if study_uids is None else list(uids))
+        return {uids[pk]: states for pk, states in by_pk.items() if pk in uids}
 
     def history(self, study_uid: str) -> list[dict[str, Any]]:
         """The study's audit events, oldest first, as ``triage.audit.events_for_study`` gives them.

@@ -71,3 +71,21 @@ def test_order_priority(attrs: dict, expected: str | None) -> None:
         else:
             setattr(ds, key, value)
     assert order_priority(ds) == expected
+
+
+def test_temp_files_younger_than_the_age_are_spared(tmp_path) -> None:
+    import os
+    import time
+
+    from dicom_io.store import TEMP_SUFFIX, InstanceStore
+
+    store = InstanceStore(tmp_path)
+    folder = tmp_path / "studies" / "1.2" / "1.2.3"
+    folder.mkdir(parents=True)
+    old, young = folder / f"a{TEMP_SUFFIX}", folder / f"b{TEMP_SUFFIX}"
+    old.write_bytes(b"x")
+    young.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.clean_temp_files(older_than_s=3600) == 1
+    assert not old.exists() and young.exists()  # another listener's store in progress
+    assert store.clean_temp_files() == 1 and not young.exists()

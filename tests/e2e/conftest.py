@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -360,13 +360,16 @@ class ServeFactory:
         env: Mapping[str, str] | None = None,
         calling_ae: str = "TRIAGESCU",
         wait: bool = True,
+        args: Sequence[str] = (),
     ) -> ServeProcess:
         """Start ``triage serve --data-dir DATA_DIR`` on a free loopback port.
 
         ``env`` adds ``TRIAGE_*`` settings; series complete after 1 s unless
         it says otherwise. An empty ``--config`` file keeps a developer's
-        ``./triage.toml`` out of the test. With ``wait``, returns once a C-ECHO
-        from ``calling_ae`` succeeds.
+        ``./triage.toml`` out of the test. ``args`` are more flags (e.g.
+        ``--db URL --role worker``). With ``wait``, returns once a C-ECHO
+        from ``calling_ae`` succeeds (a worker-role server does not listen:
+        start it with ``wait=False``).
         """
         config = self.tmp_path / "empty-triage.toml"
         config.touch()
@@ -375,7 +378,7 @@ class ServeFactory:
             log_path = self.tmp_path / f"serve-{len(self.started)}.log"
             cmd = [
                 sys.executable, "-m", "triage", "serve", "--data-dir", str(data_dir),
-                "--port", str(port), "--host", LOCALHOST, "--config", str(config),
+                "--port", str(port), "--host", LOCALHOST, "--config", str(config), *args,
             ]  # fmt: skip
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
