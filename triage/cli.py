@@ -250,10 +250,14 @@ def _cmd_worklist(args: argparse.Namespace) -> int:
 
     settings = _settings(args, log_level=args.log_level or "WARNING")
     _open_index(settings).dispose()  # a clear error before the screen takes over
-    # Log lines on stderr would tear the screen: they go to a file in the data directory.
+    # Log lines on stderr would tear the screen: they go to the reader's own log
+    # folder (not the data directory, which may be shared or read-only).
     import logging
 
-    log_file = settings.data_dir / "worklist.log"
+    import platformdirs
+
+    log_file = Path(platformdirs.user_log_dir("triage")) / "worklist.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
