@@ -1,6 +1,6 @@
 # The two commands the README opens with:
 #   make demo   set everything up, start triage serve on a throw-away data dir, replay sample_studies/, show them ranked
-#   make test   set everything up (Python env, dcmtk, Orthanc, tmux) and run every test, slow ones included
+#   make test   set everything up (Python env, dcmtk, Orthanc, tmux, PostgreSQL) and run every test, slow ones included
 .PHONY: demo test test-fast env
 
 env:
