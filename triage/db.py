@@ -76,9 +76,16 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
                 SQLModel.metadata.create_all(engine)
         except SQLAlchemyError as exc:
             raise DatabaseError(
-                f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+                f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
+                f"{_first_line(exc.orig if hasattr(exc, 'orig') else exc)}"
             ) from None
     return engine
+
+
+def _first_line(exc: object) -> str:
+    # Drivers add hints on further lines (psycopg: "Is the server running ..."): one line for the user.
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _check_schema(engine: Engine | Connection, shown_url: str) -> None:
