@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"triage {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("serve", help="run the DICOM listener (C-ECHO, C-STORE) and the study index")
+    p = sub.add_parser("serve", help="run the DICOM listener, the study index, scoring and results to the PACS (by --role)")
     # Not exclusive here, unlike the other commands: a scale-out server names both the
     # shared storage volume and the shared database.
     p.add_argument("--data-dir", metavar="DIR", help="data directory: the stored instances (default: the user's data home)")

@@ -272,11 +272,28 @@ class Destination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    # DICOM TLS (PS3.15 B.1): on when ``tls`` is true. ``ca`` verifies the peer's
+    # certificate (else the system's CAs); ``cert``/``key``: our client certificate
+    # where the peer asks for one.
+    tls: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None  # the name in the peer's certificate, if not ``host``
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Destination:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(f"{self.name}: cert and key go together")
+        for path in (self.ca, self.cert, self.key):
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"{self.name}: no such file: {path}")
+        return self
 
 
 class ResultsSettings(_Section):

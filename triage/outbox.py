@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
@@ -471,6 +472,17 @@ def _connect_error(host: str, port: int, timeout: float = 5.0) -> str:
         return (exc.strerror or str(exc)).lower()
 
 
+def _tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for a TLS destination: verify the peer; our certificate if configured."""
+    if not destination.tls:
+        return None
+    ca = str(destination.ca.expanduser()) if destination.ca else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if destination.cert and destination.key:
+        context.load_cert_chain(str(destination.cert.expanduser()), str(destination.key.expanduser()))
+    return context, destination.server_name or destination.host
+
+
 def store_files(destination: Destination, calling_ae: str, files: Sequence[tuple[Path, str]],
                 timeout: float = 30.0) -> list[tuple[bool, str]]:  # fmt: skip
     """C-STORE ``files`` (path, SOP Class UID) to ``destination`` on one association.
@@ -495,7 +507,8 @@ def store_files(destination: Destination, calling_ae: str, files: Sequence[tuple
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     opened = threading.Event()
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())])  # fmt: skip
+                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())],
+                         tls_args=_tls_args(destination))  # fmt: skip
     if not assoc.is_established:
         if assoc.is_rejected:
             reason = f"association rejected by {where} (is our AE title {calling_ae} allowed there?)"

@@ -10,7 +10,9 @@ finding on the sample's bleed, so no detector runs here.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -340,3 +342,29 @@ def test_a_row_whose_object_cannot_be_built_stays_pending_with_the_reason(start)
     (row,) = outbox_rows(source.engine)
     assert (row.status, row.attempts) == ("pending", 1)
     assert row.last_error == "cannot build: AI finding 999 is not in the index"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_results_go_over_dicom_tls_to_a_tls_pacs(start, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    pacs = start("pacs", **{"listener.tls.cert": str(cert), "listener.tls.key": str(key), "listener.tls.ca": str(cert)})
+    # Our client certificate: the TLS PACS requires one (the same self-signed pair).
+    tls = {"tls": True, "ca": str(cert), "cert": str(cert), "key": str(key), "server_name": "localhost"}
+    source = start("triage", **{"results.destinations": [destination(pacs.port) | tls], **FAST})
+    receive_head_ct(source)
+    job = record_scoring(source)
+    on_recorded_hook(source.engine, source.settings, source.outbox.wake if source.outbox else None)(job)
+    (row,) = wait_for(lambda: [r for r in outbox_rows(source.engine) if r.status == "sent"] or None, "the SR over TLS")
+    assert indexed(pacs.engine, row.sop_instance_uid) is not None
+
+
+def test_a_tls_destination_without_its_files_is_a_config_error(make_settings) -> None:
+    from triage.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="results.destinations.*no such file"):
+        make_settings(**{"results.destinations": [destination(104) | {"tls": True, "ca": "/nonexistent/ca.pem"}]})
