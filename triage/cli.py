@@ -216,7 +216,8 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from triage.monitor import format_text, monitor_report, write_plots
+    from triage.monitor import monitor_report, write_plots
+    from triage.monitor_text import format_text
 
     if args.min_n < 1:
         raise UsageError(f"--min-n must be at least 1, got {args.min_n}")

@@ -26,7 +26,8 @@ from triage.models import AIStatus
 from triage.progress import progress_bar
 from triage.server import TriageServer
 from triage.studies import format_table
-from triage.worklist import WorklistItem, WorklistService
+from triage.worklist import WorklistService
+from triage.worklist_views import WorklistItem
 
 RANKED_TIMEOUT_S = 300.0  # every sample study scored well within this on 2 CPU cores
 

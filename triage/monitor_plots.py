@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from triage.monitor import (
-    _STATUS_TEXT,
     EMPTY,
     DetectorMonitor,
     MonitorError,
@@ -23,6 +22,7 @@ from triage.monitor import (
     StratumStatus,
     iso_week,
 )
+from triage.monitor_text import _STATUS_TEXT
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from triage.outbox import ResultState
-from triage.worklist import WorklistItem
+from triage.worklist_views import WorklistItem
 
 AI_LABEL = "AI suggestion, not a diagnosis"
 

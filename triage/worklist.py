@@ -7,32 +7,26 @@ through here: the AI's identity (and the other system identities of
 ``triage.audit.RESERVED_ACTORS``) is refused for every action, so the AI can
 never claim, sign or take a case off the worklist.
 
-A study's reading state (:class:`triage.models.ReadState`) moves only along
-:data:`TRANSITIONS`::
-
-    unread --claim--> reading --sign--> signed --claim--> signed --amend--> reading
-       ^                 |
-       +----release------+   (only while nothing was recorded; else it stays reading)
+The rules it applies (the reading state machine, who may act, the errors) are
+in :mod:`triage.reading`; what it returns (the worklist's rows and a study as
+opened) is in :mod:`triage.worklist_views`.
 
 One reader at a time holds a study's claim; a claim lapses ``claim_minutes``
 after it was taken or last renewed, and then anyone may take it over. Study
 updates are guarded by the state and claim they were decided on, so that two
 readers (or processes) acting at once cannot both win: the loser gets
-:class:`ClaimConflict` and nothing of theirs is written.
+:class:`triage.reading.ClaimConflict` and nothing of theirs is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -40,13 +34,11 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from triage import audit, outbox
-from triage.cases import FindingRow, case_input, current_findings
+from triage.cases import case_input, current_findings
 from triage.clock import utcnow
-from triage.config import PolicySettings, Settings
-from triage.errors import TriageError
+from triage.config import Settings
 from triage.models import (
     AIFinding,
-    AIStatus,
     Feedback,
     Impression,
     Instance,
@@ -57,7 +49,32 @@ from triage.models import (
     Study,
     Verdict,
 )
-from triage.policy import CaseInput, Urgency, assess
+from triage.policy import assess
+from triage.reading import (
+    _VERBS,
+    ClaimConflict,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    NotPermitted,
+    ReadAction,
+    utc_or_none,
+    check_user,
+    claim_is_live,
+    next_state,
+    release_target,
+)
+from triage.worklist_views import (
+    FeedbackView,
+    ImpressionView,
+    ReportVersion,
+    SeriesImages,
+    StudyView,
+    WorklistItem,
+    _facts,
+    blind_urgency,
+    worklist_order_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,153 +87,10 @@ SERIES = Series.__table__  # type: ignore[attr-defined]
 INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 
 FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch
-HIDDEN_REASON = "AI output hidden until you record your impression"
-USER_MAX_CHARS = 64  # the user columns' width
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-class WorklistError(TriageError):
-    """A worklist action was refused; the message says what and why."""
-
-
-class NotFound(WorklistError):
-    """The study (or finding) named does not exist."""
-
-
-class InvalidTransition(WorklistError):
-    """The action is not allowed in the study's reading state, or its precondition is missing."""
-
-
-class ClaimConflict(WorklistError):
-    """Another reader holds a live claim on the study, or took it while this action ran."""
-
-
-class NotPermitted(WorklistError):
-    """The acting user may not do this: not a named human user, or not the claimant."""
-
-
-class InvalidInput(WorklistError):
-    """An argument is malformed (unknown verdict or finding kind, empty impression)."""
-
-
-# --- the state machine (pure) -------------------------------------------------------------------
-
-
-class ReadAction(str, enum.Enum):
-    """What a reader can do to a study; the values are the audit actions they record."""
-
-    CLAIM = "claim"
-    RELEASE = "release"
-    VIEW = "view"  # WorklistService.open
-    IMPRESSION = "impression"
-    FEEDBACK = "feedback"
-    DRAFT = "draft"
-    SIGN = "sign"
-    AMEND = "amend"
-
-
-_U, _R, _S = ReadState.UNREAD, ReadState.READING, ReadState.SIGNED
-_A = ReadAction
-
-TRANSITIONS: Mapping[tuple[ReadState, ReadAction], ReadState] = MappingProxyType(
-    {
-        (_U, _A.CLAIM): _R,
-        (_R, _A.CLAIM): _R,  # a second reader takes over a lapsed claim; the claimant renews
-        (_S, _A.CLAIM): _S,  # claimed for an amendment
-        # Back to unread only while nothing was recorded (see release_target):
-        # an impression, feedback or draft keeps the study in reading.
-        (_R, _A.RELEASE): _U,
-        (_S, _A.RELEASE): _S,
-        (_U, _A.VIEW): _U,
-        (_R, _A.VIEW): _R,
-        (_S, _A.VIEW): _S,
-        (_R, _A.IMPRESSION): _R,
-        (_R, _A.FEEDBACK): _R,
-        (_R, _A.DRAFT): _R,
-        (_R, _A.SIGN): _S,
-        (_S, _A.AMEND): _R,
-    }
-)
-"""Every allowed (state, action) and the state it leads to; anything else is refused."""
-
-_VERBS = {
-    _A.CLAIM: "claim",
-    _A.RELEASE: "release",
-    _A.VIEW: "open",
-    _A.IMPRESSION: "record an impression on",
-    _A.FEEDBACK: "give feedback on",
-    _A.DRAFT: "save a draft report for",
-    _A.SIGN: "sign",
-    _A.AMEND: "amend",
-}
-
-
-def next_state(state: ReadState | str, action: ReadAction | str, study_uid: str = "") -> ReadState:
-    """The state ``action`` leads to from ``state``, per :data:`TRANSITIONS`.
-
-    Raises
-    ------
-    InvalidTransition
-        If the table has no such transition; the message names state and action.
-    """
-    state, action = ReadState(state), ReadAction(action)
-    try:
-        return TRANSITIONS[(state, action)]
-    except KeyError:
-        allowed = " or ".join(s.value for (s, a) in TRANSITIONS if a is action)
-        what = f"study {study_uid}" if study_uid else "a study"
-        raise InvalidTransition(
-            f"cannot {_VERBS[action]} {what} in state {state.value} ({action.value} needs {allowed})"
-        ) from None
-
-
-def release_target(state: ReadState | str, work_recorded: bool) -> ReadState:
-    """The state after a release: the table's, except that a study with work on it stays reading."""
-    target = next_state(state, ReadAction.RELEASE)
-    if target is ReadState.UNREAD and work_recorded:
-        return ReadState.READING
-    return target
-
-
-def check_user(user: object, verb: str = "act") -> str:
-    """The acting user's name, stripped, if it names a human user.
-
-    Raises
-    ------
-    NotPermitted
-        If ``user`` is not a non-empty string, is too long, or is a reserved
-        system identity (the AI, the listener, "system"), compared case-insensitively.
-    """
-    if not isinstance(user, str) or not user.strip():
-        raise NotPermitted(f"cannot {verb}: a named user is required, got {user!r}")
-    name = user.strip()
-    folded = name.casefold()
-    if folded == audit.AI_ACTOR.casefold():
-        raise NotPermitted(f"the AI ({audit.AI_ACTOR}) cannot {verb}")
-    if folded in {actor.casefold() for actor in audit.RESERVED_ACTORS}:
-        raise NotPermitted(f"{name} is a reserved system identity and cannot {verb}")
-    if len(name) > USER_MAX_CHARS:
-        raise NotPermitted(f"cannot {verb}: user name longer than {USER_MAX_CHARS} characters")
-    return name
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # sqlmodel's UTCDateTime returns aware UTC; a naive value can only be UTC.
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def claim_is_live(claimed_by: str | None, claim_expires: datetime | None, now: datetime) -> bool:
-    """Whether a claim still holds at ``now`` (it lapses at ``claim_expires``)."""
-    expires = _aware(claim_expires)
-    return claimed_by is not None and expires is not None and now < expires
 
 
 def _hhmm(value: datetime | None) -> str:
-    expires = _aware(value)
+    expires = utc_or_none(value)
     return f"{expires.astimezone(timezone.utc):%H:%M} UTC" if expires else "?"
 
 
@@ -237,177 +111,6 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# --- read models --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StudyFacts:
-    """What the worklist shows of a study. ``claimed_by``/``claim_expires`` are None unless the claim is live."""
-
-    study_uid: str
-    patient_id: str | None
-    patient_name: str | None
-    patient_sex: str | None
-    patient_age: str | None
-    accession_number: str | None
-    study_date: str | None
-    modality: str  # Study.modalities as stored, e.g. "CT\\SR"
-    description: str | None
-    order_priority: str | None
-    patient_location: str | None
-    requesting_service: str | None
-    num_series: int
-    num_instances: int
-    first_received: datetime
-    receive_status: str  # ReceiveStatus value
-    ai_status: str  # AIStatus value
-    ai_reason: str | None
-    scored_at: datetime | None  # when the AI's current result was recorded
-    read_state: ReadState
-    claimed_by: str | None
-    claim_expires: datetime | None
-
-
-@dataclass(frozen=True)
-class WorklistItem:
-    """One row of the worklist: the study, its urgency and the AI's findings (suggestions)."""
-
-    rank: int  # 1-based
-    study: StudyFacts
-    urgency: Urgency
-    findings: tuple[FindingRow, ...]  # empty when ai_hidden
-    ai_hidden: bool
-
-
-@dataclass(frozen=True)
-class ImpressionView:
-    id: int
-    user: str
-    text: str
-    kinds: tuple[str, ...]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class FeedbackView:
-    id: int
-    user: str
-    verdict: Verdict
-    finding_id: int | None
-    kind: str
-    comment: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ReportVersion:
-    id: int
-    version: int
-    status: ReportStatus
-    text: str
-    author: str
-    created_at: datetime
-    updated_at: datetime
-    signed_by: str | None
-    signed_at: datetime | None
-    amends_id: int | None  # the signed version this one amends
-
-
-@dataclass(frozen=True)
-class StudyView:
-    """A study as one reader opens it.
-
-    ``impression`` and ``feedback`` are the opening reader's own; ``reports``
-    are all versions, oldest first. With ``ai_hidden`` (blinded reads, no
-    impression yet) ``findings`` is empty and the urgency's finding reasons are
-    replaced by :data:`HIDDEN_REASON`.
-    """
-
-    study: StudyFacts
-    urgency: Urgency
-    findings: tuple[FindingRow, ...]
-    ai_hidden: bool
-    impression: ImpressionView | None
-    feedback: tuple[FeedbackView, ...]
-    reports: tuple[ReportVersion, ...]
-
-
-@dataclass(frozen=True)
-class SeriesImages:
-    """A series of a study and its stored files, for the image preview."""
-
-    series_uid: str
-    modality: str | None
-    description: str | None
-    body_part: str | None
-    manufacturer: str | None
-    series_number: int | None
-    files: tuple[Path, ...]  # absolute, in instance-number order
-    sop_instance_uids: tuple[str, ...]  # one per file
-
-
-def worklist_order_key(item: WorklistItem) -> tuple[bool, float, datetime, str]:
-    """The worklist's order: unsigned before signed, then the policy's (most urgent, then oldest, then UID)."""
-    return (item.study.read_state is ReadState.SIGNED, -item.urgency.score, item.study.first_received,
-            item.study.study_uid)  # fmt: skip
-
-
-def arrival_order_key(item: WorklistItem) -> tuple[datetime, str]:
-    """The standard worklist's order: first received first."""
-    return (item.study.first_received, item.study.study_uid)
-
-
-def _facts(row: Any, now: datetime) -> StudyFacts:
-    live = claim_is_live(row.claimed_by, row.claim_expires, now)
-    return StudyFacts(
-        study_uid=row.study_uid,
-        patient_id=row.patient_id,
-        patient_name=row.patient_name,
-        patient_sex=row.patient_sex,
-        patient_age=row.patient_age,
-        accession_number=row.accession_number,
-        study_date=row.study_date,
-        modality=row.modalities or "",
-        description=row.study_description,
-        order_priority=row.order_priority,
-        patient_location=row.patient_location,
-        requesting_service=row.requesting_service,
-        num_series=row.num_series,
-        num_instances=row.num_instances,
-        first_received=_aware(row.first_received),  # type: ignore[arg-type]
-        receive_status=row.status,
-        ai_status=row.ai_status,
-        ai_reason=row.ai_reason,
-        scored_at=_aware(row.scored_at),
-        read_state=ReadState(row.read_state),
-        claimed_by=row.claimed_by if live else None,
-        claim_expires=_aware(row.claim_expires) if live else None,
-    )
-
-
-def blind_urgency(case: CaseInput, urgency: Urgency, now: datetime, settings: PolicySettings) -> Urgency:
-    """``urgency`` with the reasons that come from the AI's output replaced by :data:`HIDDEN_REASON`.
-
-    A reason comes from the AI's output when the same case without it (no
-    findings, AI still pending) does not give it; the hidden note stands where
-    the first such reason stood. Class and score stay: the AI still ranks the
-    case, the reader only does not see why yet.
-    """
-    if AIStatus(case.ai_status) not in (AIStatus.SCORED, AIStatus.PARTIAL):
-        return urgency  # no AI output to hide: the policy ignores findings then
-    without_ai = dataclasses.replace(case, findings=(), ai_status=AIStatus.PENDING.value)
-    baseline = set(assess(without_ai, now, settings).reasons)
-    reasons: list[str] = []
-    for reason in urgency.reasons:
-        if reason in baseline:
-            reasons.append(reason)
-        elif HIDDEN_REASON not in reasons:
-            reasons.append(HIDDEN_REASON)
-    if HIDDEN_REASON not in reasons:
-        reasons.append(HIDDEN_REASON)
-    return dataclasses.replace(urgency, reasons=tuple(reasons))
-
-
 # --- the service --------------------------------------------------------------------------------
 
 
@@ -426,7 +129,7 @@ class WorklistService:
 
     Every method takes the acting user's name; every state-changing method and
     :meth:`open` write exactly one audit event with that user as actor, in the
-    same transaction as the change. Errors are :class:`WorklistError` subclasses.
+    same transaction as the change. Errors are :class:`triage.reading.WorklistError` subclasses.
     """
 
     def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
@@ -437,7 +140,7 @@ class WorklistService:
     # -- helpers --------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        now = _aware(self.clock())
+        now = utc_or_none(self.clock())
         assert now is not None
         return now
 
@@ -670,7 +373,7 @@ class WorklistService:
                 user=impression_row.user,
                 text=impression_row.text,
                 kinds=tuple(k for k in impression_row.kinds.split(",") if k),
-                created_at=_aware(impression_row.created_at),  # type: ignore[arg-type]
+                created_at=utc_or_none(impression_row.created_at),  # type: ignore[arg-type]
             )
         return StudyView(
             study=_facts(study, now),
@@ -681,15 +384,15 @@ class WorklistService:
             feedback=tuple(
                 FeedbackView(
                     id=r.id, user=r.user, verdict=Verdict(r.verdict), finding_id=r.finding_pk, kind=r.kind,
-                    comment=r.comment, created_at=_aware(r.created_at),  # type: ignore[arg-type]
+                    comment=r.comment, created_at=utc_or_none(r.created_at),  # type: ignore[arg-type]
                 )
                 for r in feedback_rows
             ),  # fmt: skip
             reports=tuple(
                 ReportVersion(
                     id=r.id, version=r.version, status=ReportStatus(r.status), text=r.text, author=r.author,
-                    created_at=_aware(r.created_at), updated_at=_aware(r.updated_at),  # type: ignore[arg-type]
-                    signed_by=r.signed_by, signed_at=_aware(r.signed_at), amends_id=r.amends_pk,
+                    created_at=utc_or_none(r.created_at), updated_at=utc_or_none(r.updated_at),  # type: ignore[arg-type]
+                    signed_by=r.signed_by, signed_at=utc_or_none(r.signed_at), amends_id=r.amends_pk,
                 )
                 for r in report_rows
             ),  # fmt: skip

@@ -16,7 +16,8 @@ from textual.binding import Binding
 from triage.config import Settings
 from triage.db import make_engine
 from triage.errors import TriageError
-from triage.worklist import WorklistService, check_user
+from triage.reading import check_user
+from triage.worklist import WorklistService
 
 log = logging.getLogger(__name__)
 

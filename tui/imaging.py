@@ -27,7 +27,7 @@ from textual.strip import Strip
 
 from dicom_io.pixels import PixelDataError, load_radiograph, load_volume
 from triage.cases import FindingRow
-from triage.worklist import SeriesImages
+from triage.worklist_views import SeriesImages
 
 Box = tuple[int, int, int, int]  # (row0, col0, row1, col1), half-open, in source pixels
 RGB = tuple[int, int, int]

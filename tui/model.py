@@ -1,6 +1,6 @@
 """The worklist's rows, order, filters and search, kept up to date incrementally (pure; no textual).
 
-:class:`WorklistModel` holds one :class:`triage.worklist.WorklistItem` per
+:class:`WorklistModel` holds one :class:`triage.worklist_views.WorklistItem` per
 study UID and the visible rows in the current order. A live update
 (:meth:`WorklistModel.apply`) moves only the studies that changed, by
 bisection into sorted key lists, so that one new study among 10,000 costs a
@@ -21,7 +21,8 @@ from typing import Any, overload
 
 from triage.models import AIStatus, ReadState
 from triage.policy import PriorityClass
-from triage.worklist import FINDING_KINDS, WorklistItem, arrival_order_key, worklist_order_key
+from triage.worklist import FINDING_KINDS
+from triage.worklist_views import WorklistItem, arrival_order_key, worklist_order_key
 
 SORT_MODES = ("urgency", "arrival")
 """Sort modes: the policy's urgency order, or the standard worklist's arrival order."""
@@ -214,8 +215,8 @@ class WorklistModel:
     Parameters
     ----------
     sort
-        "urgency" (:func:`triage.worklist.worklist_order_key`) or "arrival"
-        (:func:`triage.worklist.arrival_order_key`).
+        "urgency" (:func:`triage.worklist_views.worklist_order_key`) or "arrival"
+        (:func:`triage.worklist_views.arrival_order_key`).
 
     Filters are ``None`` for all: ``modality`` a label of :func:`modality_labels`
     ("CT", "CR/DX"), ``status`` one of :data:`STATUS_CHOICES`, ``finding`` one

@@ -39,7 +39,7 @@ from textual.widgets import Static
 
 from triage.cases import FindingRow
 from triage.errors import TriageError
-from triage.worklist import SeriesImages
+from triage.worklist_views import SeriesImages
 from tui.imaging import (
     WINDOW_NAMES,
     WINDOWS,

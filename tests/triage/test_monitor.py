@@ -18,12 +18,12 @@ from triage.monitor import (
     MonitorReport,
     StratumStatus,
     age_band,
-    format_text,
     monitor_report,
     sex_stratum,
     wilson_interval,
     write_plots,
 )
+from triage.monitor_text import format_text
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)  # a Monday, ISO week 2025-W02

@@ -32,7 +32,8 @@ from triage.index import SqlIndex
 from triage.models import Instance, Job, JobStatus, Series, Study
 from triage.pgcluster import PostgresCluster
 from triage.pipeline import claim_jobs, record_result, renew_leases
-from triage.worklist import ClaimConflict, WorklistService
+from triage.reading import ClaimConflict
+from triage.worklist import WorklistService
 
 T = TypeVar("T")
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)

@@ -39,8 +39,7 @@ from triage.models import (
     Study,
     Verdict,
 )
-from triage.worklist import (
-    HIDDEN_REASON,
+from triage.reading import (
     TRANSITIONS,
     ClaimConflict,
     InvalidInput,
@@ -49,9 +48,10 @@ from triage.worklist import (
     NotPermitted,
     ReadAction,
     WorklistError,
-    WorklistService,
     next_state,
 )
+from triage.worklist import WorklistService
+from triage.worklist_views import HIDDEN_REASON
 
 T0 = datetime(2024, 5, 1, 14, 0, tzinfo=timezone.utc)
 A, B = "dr.a", "dr.b"
@@ -187,7 +187,7 @@ def count(engine: Engine, model: type) -> int:
 
 # --- the state machine --------------------------------------------------------------------------
 
-# Written out independently of triage.worklist.TRANSITIONS, so that a wrong table fails here.
+# Written out independently of triage.reading.TRANSITIONS, so that a wrong table fails here.
 ALLOWED: dict[tuple[ReadState, ReadAction], ReadState] = {
     (U, Act.CLAIM): R, (R, Act.CLAIM): R, (S, Act.CLAIM): S,
     (R, Act.RELEASE): U, (S, Act.RELEASE): S,
@@ -692,7 +692,7 @@ def test_failed_actions_write_no_event(engine: Engine, svc: WorklistService) -> 
 
 def test_worklist_imports_no_torch_textual_or_pynetdicom() -> None:
     code = (
-        "import sys, triage.worklist; "
+        "import sys, triage.worklist, triage.reading, triage.worklist_views; "
         "bad = sorted(m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules); "
         "print(','.join(bad))"
     )
@@ -714,7 +714,7 @@ def test_a_live_view_sees_exactly_the_studies_that_changed(engine: Engine, svc: 
 
     (item,) = svc.items_for([second.uid, "9.9.9"])  # unknown UIDs are skipped
     assert item.rank == 0 and item.study.claimed_by == A and item.findings[0].probability == 0.1
-    from triage.worklist import arrival_order_key, worklist_order_key
+    from triage.worklist_views import arrival_order_key, worklist_order_key
 
     items = svc.items()
     assert sorted(items, key=worklist_order_key) == items  # the service's own order

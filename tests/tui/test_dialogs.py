@@ -20,7 +20,8 @@ from textual.widgets import Checkbox, DataTable, Input, Label, RadioButton, Stat
 
 from triage import audit
 from triage.config import Settings
-from triage.worklist import StudyFacts, WorklistService
+from triage.worklist import WorklistService
+from triage.worklist_views import StudyFacts
 from tests.tui.conftest import SIZE, add_study
 from tui.dialogs import (
     CommentDialog,

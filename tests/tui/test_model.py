@@ -11,7 +11,7 @@ import pytest
 from triage.cases import FindingRow
 from triage.models import ReadState
 from triage.policy import PriorityClass, Urgency
-from triage.worklist import StudyFacts, WorklistItem, arrival_order_key, worklist_order_key
+from triage.worklist_views import StudyFacts, WorklistItem, arrival_order_key, worklist_order_key
 from tui.model import (
     WorklistModel,
     badge_text,

@@ -13,7 +13,7 @@ from textual.strip import Strip
 
 from dicom_io.pixels import PixelDataError
 from triage.cases import FindingRow
-from triage.worklist import SeriesImages
+from triage.worklist_views import SeriesImages
 from tui.imaging import (
     BOX_COLOUR,
     HALF_BLOCK,

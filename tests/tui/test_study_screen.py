@@ -24,7 +24,8 @@ from triage.config import Settings
 from triage.index import SqlIndex
 from triage.models import AIFinding, ReadState, ReportStatus, Series, SeriesResult, Study, Verdict
 from triage.recovery import recover
-from triage.worklist import HIDDEN_REASON, WorklistService
+from triage.worklist import WorklistService
+from triage.worklist_views import HIDDEN_REASON
 from tui.app import WorklistApp
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.imaging import BOX_COLOUR

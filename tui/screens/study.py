@@ -30,14 +30,8 @@ from textual.widgets import Footer, Static
 
 from triage.cases import FindingRow
 from triage.models import Verdict
-from triage.worklist import (
-    HIDDEN_REASON,
-    ClaimConflict,
-    InvalidTransition,
-    SeriesImages,
-    StudyView,
-    check_user,
-)
+from triage.reading import ClaimConflict, InvalidTransition, check_user
+from triage.worklist_views import HIDDEN_REASON, SeriesImages, StudyView
 from tui.dialogs import (
     CommentDialog,
     ConfirmSign,
