@@ -13,12 +13,12 @@ import json
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
+from triage.clock import as_utc
 from triage.models import AIFinding, Series, SeriesResult, Study
 from triage.policy import CaseInput, FindingInput
 
@@ -26,11 +26,6 @@ STUDY = Study.__table__  # type: ignore[attr-defined]
 SERIES = Series.__table__  # type: ignore[attr-defined]
 RESULT = SeriesResult.__table__  # type: ignore[attr-defined]
 FINDING = AIFinding.__table__  # type: ignore[attr-defined]
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the index only ever stores UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _parse_since(text: str | None):  # type: ignore[no-untyped-def]
-    from datetime import datetime, timezone
+    from datetime import datetime
+
+    from triage.clock import as_utc
 
     if text is None:
         return None
@@ -197,7 +199,7 @@ def _parse_since(text: str | None):  # type: ignore[no-untyped-def]
         value = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f"--since: not an ISO 8601 date or time: {text!r} (e.g. 2026-11-28 or 2026-11-28T14:00)") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return as_utc(value)
 
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:

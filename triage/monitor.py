@@ -27,7 +27,6 @@ The text report is in :mod:`triage.monitor_text`, the plots in
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -43,7 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
-from triage.clock import utcnow
+from detectors.metrics import wilson_interval  # numpy only: no torch
+from triage.clock import as_utc, utcnow
 from triage.errors import DatabaseError, TriageError
 from triage.models import AIFinding, Feedback, Series, Study, Verdict
 
@@ -69,43 +68,6 @@ class MonitorError(TriageError):
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``k / n``.
-
-    Used rather than the Wald interval because it stays inside [0, 1] and keeps
-    its coverage at the small counts and extreme rates that weekly or
-    per-stratum feedback gives.
-
-    Parameters
-    ----------
-    k : int
-        Successes, ``0 <= k <= n``.
-    n : int
-        Trials, ``n >= 1``.
-    level : float
-        Two-sided confidence level in (0, 1).
-
-    Returns
-    -------
-    low, high : float
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f'Argument "n" must be a positive integer, got {n!r}')
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ValueError(f'Argument "k" must be an integer in [0, n={n}], got {k!r}')
-    if not 0.0 < level < 1.0:
-        raise ValueError(f'Argument "level" must be in (0, 1), got {level!r}')
-    z = NormalDist().inv_cdf(0.5 + level / 2.0)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2.0 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
-    # The exact bound at k = 0 (k = n) is 0 (1); computed, rounding would move it.
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return low, high
 
 
 @dataclass(frozen=True)
@@ -284,11 +246,6 @@ class DetectorFindings:
     urgent: int
 
 
-def _utc(value: datetime) -> datetime:
-    # Naive values are UTC by the project's convention (see triage.clock).
-    return value.replace(tzinfo=timezone.utc) if value.utcoffset() is None else value.astimezone(timezone.utc)
-
-
 def newest_per_key(rows: Iterable[tuple[Any, datetime, int, Any]]) -> dict[Any, Any]:
     """``key -> payload`` of the newest row per key; rows are ``(key, at, id, payload)``.
 
@@ -296,7 +253,7 @@ def newest_per_key(rows: Iterable[tuple[Any, datetime, int, Any]]) -> dict[Any, 
     """
     best: dict[Any, tuple[datetime, int, Any]] = {}
     for key, at, row_id, payload in rows:
-        stamp = (_utc(at), row_id)
+        stamp = (as_utc(at), row_id)
         if key not in best or stamp > best[key][:2]:
             best[key] = (stamp[0], stamp[1], payload)
     return {key: payload for key, (_, _, payload) in best.items()}
@@ -388,7 +345,7 @@ def load(engine: Engine) -> MonitorInput:
             "modality": _text_stratum(modality),
         }
         reviews_list.append(Review(
-            finding_pk=r.finding_pk, user=r.user, verdict=r.verdict, at=_utc(r.created_at),
+            finding_pk=r.finding_pk, user=r.user, verdict=r.verdict, at=as_utc(r.created_at),
             model_name=r.model_name, kind=r.kind, urgent=bool(r.urgent), study_pk=r.study_pk, strata=strata,
         ))  # fmt: skip
     reviews = tuple(sorted(reviews_list, key=lambda rv: (rv.at, rv.finding_pk, rv.user)))
@@ -396,7 +353,7 @@ def load(engine: Engine) -> MonitorInput:
     misses = tuple(
         sorted(
             newest_per_key(
-                ((r.study_pk, r.kind, r.user), r.created_at, r.id, Miss(r.study_pk, r.kind, r.user, _utc(r.created_at)))
+                ((r.study_pk, r.kind, r.user), r.created_at, r.id, Miss(r.study_pk, r.kind, r.user, as_utc(r.created_at)))
                 for r in miss_rows
             ).values(),
             key=lambda m: (m.at, m.study_pk, m.kind, m.user),
@@ -606,7 +563,7 @@ def stratum_status(stratum: VerdictCounts, rest: VerdictCounts, min_n: int) -> S
 
 def iso_week(at: datetime) -> tuple[str, date]:
     """The ISO week label (``2025-W03``) and Monday of a UTC time."""
-    year, week, _ = _utc(at).isocalendar()
+    year, week, _ = as_utc(at).isocalendar()
     return f"{year}-W{week:02d}", date.fromisocalendar(year, week, 1)
 
 
@@ -675,7 +632,7 @@ def build_report(data: MonitorInput, now: datetime, min_n: int = 5) -> MonitorRe
     """The report from already loaded values (pure); see :func:`monitor_report`."""
     if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
         raise MonitorError(f"min_n must be a positive integer, got {min_n!r}")
-    now = _utc(now)
+    now = as_utc(now)
     produced = {(d.model_name, d.kind): d for d in data.detectors}
     reviews_by: dict[tuple[str, str], list[Review]] = defaultdict(list)
     for rv in data.reviews:

@@ -46,8 +46,8 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage import __version__, audit
-from triage.cases import FindingRow, as_utc, current_findings
-from triage.clock import utcnow
+from triage.cases import FindingRow, current_findings
+from triage.clock import as_utc, utcnow
 from triage.config import Destination, Settings
 from triage.errors import DatabaseError, TriageError
 from triage.models import (

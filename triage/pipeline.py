@@ -353,7 +353,15 @@ def reassess(conn: Connection, policy: PolicySettings, now: datetime, study_pks:
             continue
         if not changes:  # before the first row lock (audit.lock_chain); a no-op if the caller took it
             audit.lock_chain(conn)
-        conn.execute(update(STUDY).where(STUDY.c.id == pk).values(priority_class=new))
+        # Compare-and-set on the class read: several workers re-assess the same
+        # studies; only the one that moves the class audits the change.
+        moved = conn.execute(
+            update(STUDY)
+            .where(STUDY.c.id == pk, STUDY.c.priority_class.is_not_distinct_from(study["priority_class"]))
+            .values(priority_class=new)
+        ).rowcount
+        if not moved:
+            continue
         audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.RANK_CHANGED, study_uid=study["study_uid"], at=now,
                      detail={"from": study["priority_class"], "to": new, "score": round(urgency.score, 2),
                              "reasons": list(urgency.reasons)})  # fmt: skip

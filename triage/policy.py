@@ -34,8 +34,9 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
+from triage.clock import as_utc
 from triage.config import PolicySettings
 from triage.errors import TriageError
 from triage.models import AIStatus
@@ -181,10 +182,6 @@ class Urgency:
     target_min: float
     overdue: bool
     reasons: tuple[str, ...]
-
-
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def _pair(probability: float, operating_point: float) -> tuple[str, str]:
@@ -341,7 +338,7 @@ def assess(case: CaseInput, now: datetime, settings: PolicySettings) -> Urgency:
     base = finding_total + order_total + context_total
     base_class = class_of(base, settings)
     target = target_minutes(base_class, settings)
-    waiting = max(0.0, (_aware(now) - _aware(case.received_at)).total_seconds() / 60.0)
+    waiting = max(0.0, (as_utc(now) - as_utc(case.received_at)).total_seconds() / 60.0)
     score = base + settings.ageing_points * waiting / target
     if not math.isfinite(score):
         raise PolicyError(f"policy settings give a non-finite score for study {case.study_uid}")
@@ -382,4 +379,4 @@ def rank(cases: Iterable[CaseInput], now: datetime, settings: PolicySettings) ->
             raise PolicyError(f"study_uid {case.study_uid!r} appears twice in the cases to rank")
         seen.add(case.study_uid)
         assessed.append((case, assess(case, now, settings)))
-    return sorted(assessed, key=lambda cu: (-cu[1].score, _aware(cu[0].received_at), cu[0].study_uid))
+    return sorted(assessed, key=lambda cu: (-cu[1].score, as_utc(cu[0].received_at), cu[0].study_uid))

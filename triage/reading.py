@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from types import MappingProxyType
 
 from triage import audit
+from triage.clock import as_utc
 from triage.errors import TriageError
 from triage.models import ReadState
 
@@ -159,10 +160,7 @@ def check_user(user: object, verb: str = "act") -> str:
 
 def utc_or_none(value: datetime | None) -> datetime | None:
     """``value`` as aware UTC (None stays None)."""
-    # sqlmodel's UTCDateTime returns aware UTC; a naive value can only be UTC.
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return None if value is None else as_utc(value)
 
 
 def claim_is_live(claimed_by: str | None, claim_expires: datetime | None, now: datetime) -> bool:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from triage.clock import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,7 @@ def format_time(at: datetime | str | None) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return f"{value.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}"
+    return f"{as_utc(value):%Y-%m-%d %H:%M:%S}"
 
 
 def truncate(text: str, max_chars: int = SUMMARY_MAX_CHARS) -> str:

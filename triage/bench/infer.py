@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -40,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from triage.bench.common import load_average
+from triage.config import available_cores
 from triage.errors import TriageError
 
 # torch, NumPy and the detectors are imported where they are used: `triage`
@@ -260,10 +261,10 @@ def run_infer_bench(
     except ValueError as exc:
         raise TriageError(f"--device: {exc}") from None
     notes: list[str] = []
-    load = _load_average()
+    load = load_average()
     if device.type == "cpu" and load > 0.5:
         # Read before we start, so it is other processes' load, not ours.
-        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({_cpus()} CPUs); "
+        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); "
                      "figures are noisy")  # fmt: skip
     if detector is None:
         detector, weights = _detector(config.detector, notes)
@@ -293,13 +294,13 @@ def run_infer_bench(
         latency = None
         if detector.name == LATENCY_DETECTOR:
             latency = _latency(engine, detector, config, say, errors)
-            if device.type != "cpu" or _cpus() != 2:
-                notes.append(f"latency: the target is for 2 CPU cores; this run had {device} and {_cpus()} CPUs "
+            if device.type != "cpu" or available_cores() != 2:
+                notes.append(f"latency: the target is for 2 CPU cores; this run had {device} and {available_cores()} CPUs "
                              "(`taskset -c 0,1 triage bench infer --device cpu` measures the target's setting)")
         else:
             notes.append(f"latency: only measured for {LATENCY_DETECTOR} (the issue's head CT target)")
     return InferBenchResult(
-        device=str(device), dtype=_dtype_name(dtype), torch_threads=torch.get_num_threads(), cpus=_cpus(),
+        device=str(device), dtype=_dtype_name(dtype), torch_threads=torch.get_num_threads(), cpus=available_cores(),
         detector=detector.name, weights=weights, item_shape=tuple(detector.item_shape),  # type: ignore[arg-type]
         flops_per_item=flops, runs=tuple(runs), peak=peak, latency=latency, notes=tuple(notes), errors=tuple(errors),
     )  # fmt: skip
@@ -484,19 +485,6 @@ def _latency(
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-def _load_average() -> float:
-    """The 1-minute load average; 0 where the platform has none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
 
 
 # -- report -------------------------------------------------------------------------------------

@@ -32,13 +32,12 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -47,6 +46,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
+from triage.bench.common import free_port
 from triage.config import ListenerSettings
 from triage.errors import DicomNetworkError, TriageError
 from triage.progress import progress_bar
@@ -242,16 +242,9 @@ def _receivers(root: Path, have_dcmtk: bool) -> list[Receiver]:
     return receivers
 
 
-def _free_port() -> int:
-    """A port nobody listens on now (bound to 0, then released for the receiver)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _triage_receiver(workdir: Path) -> Receiver:
     data = workdir / "data"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("TRIAGE_DB", "TRIAGE_CONFIG")}
     env["TRIAGE_LOG_LEVEL"] = "WARNING"
     # Ingest alone, as a listener-only host runs it: loading torch and the
@@ -266,7 +259,7 @@ def _triage_receiver(workdir: Path) -> Receiver:
 
 def _pynetdicom_receiver(workdir: Path) -> Receiver:
     out = workdir / "out"
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "pynetdicom", "storescp", str(port), "--output-directory", str(out),
             "--ae-title", "PYNETDICOM", "--bind-address", HOST]  # fmt: skip
     note = "decode + re-encode to a file, no fsync; max PDU 16382 (its default)"
@@ -275,7 +268,7 @@ def _pynetdicom_receiver(workdir: Path) -> Receiver:
 
 def _dcmtk_receiver(workdir: Path) -> Receiver:
     out = workdir / "out"
-    port = _free_port()
+    port = free_port()
     argv = [str(DCMTK_STORESCP), "--fork", "-od", str(out), "-aet", "DCMTK", str(port)]
     env = {**os.environ, "TCP_NODELAY": "1"}
     note = "file, no fsync, a process per association; max PDU 16384 (its default)"
@@ -412,13 +405,18 @@ def _pick_sender(parallel: int, have_dcmtk: bool) -> tuple[Sender, str]:
 
 def _send_storescu(files: list[Path], port: int, called_ae: str, parallel: int, logs: Path) -> list[str]:
     """K storescu processes, each with a contiguous 1/K of ``files``; wait for all."""
+    chunks = [files[i * len(files) // parallel : (i + 1) * len(files) // parallel] for i in range(parallel)]
+    return send_storescu([(chunk, port) for chunk in chunks if chunk], called_ae, logs)
+
+
+def send_storescu(targets: Sequence[tuple[list[Path], int]], called_ae: str, logs: Path) -> list[str]:
+    """One dcmtk storescu process per ``(files, port)`` target, all at once; wait for all; their problems."""
     logs.mkdir(parents=True, exist_ok=True)
     # Debian's dcmtk leaves Nagle on unless told: ~40 ms per message otherwise.
     env = {**os.environ, "TCP_NODELAY": "1"}
-    chunks = [files[i * len(files) // parallel : (i + 1) * len(files) // parallel] for i in range(parallel)]
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
-        for i, chunk in enumerate(c for c in chunks if c):
+        for i, (chunk, port) in enumerate(targets):
             log_path = logs / f"storescu{i}.log"
             with open(log_path, "wb") as out:
                 proc = subprocess.Popen(_storescu_argv(chunk, port, called_ae), env=env, stdin=subprocess.DEVNULL,

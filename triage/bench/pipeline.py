@@ -35,11 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -48,10 +46,13 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from triage.bench.common import free_port, load_average, machine, times
+from triage.clock import as_utc
+from triage.config import available_cores
 from triage.errors import TriageError
 
 # pydicom, pynetdicom, NumPy and torch are imported where they are used:
@@ -282,8 +283,7 @@ def parse_db_time(value: str | datetime) -> datetime:
 
     An aware value (PostgreSQL, or a text with an offset) is converted to UTC.
     """
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
 
 
 def time_to_triage(last_received: datetime, scored_at: datetime, stable_after: float) -> float:
@@ -379,9 +379,9 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
     config.check()
     say = progress or (lambda _line: None)
     notes: list[str] = []
-    load = _load_average()
+    load = load_average()
     if load > 0.5:  # read before we start: other processes' load, not ours
-        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({_cpus()} CPUs); "
+        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); "
                      "figures are noisy")  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="triage-bench-pipeline-"))
     try:
@@ -392,7 +392,7 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
         settings = _serve_settings(empty_toml, env, root / "serve" / "data")
         say(f"generating a {config.slices}-slice {config.size}x{config.size} head CT")
         datasets = _head_ct(config)
-        result = PipelineBenchResult(config=config, cpus=_cpus(), machine=_machine(),
+        result = PipelineBenchResult(config=config, cpus=available_cores(), machine=machine(),
                                      check_interval=settings.completeness.check_interval)  # fmt: skip
         fields: dict[str, Any] = {}
         problems: list[str] = []
@@ -413,8 +413,8 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
                          "at a time, sending and receiving, not scoring, bound studies/hour")  # fmt: skip
         if config.keep:
             notes.append(f"kept {root} (the server's data, index and log are in {root / 'serve'})")
-        if _cpus() != TARGET_CPUS:
-            notes.append(f"the targets are for {TARGET_CPUS} CPU cores; this run had {_cpus()} "
+        if available_cores() != TARGET_CPUS:
+            notes.append(f"the targets are for {TARGET_CPUS} CPU cores; this run had {available_cores()} "
                          f"(`taskset -c 0,1 triage bench triage` measures the target's setting)")  # fmt: skip
         # A server that died is reported by the wait that noticed and again by stop(): once is enough.
         return replace(result, **fields, notes=tuple(notes), problems=tuple(dict.fromkeys(problems)))
@@ -576,13 +576,6 @@ def _serve_settings(config_file: Path, env: dict[str, str], data_dir: Path) -> S
     return load_settings(config_file, overrides={"data_dir": str(data_dir)}, environ=env)
 
 
-def _free_port() -> int:
-    """A port nobody listens on now (bound to 0, then released for the server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 class _Server:
     """A ``triage serve`` subprocess, and the waits that read its index."""
 
@@ -693,7 +686,7 @@ def _served(workdir: Path, config_file: Path, env: dict[str, str], settings: Set
             say: Progress) -> Iterator[_Server]:  # fmt: skip
     """Start ``triage serve`` on a throw-away data directory; stopped (SIGKILL if need be) on the way out."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(settings.data_dir), "--port", str(port),
             "--host", HOST, "--config", str(config_file), "--log-level", "INFO"]  # fmt: skip
     say(f"starting triage serve on {HOST}:{port} (stable wait {settings.completeness.stable_after:g} s)")
@@ -776,29 +769,9 @@ class _StudySender:
                 assoc.release()
 
 
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-def _machine() -> str:
-    return f"{platform.system()} {platform.release()} {platform.machine()}, Python {platform.python_version()}"
-
-
-def _load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-
-
 # -- report -------------------------------------------------------------------------------------
 def _s(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f} s"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def _verdict(met: bool | None) -> str:
@@ -822,12 +795,12 @@ def format_report(result: PipelineBenchResult) -> str:
                  f"({runs or '-'} s) = {per_hour}")  # fmt: skip
     lines.append(f"time to triage (last instance received -> ranked, minus the {stable} wait), "
                  f"{len(r.latency_s)} studies one at a time:")  # fmt: skip
-    lines.append(f"  p50 {_s(r.p50_s)} = {_x(r.p50_vs_offline)} offline scoring")
-    lines.append(f"  p95 {_s(r.p95_s)} = {_x(r.p95_vs_target)} the {TARGET_BEYOND_STABLE_S:g} s target")
+    lines.append(f"  p50 {_s(r.p50_s)} = {times(r.p50_vs_offline)} offline scoring")
+    lines.append(f"  p95 {_s(r.p95_s)} = {times(r.p95_vs_target)} the {TARGET_BEYOND_STABLE_S:g} s target")
     if r.studies_per_hour is not None:
         lines.append(f"throughput, {r.throughput_studies} studies back to back (sent in {_s(r.send_s, 1)}): "
                      f"{_s(r.throughput_s, 1)} from the first instance received to the last study ranked "
-                     f"= {r.studies_per_hour:,.0f} studies/hour = {_x(r.throughput_vs_offline)} offline scoring")
+                     f"= {r.studies_per_hour:,.0f} studies/hour = {times(r.throughput_vs_offline)} offline scoring")
         lines.append(f"  time to triage under that load: p50 {_s(percentile(r.loaded_latency_s, 50))}, "
                      f"p95 {_s(percentile(r.loaded_latency_s, 95))}")  # fmt: skip
     else:
@@ -837,7 +810,7 @@ def format_report(result: PipelineBenchResult) -> str:
         mib = 2**20
         lines.append(f"memory, triage serve + its listener processes (RSS summed, {len(mem.samples)} samples): "
                      f"peak {mem.peak / mib:.0f} MiB; first tenth {mem.start / mib:.0f} MiB, last tenth "
-                     f"{mem.end / mib:.0f} MiB: growth {_x(mem.growth)} ({'flat' if mem.flat else 'GROWING'})")
+                     f"{mem.end / mib:.0f} MiB: growth {times(mem.growth)} ({'flat' if mem.flat else 'GROWING'})")
     else:
         lines.append("memory: not measured")
     lines.append("")
@@ -850,7 +823,7 @@ def format_report(result: PipelineBenchResult) -> str:
                  f"{_verdict(r.latency_met)} ({_s(r.p95_s)}{'; ' + '; '.join(setting) if setting else ''})")
     over = "" if r.throughput_studies >= TARGET_MEMORY_STUDIES else f"; the target is over {TARGET_MEMORY_STUDIES}"
     lines.append(f"target: memory flat (growth <= {FLAT_GROWTH:.2f}x) over {TARGET_MEMORY_STUDIES} studies: "
-                 f"{_verdict(r.memory_met)} ({_x(mem.growth if mem else None)} over {r.throughput_studies} "
+                 f"{_verdict(r.memory_met)} ({times(mem.growth if mem else None)} over {r.throughput_studies} "
                  f"studies{over})")  # fmt: skip
     lines += [f"note: {note}" for note in r.notes]
     return "\n".join(lines)

@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -51,10 +50,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from triage.bench.common import free_port, machine, times
+from triage.clock import as_utc
+from triage.config import available_cores
 from triage.errors import TriageError
 
 # pydicom, pynetdicom, SQLAlchemy and torch are imported where they are used:
@@ -286,7 +288,7 @@ def run_scale_bench(config: ScaleBenchConfig, progress: Progress | None = None) 
         with _postgres(config, say) as (server_url, database):
             # A throw-away server goes with its databases; on a given one they are dropped unless kept.
             dbs = _Databases(server_url, f"triage_bench_scale_{os.getpid()}", keep=config.keep or config.db is None)
-            result = ScaleBenchResult(config=config, cpus=_cpus(), machine=_machine(), database=database,
+            result = ScaleBenchResult(config=config, cpus=available_cores(), machine=machine(), database=database,
                                       sender=sender, listener_processes=listener_processes)  # fmt: skip
             ingest: list[IngestRun] = []
             scoring: list[ScoringRun] = []
@@ -468,34 +470,13 @@ def _sender_name(parallel: int) -> str:
 
 def _send(files: Sequence[Path], ports: Sequence[int], parallel: int, logs: Path) -> None:
     """``files`` over ``parallel`` associations, the i-th to ``ports[i % len(ports)]``; every one must succeed."""
-    from triage.bench.ingest import STORESCU, _executable
+    from triage.bench.ingest import STORESCU, _executable, send_storescu
 
     chunks = [list(files[i * len(files) // parallel : (i + 1) * len(files) // parallel]) for i in range(parallel)]
     targets = [(chunk, ports[i % len(ports)]) for i, chunk in enumerate(chunks) if chunk]
-    problems = _send_storescu(targets, logs) if _executable(STORESCU) else _send_replay(targets)
+    problems = send_storescu(targets, SERVE_AE, logs) if _executable(STORESCU) else _send_replay(targets)
     if problems:
         raise BenchFailure(f"sending: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-
-
-def _send_storescu(targets: Sequence[tuple[list[Path], int]], logs: Path) -> list[str]:
-    from triage.bench.ingest import _storescu_argv, _storescu_problem
-
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk keeps Nagle on otherwise: ~40 ms per message
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    try:
-        for i, (chunk, port) in enumerate(targets):
-            log_path = logs / f"storescu{i}.log"
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(_storescu_argv(chunk, port, SERVE_AE), env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-            procs.append((proc, log_path))
-        return [p for p in (_storescu_problem(proc, log_path) for proc, log_path in procs) if p]
-    finally:
-        for proc, _ in procs:  # only left running when we are interrupted
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def _send_replay(targets: Sequence[tuple[list[Path], int]]) -> list[str]:
@@ -656,7 +637,7 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
                 if row.ai_status != AIStatus.SCORED.value:
                     raise BenchFailure(f"study {row.study_uid}: AI {row.ai_status}: {row.ai_reason or 'no reason given'}")
             if len(done) == expected:
-                return _aware(last)
+                return as_utc(last)
             for server in servers:
                 server.check_alive()
             if time.monotonic() > deadline:
@@ -699,10 +680,6 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
     return tuple(done + [0] * (workers - len(done))), once
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
 # -- the served processes -------------------------------------------------------------------------
 def _serve_env(*, role: str, db_url: str, data_dir: Path, stable_after: float | None = None,
                device: str | None = None) -> dict[str, str]:  # fmt: skip
@@ -737,14 +714,12 @@ class _Serve:
 
     def __init__(self, role: str, workdir: Path, config_file: Path, env: dict[str, str], name: str,
                  processes: int) -> None:  # fmt: skip
-        from triage.bench.ingest import _free_port
-
         workdir.mkdir(parents=True, exist_ok=True)
         self.role = role
         self.processes = processes  # listener processes (``listener.processes``)
         self.name = name
         self.log_path = workdir / f"{name}.log"
-        self.port = _free_port() if role == "listener" else 0
+        self.port = free_port() if role == "listener" else 0
         argv = [sys.executable, "-m", "triage", "serve", "--config", str(config_file), "--log-level", "INFO"]
         if role == "listener":
             argv += ["--host", HOST, "--port", str(self.port)]
@@ -862,20 +837,7 @@ def _check_space(root: Path, config: ScaleBenchConfig) -> None:
                           f"{free / 2**30:.1f} GiB free (lower --n or --size)")  # fmt: skip
 
 
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-def _machine() -> str:
-    return f"{platform.system()} {platform.release()} {platform.machine()}, Python {platform.python_version()}"
-
-
 # -- report -------------------------------------------------------------------------------------
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def format_report(result: ScaleBenchResult) -> str:
     """The result as the lines the CLI prints."""
     r, c = result, result.config
@@ -893,7 +855,7 @@ def format_report(result: ScaleBenchResult) -> str:
         lines.append(f"  {run.listeners} listener{'s' if run.listeners > 1 else ' '}: {run.instances} images in "
                      f"{run.seconds:.2f} s = {run.images_per_s:,.0f} images/s ({per} associations each; "
                      f"{run.stored_files} files stored, {run.indexed_rows} indexed)")  # fmt: skip
-    lines.append(f"  2 listeners vs 1: {_x(r.ingest_ratio)}")
+    lines.append(f"  2 listeners vs 1: {times(r.ingest_ratio)}")
     lines += [
         "",
         f"scoring: {c.studies} head CTs of {c.study_slices} slices {c.study_size}x{c.study_size} received by 1 "
@@ -905,7 +867,7 @@ def format_report(result: ScaleBenchResult) -> str:
         lines.append(f"  {run.workers} worker{'s' if run.workers > 1 else ' '}: {run.studies} studies in "
                      f"{run.seconds:.2f} s = {run.studies_per_hour:,.0f} studies/hour (jobs per worker: {split}; "
                      f"{'each series scored exactly once' if run.scored_once else 'NOT scored exactly once'})")  # fmt: skip
-    lines.append(f"  2 workers vs 1: {_x(r.scoring_ratio)}")
+    lines.append(f"  2 workers vs 1: {times(r.scoring_ratio)}")
     lines.append("")
     lines += [f"note: {note}" for note in r.notes]
     return "\n".join(lines)
