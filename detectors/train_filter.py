@@ -1,0 +1,223 @@
+"""Train a shipped detector's second stage on real anatomy, then calibrate it there.
+
+``python -m detectors.train_filter bleed-ct`` (or ``triage train-filter``):
+
+1. The detector's network is kept as shipped (trained on phantoms); its card
+   gains the anatomy mask of its task (:data:`ANATOMY`).
+2. Candidates: for each training case, real anatomy with and without inserted
+   lesions under drawn acquisitions (:mod:`detectors.real_cases`) plus the
+   task's phantoms, the heatmap components inside the anatomy are measured
+   (:mod:`detectors.candidates`); a candidate is a lesion when it overlaps
+   the case's lesion cells. Every other candidate is a hard negative, and on
+   real normal anatomy every candidate is one.
+3. The filter: a class-balanced, L2-regularised logistic regression over the
+   candidates' features (:mod:`detectors.fp_filter`).
+4. Calibration on held-out validation cases: Platt scaling of the study logit
+   (the best candidate's filter logit) on real and phantom validation cases;
+   the operating point from the real-anatomy validation cases alone
+   (sensitivity >= the target there, placed mid-gap above the real normals),
+   with the margin by which real normals fall below it; the region threshold
+   equals the operating point, so a normal study shows no region either.
+5. Output: the card (TOML) with ``[anatomy]``, ``[filter]``, the new
+   calibration and the figures, and its Markdown model card. The weights file
+   is not touched.
+
+CPU only, a few minutes: the network runs once per case, and the rest is NumPy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.base import DetectionError
+from detectors.calibration import fit_platt, operating_point_in_gap
+from detectors.candidates import feature_names
+from detectors.fp_filter import LogisticFilter, fit_filter
+from detectors.metrics import auc
+from detectors.postprocess import NO_CANDIDATE_LOGIT, candidate_scores, platt
+from detectors.preprocess import map_mask
+from detectors.real_cases import Case, cases
+from detectors.registry import MODELS_DIR
+
+logger = logging.getLogger(__name__)
+
+ANATOMY = {"bleed-ct": "intracranial", "nodule-ct": "lungs", "nodule-xr": "lungs", "fracture-xr": "bone"}
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Scored:
+    """One case's candidates as the filter sees them, and its truth."""
+
+    features: np.ndarray  # (k, features)
+    hits: np.ndarray  # (k,) bool: the candidate overlaps the lesion
+    positive: bool
+    source: str
+    tags: dict[str, Any] = field(default_factory=dict)
+    failed: str | None = None  # why the detector could not read the case (anatomy not found, ...)
+
+    def study_logit(self, filt: LogisticFilter) -> float:
+        return float(filt.logits(self.features).max()) if len(self.features) else NO_CANDIDATE_LOGIT
+
+    def top_hits(self, filt: LogisticFilter) -> bool:
+        return bool(len(self.features) and self.hits[int(np.argmax(filt.logits(self.features)))])
+
+
+def score_case(detector: Any, case: Case) -> Scored:
+    """Run the detector's candidate stage on one case and mark which candidates are the lesion."""
+    import torch
+
+    spec = detector.spec
+    names = feature_names(spec.family)
+    try:
+        prepared = detector.prepare(case.series)
+    except DetectionError as exc:
+        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags, str(exc))
+    with torch.inference_mode():
+        logits = np.concatenate([detector.module(torch.from_numpy(prepared.items[i : i + 8])).float().numpy()
+                                 for i in range(0, len(prepared.items), 8)])  # fmt: skip
+    cands, _, labels = candidate_scores(prepared, logits, replace(spec, filter=None))
+    if not cands:
+        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags)
+    hits = np.zeros(len(cands), dtype=bool)
+    if case.positive:
+        lesion = map_mask(case.lesion, case.series, prepared.context["geometry"], spec) >= 0.25
+        hits = np.array([bool(lesion[labels == c.label].any()) for c in cands])
+    return Scored(np.stack([c.features for c in cands]), hits, case.positive, case.source, case.tags)
+
+
+def score_cases(detector: Any, name: str, split: str, real: int, phantoms: int,
+                progress: Progress | None = None) -> list[Scored]:  # fmt: skip
+    out = []
+    total = real + phantoms
+    for i, case in enumerate(cases(name, split, real, phantoms)):
+        out.append(score_case(detector, case))
+        if progress:
+            progress(split, i + 1, total)
+    return out
+
+
+def _stack(scored: Sequence[Scored]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [s.features for s in scored if len(s.features)]
+    hits = [s.hits for s in scored if len(s.features)]
+    return np.concatenate(rows), np.concatenate(hits)
+
+
+def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: LogisticFilter) -> dict[str, Any]:
+    """What the card states about real anatomy: flagged normals, the margin, sensitivity by size, localisation."""
+    real = [(s, p) for s, p in zip(scored, probs) if s.source == "real"]
+    normals = np.array([p for s, p in real if not s.positive])
+    positives = [(s, p) for s, p in real if s.positive]
+    out: dict[str, Any] = {
+        "normal_cases": int(normals.size),
+        "normal_flagged": int((normals >= op).sum()),
+        "normal_max_probability": round(float(normals.max()), 4) if normals.size else None,
+        "positive_cases": len(positives),
+        "not_assessed": sum(1 for s, _ in real if s.failed),
+    }
+    if normals.size:
+        logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
+        out["normal_margin_logit"] = round(logit(op) - logit(float(normals.max())), 3)
+    for label, lo, hi in (("ge_1ml", 1.0, 1e9), ("0.3_to_1ml", 0.0, 1.0)):
+        band = [(s, p) for s, p in positives if lo <= float(s.tags.get("volume_ml", 99.0)) < hi]
+        if band:
+            out[f"sensitivity_{label}"] = round(sum(p >= op for _, p in band) / len(band), 4)
+            out[f"cases_{label}"] = len(band)
+    if positives:
+        out["sensitivity"] = round(sum(p >= op for _, p in positives) / len(positives), 4)
+        out["top_region_on_lesion"] = round(sum(s.top_hits(filt) for s, _ in positives) / len(positives), 4)
+    return out
+
+
+def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], out_dir: Path = MODELS_DIR,
+                 target_sensitivity: float = 0.95, l2: float = 1.0, candidate_logit: float = -1.0,
+                 progress: Progress | None = None) -> Path:  # fmt: skip
+    """Fit, calibrate and write ``name``'s card in ``out_dir``; returns the card's path.
+
+    ``real`` and ``phantoms`` are (training, validation) case counts.
+    """
+    from detectors.heatmap import load_detector
+    from detectors.model_card import render_card
+
+    started = time.monotonic()
+    card = MODELS_DIR / f"{name}.toml"
+    detector = load_detector(card)
+    detector.spec = replace(detector.spec, anatomy=ANATOMY[name], filter=None, candidate_logit=candidate_logit)
+    train = score_cases(detector, name, "train", real[0], phantoms[0], progress)
+    x, y = _stack(train)
+    filt = fit_filter(x, y, feature_names(detector.spec.family), l2=l2)
+    validation = score_cases(detector, name, "validation", real[1], phantoms[1], progress)
+    raw = np.array([s.study_logit(filt) for s in validation])
+    labels = np.array([s.positive for s in validation])
+    a, b = fit_platt(raw, labels)
+    probs = np.asarray(platt(raw, a, b), dtype=np.float64)
+    is_real = np.array([s.source == "real" for s in validation])
+    basis = is_real if (is_real & labels).any() and (is_real & ~labels).any() else np.ones_like(is_real)
+    op = operating_point_in_gap(labels[basis], probs[basis], target_sensitivity)
+    phantom = ~is_real
+    figures: dict[str, Any] = {"real_validation": real_figures(validation, probs, op, filt)}
+    if phantom.any() and labels[phantom].any() and (~labels[phantom]).any():
+        yp, pp = labels[phantom], probs[phantom]
+        figures["phantom_validation"] = {
+            "cases": int(phantom.sum()), "positive": int(yp.sum()), "auc": round(auc(yp, pp), 4),
+            "sensitivity": round(float((pp[yp] >= op).mean()), 4),
+            "specificity": round(float((pp[~yp] < op).mean()), 4),
+        }  # fmt: skip
+    figures["filter_training"] = {
+        "real_cases": real[0], "phantom_cases": phantoms[0], "candidates": int(len(y)), "lesion_candidates": int(y.sum()),
+        "validation_real_cases": real[1], "validation_phantom_cases": phantoms[1], "l2": l2,
+        "target_sensitivity": target_sensitivity, "seconds": round(time.monotonic() - started, 1),
+        "command": " ".join(["python -m detectors.train_filter", name, f"--real {real[0]} {real[1]}",
+                             f"--phantoms {phantoms[0]} {phantoms[1]}"]),
+    }  # fmt: skip
+    spec = replace(detector.spec, filter=filt, platt_a=a, platt_b=b, operating_point=op, region_threshold=op,
+                   version=_bump(detector.spec.version), extra={**detector.spec.extra, **figures})  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}.toml"
+    target.write_text(spec.to_toml())
+    target.with_suffix(".md").write_text(render_card(spec))
+    if out_dir.resolve() != MODELS_DIR.resolve():
+        import shutil
+
+        shutil.copyfile(MODELS_DIR / spec.weights, out_dir / spec.weights)
+    return target
+
+
+def _bump(version: str) -> str:
+    major = version.split(".")[0]
+    return f"{int(major) + 1}.0.0" if major.isdigit() else "2.0.0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m detectors.train_filter", description=__doc__.splitlines()[0])
+    p.add_argument("name", choices=sorted(ANATOMY), help="the shipped detector")
+    p.add_argument("--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"),
+                   help="real-anatomy cases (default 120 80)")  # fmt: skip
+    p.add_argument("--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"),
+                   help="phantom cases (default 120 120)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=MODELS_DIR, help="where the card goes (default: the package's)")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            logger.info("%s: %d/%d cases", stage, done, total)
+
+    path = train_filter(args.name, tuple(args.real), tuple(args.phantoms), args.out,  # type: ignore[arg-type]
+                        target_sensitivity=args.target_sensitivity, progress=progress)  # fmt: skip
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The logistic false-positive filter: fitting, its card table, and the two-stage card round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors.candidates import CT_FEATURES
+from detectors.fp_filter import LogisticFilter, fit_filter
+from detectors.spec import CardError, load_card, parse_card
+from detectors.registry import MODELS_DIR
+
+
+def test_fit_separates_what_a_feature_separates() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.2
+    x = np.column_stack([rng.normal(size=400) + 3.0 * y, rng.normal(size=400)])  # only the first feature matters
+    filt = fit_filter(x, y, ("a", "b"))
+    assert filt.weights[0] > 1.0 and abs(filt.weights[1]) < 0.3
+    scores = filt.logits(x)
+    assert scores[y].mean() > scores[~y].mean() + 2
+    # Class balance: the mean logit of each class sits on its side of zero.
+    assert scores[y].mean() > 0 > scores[~y].mean()
+
+
+def test_fit_needs_both_classes_and_the_right_shape() -> None:
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_filter(np.zeros((3, 1)), np.zeros(3, bool), ("a",))
+    with pytest.raises(ValueError, match='"x"'):
+        fit_filter(np.zeros((3, 2)), np.array([True, False, True]), ("a",))
+
+
+def test_constant_features_do_not_break_the_fit() -> None:
+    x = np.column_stack([np.r_[np.zeros(5), np.ones(5)], np.full(10, 7.0)])
+    filt = fit_filter(x, np.r_[np.zeros(5, bool), np.ones(5, bool)], ("a", "b"))
+    assert np.isfinite(filt.logits(x)).all()
+
+
+def test_table_round_trip() -> None:
+    filt = LogisticFilter(("peak_logit", "hu_mean"), (1.5, -0.25), 0.1, (2.0, 60.0), (1.0, 10.0))
+    again = LogisticFilter.from_table(filt.as_table())
+    x = np.array([[3.0, 70.0], [0.0, 40.0]])
+    assert np.allclose(again.logits(x), filt.logits(x))
+    with pytest.raises(ValueError, match='"scale"'):
+        LogisticFilter(("a",), (1.0,), 0.0, (0.0,), (0.0,))
+
+
+def test_card_with_anatomy_and_filter_round_trips(tmp_path) -> None:
+    spec = load_card(MODELS_DIR / "bleed-ct.toml")
+    n = len(CT_FEATURES)
+    filt = LogisticFilter(CT_FEATURES, tuple(0.1 * i for i in range(n)), -0.5, (0.0,) * n, (1.0,) * n)
+    from dataclasses import replace
+
+    two_stage = replace(spec, anatomy="intracranial", filter=filt, candidate_logit=-2.0)
+    card = tmp_path / "card.toml"
+    card.write_text(two_stage.to_toml())
+    again = load_card(card)
+    assert again.anatomy == "intracranial" and again.candidate_logit == -2.0
+    assert again.filter == filt
+
+
+def test_bad_anatomy_and_filter_are_named() -> None:
+    base = {"name": "x", "kind": "bleed", "family": "CT", "weights": "x.pt",
+            "input": {"spacing_mm": 1.0, "height": 32, "width": 32, "windows": [[40, 80]]}}  # fmt: skip
+    with pytest.raises(CardError, match="anatomy.mask"):
+        parse_card(base | {"anatomy": {"mask": "kidney"}})
+    with pytest.raises(CardError, match="filter.bias is missing"):
+        parse_card(base | {"filter": {"features": ["peak_logit"], "weights": [1.0], "mean": [0.0], "scale": [1.0]}})
+    with pytest.raises(CardError, match="unknown names"):
+        parse_card(base | {"filter": {"features": ["colour"], "weights": [1.0], "bias": 0.0, "mean": [0.0],
+                                      "scale": [1.0]}})  # fmt: skip
