@@ -11,8 +11,10 @@ demo: env
 
 test: env
 	./scripts/install-test-deps
+	.venv/bin/triage realdata fetch >/dev/null
 	.venv/bin/python -m pytest -m "" -q
 
 # The quick loop while developing: skips tests marked slow (subprocesses, external servers).
 test-fast: env
+	.venv/bin/triage realdata fetch >/dev/null
 	.venv/bin/python -m pytest -q

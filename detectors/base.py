@@ -45,7 +45,9 @@ class SeriesArrays:
     ``pixels`` is (slices, rows, cols) float32: HU for CT; a single slice in
     [0, 1] with bright = dense for radiographs. ``spacing_mm`` is (slice, row,
     col); a radiograph's slice spacing is 0. ``sop_instance_uids`` has one
-    entry per slice.
+    entry per slice. ``notes`` are what a reader of the result must know about
+    how the series was read (an estimated pixel spacing); they are copied into
+    every :class:`Finding` made from it.
     """
 
     series_uid: str
@@ -53,6 +55,7 @@ class SeriesArrays:
     pixels: np.ndarray
     spacing_mm: tuple[float, float, float]
     sop_instance_uids: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 3:
@@ -73,12 +76,16 @@ class SeriesArrays:
             pixels=np.asarray(volume.hu, dtype=np.float32),
             spacing_mm=tuple(float(s) for s in volume.spacing_mm),  # type: ignore[arg-type]
             sop_instance_uids=tuple(volume.sop_instance_uids),
+            notes=tuple(volume.notes),
         )
 
     @classmethod
     def from_radiograph(cls, radiograph: Radiograph, series_uid: str) -> SeriesArrays:
-        # Without Pixel Spacing (or Imager Pixel Spacing) assume a typical
-        # digital detector; the detector's resampling is then approximate.
+        notes = tuple(radiograph.notes)
+        if radiograph.pixel_spacing_mm is None:
+            # load_radiograph always sets a spacing; a Radiograph built elsewhere
+            # may not. Assume a typical digital detector, and say so.
+            notes += ("pixel spacing assumed 0.4 mm (none given); sizes approximate",)
         row, col = radiograph.pixel_spacing_mm or (0.4, 0.4)
         return cls(
             series_uid=series_uid,
@@ -86,6 +93,7 @@ class SeriesArrays:
             pixels=np.asarray(radiograph.image, dtype=np.float32)[None],
             spacing_mm=(0.0, float(row), float(col)),
             sop_instance_uids=(radiograph.sop_instance_uid,),
+            notes=notes,
         )
 
 
@@ -127,7 +135,9 @@ class Finding:
 
     ``probability`` is calibrated (on the detector's validation set) and is the
     study-level score; ``urgent`` compares it with the detector's operating
-    point, chosen for sensitivity at least 0.95 on that set.
+    point, chosen for sensitivity at least 0.95 on that set. ``notes`` come
+    from the series (:attr:`SeriesArrays.notes`): e.g. that its pixel spacing
+    was estimated, so sizes and the detector's resampling are approximate.
     """
 
     kind: FindingKind
@@ -137,6 +147,7 @@ class Finding:
     regions: tuple[Region, ...]
     model: ModelIdentity
     detector: str  # the detector's name, e.g. "bleed-ct"
+    notes: tuple[str, ...] = ()
 
     @property
     def urgent(self) -> bool:
@@ -146,6 +157,7 @@ class Finding:
         out = asdict(self)
         out["kind"] = self.kind.value
         out["urgent"] = self.urgent
+        out["notes"] = list(self.notes)
         return out
 
 

@@ -166,8 +166,15 @@ class DetectorReport:
     lesions: int
     lesions_hit: int
     froc: FrocResult | None = None
+    # The strongest region of each positive study with truth, on a lesion or not; normal studies showing a region.
+    positives_with_truth: int = 0
+    top_on_lesion: int = 0
+    negatives_with_regions: int = 0
     notes: tuple[str, ...] = ()
     level: float = 0.95
+    # Calibration: equal-width probability bins and their expected calibration error.
+    reliability: tuple[ReliabilityBin, ...] = ()
+    ece: float | None = None
     # (fpr, tpr) for plotting; left out of JSON and repr.
     roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -177,9 +184,79 @@ class DetectorReport:
         return self.localised / self.urgent_positives if self.urgent_positives else None
 
     @property
+    def top_region_rate(self) -> float | None:
+        """Share of positive studies (with truth) whose most probable region is on a true lesion."""
+        return self.top_on_lesion / self.positives_with_truth if self.positives_with_truth else None
+
+    @property
     def lesion_hit_rate(self) -> float | None:
         """Share of all true lesions hit by at least one region."""
         return self.lesions_hit / self.lesions if self.lesions else None
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram: studies whose probability fell in ``[low, high)``.
+
+    The last bin is closed (``[low, 1.0]``). ``mean_predicted`` and
+    ``observed`` (the fraction of positive studies) are ``None`` for an
+    empty bin.
+    """
+
+    low: float
+    high: float
+    n: int
+    positives: int
+    mean_predicted: float | None
+
+    @property
+    def observed(self) -> float | None:
+        return self.positives / self.n if self.n else None
+
+
+def reliability_bins(labels: Sequence[bool], probabilities: Sequence[float], n_bins: int = 10) -> list[ReliabilityBin]:
+    """Equal-width probability bins over [0, 1] with their counts, mean probability and positive fraction.
+
+    Parameters
+    ----------
+    labels, probabilities : sequence, shape (n,)
+        Each study's truth and calibrated probability (in [0, 1]).
+    n_bins : int
+        Number of bins; all bins are returned, empty ones with ``n == 0``, so
+        that diagrams of two detectors line up.
+    """
+    if n_bins < 1:
+        raise ValueError(f'Argument "n_bins" must be at least 1, got {n_bins!r}')
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f'Arguments "labels" and "probabilities" must be 1-D and of one length, got {y.shape} and {p.shape}')
+    if p.size and (not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError('Argument "probabilities" must lie in [0, 1]')
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Right-open bins, but 1.0 belongs to the last one: a saturated detector's
+    # studies must show up in the diagram, not fall off its edge.
+    index = np.minimum(np.searchsorted(edges, p, side="right") - 1, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        inside = index == b
+        n = int(inside.sum())
+        bins.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), n, int(y[inside].sum()),
+                                   float(p[inside].mean()) if n else None))  # fmt: skip
+    return bins
+
+
+def expected_calibration_error(bins: Sequence[ReliabilityBin]) -> float | None:
+    """``sum_b n_b / N * |observed_b - mean_predicted_b|`` over the bins; None when they hold no study.
+
+    The gap between how often studies with a given probability are positive
+    and that probability, averaged over studies: 0 for a perfectly calibrated
+    detector; a saturated one scoring every normal study near 1 scores high.
+    """
+    total = sum(b.n for b in bins)
+    if not total:
+        return None
+    return float(sum(b.n / total * abs(b.positives / b.n - b.mean_predicted) for b in bins if b.n))
 
 
 def _is_nodule(name: str) -> bool:
@@ -248,12 +325,17 @@ def _report(
         notes.append("no negative studies: specificity undefined")
 
     urgent_positives = localised = lesions = lesions_hit = 0
+    positives_with_truth = top_on_lesion = negatives_with_regions = 0
     missing_truth = 0
     cases: list[FrocCase] = []
     for o in outcomes:
         hits = [_hit_lesion(box, slices, o.truth, min_iou) for box, slices, _ in o.regions]
         lesions += len(o.truth)
         lesions_hit += len({h for h in hits if h is not None})
+        if o.label and o.truth:
+            positives_with_truth += 1
+            top_on_lesion += bool(hits) and hits[0] is not None  # regions come strongest first
+        negatives_with_regions += (not o.label) and bool(o.regions)
         if o.label and o.urgent:
             if o.truth:
                 urgent_positives += 1
@@ -271,6 +353,10 @@ def _report(
             froc_result = froc(cases, LUNA16_FP_RATES)
         else:
             notes.append("no true lesions: FROC undefined")
+
+    bins = reliability_bins(labels.tolist(), scores.tolist()) if np.all((scores >= 0) & (scores <= 1)) else []
+    if not bins:
+        notes.append("probabilities outside [0, 1]: no reliability diagram or calibration error")
 
     return DetectorReport(
         detector=name,
@@ -293,9 +379,14 @@ def _report(
         lesions=lesions,
         lesions_hit=lesions_hit,
         froc=froc_result,
+        positives_with_truth=positives_with_truth,
+        top_on_lesion=top_on_lesion,
+        negatives_with_regions=negatives_with_regions,
         notes=tuple(notes),
         level=level,
         roc=roc,
+        reliability=tuple(bins),
+        ece=expected_calibration_error(bins),
     )
 
 
@@ -308,6 +399,7 @@ def evaluate(
     level: float = 0.95,
     min_iou: float = 0.0,
     froc_detectors: Collection[str] | None = None,
+    footer: str = DISCLAIMER,
 ) -> list[DetectorReport]:
     """Evaluate every detector found in ``outcomes``.
 
@@ -317,7 +409,8 @@ def evaluate(
         Any mix of detectors; grouped by ``kind``.
     plots_dir : Path, optional
         When given (created if missing), write ``roc.png`` (all detectors with
-        an AUC) and ``froc-<detector>.png`` for each detector with a FROC.
+        an AUC), ``froc-<detector>.png`` for each detector with a FROC and
+        ``reliability-<detector>.png`` for each detector.
     n_boot, seed : int
         Bootstrap resamples and seed of the AUC interval (reproducible).
     level : float
@@ -327,6 +420,8 @@ def evaluate(
     froc_detectors : collection of str, optional
         Detectors whose regions are candidates for a FROC; by default those
         whose name contains ``"nodule"``.
+    footer : str
+        What the figures come from, printed under each plot.
 
     Returns
     -------
@@ -353,17 +448,17 @@ def evaluate(
         for name in sorted(groups)
     ]
     if plots_dir is not None:
-        write_plots(reports, Path(plots_dir))
+        write_plots(reports, Path(plots_dir), footer=footer)
     return reports
 
 
-def write_plots(reports: Sequence[DetectorReport], plots_dir: Path) -> list[Path]:
-    """Write ``roc.png`` and one ``froc-<detector>.png`` per FROC into ``plots_dir``.
+def write_plots(reports: Sequence[DetectorReport], plots_dir: Path, *, footer: str = DISCLAIMER) -> list[Path]:
+    """Write ``roc.png``, one ``froc-<detector>.png`` per FROC and one ``reliability-<detector>.png`` per detector.
 
     Returns the paths written. ``roc.png`` is written even when no detector has
     an AUC (it then shows only the chance line), so its presence is predictable.
     """
-    from detectors.plots import plot_froc, plot_roc
+    from detectors.plots import plot_froc, plot_reliability, plot_roc
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     curves = {}
@@ -373,7 +468,7 @@ def write_plots(reports: Sequence[DetectorReport], plots_dir: Path) -> list[Path
             curves[r.detector] = (r.roc[0], r.roc[1], r.auc, r.auc_ci)
             if r.sensitivity is not None and r.specificity is not None:
                 points[r.detector] = (1.0 - r.specificity, r.sensitivity)
-    written = [plot_roc(plots_dir / "roc.png", curves, points)]
+    written = [plot_roc(plots_dir / "roc.png", curves, points, footer=footer)]
     for r in reports:
         if r.froc is not None:
             written.append(
@@ -383,6 +478,18 @@ def write_plots(reports: Sequence[DetectorReport], plots_dir: Path) -> list[Path
                     dict(zip(r.froc.fp_rates, r.froc.sensitivities_at_rates)),
                     label=f"{r.detector} (CPM {r.froc.cpm:.3f})",
                     title=f"FROC: {r.detector}",
+                    footer=footer,
+                )
+            )
+    for r in reports:
+        if r.reliability:
+            written.append(
+                plot_reliability(
+                    plots_dir / f"reliability-{r.detector}.png",
+                    [(b.low, b.high, b.n, b.mean_predicted, b.observed) for b in r.reliability],
+                    ece=r.ece,
+                    title=f"Reliability: {r.detector} (n={r.n})",
+                    footer=footer,
                 )
             )
     for path in written:
@@ -397,7 +504,7 @@ def _ci(ci: tuple[float, float] | None) -> list[float] | None:
     return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
-def reports_as_json(reports: Sequence[DetectorReport]) -> dict[str, Any]:
+def reports_as_json(reports: Sequence[DetectorReport], disclaimer: str = DISCLAIMER) -> dict[str, Any]:
     """A JSON-ready dict (plain floats, no NaN) of the reports.
 
     ``{"disclaimer": ..., "detectors": [{...}, ...]}``; undefined numbers are
@@ -426,8 +533,20 @@ def reports_as_json(reports: Sequence[DetectorReport]) -> dict[str, Any]:
                 "lesions": r.lesions,
                 "lesions_hit": r.lesions_hit,
                 "lesion_hit_rate": r.lesion_hit_rate,
+                "positive_studies_with_truth": r.positives_with_truth,
+                "top_region_on_lesion": r.top_on_lesion,
+                "top_region_rate": r.top_region_rate,
+                "negative_studies_with_regions": r.negatives_with_regions,
             },
             "froc": None,
+            "calibration": {
+                "expected_calibration_error": r.ece,
+                "bins": [
+                    {"low": b.low, "high": b.high, "n": b.n, "positives": b.positives,
+                     "mean_predicted": b.mean_predicted, "observed": b.observed}
+                    for b in r.reliability
+                ],
+            },
             "notes": list(r.notes),
         }
         if r.froc is not None:
@@ -440,7 +559,7 @@ def reports_as_json(reports: Sequence[DetectorReport]) -> dict[str, Any]:
                 "sensitivity_at_1fp": r.froc.sensitivity_at_fp(1.0),
             }
         detectors.append(entry)
-    return {"disclaimer": DISCLAIMER, "detectors": detectors}
+    return {"disclaimer": disclaimer, "detectors": detectors}
 
 
 def _rate(value: float | None, ci: tuple[float, float] | None = None) -> str:
@@ -456,11 +575,12 @@ def _fraction(k: int, n: int) -> str:
     return f"{k}/{n} {k / n:.2f}" if n else "-"
 
 
-def format_reports(reports: Sequence[DetectorReport]) -> str:
+def format_reports(reports: Sequence[DetectorReport], disclaimer: str = DISCLAIMER) -> str:
     """A plain-text table of the reports, then FROC lines and notes, then the disclaimer."""
     level = f"{round(100 * reports[0].level)}%" if reports else "95%"
     header = ("detector", "n (pos/neg)", f"AUC [{level} CI]", "op. point",
-              f"sensitivity [{level} CI]", f"specificity [{level} CI]", "localised", "lesions hit")
+              f"sensitivity [{level} CI]", f"specificity [{level} CI]", "localised", "lesions hit", "top region",
+              "normals w/ regions", "ECE")  # fmt: skip
     rows = [
         (
             r.detector,
@@ -471,6 +591,9 @@ def format_reports(reports: Sequence[DetectorReport]) -> str:
             _rate(r.specificity, r.specificity_ci),
             _fraction(r.localised, r.urgent_positives),
             _fraction(r.lesions_hit, r.lesions),
+            _fraction(r.top_on_lesion, r.positives_with_truth),
+            _fraction(r.negatives_with_regions, r.n_negative),
+            _rate(r.ece),
         )
         for r in reports
     ]
@@ -492,5 +615,5 @@ def format_reports(reports: Sequence[DetectorReport]) -> str:
         lines.append("notes:")
         lines.extend(f"  {note}" for note in notes)
     lines.append("")
-    lines.append(f"({DISCLAIMER})")
+    lines.append(f"({disclaimer})")
     return "\n".join(lines)

@@ -44,9 +44,9 @@ class LogisticFilter:
         return z @ np.asarray(self.weights) + self.bias
 
     def as_table(self) -> dict[str, Any]:
-        return {"features": list(self.features), "weights": [round(w, 6) for w in self.weights],
-                "bias": round(self.bias, 6), "mean": [round(m, 6) for m in self.mean],
-                "scale": [round(s, 6) for s in self.scale]}  # fmt: skip
+        # Full precision: the card must give back exactly the filter that was validated.
+        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
+                "mean": list(self.mean), "scale": list(self.scale)}  # fmt: skip
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> LogisticFilter:

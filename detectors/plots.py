@@ -1,4 +1,4 @@
-"""ROC and FROC plots for ``triage evaluate --plots DIR``.
+"""ROC, FROC and reliability plots for ``triage evaluate --plots DIR``.
 
 matplotlib is imported inside the functions: importing this module costs
 nothing, and nothing else in the package pays for matplotlib. Figures are
@@ -9,7 +9,7 @@ backend or figure state is touched (safe in a server process or in threads).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,9 +21,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FOOTER = "synthetic phantoms; not a medical device"
+LOCAL_FOOTER = "the site's own labelled studies; not a medical device"  # triage evaluate --labels
 
 # Curves with (fpr, tpr, auc, (ci_low, ci_high) or None).
 RocCurve = tuple[ArrayLike, ArrayLike, float, "tuple[float, float] | None"]
+# Reliability bins: (low, high, n, mean predicted or None, observed positive fraction or None).
+ReliabilityBin = tuple[float, float, int, "float | None", "float | None"]
 
 
 def _new_figure() -> Figure:
@@ -35,9 +38,9 @@ def _new_figure() -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | PathLike[str]) -> Path:
+def _save(fig: Figure, path: str | PathLike[str], footer: str = FOOTER) -> Path:
     out = Path(path)
-    fig.text(0.5, 0.01, FOOTER, ha="center", va="bottom", fontsize=8, color="0.35")
+    fig.text(0.5, 0.01, footer, ha="center", va="bottom", fontsize=8, color="0.35")
     # Leave room at the bottom for the footer.
     fig.tight_layout(rect=(0.0, 0.04, 1.0, 1.0))
     fig.savefig(out, format="png")
@@ -50,6 +53,7 @@ def plot_roc(
     operating_points: Mapping[str, tuple[float, float]] | None = None,
     *,
     title: str = "ROC: study-level detection",
+    footer: str = FOOTER,
 ) -> Path:
     """Write ROC curves of several detectors to one PNG.
 
@@ -65,6 +69,8 @@ def plot_roc(
         drawn as a marker in the colour of its curve.
     title : str
         Figure title.
+    footer : str
+        What the figures come from, printed under the plot.
 
     Returns
     -------
@@ -96,7 +102,7 @@ def plot_roc(
     ax.set_aspect("equal")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, title="AUC [95% CI]", title_fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, footer)
 
 
 def plot_froc(
@@ -106,6 +112,7 @@ def plot_froc(
     *,
     label: str = "detector",
     title: str = "FROC: lesion-level detection",
+    footer: str = FOOTER,
 ) -> Path:
     """Write a FROC curve (lesion sensitivity against false positives per scan) to a PNG.
 
@@ -123,6 +130,8 @@ def plot_froc(
         Legend entry of the curve (e.g. ``"nodule-ct (CPM 0.81)"``).
     title : str
         Figure title.
+    footer : str
+        What the figures come from, printed under the plot.
 
     Returns
     -------
@@ -164,4 +173,61 @@ def plot_froc(
            ylabel="lesion sensitivity", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, footer)
+
+
+def plot_reliability(
+    path: str | PathLike[str],
+    bins: Sequence[ReliabilityBin],
+    *,
+    ece: float | None = None,
+    title: str = "Reliability: calibrated probability",
+    footer: str = FOOTER,
+) -> Path:
+    """Write a reliability diagram: observed positive fraction against mean predicted probability.
+
+    Parameters
+    ----------
+    path : path-like
+        The PNG to write; its folder must exist.
+    bins : sequence of (low, high, n, mean_predicted, observed)
+        Probability bins, e.g. from :func:`detectors.evaluation.reliability_bins`;
+        empty bins (``n == 0``) are drawn as gaps. Each point is annotated with
+        its study count, and a lower panel shows the counts per bin, so a
+        point resting on two studies is not read like one resting on two hundred.
+    ece : float, optional
+        Expected calibration error, shown in the legend.
+    title : str
+        Figure title.
+    footer : str
+        What the figures come from, printed under the plot.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    rows = list(bins)
+    if not rows:
+        raise ValueError('Argument "bins" must hold at least one bin')
+    for i, (low, high, n, _, _) in enumerate(rows):
+        if not 0.0 <= low < high <= 1.0 or n < 0:
+            raise ValueError(f'Argument "bins" item {i} must have 0 <= low < high <= 1 and n >= 0, got {rows[i]!r}')
+    filled = [(mean, seen, n) for _, _, n, mean, seen in rows if n and mean is not None and seen is not None]
+    fig = _new_figure()
+    ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    ax.plot([0, 1], [0, 1], linestyle=":", color="0.6", label="perfect calibration")
+    label = "detector" if ece is None else f"detector (ECE {ece:.3f})"
+    if filled:
+        xs, ys, ns = (np.array(v, dtype=float) for v in zip(*filled))
+        ax.plot(xs, ys, marker="o", label=label)
+        for x, y, n in zip(xs, ys, ns):
+            ax.annotate(f"n={int(n)}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.05), ylabel="observed fraction positive", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    counts.bar([(low + high) / 2 for low, high, *_ in rows], [n for _, _, n, *_ in rows],
+               width=[(high - low) * 0.9 for low, high, *_ in rows], color="0.55")  # fmt: skip
+    counts.set(xlabel="mean predicted probability (bin)", ylabel="studies")
+    counts.grid(True, alpha=0.3)
+    return _save(fig, path, footer)

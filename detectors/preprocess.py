@@ -162,7 +162,29 @@ def prepare(series: SeriesArrays, spec: DetectorSpec) -> Prepared:
                                      inp.height, inp.width, 0.0)  # fmt: skip
         items = window[:, None]
     geometry = Geometry(scale=scale, origin=origin, source_shape=pixels.shape[1:])
-    return Prepared(series=series, items=np.ascontiguousarray(items), context={"geometry": geometry})
+    context: dict[str, object] = {"geometry": geometry}
+    if spec.anatomy != "none":
+        context["anatomy"] = anatomy_cells(series, geometry, spec)
+    return Prepared(series=series, items=np.ascontiguousarray(items), context=context)
+
+
+def anatomy_cells(series: SeriesArrays, geometry: Geometry, spec: DetectorSpec) -> np.ndarray:
+    """(slices, h/stride, w/stride) bool: heatmap cells at least half inside the card's anatomy.
+
+    Raises :class:`DetectionError` when the anatomy is not found at all: a
+    head CT with no closed skull or a chest radiograph without lung fields is
+    reported as not assessed, never as negative.
+    """
+    from detectors.anatomy import mask_for
+
+    mask = mask_for(spec.anatomy, series.pixels, series.spacing_mm, spec.family.value)
+    if mask is None:
+        return np.ones((series.pixels.shape[0], spec.input.height // spec.stride, spec.input.width // spec.stride), bool)
+    if not mask.any():
+        what = {"intracranial": "no intracranial space (no closed skull ring)", "lungs": "no lung fields",
+                "bone": "no bone"}.get(spec.anatomy, f"no {spec.anatomy}")  # fmt: skip
+        raise DetectionError(f"anatomy not found: {what}; not assessed")
+    return map_mask(mask, series, geometry, spec) >= 0.5
 
 
 def map_mask(mask: np.ndarray, series: SeriesArrays, geometry: Geometry, spec: DetectorSpec) -> np.ndarray:

@@ -63,8 +63,12 @@ def _head() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     return head.pixels, head.spacing_mm, intracranial_mask(head.pixels, head.spacing_mm)
 
 
-def bleed_case(split: str, index: int, positive_fraction: float = 0.6) -> Case:
-    """A real head CT case: normal or with one inserted haemorrhage, under a drawn acquisition."""
+def bleed_case(split: str, index: int, positive_fraction: float = 0.6, slab_mm: float | None = SLAB_MM,
+               positive: bool | None = None) -> Case:  # fmt: skip
+    """A real head CT case: normal or with one inserted haemorrhage, under a drawn acquisition.
+
+    ``slab_mm`` None keeps the whole head (test sets); ``positive`` forces the draw.
+    """
     from detectors.insertion.acquisition import apply_geometry, apply_variant, draw_variant
     from detectors.insertion.hemorrhage import KINDS, insert_hemorrhage
 
@@ -75,12 +79,13 @@ def bleed_case(split: str, index: int, positive_fraction: float = 0.6) -> Case:
     # A slab of the head keeps a case to seconds on a CPU (a thin-slice 512 variant of the whole
     # head is 70 M voxels); candidates are local, so a slab teaches the filter what the head does.
     brain = np.flatnonzero(inside.sum(axis=(1, 2)) > 0.02 * inside[0].size)
-    slab = max(1, int(round(SLAB_MM / spacing[0])))
-    z0 = int(rng.integers(max(brain[0] - slab // 3, 0), max(brain[-1] - 2 * slab // 3, brain[0] + 1)))
+    slab = hu.shape[0] if slab_mm is None else max(1, int(round(slab_mm / spacing[0])))
+    z0 = 0 if slab_mm is None else int(rng.integers(max(brain[0] - slab // 3, 0), max(brain[-1] - 2 * slab // 3, brain[0] + 1)))
     hu, inside = hu[z0 : z0 + slab], inside[z0 : z0 + slab]
     tags: dict[str, Any] = {"case": "invesalius-cranium", "slices": [z0, z0 + hu.shape[0]]}
     lesion = np.zeros(hu.shape, dtype=bool)
-    if rng.random() < positive_fraction:
+    draw = rng.random()
+    if positive if positive is not None else draw < positive_fraction:
         kind = str(rng.choice(KINDS))
         volume = float(np.exp(rng.uniform(np.log(0.3), np.log(50.0))))
         for _ in range(6):  # a slab may not hold the drawn volume of that kind: smaller, then another kind

@@ -98,6 +98,11 @@ CASES: tuple[RealCase, ...] = (
              "PA chest CR (Philips), processed for presentation: ImageType DERIVED\\PRIMARY, PixelSpacing 0\\0, "
              "MONOCHROME1, 1955x1841, collimator edges; no nodule known",
              "normal"),
+    RealCase("eCT_Supplemental.dcm", PYDICOM_DATA, "data_store/data/eCT_Supplemental.dcm",
+             "0a4c3aa02d1b0b4826daa5ffe85ef13be83c1433842a9a98b901e075136dd86f", Family.CT,
+             "Enhanced CT, two frames of a perfusion map (ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "
+             "not an acquisition a detector reads; routing must skip it and say why",
+             "check"),
     RealCase("RG3_UNCR.dcm", PYDICOM_DATA, "data_store/data/RG3_UNCR.dcm",
              "6babfc42dd404213e1758d6dbb93648c248783cc23f593103fff4295c3374dfb", Family.RADIOGRAPH,
              "AP lower leg CR (Fuji), no PixelSpacing, MONOCHROME1, 1760x1760: a non-ossifying fibroma of the "
@@ -170,7 +175,15 @@ def _download(package: Package, into: Path) -> Path:
     if package.registry == "debian":
         # apt's sandbox user cannot write into a private temp dir; the file is checked by SHA-256 below.
         into.chmod(0o755)
-        _run(["apt-get", "download", "-q", f"{package.name}={package.version}"], into, what)
+        command = ["apt-get", "download", "-q", f"{package.name}={package.version}"]
+        try:
+            _run(command, into, what)
+        except RealDataError:
+            if os.geteuid() != 0:
+                raise
+            # A fresh machine has no package lists yet; as root, read them once and try again.
+            _run(["apt-get", "update", "-qq"], into, "the Debian package lists")
+            _run(command, into, what)
     else:
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
               "-d", str(into), f"{package.name}=={package.version}"], into, what)  # fmt: skip

@@ -24,6 +24,12 @@ Decisions (see ``route``):
   non-contrast, so the plain head CT of a stroke protocol is still analysed.
 - "LOW DOSE CHEST" is a screening chest CT, not a dose report: dose reports are
   SR objects, secondary captures mentioning DOSE, or a "DOSE REPORT" text.
+- Image Type value 1 DERIVED alone does not skip a series: CR/DX systems send
+  their processed "for presentation" radiographs as DERIVED\\PRIMARY, and CT
+  vendors label their reconstructions DERIVED\\PRIMARY\\AXIAL. Skipped are what
+  the detectors cannot read as an acquisition: value 2 SECONDARY, a value 3+
+  naming a reformat, projection, rendering or perfusion/parametric map, the
+  Secondary Capture SOP classes, and series descriptions naming MPR/MIP.
 """
 
 from __future__ import annotations
@@ -75,6 +81,34 @@ _LOCALIZER = frozenset({
     "SCOUT", "TOPOGRAM", "TOPO", "LOCALIZER", "LOCALISER", "SURVIEW", "SCANOGRAM",
 })
 _REFORMAT = frozenset({"MPR", "MIP", "MINIP", "VRT", "REFORMAT", "REFORMATS"})
+# Image Type values 3 and later (PS3.3 C.7.6.1.1.2) that say the pixels were
+# computed from other images: CT value 3 (C.8.2.1.1.1), Enhanced CT/MR image
+# flavor and derived pixel contrast (C.8.16.1), plus the vendor terms seen in
+# practice (GE REFORMATTED, Siemens MPR / PROJECTION IMAGE, perfusion maps
+# RCBF/RCBV/MTT...). Each maps to the words the worklist shows.
+_PROJECTION = "intensity projection (MIP/MinIP)"
+_DERIVED_TERMS = {
+    **dict.fromkeys(("REFORMATTED", "REFORMAT", "MPR", "CURVED", "CURVED_MPR"), "reformat"),
+    **dict.fromkeys(("MIP", "MINIP", "PROJECTION IMAGE", "RAY_SUM"), _PROJECTION),
+    **dict.fromkeys(("VOLUME_RENDER", "SURFACE_RENDER", "VRT"), "3D rendering"),
+    **dict.fromkeys(
+        ("PERFUSION", "PERFUSION_ASL", "RCBF", "RCBV", "CBF", "CBV", "MTT", "TTP", "TMAX",
+         "PARAMETRIC_MAP"),
+        "perfusion/parametric map",
+    ),
+    "SUBTRACTION": "subtraction image",
+}
+# Terms that are an acquisition when ORIGINAL (Enhanced CT's
+# ORIGINAL\PRIMARY\VOLUME is a plain volume scan, C.8.16.1; a tilted gantry may
+# give OBLIQUE) but a reformat or projection when DERIVED.
+_DERIVED_ONLY_TERMS = {
+    "VOLUME": "volume reformat or rendering",
+    "OBLIQUE": "reformat",
+    "SLAB": _PROJECTION,
+    "3D": "3D rendering",
+    "MAXIMUM": _PROJECTION,
+    "MINIMUM": _PROJECTION,
+}
 _ANGIO = frozenset({
     "ANGIO", "ANGIOGRAM", "ANGIOGRAPHY", "CTA", "CTP", "CTV", "PERFUSION", "PERF", "VENOGRAM",
 })
@@ -233,6 +267,9 @@ def _skip_reason(info: SeriesInfo) -> str | None:
         return "radiation dose report (secondary capture)"
     if any(_has_phrase(t, _DOSE_REPORT) for t in texts):
         return "radiation dose report"
+    # Before the modality test: an SC is often "OT", and "secondary capture" says more.
+    if is_sc:
+        return "secondary capture (a screen capture or scanned image, not an acquisition)"
     modality = info.modality.upper()
     if modality not in _CT | _RADIOGRAPH:
         return f"no detector for {modality or 'unknown modality'}"
@@ -242,14 +279,34 @@ def _skip_reason(info: SeriesInfo) -> str | None:
     series_words = _tokens(info.series_description)
     if "LOCALIZER" in image_type or any(_in(w, _LOCALIZER) for w in series_words):
         return "localizer/scout"
-    # Value 1 DERIVED / value 2 SECONDARY (PS3.3 C.7.6.1.1.2): reformats, MIPs,
-    # screen saves; the detectors read the original acquisition.
-    if (
-        image_type[:1] == ("DERIVED",)
-        or image_type[1:2] == ("SECONDARY",)
-        or any(w in _REFORMAT for w in series_words)
-    ):
-        return "derived/secondary image (reformat or MIP)"
+    return _derived_reason(image_type, series_words, info.series_description)
+
+
+def _derived_reason(
+    image_type: tuple[str, ...], series_words: list[str], description: str
+) -> str | None:
+    """Why a series is a reformat, projection or map rather than an image to read, or None.
+
+    Value 1 DERIVED alone is not a reason (PS3.3 C.7.6.1.1.2 calls any image
+    whose pixels were processed after acquisition derived, which is every CR/DX
+    for presentation and many CT reconstructions); what was derived decides.
+    """
+    shown = "\\".join(image_type)
+    # Value 2 SECONDARY: created after the examination (PS3.3 C.7.6.1.1.2).
+    if image_type[1:2] == ("SECONDARY",):
+        return (
+            f"derived/secondary image (Image Type {shown}: "
+            "made after the examination, e.g. a reformat)"
+        )
+    derived = image_type[:1] == ("DERIVED",)
+    for term in image_type[2:]:
+        what = _DERIVED_TERMS.get(term)
+        if what is None and derived:
+            what = _DERIVED_ONLY_TERMS.get(term)
+        if what is not None:
+            return f"derived image: {what} (Image Type {shown})"
+    if any(w in _REFORMAT for w in series_words):
+        return f"derived image: reformat or MIP (series description {description!r})"
     return None
 
 

@@ -30,6 +30,18 @@ site's own model plugs in by writing one file beside its weights::
     a = 1.0
     b = 0.0
 
+    [anatomy]                    # optional: where a region may be (detectors.anatomy)
+    mask = "intracranial"        # intracranial | lungs | bone | none
+
+    [filter]                     # optional: the learned false-positive filter (detectors.fp_filter)
+    candidate_logit = -1.0       # heatmap components above this smoothed logit are candidates
+    features = ["peak_logit", ...]   # detectors.candidates names; weights, bias, mean, scale as fitted
+
+With a filter, the study logit is the strongest candidate's filter logit
+(then Platt-scaled), and regions are candidates whose calibrated probability
+reaches the region threshold; without one, it is the strongest heatmap logit
+inside the anatomy.
+
 Channels of an item are ordered slice-major: for each of the 2k+1 slices (the
 item's own slice in the middle) every window in turn. Radiographs have one
 channel: the image normalised to its 1st-99th percentile range.
@@ -45,9 +57,11 @@ from pathlib import Path
 from typing import Any
 
 from detectors.base import Family
+from detectors.fp_filter import LogisticFilter
 from detectors.routing import FindingKind
 
 FORMATS = ("state_dict", "torchscript")
+ANATOMY_MASKS = ("intracranial", "lungs", "bone", "none")
 
 
 class CardError(ValueError):
@@ -98,6 +112,9 @@ class DetectorSpec:
     sha256: str = ""
     network: dict[str, Any] = field(default_factory=dict)  # shipped: builder arguments
     extra: dict[str, Any] = field(default_factory=dict)  # the rest of the card (metrics, training, ...)
+    anatomy: str = "none"  # the mask a region must lie in (detectors.anatomy)
+    filter: LogisticFilter | None = None  # the second stage over candidates
+    candidate_logit: float = -1.0  # with a filter: heatmap components above this are candidates
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
@@ -142,6 +159,11 @@ class DetectorSpec:
         ]
         if self.network:
             lines += ["", "[network]"] + [f"{_key(k)} = {_value(v)}" for k, v in self.network.items()]
+        if self.anatomy != "none":
+            lines += ["", "[anatomy]", f"mask = {_q(self.anatomy)}"]
+        if self.filter is not None:
+            lines += ["", "[filter]", f"candidate_logit = {self.candidate_logit!r}"]
+            lines += [f"{_key(k)} = {_value(v)}" for k, v in self.filter.as_table().items()]
         for section, values in self.extra.items():
             if isinstance(values, dict):
                 lines += ["", f"[{_key(section)}]"] + [f"{_key(k)} = {_value(v)}" for k, v in values.items()]
@@ -250,8 +272,12 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
     network = raw.get("network", {})
     if not isinstance(network, dict):
         raise CardError(f"{where}: [network] must be a table")
+    anatomy = get("anatomy", "mask", str, "none")
+    if anatomy not in ANATOMY_MASKS:
+        raise CardError(f"{where}: anatomy.mask must be one of {', '.join(ANATOMY_MASKS)}, got {anatomy!r}")
+    filter_, candidate_logit = _parse_filter(raw.get("filter"), where)
     known = {"name", "version", "kind", "family", "format", "weights", "sha256",
-             "input", "output", "thresholds", "calibration", "network"}  # fmt: skip
+             "input", "output", "thresholds", "calibration", "network", "anatomy", "filter"}  # fmt: skip
     return DetectorSpec(
         name=get(None, "name", str),
         version=get(None, "version", str, "0"),
@@ -268,7 +294,32 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         sha256=get(None, "sha256", str, ""),
         network=dict(network),
         extra={k: v for k, v in raw.items() if k not in known},
+        anatomy=anatomy,
+        filter=filter_,
+        candidate_logit=candidate_logit,
     )
+
+
+def _parse_filter(table: Any, where: str) -> tuple[LogisticFilter | None, float]:
+    if table is None:
+        return None, -1.0
+    if not isinstance(table, dict):
+        raise CardError(f"{where}: [filter] must be a table")
+    from detectors.candidates import CT_FEATURES, RADIOGRAPH_FEATURES
+
+    for key in ("features", "weights", "bias", "mean", "scale"):
+        if key not in table:
+            raise CardError(f"{where}: filter.{key} is missing")
+    unknown = [f for f in table["features"] if f not in CT_FEATURES + RADIOGRAPH_FEATURES]
+    if unknown:
+        raise CardError(f"{where}: filter.features has unknown names {unknown}")
+    candidate_logit = table.get("candidate_logit", -1.0)
+    if not isinstance(candidate_logit, (int, float)) or isinstance(candidate_logit, bool):
+        raise CardError(f"{where}: filter.candidate_logit must be a float, got {candidate_logit!r}")
+    try:
+        return LogisticFilter.from_table(table), float(candidate_logit)
+    except (TypeError, ValueError) as exc:
+        raise CardError(f"{where}: [filter] is not valid: {exc}") from None
 
 
 def _positive(value: float, name: str) -> float:

@@ -4,10 +4,17 @@ Compressed transfer syntaxes are decoded by pydicom with the pylibjpeg plugins.
 Every failure to read or decode becomes a ``PixelDataError`` whose one-line
 message names the file (and the transfer syntax, for decoding), so a worker can
 log it and move on.
+
+In-plane pixel spacing is never assumed silently. Real headers carry ``0\\0``,
+nothing, or values no scanner makes; such a Pixel Spacing falls back to Imager
+Pixel Spacing (radiographs), then Reconstruction Diameter / Columns (CT), then
+an estimate. ``spacing_source`` names which one was used and ``notes`` says so
+in words, for the result a reader or researcher sees.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,24 @@ _ORIENTATION_TOL = 1e-3
 # A gap that differs from the median gap by more than this fraction is reported.
 _GAP_TOL = 0.1
 _DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Plausible in-plane pixel spacing, mm. Radiographs: mammography detectors reach
+# 0.05 mm, the coarsest CR plates about 0.2-0.3. CT: a 1024 matrix over a 100 mm
+# field is 0.1 mm, a 256 matrix over 500 mm is 2 mm. Outside these the value is
+# a placeholder (0\0) or a unit error, not a measurement.
+XR_SPACING_RANGE_MM = (0.02, 5.0)
+CT_SPACING_RANGE_MM = (0.1, 5.0)
+# With no usable spacing tag, a radiograph's longer side is taken to span 430 mm:
+# the long side of the 35x43 cm and 43x43 cm plates and flat panels that chest
+# and most other films use. A smaller extremity plate then reads as coarser than
+# it is (anatomy looks smaller), which the note says.
+RADIOGRAPH_ESTIMATE_MM = 430.0
+# CT without Pixel Spacing or Reconstruction Diameter: the display field of view
+# usual for an adult head (220-250 mm) or body (320-400 mm). A header text naming
+# the head decides; dicom_io does not depend on detectors.routing, hence the
+# small word list here.
+CT_HEAD_FOV_MM = 250.0
+CT_BODY_FOV_MM = 350.0
+_HEAD_WORDS = frozenset({"HEAD", "BRAIN", "SKULL", "CRANIUM", "CRANIAL", "NEURO", "CTH"})
 
 
 class PixelDataError(TriageError):
@@ -41,6 +66,10 @@ class Volume:
     sop_instance_uids: list[str]  # one per slice, in volume order (repeated for multi-frame)
     series_uid: str
     warnings: list[str] = field(default_factory=list)
+    # Where the in-plane spacing came from: "PixelSpacing", "ReconstructionDiameter"
+    # or "estimate"; ``notes`` says so in words whenever it is not Pixel Spacing.
+    spacing_source: str = "PixelSpacing"
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +77,13 @@ class Radiograph:
     """A projection image for display and detection: bright means dense."""
 
     image: np.ndarray  # (rows, cols) float32 in [0, 1]
-    pixel_spacing_mm: tuple[float, float] | None  # (row, col)
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col); load_radiograph always sets it
     sop_instance_uid: str
     photometric: str  # as stored, before MONOCHROME1 inversion
+    # "PixelSpacing", "ImagerPixelSpacing" or "estimate"; ``notes`` says so in
+    # words when the spacing is estimated or a Pixel Spacing was unusable.
+    spacing_source: str = "PixelSpacing"
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +98,8 @@ class _Frame:
     shape: tuple[int, int]  # (rows, cols)
     pixel_spacing: tuple[float, float]  # (row, col), mm
     rescale: tuple[float, float] | None  # (slope, intercept) per frame; None: whole-dataset modality LUT
+    spacing_source: str = "PixelSpacing"
+    spacing_note: str | None = None  # set when the spacing is not the frame's Pixel Spacing
 
 
 def _read(path: Path) -> Dataset:
@@ -99,6 +134,125 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n else None
+
+
+def _shown(value: Any) -> str:
+    """A tag value as the header shows it, for a note: ``0\\0``, ``missing``."""
+    if value is None or value == "":
+        return "missing"
+    if isinstance(value, (str, bytes)):
+        return str(value)
+    try:
+        return "\\".join(str(v) for v in value)
+    except TypeError:
+        return str(value)
+
+
+def _plausible_pair(value: Any, limits: tuple[float, float] | None) -> tuple[float, float] | None:
+    """(row, col) spacing from a 2-valued tag if finite, positive and (given ``limits``) within them."""
+    pair = _floats(value, 2)
+    if pair is None or not all(np.isfinite(pair)) or min(pair) <= 0:
+        return None
+    if limits is not None and not all(limits[0] <= v <= limits[1] for v in pair):
+        return None
+    return pair[0], pair[1]
+
+
+def _unusable(keyword: str, value: Any, limits: tuple[float, float] | None) -> str:
+    if value is None or value == "":
+        return f"{keyword} missing"
+    allowed = f"{limits[0]:g}-{limits[1]:g} mm" if limits else "finite and > 0"
+    return f"{keyword} {_shown(value)} unusable, must be {allowed}"
+
+
+def _mm(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.3g} mm" if abs(pair[0] - pair[1]) < 1e-6 else f"{pair[0]:.3g} x {pair[1]:.3g} mm"
+
+
+def radiograph_spacing(ds: Dataset) -> tuple[tuple[float, float], str, str | None]:
+    """A projection image's (row, col) pixel spacing in mm, where it came from, and a note.
+
+    Pixel Spacing (0028,0030) is the spacing in the patient plane when the
+    equipment calibrated it; Imager Pixel Spacing (0018,1164) is at the
+    detector's front plane, so anatomy is magnified by source-to-detector over
+    source-to-patient distance, about 1.1 for a chest PA (PS3.3 C.8.11.7,
+    10.7.1.3). The first usable of the two is taken; else the longer side is
+    taken to span ``RADIOGRAPH_ESTIMATE_MM``.
+
+    Returns
+    -------
+    tuple
+        ``(spacing, source, note)``: source is "PixelSpacing",
+        "ImagerPixelSpacing" or "estimate"; note is a sentence for the result
+        when the spacing is estimated or Pixel Spacing was present but
+        unusable, else None.
+    """
+    limits = XR_SPACING_RANGE_MM
+    raw = ds.get("PixelSpacing")
+    spacing = _plausible_pair(raw, limits)
+    if spacing is not None:
+        return spacing, "PixelSpacing", None
+    why = _unusable("Pixel Spacing", raw, limits)
+    imager_raw = ds.get("ImagerPixelSpacing")
+    spacing = _plausible_pair(imager_raw, limits)
+    if spacing is not None:
+        # A DX without Pixel Spacing is the norm (it is Type 1C, present only
+        # once calibrated; Imager Pixel Spacing is Type 1, PS3.3 C.8.11.7):
+        # nothing to tell. A Pixel Spacing that is there but wrong is worth a note.
+        note = None if raw is None or raw == "" else (
+            f"pixel spacing {_mm(spacing)} from Imager Pixel Spacing (measured at the detector: sizes read "
+            f"about 10% large): {why}"
+        )
+        return spacing, "ImagerPixelSpacing", note
+    why += "; " + _unusable("Imager Pixel Spacing", imager_raw, limits)
+    longer = max(int(ds.Rows), int(ds.Columns))
+    # Clipped so that a thumbnail-sized image does not get a spacing no detector has.
+    estimate = float(np.clip(RADIOGRAPH_ESTIMATE_MM / longer, *limits))
+    return (estimate, estimate), "estimate", (
+        f"pixel spacing estimated as {estimate:.3g} mm (longer side of {longer} pixels taken to span a "
+        f"{RADIOGRAPH_ESTIMATE_MM:.0f} mm detector; sizes approximate): {why}"
+    )
+
+
+def _ct_spacing(ds: Dataset, measures: Dataset | None, frame: int, enhanced: bool,
+                shape: tuple[int, int]) -> tuple[tuple[float, float], str, str | None]:  # fmt: skip
+    """A CT/MR frame's (row, col) spacing, its source and a note; see ``load_volume``."""
+    # Only CT has a plausible range worth enforcing: NM and PET pixels of 4-10 mm are real.
+    limits = CT_SPACING_RANGE_MM if str(ds.get("Modality", "")).upper() == "CT" else None
+    raw = measures.get("PixelSpacing") if measures else None
+    spacing = _plausible_pair(raw, limits)
+    if spacing is not None:
+        return spacing, "PixelSpacing", None
+    why = _unusable("Pixel Spacing", raw, limits)
+    # Reconstruction Diameter (0018,1100) spans the reconstructed field, i.e. the
+    # matrix's columns for the square fields CT reconstructs (PS3.3 C.8.2.1);
+    # Enhanced CT keeps it in the CT Reconstruction functional group (C.8.15.3.4).
+    reconstruction = _group(ds, frame, "CTReconstructionSequence") if enhanced else ds
+    diameter_raw = reconstruction.get("ReconstructionDiameter") if reconstruction else None
+    try:
+        diameter = float(diameter_raw) if diameter_raw not in (None, "") else None
+    except (TypeError, ValueError):
+        diameter = None
+    if diameter is not None and np.isfinite(diameter) and diameter > 0:
+        step = diameter / shape[1]
+        if limits is None or limits[0] <= step <= limits[1]:
+            return (step, step), "ReconstructionDiameter", (
+                f"in-plane pixel spacing {step:.3g} mm from Reconstruction Diameter {diameter:g} mm / "
+                f"{shape[1]} columns: {why}"
+            )
+    if diameter_raw in (None, ""):
+        why += "; Reconstruction Diameter missing"
+    else:
+        why += f"; Reconstruction Diameter {_shown(diameter_raw)} unusable"
+    texts = " ".join(str(ds.get(k, "") or "") for k in ("BodyPartExamined", "SeriesDescription",
+                                                          "StudyDescription", "ProtocolName"))  # fmt: skip
+    head = bool(_HEAD_WORDS & set(re.sub(r"[^A-Z0-9]+", " ", texts.upper()).split()))
+    fov = CT_HEAD_FOV_MM if head else CT_BODY_FOV_MM
+    step = fov / shape[1]
+    return (step, step), "estimate", (
+        f"in-plane pixel spacing estimated as {step:.3g} mm (a {fov:.0f} mm {'head' if head else 'body'} "
+        f"field of view over {shape[1]} columns; sizes approximate): {why}"
+    )
 
 
 def _group(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
@@ -139,7 +293,6 @@ def _frames(ds: Dataset, path: Path, warnings: list[str]) -> list[_Frame]:
         value = _group(ds, k, "PixelValueTransformationSequence") if enhanced else None
         position = _floats(plane.get("ImagePositionPatient") if plane else None, 3)
         orientation = _floats(orient.get("ImageOrientationPatient") if orient else None, 6)
-        spacing = _floats(measures.get("PixelSpacing") if measures else None, 2)
         if orientation is None:
             warnings.append(f"{path}: no Image Orientation (Patient); assuming axial")
             orientation = _DEFAULT_ORIENTATION
@@ -153,8 +306,8 @@ def _frames(ds: Dataset, path: Path, warnings: list[str]) -> list[_Frame]:
         rescale = None
         if enhanced:
             rescale = (float(value.get("RescaleSlope", 1.0)), float(value.get("RescaleIntercept", 0.0))) if value else (1.0, 0.0)
-        row_col = (spacing[0], spacing[1]) if spacing else (1.0, 1.0)
-        frames.append(_Frame(path, k, sop_uid, pos, orientation, shape, row_col, rescale))
+        row_col, source, note = _ct_spacing(ds, measures, k, enhanced, shape)
+        frames.append(_Frame(path, k, sop_uid, pos, orientation, shape, row_col, rescale, source, note))
     return frames
 
 
@@ -209,14 +362,37 @@ def _slice_spacing(frames: list[_Frame], along: np.ndarray, datasets: dict[Path,
     return median
 
 
+def _report_shear(frames: list[_Frame], along: np.ndarray, slice_mm: float, warnings: list[str]) -> None:
+    """Warn when consecutive slices are offset in-plane (a gantry tilt): the volume is read unsheared."""
+    if len(frames) < 2:
+        return
+    step = frames[1].position - frames[0].position
+    in_plane = float(np.linalg.norm(step - (step @ along) * along))
+    if in_plane > 0.1 * min(frames[0].pixel_spacing):
+        degrees = float(np.degrees(np.arctan2(in_plane, abs(slice_mm))))
+        warnings.append(
+            f"slices are offset {in_plane:.2f} mm in-plane from one to the next (gantry tilt about {degrees:.1f} "
+            f"degrees); read as a stack along the slice normal, not resampled"
+        )
+
+
 def load_volume(paths: Iterable[str | Path]) -> Volume:
     """Assemble a CT/MR series (single-frame files, or multi-frame files) into a volume.
 
     Slices are ordered by their position along the slice normal (PS3.3
     C.7.6.2.1.1), never by Instance Number. Slice spacing is the median gap
-    between positions; uneven gaps and dropped duplicates are reported in
-    ``Volume.warnings``. Slices of different orientation, matrix size, pixel
-    spacing or series raise ``PixelDataError``: they are never mixed.
+    between positions measured along that normal, so a gantry-tilted series
+    (rows and columns not axial, positions stepping along the table) is a
+    stack like any other, its slice spacing the distance between the tilted
+    planes; the in-plane offset between neighbours is reported in
+    ``Volume.warnings``, as are uneven gaps and dropped duplicates. Slices of
+    different orientation, matrix size, pixel spacing or series raise
+    ``PixelDataError``: they are never mixed.
+
+    In-plane spacing is Pixel Spacing when finite and, for CT, within
+    ``CT_SPACING_RANGE_MM``; else Reconstruction Diameter / Columns (PS3.3
+    C.8.2.1); else a ``CT_HEAD_FOV_MM`` or ``CT_BODY_FOV_MM`` field of view
+    over the columns. ``Volume.spacing_source`` and ``Volume.notes`` say which.
 
     Parameters
     ----------
@@ -245,6 +421,7 @@ def load_volume(paths: Iterable[str | Path]) -> Volume:
     frames.sort(key=lambda f: (float(f.position @ along), f.sop_uid, f.index))
     frames = _drop_duplicates(frames, along, warnings)
     slice_mm = _slice_spacing(frames, along, datasets, warnings)
+    _report_shear(frames, along, slice_mm, warnings)
 
     decoded: dict[Path, np.ndarray] = {}
     hu = np.empty((len(frames), *frames[0].shape), dtype=np.float32)
@@ -265,6 +442,9 @@ def load_volume(paths: Iterable[str | Path]) -> Volume:
         sop_instance_uids=[f.sop_uid for f in frames],
         series_uid=series.pop(),
         warnings=warnings,
+        spacing_source=frames[0].spacing_source,
+        # One note for the series, not one per slice: the slices agree (checked above).
+        notes=tuple(dict.fromkeys(f.spacing_note for f in frames if f.spacing_note)),
     )
 
 
@@ -284,7 +464,12 @@ def load_radiograph(path: str | Path) -> Radiograph:
     The Modality LUT (rescale or LUT) is applied, then the first VOI LUT or
     window (PS3.3 C.11.2), else a min/max window. The result is scaled to
     [0, 1] over the VOI output range, and MONOCHROME1 is inverted so that bright
-    always means dense (PS3.3 C.7.6.3.1.2).
+    always means dense (PS3.3 C.7.6.3.1.2). The inversion comes after the VOI
+    step because a MONOCHROME1 window is defined on the stored values, whose
+    low end is the dense one.
+
+    Pixel spacing is always set: see :func:`radiograph_spacing` for the order
+    of fallbacks; ``spacing_source`` and ``notes`` say which was used.
     """
     path = Path(path)
     ds = _read(path)
@@ -309,10 +494,12 @@ def load_radiograph(path: str | Path) -> Radiograph:
         image = _to_unit(values, float(values.min()), float(values.max()))
     if photometric == "MONOCHROME1":
         image = (1.0 - image).astype(np.float32)
-    pixel_spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    pixel_spacing, source, note = radiograph_spacing(ds)
     return Radiograph(
         image=image,
-        pixel_spacing_mm=(pixel_spacing[0], pixel_spacing[1]) if pixel_spacing else None,
+        pixel_spacing_mm=pixel_spacing,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         photometric=photometric,
+        spacing_source=source,
+        notes=(note,) if note else (),
     )

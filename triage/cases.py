@@ -22,6 +22,12 @@ from triage.clock import as_utc
 from triage.models import AIFinding, Series, SeriesResult, Study
 from triage.policy import CaseInput, FindingInput
 
+# How a series result's reason carries the notes of its findings (see
+# triage.scoring.SeriesScore): "<route>; note: <text>; note: <text>". The
+# reason column is free text, so the notes reach the database, the audit trail
+# and this read side without a schema change.
+NOTE_SEPARATOR = "; note: "
+
 STUDY = Study.__table__  # type: ignore[attr-defined]
 SERIES = Series.__table__  # type: ignore[attr-defined]
 RESULT = SeriesResult.__table__  # type: ignore[attr-defined]
@@ -43,6 +49,7 @@ class FindingRow:
     model_version: str
     weights_sha256: str
     regions: tuple[dict[str, Any], ...]
+    notes: tuple[str, ...] = ()  # how the series was read (an estimated pixel spacing, ...)
 
     def as_input(self) -> FindingInput:
         return FindingInput(kind=self.kind, probability=self.probability, operating_point=self.operating_point)
@@ -53,8 +60,13 @@ class FindingRow:
             "probability": round(self.probability, 4), "operating_point": round(self.operating_point, 4),
             "urgent": self.urgent,
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.weights_sha256},
-            "regions": list(self.regions),
+            "regions": list(self.regions), "notes": list(self.notes),
         }  # fmt: skip
+
+
+def reason_notes(reason: str | None) -> tuple[str, ...]:
+    """The notes a series result's reason carries (``NOTE_SEPARATOR``), in order."""
+    return tuple((reason or "").split(NOTE_SEPARATOR)[1:])
 
 
 def current_findings(conn: Connection, study_pks: Collection[int] | None = None) -> dict[int, list[FindingRow]]:
@@ -67,7 +79,7 @@ def current_findings(conn: Connection, study_pks: Collection[int] | None = None)
         newest_query = newest_query.where(RESULT.c.study_pk.in_(list(study_pks)))
     newest = newest_query.group_by(RESULT.c.series_pk).subquery()
     query = (
-        select(FINDING, SERIES.c.series_uid)
+        select(FINDING, SERIES.c.series_uid, RESULT.c.reason.label("result_reason"))
         .join(RESULT, RESULT.c.id == FINDING.c.result_pk)
         .join(newest, and_(newest.c.series_pk == RESULT.c.series_pk, newest.c.generation == RESULT.c.generation))
         .join(SERIES, SERIES.c.id == FINDING.c.series_pk)
@@ -83,6 +95,7 @@ def current_findings(conn: Connection, study_pks: Collection[int] | None = None)
                 probability=row["probability"], operating_point=row["operating_point"], urgent=bool(row["urgent"]),
                 model_name=row["model_name"], model_version=row["model_version"],
                 weights_sha256=row["weights_sha256"], regions=tuple(json.loads(row["regions"] or "[]")),
+                notes=reason_notes(row["result_reason"]),
             )
         )  # fmt: skip
     return dict(out)

@@ -34,6 +34,20 @@ SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
 FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch for --help
 
 
+LABELS_HELP = """\
+labels CSV (--labels): a header row, then one row per study
+  study_uid or accession   the Study Instance UID or the Accession Number (study_uid wins if both)
+  bleed, fracture, nodule  1/0, yes/no, y/n, true/false, positive/negative; empty: unknown,
+                           the study is not evaluated for that kind (any subset of the three)
+  <kind>_sop_uid           optional: SOP Instance UID(s) of the image(s) the lesion is on, space-separated
+  <kind>_box               optional: "row0 col0 row1 col1", half-open, in those images' own pixels
+Other columns are ignored. Comma, semicolon or tab separated. Example:
+  study_uid,bleed,bleed_sop_uid,bleed_box
+  1.2.826.0.1.3680043.8.498.1,1,1.2.826.0.1.3680043.8.498.7,165 121 188 144
+  1.2.826.0.1.3680043.8.498.2,0,,
+"""
+
+
 class UsageError(TriageError):
     """A flag value the command cannot use (exit 2, like argparse's own usage errors)."""
 
@@ -98,7 +112,7 @@ def _resolve_device(name: str) -> str:
 def _scoring(args: argparse.Namespace) -> Iterator[tuple[DetectorSet, InferenceEngine]]:
     """Settings, detectors (shipped + config + --model) and an engine, closed on the way out."""
     from detectors.engine import InferenceEngine
-    from detectors.registry import load_detectors
+    from detectors.registry import OperatingPointError, load_detectors
     from detectors.spec import CardError
 
     settings = _offline_settings(args)
@@ -108,9 +122,11 @@ def _scoring(args: argparse.Namespace) -> Iterator[tuple[DetectorSet, InferenceE
         if not Path(card).is_file():
             raise UsageError(f"--model: no such model card: {card}")
     try:
-        detectors = load_detectors([*cfg.external, *args.model], device=device)
+        detectors = load_detectors([*cfg.external, *args.model], device=device, operating_points=cfg.operating_points)
     except CardError as exc:  # a bad card is configuration: exit 2
         raise ConfigError(f"model card: {exc}") from None
+    except OperatingPointError as exc:  # the site's [detectors.operating_points] names no loaded detector
+        raise ConfigError(f"config: detectors.operating_points.{exc.name}: {exc}") from None
     with InferenceEngine(device, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, workers=cfg.workers) as engine:
         yield detectors, engine
 
@@ -311,6 +327,58 @@ def _cmd_samples_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_samples_real(args: argparse.Namespace) -> int:
+    from detectors.real_samples import generate_real_samples
+    from detectors.realdata import RealDataError
+    from triage.progress import progress_bar
+
+    counts = {"head_ct": args.head_ct, "chest_xr": args.chest_xr, "extremity_xr": args.extremity_xr}
+    if any(n < 0 for n in counts.values()) or not any(counts.values()):
+        raise TriageError("--head-ct, --chest-xr and --extremity-xr must be >= 0, and one of them > 0")
+    out = Path(args.out)
+    try:
+        with progress_bar(sum(counts.values()), "studies", enabled=not args.no_progress) as advance:
+            manifest = generate_real_samples(out, {k: n for k, n in counts.items() if n}, args.seed, progress=advance)
+    except RealDataError as exc:
+        raise TriageError(str(exc)) from None
+    with_finding = sum(1 for s in manifest["studies"] if s["present"])
+    print(f"wrote {len(manifest['studies'])} real-anatomy studies ({with_finding} with an inserted finding) "
+          f"and {out / 'manifest.json'}")  # fmt: skip
+    return 0
+
+
+def _cmd_realdata(args: argparse.Namespace) -> int:
+    from detectors import realdata
+
+    if args.action == "fetch":
+        try:
+            paths = realdata.fetch()
+        except realdata.RealDataError as exc:
+            raise TriageError(str(exc)) from None
+        print("\n".join(str(p) for p in paths))
+        return 0
+    for case in realdata.CASES:
+        cached = (realdata.cache_dir() / case.name).is_file()
+        print(f"{case.name}  [{case.package.registry} {case.package.name} {case.package.version}, {case.package.licence}]"
+              f"{'  cached' if cached else ''}\n    {case.shows}")  # fmt: skip
+    print(f"cache: {realdata.cache_dir()} (${realdata.ENV_DIR})")
+    return 0
+
+
+def _cmd_train_filter(args: argparse.Namespace) -> int:
+    from detectors.train_filter import train_filter
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not args.no_progress:
+            print(f"\r{stage}: {done}/{total} cases", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    out = Path(args.out) if args.out else None
+    path = train_filter(args.name, tuple(args.real), tuple(args.phantoms), **({"out_dir": out} if out else {}),
+                        progress=progress)  # fmt: skip
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from triage.score_report import format_scores
     from triage.scoring import score_paths
@@ -337,6 +405,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from triage.evaluate import acquisition_strata, not_scored_line, read_manifest, score_manifest, update_cards
     from triage.progress import progress_bar
 
+    if args.labels:
+        return _cmd_evaluate_labels(args)
+    for flag, given in (("--set-operating-point", args.set_operating_point), ("--min-n", args.min_n is not None)):
+        if given:
+            raise UsageError(f"{flag} needs --labels (a site's own labelled studies)")
     folder = Path(args.path)
     total = len(read_manifest(folder)["studies"])  # before loading models: a wrong folder fails fast
     with _scoring(args) as (detectors, engine):
@@ -375,6 +448,84 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             lines.append(f"plots in {args.plots}")
         print("\n".join(lines))
     return 1 if result.failures else 0
+
+
+def _cmd_evaluate_labels(args: argparse.Namespace) -> int:
+    """``triage evaluate FOLDER --labels CSV``: the same report on a site's own labelled studies."""
+    import os
+
+    from detectors.evaluation import evaluate, format_reports, reports_as_json
+    from detectors.plots import LOCAL_FOOTER as LOCAL_DISCLAIMER
+    from triage import local_validation as lv
+    from triage import site_operating_points as sop
+    from triage.evaluate import not_scored_line
+    from triage.progress import progress_bar
+
+    if args.update_cards:
+        raise UsageError("--update-cards takes a sample folder: a site's figures never go into the shipped cards "
+                         "(use --set-operating-point)")  # fmt: skip
+    min_n = 5 if args.min_n is None else args.min_n
+    if min_n < 1:
+        raise UsageError(f"--min-n must be at least 1, got {min_n}")
+    if not 0.0 < args.target_sensitivity <= 1.0:
+        raise UsageError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
+    config_path = sop.site_config_path(args.config, os.environ) if args.set_operating_point else None
+    # The CSV and the folder's headers before the models load: a bad file fails fast.
+    labels = lv.read_labels(args.labels)
+    folder = Path(args.path)
+    studies, unreadable = lv.read_folder(folder)
+    if not studies:
+        raise TriageError(f"no DICOM study found in {folder}")
+    matched = lv.match_labels(labels, studies)[0]
+    with _scoring(args) as (detectors, engine):
+        with progress_bar(len(matched), "studies", enabled=not args.no_progress) as advance:
+            result = lv.score_labelled(folder, labels, detectors, engine, studies, unreadable, on_study=advance)
+    if not result.outcomes:
+        detail = not_scored_line(result) or f"{result.studies} labelled studies in the folder"
+        raise TriageError(f"no labelled study in {folder} was scored by a detector ({detail})")
+    reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None, footer=LOCAL_DISCLAIMER)
+    groups = lv.subgroups(result.outcomes, result.strata, min_n=min_n)
+    choices: list[sop.OperatingPointChoice] = []
+    previous: dict[str, float | None] = {}
+    refusal = None
+    chosen: dict[str, float] = {}
+    if config_path is not None:
+        choices = sop.choose_operating_points(result.outcomes, args.target_sensitivity)
+        chosen = {c.detector: c.value for c in choices if c.value is not None}
+        if result.failures:
+            refusal = f"operating points not written: {len(result.failures)} scoring failures (fix them, or move them out)"
+        elif chosen:
+            previous = sop.write_operating_points(config_path, chosen)
+    if args.json:
+        doc = reports_as_json(reports, LOCAL_DISCLAIMER) | result.as_json()
+        doc["subgroups"] = [g.as_json() for g in groups]
+        if config_path is not None:
+            doc["operating_points"] = {
+                "config": str(config_path), "written": sorted(chosen) if refusal is None else [],
+                "target_sensitivity": args.target_sensitivity, "refused": refusal,
+                "detectors": [{"detector": c.detector, "previous_site": previous.get(c.detector),
+                               "previous_scored": c.previous, "value": c.value, "refused": c.refused}
+                              for c in choices],
+            }  # fmt: skip
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_reports(reports, LOCAL_DISCLAIMER))
+        print(f"\n-- subgroups (a rate needs at least {min_n} studies of its class) --")
+        print(lv.format_subgroups(groups))
+        lines = ["", *lv.format_labels_summary(result)]
+        lines.append(f"models: {', '.join(str(m) for _, m in sorted(result.models.items()))}")
+        if line := not_scored_line(result):
+            lines.append(line)
+        if result.failures:
+            lines.append(f"{len(result.failures)} scoring failures:")
+            lines += [f"  {text}" for text in result.failures]
+        if args.plots:
+            lines.append(f"plots in {args.plots}")
+        if config_path is not None:
+            lines += [refusal] if refusal else sop.format_choices(choices, config_path, previous, args.target_sensitivity)
+        print("\n".join(lines))
+    refused = any(c.value is None for c in choices)
+    return 1 if result.failures or refused else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -508,16 +659,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 
+    p = ssub.add_parser("real", help="write real-anatomy studies (real scans, inserted lesions, drawn acquisitions) "
+                                     "as DICOM plus manifest.json, for `triage evaluate`")  # fmt: skip
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--head-ct", type=int, default=80, help="head CTs, normal or with a haemorrhage (default 80)")
+    p.add_argument("--chest-xr", type=int, default=40, help="chest radiographs, normal or with a nodule (default 40)")
+    p.add_argument("--extremity-xr", type=int, default=0, help="leg radiographs, normal or with a fracture (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0); the test split of detectors.real_cases")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_samples_real)
+
+    p = sub.add_parser("realdata", help="the real scans the detectors are developed on: list them, or fetch and cache them")
+    p.add_argument("action", choices=("list", "fetch"), help="list: sources, licences, what each shows; fetch: download and check")
+    p.set_defaults(func=_cmd_realdata)
+
+    p = sub.add_parser("train-filter", help="fit a shipped detector's false-positive filter and calibrate it on real anatomy")
+    p.add_argument("name", choices=("bleed-ct", "nodule-ct", "nodule-xr", "fracture-xr"), help="the shipped detector")
+    p.add_argument("--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"),
+                   help="real-anatomy cases (default 120 80)")  # fmt: skip
+    p.add_argument("--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"),
+                   help="phantom cases (default 120 120)")  # fmt: skip
+    p.add_argument("--out", help="write the card here instead of the package's detectors/models/")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_train_filter)
+
     p = sub.add_parser("score", help="score DICOM files and folders with the detectors (offline: no network, no DB)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders, walked for DICOM files")
     p.add_argument("--json", action="store_true", help="a JSON document instead of text")
     _add_detector_args(p)
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("evaluate", help="score a sample folder (manifest.json) and report AUC, sensitivity, FROC")
-    p.add_argument("path", metavar="PATH", help="a folder written by `triage samples generate`")
-    p.add_argument("--plots", metavar="DIR", help="write roc.png and froc-<detector>.png here")
+    p = sub.add_parser("evaluate", help="score a sample folder (manifest.json) or a site's labelled studies "
+                                        "(--labels) and report AUC, sensitivity, FROC, calibration",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LABELS_HELP)  # fmt: skip
+    p.add_argument("path", metavar="PATH",
+                   help="a folder written by `triage samples generate`, or with --labels any folder of DICOM")  # fmt: skip
+    p.add_argument("--labels", metavar="CSV", help="the site's labels of the studies in PATH (format below)")
+    p.add_argument("--plots", metavar="DIR", help="write roc.png, froc-<detector>.png and reliability-<detector>.png here")
     p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    p.add_argument("--min-n", type=int,
+                   help="with --labels: fewest studies of a class for a subgroup's rate to be given (default 5)")  # fmt: skip
+    p.add_argument("--set-operating-point", action="store_true",
+                   help="with --labels: choose each detector's operating point on these studies and write it into "
+                        "the site's settings ([detectors.operating_points] of --config, else $TRIAGE_CONFIG, "
+                        "else ./triage.toml, created if absent); never into the shipped cards")  # fmt: skip
+    p.add_argument("--target-sensitivity", type=float, default=0.95,
+                   help="sensitivity the chosen operating point keeps on the labelled studies (default 0.95)")  # fmt: skip
     p.add_argument("--update-cards", action="store_true",
                    help="write the test figures into the shipped detectors' cards (detectors/models/)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -81,6 +81,7 @@ def _show(view: Any) -> str:
             where = f"slice {r.get('slice_index')}, box {tuple(r.get('box', ()))}"
             size = f", {r['diameter_mm']:.0f} mm" if r.get("diameter_mm") else ""
             lines.append(f"      region p {r.get('probability', 0):.2f}: {where}{size}")
+        lines += [f"      note: {note}" for note in f.notes]
     if view.impression:
         lines.append(f"  your impression: {view.impression.text} (kinds: {', '.join(view.impression.kinds) or 'none'})")
     for fb in view.feedback:

@@ -13,6 +13,7 @@ and where it came from, so the CLI can print it and exit 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -149,6 +150,10 @@ class DetectorSettings(_Section):
     # External model cards (TOML beside TorchScript weights); one for the same
     # finding kind and image family replaces the shipped detector.
     external: list[Path] = Field(default_factory=list)
+    # The site's operating points (detector name -> calibrated probability),
+    # chosen on its own labelled studies by `triage evaluate --set-operating-point`;
+    # each replaces the card's threshold. Names are checked when detectors load.
+    operating_points: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("device")
     @classmethod
@@ -162,6 +167,16 @@ class DetectorSettings(_Section):
     @classmethod
     def _expand(cls, values: list[Path]) -> list[Path]:
         return [p.expanduser() for p in values]
+
+    @field_validator("operating_points")
+    @classmethod
+    def _check_operating_points(cls, values: dict[str, float]) -> dict[str, float]:
+        for name, point in values.items():
+            if not name.strip():
+                raise ValueError("a detector name must not be empty")
+            if not math.isfinite(point) or not 0.0 <= point <= 1.0:
+                raise ValueError(f"{name}: must be a probability in [0, 1], got {point}")
+        return values
 
 
 _PRIORITY_CLASSES = ("critical", "urgent", "routine")
@@ -401,7 +416,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Keys whose value is itself a table (not a section): kept whole when flattening.
-_TABLE_VALUED = {"completeness.per_modality", "policy.finding_points", "policy.order_points", "policy.targets_min"}
+_TABLE_VALUED = {"completeness.per_modality", "policy.finding_points", "policy.order_points", "policy.targets_min",
+                 "detectors.operating_points"}  # fmt: skip
 
 
 def _format_error(err: ValidationError, origins: Mapping[str, str]) -> str:

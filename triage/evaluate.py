@@ -257,19 +257,39 @@ def update_cards(
 
 
 def acquisition_strata(folder: str | Path, outcomes: Sequence[StudyOutcome]) -> dict[str, list[StudyOutcome]]:
-    """Outcomes grouped by CT acquisition, when the manifest records it (``--acquisition varied``).
+    """Outcomes grouped by acquisition and by lesion, when the manifest records them.
 
-    Groups: matrix (256 / 512) and slice thickness (thin <= 1.25 mm, thick
-    above); a detector that holds up on real scanners holds up in each.
-    Empty when the manifest has no acquisition records.
+    Acquisition groups (``--acquisition varied`` and ``triage samples real``):
+    matrix (256 / 512), slice thickness (thin <= 1.25 mm, thick above), and
+    gantry tilt when recorded; a detector that holds up on real scanners holds
+    up in each. Lesion groups (``triage samples real``): each haemorrhage kind
+    and the volume bands 0.3-1 mL and >= 1 mL; a lesion group holds its
+    positive studies and every negative study, so its sensitivity is the
+    band's and its specificity the set's. Empty when the manifest records neither.
     """
-    entries = {str(e.get("folder")): e.get("acquisition") for e in read_manifest(Path(folder))["studies"]}
+    studies = {str(e.get("folder")): e for e in read_manifest(Path(folder))["studies"]}
     groups: dict[str, list[StudyOutcome]] = {}
+    lesion_groups: set[str] = set()
     for o in outcomes:
-        acq = entries.get(o.study_folder)
-        if not isinstance(acq, Mapping):
-            continue
-        thin = float(acq.get("slice_thickness_mm", 0)) <= 1.25
-        for key in (f"matrix {acq.get('matrix')}", "slices <= 1.25 mm" if thin else "slices > 1.25 mm"):
-            groups.setdefault(key, []).append(o)
+        entry = studies.get(o.study_folder, {})
+        acq = entry.get("acquisition")
+        if isinstance(acq, Mapping) and "slice_thickness_mm" in acq:
+            thin = float(acq.get("slice_thickness_mm", 0)) <= 1.25
+            keys = [f"matrix {acq.get('matrix')}", "slices <= 1.25 mm" if thin else "slices > 1.25 mm"]
+            if "tilt_deg" in acq:
+                keys.append("gantry tilted" if float(acq.get("tilt_deg") or 0) else "gantry not tilted")
+            for key in keys:
+                groups.setdefault(key, []).append(o)
+        for finding in entry.get("findings") or []:
+            if finding.get("kind") == "bleed" and o.label:
+                keys = [f"bleed {finding.get('subtype')}"]
+                volume = finding.get("volume_ml")
+                if isinstance(volume, (int, float)):
+                    keys.append("bleed 0.3-1 mL" if volume < 1.0 else "bleed >= 1 mL")
+                for key in keys:
+                    groups.setdefault(key, []).append(o)
+                    lesion_groups.add(key)
+    negatives = [o for o in outcomes if not o.label]
+    for key in lesion_groups:
+        groups[key] = groups[key] + [o for o in negatives if o.kind == groups[key][0].kind]
     return dict(sorted(groups.items()))

@@ -413,14 +413,21 @@ class ScoringWorker:
     def start(self) -> None:
         if self.detectors is None or self.inference is None:
             from detectors.engine import InferenceEngine
-            from detectors.registry import load_detectors
+            from detectors.registry import OperatingPointError, load_detectors
+            from triage.errors import ConfigError
 
             cfg = self.settings.detectors
             if self.inference is None:
                 self.inference = InferenceEngine(cfg.device, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                                                  workers=cfg.workers)  # fmt: skip
             if self.detectors is None:
-                self.detectors = load_detectors(cfg.external, device=str(self.inference.device))
+                try:
+                    self.detectors = load_detectors(cfg.external, device=str(self.inference.device),
+                                                    operating_points=cfg.operating_points)  # fmt: skip
+                except OperatingPointError as exc:
+                    if self._owns_inference:  # not started: nothing else would close its threads
+                        self.inference.close()
+                    raise ConfigError(f"config: detectors.operating_points.{exc.name}: {exc}") from None
         log.info("scoring worker %s: %d detectors on %s", self.worker_id, len(self.detectors),
                  self.inference.device)  # fmt: skip
         self._thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from detectors.base import Finding, Region
+from triage.cases import NOTE_SEPARATOR
 from triage.scoring import DISCLAIMER, ScoreReport, SeriesScore, StudyScore
 
 
@@ -35,8 +36,11 @@ def _finding(f: Finding) -> list[str]:
 
 def _series(s: SeriesScore) -> list[str]:
     description = f' "{s.description}"' if s.description else ""
+    # The reason ends with the notes (for the server's records); here each gets its own line.
+    route = s.reason.split(NOTE_SEPARATOR)[0] if s.notes else s.reason
     lines = [f"series {s.series_uid} {s.modality or '?'}{description}, {_plural(s.instances, 'image')}",
-             f"  route: {s.reason}"]  # fmt: skip
+             f"  route: {route}"]  # fmt: skip
+    lines += [f"  note: {text}" for text in s.notes]
     for f in s.findings:
         lines += [f"  {line}" for line in _finding(f)]
     lines += [f"  FAILED: {text}" for text in s.failures]

@@ -34,6 +34,7 @@ from detectors.registry import DetectorSet
 from detectors.routing import FindingKind, SeriesInfo, route
 from dicom_io.pixels import PixelDataError, load_radiograph, load_volume
 from dicom_io.send import find_dicom_files
+from triage.cases import NOTE_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,11 @@ class SeriesScore:
     no detector loaded; ``missing_detectors`` names those finding kinds.
     ``analysed`` is true when at least one detector was asked to score it.
     ``failures`` are one-line texts (pixel data that could not be read, a
-    detector that failed); the series' other results stand.
+    detector that failed); the series' other results stand. ``notes`` are the
+    reported findings' notes (an estimated pixel spacing, ...); ``reason`` ends
+    with each as ``"; note: <text>"`` too, because the reason is what the
+    server stores with the result and writes to the audit trail
+    (:func:`triage.cases.reason_notes` reads them back).
     """
 
     series_uid: str
@@ -70,6 +75,7 @@ class SeriesScore:
     findings: tuple[Finding, ...] = ()
     failures: tuple[str, ...] = ()
     missing_detectors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +88,7 @@ class SeriesScore:
             "findings": [f.as_json() for f in self.findings],
             "failures": list(self.failures),
             "missing_detectors": list(self.missing_detectors),
+            "notes": list(self.notes),
         }
 
 
@@ -318,16 +325,18 @@ def _collect(pending: _Pending) -> SeriesScore:
         if kind not in best or finding.probability > best[kind].probability:
             best[kind] = finding
     info = pending.series.info
+    notes = tuple(dict.fromkeys(n for f in best.values() for n in f.notes))
     return SeriesScore(
         series_uid=pending.series.uid,
         modality=info.modality,
         description=info.series_description,
         instances=len(pending.series.files),
-        reason=pending.reason,
+        reason="".join([pending.reason, *(f"{NOTE_SEPARATOR}{n}" for n in notes)]),
         analysed=pending.analysed,
         findings=tuple(best.values()),
         failures=tuple(failures),
         missing_detectors=tuple(k.value for k in pending.missing),
+        notes=notes,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -119,16 +118,6 @@ def test_bootstrap_matches_naive_resampling() -> None:
         p, n = np.repeat(pos, pos_counts[b]), np.repeat(neg, neg_counts[b])
         naive.append(brute_auc(np.r_[np.ones(p.size), np.zeros(n.size)], np.r_[p, n]))
     assert (low, high) == pytest.approx(tuple(np.quantile(naive, [0.025, 0.975])))
-
-
-def test_bootstrap_is_fast_enough() -> None:
-    rng = np.random.default_rng(3)
-    labels = rng.integers(0, 2, 1000).astype(bool)
-    scores = rng.normal(size=1000) + labels
-    start = time.perf_counter()
-    bootstrap_auc_ci(labels, scores, n_boot=2000)
-    # About 0.15 s on one core; generous for a loaded CI machine.
-    assert time.perf_counter() - start < 2.0
 
 
 def test_bootstrap_arguments_are_checked() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,14 +152,6 @@ def test_bad_arguments_are_named() -> None:
         extremity_radiograph(0, bone="skull")
     with pytest.raises(ValueError, match='"fracture"'):
         extremity_radiograph(0, fracture="greenstick")
-
-
-def test_generators_are_fast() -> None:
-    for make in (lambda: chest_radiograph(1, nodule=True, rows=1024), lambda: extremity_radiograph(1, fracture="comminuted", displaced=True, rows=1024)):
-        make()
-        start = time.perf_counter()
-        make()
-        assert time.perf_counter() - start < 0.5
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])

@@ -437,3 +437,122 @@ def test_from_dataset_single_valued_image_type() -> None:
 def test_routing_does_not_import_torch() -> None:
     code = "import detectors.routing, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+# --- real-world Image Types (issue 12): derived is not the same as a reformat ---------
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+MULTIFRAME_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+
+DERIVED_CASES = [
+    # Analysed: processed radiographs for presentation and vendors' CT reconstructions.
+    (
+        "CR for presentation",
+        xr("CR", body_part="CHEST", image_type=("DERIVED", "PRIMARY")),
+        NODULE,
+        "chest radiograph (body part CHEST)",
+    ),
+    (
+        "DX for presentation, post-processed",
+        xr(body_part="KNEE", image_type=("DERIVED", "PRIMARY", "POST_PROCESSED")),
+        FRACTURE,
+        "skeletal radiograph",
+    ),
+    (
+        "CT reconstruction DERIVED PRIMARY AXIAL",
+        ct(body_part="HEAD", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 SPI")),
+        BLEED,
+        "head CT (body part HEAD)",
+    ),
+    (
+        "Enhanced CT original volume",
+        ct(body_part="CHEST", sop_class_uid=ENHANCED_CT,
+           image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE")),  # fmt: skip
+        NODULE,
+        "chest CT",
+    ),
+    # Skipped, each with what it is and the evidence.
+    (
+        "GE reformat",
+        ct(body_part="CHEST", image_type=("DERIVED", "SECONDARY", "REFORMATTED", "AVERAGE")),
+        NONE,
+        r"derived/secondary image (Image Type DERIVED\SECONDARY\REFORMATTED\AVERAGE",
+    ),
+    (
+        "MPR labelled primary",
+        ct(body_part="CHEST", image_type=("DERIVED", "PRIMARY", "MPR")),
+        NONE,
+        r"derived image: reformat (Image Type DERIVED\PRIMARY\MPR)",
+    ),
+    (
+        "curved reformat",
+        ct(body_part="CHEST", image_type=("DERIVED", "PRIMARY", "CURVED")),
+        NONE,
+        "derived image: reformat",
+    ),
+    (
+        "Siemens MIP",
+        ct(body_part="CHEST", image_type=("DERIVED", "PRIMARY", "PROJECTION IMAGE")),
+        NONE,
+        "derived image: intensity projection (MIP/MinIP)",
+    ),
+    (
+        "MinIP",
+        ct(body_part="CHEST", image_type=("DERIVED", "PRIMARY", "MINIP")),
+        NONE,
+        "intensity projection",
+    ),
+    (
+        "derived volume",
+        ct(body_part="HEAD", image_type=("DERIVED", "PRIMARY", "VOLUME")),
+        NONE,
+        "derived image: volume reformat or rendering",
+    ),
+    (
+        "enhanced MIP by derived pixel contrast",
+        ct(body_part="CHEST", sop_class_uid=ENHANCED_CT,
+           image_type=("DERIVED", "PRIMARY", "VOLUME", "MAXIMUM")),  # fmt: skip
+        NONE,
+        "derived image: volume reformat or rendering",
+    ),
+    (
+        "CT perfusion map (eCT_Supplemental)",
+        ct(sop_class_uid=ENHANCED_CT, image_type=("DERIVED", "PRIMARY", "PERFUSION", "RCBF")),
+        NONE,
+        r"derived image: perfusion/parametric map (Image Type DERIVED\PRIMARY\PERFUSION\RCBF)",
+    ),
+    (
+        "secondary capture, original",
+        ct(sop_class_uid=SC_IMAGE, body_part="HEAD"),
+        NONE,
+        "secondary capture (a screen capture or scanned image, not an acquisition)",
+    ),
+    (
+        "multi-frame SC with modality OT",
+        SeriesInfo(modality="OT", sop_class_uid=MULTIFRAME_SC, body_part="CHEST"),
+        NONE,
+        "secondary capture",
+    ),
+    (
+        "reformat by description",
+        ct(body_part="CHEST", series_description="COR MPR 3mm",
+           image_type=("DERIVED", "PRIMARY", "AXIAL")),  # fmt: skip
+        NONE,
+        "derived image: reformat or MIP (series description 'COR MPR 3mm')",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("info", "detectors", "reason"),
+    [c[1:] for c in DERIVED_CASES],
+    ids=[c[0] for c in DERIVED_CASES],
+)
+def test_derived_images(
+    info: SeriesInfo, detectors: tuple[FindingKind, ...], reason: str
+) -> None:
+    result = route(info)
+    assert result.detectors == detectors
+    assert result.analysed is bool(detectors)
+    assert reason in result.reason
+    assert "derived" not in result.reason or not result.analysed

@@ -255,3 +255,198 @@ def test_phantom_round_trip_through_dicom(tmp_path: Path, transfer_syntax: str) 
     vol = load_volume(list(reversed(paths)))
     assert vol.spacing_mm == pytest.approx(ph.spacing_mm)
     np.testing.assert_allclose(vol.hu, np.clip(np.rint(ph.hu), -1024, 3071), atol=1)
+
+
+# --- real-world headers: spacing fallbacks, MONOCHROME1, gantry tilt (issue 12) --------
+
+
+def _gradient(rows: int = 120, cols: int = 100) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, cols), (rows, 1))  # bright (dense) on the right
+
+
+def _radiograph(tmp_path: Path, name: str, *, drop: tuple[str, ...] = (), **attrs: object) -> Path:
+    from dicom_io.writer import radiograph_dataset
+
+    ds = radiograph_dataset(_gradient(), modality="CR", pixel_spacing_mm=0.15)
+    for keyword in drop:
+        delattr(ds, keyword)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_radiograph_pixel_spacing_is_used_without_a_note(tmp_path: Path) -> None:
+    radiograph = load_radiograph(_radiograph(tmp_path, "ok.dcm"))
+    assert radiograph.pixel_spacing_mm == pytest.approx((0.15, 0.15))
+    assert (radiograph.spacing_source, radiograph.notes) == ("PixelSpacing", ())
+
+
+@pytest.mark.parametrize(
+    ("pixel_spacing", "why"),
+    [
+        ([0, 0], r"Pixel Spacing 0.0\0.0 unusable"),
+        (None, "Pixel Spacing missing"),
+        ([0.15, -0.15], r"Pixel Spacing 0.15\-0.15 unusable"),
+        ([150, 150], r"Pixel Spacing 150.0\150.0 unusable, must be 0.02-5 mm"),  # microns written as mm
+        (["NaN", "NaN"], r"Pixel Spacing NaN\NaN unusable"),
+    ],
+    ids=["zero", "missing", "negative", "too-large", "nan"],
+)
+def test_unusable_pixel_spacing_falls_back_to_imager_pixel_spacing(
+    tmp_path: Path, pixel_spacing: list[object] | None, why: str
+) -> None:
+    attrs: dict[str, object] = {"ImagerPixelSpacing": [0.143, 0.143]}
+    drop = ("PixelSpacing",) if pixel_spacing is None else ()
+    if pixel_spacing is not None:
+        attrs["PixelSpacing"] = pixel_spacing
+    radiograph = load_radiograph(_radiograph(tmp_path, "imager.dcm", drop=drop, **attrs))
+    assert radiograph.pixel_spacing_mm == pytest.approx((0.143, 0.143))
+    assert radiograph.spacing_source == "ImagerPixelSpacing"
+    if pixel_spacing is None:  # a DX's usual header (Pixel Spacing is Type 1C): nothing to note
+        assert radiograph.notes == ()
+        return
+    [note] = radiograph.notes
+    assert "from Imager Pixel Spacing" in note and why in note
+
+
+def test_no_usable_spacing_is_estimated_from_a_430_mm_detector(tmp_path: Path) -> None:
+    path = _radiograph(tmp_path, "none.dcm", PixelSpacing=[0, 0], ImagerPixelSpacing=[0, 0])
+    radiograph = load_radiograph(path)
+    assert radiograph.spacing_source == "estimate"
+    assert radiograph.pixel_spacing_mm == pytest.approx((430 / 120, 430 / 120))  # longer side 120 pixels
+    [note] = radiograph.notes
+    assert "estimated as 3.58 mm" in note and "430 mm detector" in note
+    assert r"Pixel Spacing 0.0\0.0 unusable" in note and r"Imager Pixel Spacing 0.0\0.0 unusable" in note
+
+
+def test_estimate_is_clipped_to_a_plausible_spacing(tmp_path: Path) -> None:
+    from dicom_io.writer import radiograph_dataset
+
+    ds = radiograph_dataset(np.zeros((40, 30)), modality="CR")
+    del ds.PixelSpacing
+    ds.save_as(tmp_path / "tiny.dcm", enforce_file_format=True)
+    radiograph = load_radiograph(tmp_path / "tiny.dcm")
+    assert radiograph.pixel_spacing_mm == pytest.approx((5.0, 5.0))  # 430 / 40 would be 10.75 mm
+    assert "Imager Pixel Spacing missing" in radiograph.notes[0]
+
+
+@pytest.mark.parametrize("voi", ["window", "lut", "none"])
+def test_monochrome1_reads_bright_as_dense_with_and_without_voi(tmp_path: Path, voi: str) -> None:
+    from dicom_io.writer import radiograph_dataset
+
+    image = _gradient()
+    read = {}
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        ds = radiograph_dataset(image, modality="CR", photometric=photometric, voi=voi)
+        ds.save_as(tmp_path / f"{photometric}.dcm", enforce_file_format=True)
+        read[photometric] = load_radiograph(tmp_path / f"{photometric}.dcm")
+    mono1 = read["MONOCHROME1"]
+    assert mono1.photometric == "MONOCHROME1"
+    # The dense side (right) is bright after reading, as in MONOCHROME2, whatever the stored values.
+    assert mono1.image[:, -5:].mean() > 0.9 and mono1.image[:, :5].mean() < 0.1
+    assert np.all(np.diff(mono1.image, axis=1) >= -1e-6)
+    if voi != "lut":
+        np.testing.assert_allclose(mono1.image, read["MONOCHROME2"].image, atol=0.01)
+    # A VOI LUT maps stored values and the inversion follows it (PS3.3 C.7.6.3.1.2: the minimum is
+    # white after the VOI transformation), so one gamma LUT bends a MONOCHROME1 image the other way.
+
+
+def _tilted_ct(tmp_path: Path, tilt_deg: float, table_step_mm: float = 5.0, slices: int = 6) -> list[Path]:
+    """A gantry-tilted axial series as scanners write it: the slice planes tilted about the
+    patient's left-right axis, the table (and so Image Position) stepping along z, y following."""
+    t = np.radians(tilt_deg)
+    paths = []
+    volume = np.full((slices, 32, 32), 40.0)
+    for k, ds in enumerate(ct_datasets(volume, pixel_spacing_mm=(0.5, 0.5), slice_thickness_mm=table_step_mm)):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(t)), float(-np.sin(t))]
+        ds.GantryDetectorTilt = tilt_deg
+        # Each plane's centre moves along the table axis; its top-left corner moves along y as z changes.
+        centre = np.array([0.0, 0.0, k * table_step_mm])
+        corner = centre - 8.0 * np.array([1, 0, 0]) - 8.0 * np.array([0, np.cos(t), -np.sin(t)])
+        ds.ImagePositionPatient = [float(v) for v in corner]
+        paths.append(tmp_path / f"tilt{k}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    random.Random(3).shuffle(paths)
+    return paths
+
+
+def test_gantry_tilted_series_reads_as_a_stack_spaced_along_the_normal(tmp_path: Path) -> None:
+    paths = _tilted_ct(tmp_path, 18.5)
+    volume = load_volume(paths)
+    assert volume.hu.shape == (6, 32, 32)
+    # The planes are 5 mm apart along the table, 5 cos(18.5) = 4.74 mm apart along their normal.
+    assert volume.spacing_mm == pytest.approx((5.0 * np.cos(np.radians(18.5)), 0.5, 0.5), abs=1e-3)
+    assert not any("inconsistent" in w for w in volume.warnings)
+    [shear] = [w for w in volume.warnings if "gantry tilt" in w]
+    assert "18.5 degrees" in shear and "1.59 mm in-plane" in shear  # 5 sin(18.5)
+    zs = [float(dcmread(p).ImagePositionPatient[2]) for p in paths]
+    ordered = [str(dcmread(p).SOPInstanceUID) for _, p in sorted(zip(zs, paths))]
+    assert volume.sop_instance_uids == ordered
+
+
+def test_untilted_series_has_no_shear_warning(make_ct_series: MakeSeries) -> None:
+    volume = load_volume(make_ct_series(slices=4, size=16))
+    assert not [w for w in volume.warnings if "gantry tilt" in w]
+
+
+def _ct_slices(tmp_path: Path, name: str, *, drop: tuple[str, ...] = (), **attrs: object) -> list[Path]:
+    out = tmp_path / name
+    out.mkdir()
+    paths = []
+    for k, ds in enumerate(ct_datasets(np.zeros((3, 64, 64)), pixel_spacing_mm=(0.7, 0.7))):
+        for keyword in drop:
+            delattr(ds, keyword)
+        for keyword, value in attrs.items():
+            setattr(ds, keyword, value)
+        paths.append(out / f"{k}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def test_ct_pixel_spacing_is_used_without_a_note(tmp_path: Path) -> None:
+    volume = load_volume(_ct_slices(tmp_path, "ok", ReconstructionDiameter=320))
+    assert volume.spacing_mm[1:] == pytest.approx((0.7, 0.7))
+    assert (volume.spacing_source, volume.notes) == ("PixelSpacing", ())
+
+
+@pytest.mark.parametrize(
+    ("spacing", "why"),
+    [([0, 0], r"Pixel Spacing 0.0\0.0 unusable"), (None, "Pixel Spacing missing"),
+     ([0.01, 0.01], r"Pixel Spacing 0.01\0.01 unusable, must be 0.1-5 mm")],  # fmt: skip
+    ids=["zero", "missing", "implausible"],
+)
+def test_ct_spacing_falls_back_to_reconstruction_diameter(tmp_path: Path, spacing: object, why: str) -> None:
+    drop = ("PixelSpacing",) if spacing is None else ()
+    attrs: dict[str, object] = {"ReconstructionDiameter": 320}
+    if spacing is not None:
+        attrs["PixelSpacing"] = spacing
+    volume = load_volume(_ct_slices(tmp_path, "rd", drop=drop, **attrs))
+    assert volume.spacing_mm[1:] == pytest.approx((5.0, 5.0))  # 320 mm over 64 columns
+    assert volume.spacing_source == "ReconstructionDiameter"
+    [note] = volume.notes  # one for the series, not one per slice
+    assert "Reconstruction Diameter 320 mm / 64 columns" in note and why in note
+
+
+@pytest.mark.parametrize(
+    ("description", "fov", "word"), [("CT HEAD WO", 250.0, "head"), ("CT ABDOMEN", 350.0, "body")]
+)
+def test_ct_spacing_is_estimated_from_a_head_or_body_field_of_view(
+    tmp_path: Path, description: str, fov: float, word: str
+) -> None:
+    paths = _ct_slices(tmp_path, word, drop=("PixelSpacing", "BodyPartExamined"), StudyDescription=description,
+                       SeriesDescription="AXIAL 5MM")  # fmt: skip
+    volume = load_volume(paths)
+    assert volume.spacing_source == "estimate"
+    assert volume.spacing_mm[1:] == pytest.approx((fov / 64, fov / 64))
+    [note] = volume.notes
+    assert f"a {fov:.0f} mm {word} field of view over 64 columns" in note
+    assert "Pixel Spacing missing; Reconstruction Diameter missing" in note
+
+
+def test_ct_with_a_wrong_reconstruction_diameter_is_estimated(tmp_path: Path) -> None:
+    volume = load_volume(_ct_slices(tmp_path, "bad", PixelSpacing=[0, 0], ReconstructionDiameter=0,
+                                    BodyPartExamined="HEAD"))  # fmt: skip
+    assert volume.spacing_source == "estimate" and volume.spacing_mm[1] == pytest.approx(250 / 64)
+    assert "Reconstruction Diameter 0.0 unusable" in volume.notes[0]

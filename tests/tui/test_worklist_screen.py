@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -420,10 +419,7 @@ def test_two_thousand_studies_load_and_update_live(engine: Engine, settings: Set
         assert table.cursor_uid == expected[-1]
         uid = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT",
                         received=NOW - timedelta(minutes=600)).uid
-        started = time.perf_counter()
-        screen.poll()  # what the timer does: one small read, one incremental apply
-        took = time.perf_counter() - started
+        screen.poll()  # what the timer does: one small read, one incremental apply (`triage bench tui` times it)
         assert shown(app)[0] == uid and table.cursor_uid == expected[-1]
-        assert took < 0.5, f"a live update took {took:.3f} s"  # generous: shared CI cores; the bench measures
 
     run(app, scenario)
