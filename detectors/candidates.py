@@ -10,9 +10,10 @@ nothing has to be read twice) and from its logits:
 - ``log_area_mm2``: log(1 + in-plane area summed over slices), ``depth_mm``: extent along the slices;
 - ``anatomy_depth_mm``: how far inside its anatomy the peak lies (a lesion can touch the
   inner table, but an edge artefact lies on it);
-- ``hu_mean``, ``hu_contrast`` (CT): density, and density above the ring of tissue around it
-  (blood is 50-90 HU and brighter than the brain beside it; the partial-volume rim of
-  bone is brighter still and the cortex is not brighter than itself);
+- ``hu_mean``, ``hu_excess``, ``hu_contrast`` (CT): density, how far it is above 90 HU, and
+  density above the ring of tissue around it (acute blood is 50-90 HU and brighter than the
+  brain beside it; the partial-volume rim of bone and calcifications are denser still, which a
+  linear filter can only see through a feature that starts where blood ends);
 - ``bone_adjacent``, ``bone_through`` (CT with a bone window): the share of the candidate
   beside bone in-plane, and in front of bone on the neighbouring slices (the vertex and
   the floors of the skull cut at a tangent);
@@ -33,11 +34,12 @@ from detectors.base import Family
 from detectors.spec import DetectorSpec
 
 CT_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "depth_mm", "anatomy_depth_mm",
-               "hu_mean", "hu_contrast", "bone_adjacent", "bone_through")  # fmt: skip
+               "hu_mean", "hu_excess", "hu_contrast", "bone_adjacent", "bone_through")  # fmt: skip
 RADIOGRAPH_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "anatomy_depth_mm",
                        "intensity_mean", "intensity_contrast")  # fmt: skip
 MAX_CANDIDATES = 40  # per series, strongest first: more are noise and cost time
 BONE_HU = 300.0
+BLOOD_MAX_HU = 90.0  # acute blood is at most this dense; denser is bone, calcification or contrast
 
 
 def feature_names(family: Family) -> tuple[str, ...]:
@@ -153,6 +155,7 @@ def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[i
         key = "hu" if spec.family is Family.CT else "intensity"
         values[f"{key}_mean"] = inside
         values[f"{key}_contrast"] = inside - around
+        values["hu_excess"] = max(0.0, inside - BLOOD_MAX_HU)
     bone = images.get("bone")
     if bone is not None:
         near_bone = ndimage.binary_dilation(bone[grow], structure=np.ones((1, 3, 3), bool))

@@ -22,7 +22,7 @@ anatomy under many acquisitions, not many anatomies, and the model cards say so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -63,7 +63,7 @@ def _head() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     return head.pixels, head.spacing_mm, intracranial_mask(head.pixels, head.spacing_mm)
 
 
-def bleed_case(split: str, index: int, positive_fraction: float = 0.6, slab_mm: float | None = SLAB_MM,
+def bleed_case(split: str, index: int, positive_fraction: float = 0.5, slab_mm: float | None = SLAB_MM,
                positive: bool | None = None) -> Case:  # fmt: skip
     """A real head CT case: normal or with one inserted haemorrhage, under a drawn acquisition.
 
@@ -119,28 +119,38 @@ def _radiograph(name: str) -> tuple[np.ndarray, tuple[float, float]]:
     return np.asarray(r.image, dtype=np.float32), tuple(r.pixel_spacing_mm or (0.2, 0.2))  # type: ignore[return-value]
 
 
+def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fraction: float,
+                     insert: Callable[[np.ndarray, tuple[float, float], np.random.Generator], tuple[Any, dict[str, Any]]]) -> Case:  # fmt: skip
+    """A real radiograph, mirrored half the time, with ``insert``'s lesion or none, under a drawn display curve."""
+    image, spacing = _radiograph(name)
+    rng = np.random.default_rng([SPLITS[split], stream, index])
+    if rng.random() < 0.5:
+        image = image[:, ::-1].copy()
+    lesion = np.zeros(image.shape, dtype=bool)
+    tags: dict[str, Any] = {"case": name.removesuffix(".dcm")}
+    if rng.random() < positive_fraction:
+        inserted, drawn = insert(image, spacing, rng)
+        image, lesion = inserted.image, inserted.mask
+        tags |= drawn
+    # What a PACS round trip does to a radiograph: a window or VOI LUT, a gamma-like curve.
+    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    image = np.clip(image, 0.0, 1.0) ** gamma
+    series = SeriesArrays(f"2.25.{SPLITS[split]}{stream}{index}", Family.RADIOGRAPH, image[None].astype(np.float32),
+                          (0.0, spacing[0], spacing[1]), _uids(1, (SPLITS[split], stream, index)))  # fmt: skip
+    return Case(series, lesion[None], "real", tags)
+
+
 def nodule_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> Case:
     """The real chest radiograph, normal or with an inserted nodule in its lung fields."""
     from detectors.anatomy.lungs import lung_fields_radiograph
     from detectors.insertion.nodule import insert_nodule_radiograph
 
-    image, spacing = _radiograph("RG1_UNCR.dcm")
-    rng = np.random.default_rng([SPLITS[split], 13, index])
-    if rng.random() < 0.5:
-        image = image[:, ::-1].copy()
-    lesion = np.zeros(image.shape, dtype=bool)
-    tags: dict[str, Any] = {"case": "RG1_UNCR"}
-    if rng.random() < positive_fraction:
-        lungs = lung_fields_radiograph(image, spacing)
+    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator) -> tuple[Any, dict[str, Any]]:
         diameter = float(rng.uniform(5.0, 30.0))
-        inserted = insert_nodule_radiograph(image, spacing, lungs, diameter, rng)
-        image, lesion = inserted.image, inserted.mask
-        tags |= {"diameter_mm": round(diameter, 1)}
-    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    image = np.clip(image, 0.0, 1.0) ** gamma
-    series = SeriesArrays(f"2.25.{SPLITS[split]}13{index}", Family.RADIOGRAPH, image[None].astype(np.float32),
-                          (0.0, spacing[0], spacing[1]), _uids(1, (SPLITS[split], 13, index)))  # fmt: skip
-    return Case(series, lesion[None], "real", tags)
+        inserted = insert_nodule_radiograph(image, spacing, lung_fields_radiograph(image, spacing), diameter, rng)
+        return inserted, {"diameter_mm": round(diameter, 1)}
+
+    return _radiograph_case("RG1_UNCR.dcm", 13, split, index, positive_fraction, insert)
 
 
 def fracture_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> Case:
@@ -148,23 +158,12 @@ def fracture_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> 
     from detectors.anatomy.bone import bone_mask_radiograph
     from detectors.insertion.fracture import insert_fracture_radiograph
 
-    image, spacing = _radiograph("RG3_UNCR.dcm")
-    rng = np.random.default_rng([SPLITS[split], 14, index])
-    if rng.random() < 0.5:
-        image = image[:, ::-1].copy()
-    lesion = np.zeros(image.shape, dtype=bool)
-    tags: dict[str, Any] = {"case": "RG3_UNCR"}
-    if rng.random() < positive_fraction:
-        bone = bone_mask_radiograph(image, spacing)
+    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator) -> tuple[Any, dict[str, Any]]:
         displaced = bool(rng.random() < 0.5)
-        inserted = insert_fracture_radiograph(image, spacing, bone, rng, displaced=displaced)
-        image, lesion = inserted.image, inserted.mask
-        tags |= {"displaced": displaced}
-    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    image = np.clip(image, 0.0, 1.0) ** gamma
-    series = SeriesArrays(f"2.25.{SPLITS[split]}14{index}", Family.RADIOGRAPH, image[None].astype(np.float32),
-                          (0.0, spacing[0], spacing[1]), _uids(1, (SPLITS[split], 14, index)))  # fmt: skip
-    return Case(series, lesion[None], "real", tags)
+        inserted = insert_fracture_radiograph(image, spacing, bone_mask_radiograph(image, spacing), rng, displaced=displaced)
+        return inserted, {"displaced": displaced}
+
+    return _radiograph_case("RG3_UNCR.dcm", 14, split, index, positive_fraction, insert)
 
 
 REAL_CASES = {"bleed-ct": bleed_case, "nodule-xr": nodule_xr_case, "fracture-xr": fracture_xr_case}

@@ -426,7 +426,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if result.failures:
             notes.append(f"cards not updated: {len(result.failures)} scoring failures")
         else:
-            updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed)
+            real = read_manifest(folder).get("generator") == "triage samples real"
+            by_stratum: dict[str, dict[str, Any]] = {}
+            for stratum, group in strata.items():
+                for r in group:
+                    if r.sensitivity is not None:
+                        key = "sensitivity " + stratum.replace(" ", "_").replace(">=", "ge").replace(".", "_")
+                        by_stratum.setdefault(r.detector, {})[key] = round(r.sensitivity, 4)
+                        by_stratum[r.detector][key.replace("sensitivity", "positives")] = r.n_positive
+            updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
+                                          table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
     if args.json:
         doc = reports_as_json(reports) | result.as_json()
         doc["cards_updated"] = [str(p) for p in updated]

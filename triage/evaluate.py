@@ -219,8 +219,14 @@ def update_cards(
     models_dir: Path,
     command: str,
     seed: int | None,
+    table: str = "test",
+    extra_figures: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Write each shipped detector's test figures into its card and re-render its Markdown card.
+
+    ``table`` is the card table they go to: ``test`` for phantom test sets,
+    ``real_test`` for real-anatomy ones (``triage samples real``).
+    ``extra_figures`` adds figures per detector name (sensitivity by stratum).
 
     Only a card in ``models_dir`` whose SHA-256 is that of the model that was
     evaluated is changed: figures of an external replacement, or of weights
@@ -249,7 +255,12 @@ def update_cards(
             skipped.append(f"{report.detector}: evaluated model (sha256 {scored}) is not the shipped card's "
                            f"({spec.sha256[:12]})")  # fmt: skip
             continue
-        spec = replace(spec, extra={**spec.extra, "test": card_test_table(report, command, seed)})
+        figures = card_test_table(report, command, seed)
+        if report.positives_with_truth:
+            figures["top_region_on_lesion"] = round(report.top_on_lesion / report.positives_with_truth, 4)
+        figures["negative_studies_with_regions"] = report.negatives_with_regions
+        figures.update((extra_figures or {}).get(report.detector, {}))
+        spec = replace(spec, extra={**spec.extra, table: figures})
         _write_atomic(card, spec.to_toml())
         _write_atomic(card.with_suffix(".md"), render_card(spec))
         written.append(card)
