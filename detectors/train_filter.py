@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 ANATOMY = {"bleed-ct": "intracranial", "nodule-ct": "lungs", "nodule-xr": "lungs", "fracture-xr": "bone"}
 Progress = Callable[[str, int, int], None]
+# Figures of an earlier detector (filter or calibration) that a new fit makes stale; test figures come back
+# with the next `triage evaluate --update-cards`.
+STALE = ("real_validation", "phantom_validation", "filter_training", "test", "real_test")
 RAISE_MARGIN_LOGIT = 0.25  # how far above the highest real normal a raised operating point sits
 
 
@@ -141,7 +144,7 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
     out: dict[str, Any] = {
         "normal_cases": int(normals.size),
         "normal_flagged": int((normals >= op).sum()),
-        "normal_max_probability": round(float(normals.max()), 4) if normals.size else None,
+        **({"normal_max_probability": round(float(normals.max()), 4)} if normals.size else {}),
         "positive_cases": len(positives),
         "not_assessed": sum(1 for s, _ in real if s.failed),
     }
@@ -191,7 +194,9 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     basis = is_real if (is_real & labels).any() and (is_real & ~labels).any() else np.ones_like(is_real)
     op, rule = operating_point(labels, probs, basis, is_real, target_sensitivity)
     phantom = ~is_real
-    figures: dict[str, Any] = {"real_validation": real_figures(validation, probs, op, filt) | {"operating_point_rule": rule}}
+    figures: dict[str, Any] = {}
+    if is_real.any():
+        figures["real_validation"] = real_figures(validation, probs, op, filt)
     if phantom.any() and labels[phantom].any() and (~labels[phantom]).any():
         yp, pp = labels[phantom], probs[phantom]
         figures["phantom_validation"] = {
@@ -202,14 +207,14 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     figures["filter_training"] = {
         "real_cases": real[0], "phantom_cases": phantoms[0], "candidates": int(len(y)), "lesion_candidates": int(y.sum()),
         "validation_real_cases": real[1], "validation_phantom_cases": phantoms[1], "l2": l2,
-        "target_sensitivity": target_sensitivity,
+        "target_sensitivity": target_sensitivity, "operating_point_rule": rule,
         "seconds": round(train_s + validation_s, 1),  # scoring the cases; the fits take well under a second
         "command": " ".join(["python -m detectors.train_filter", name, f"--real {real[0]} {real[1]}",
                              f"--phantoms {phantoms[0]} {phantoms[1]}", f"--l2 {l2:g}"]),
     }  # fmt: skip
     spec = replace(detector.spec, filter=filt, platt_a=a, platt_b=b, operating_point=op, region_threshold=op,
                    version=_bump(detector.spec.version) if first_filter else detector.spec.version,
-                   extra={**detector.spec.extra, **figures})  # fmt: skip
+                   extra={**{k: v for k, v in detector.spec.extra.items() if k not in STALE}, **figures})  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.toml"
     target.write_text(spec.to_toml())
