@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FOOTER = "synthetic phantoms; not a medical device"
+REAL_FOOTER = "real anatomy with inserted lesions (not real lesions); not a medical device"
 LOCAL_FOOTER = "the site's own labelled studies; not a medical device"  # triage evaluate --labels
 
 # Curves with (fpr, tpr, auc, (ci_low, ci_high) or None).

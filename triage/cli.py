@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
@@ -400,7 +401,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from detectors.evaluation import evaluate, format_reports, reports_as_json
+    from detectors.evaluation import DISCLAIMER, evaluate, format_reports, reports_as_json
+    from detectors.plots import REAL_FOOTER as REAL_DISCLAIMER
     from detectors import registry
     from triage.evaluate import acquisition_strata, not_scored_line, read_manifest, score_manifest, update_cards
     from triage.progress import progress_bar
@@ -418,7 +420,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not result.outcomes:
         detail = not_scored_line(result) or f"{len(result.failures)} failures"
         raise TriageError(f"no study in {folder} was scored by a detector ({detail})")
-    reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None)
+    # A real-anatomy set (`triage samples real`) is not synthetic phantoms: its plots and text say so.
+    disclaimer = (REAL_DISCLAIMER if read_manifest(folder).get("generator") == "triage samples real"
+                  else DISCLAIMER)  # fmt: skip
+    reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None, footer=disclaimer)
     strata = {name: evaluate(group) for name, group in acquisition_strata(folder, result.outcomes).items()}
     updated: list[Path] = []
     notes: list[str] = []
@@ -431,21 +436,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             for stratum, group in strata.items():
                 for r in group:
                     if r.sensitivity is not None:
-                        key = "sensitivity " + stratum.replace(" ", "_").replace(">=", "ge").replace(".", "_")
-                        by_stratum.setdefault(r.detector, {})[key] = round(r.sensitivity, 4)
-                        by_stratum[r.detector][key.replace("sensitivity", "positives")] = r.n_positive
+                        name = re.sub(r"[^a-z0-9]+", "_", stratum.replace(">=", "ge").replace("<=", "le").lower()).strip("_")
+                        by_stratum.setdefault(r.detector, {})[f"sensitivity_{name}"] = round(r.sensitivity, 4)
+                        by_stratum[r.detector][f"positives_{name}"] = r.n_positive
             updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
                                           table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
     if args.json:
-        doc = reports_as_json(reports) | result.as_json()
+        doc = reports_as_json(reports, disclaimer) | result.as_json()
         doc["cards_updated"] = [str(p) for p in updated]
-        doc["strata"] = {name: reports_as_json(group) for name, group in strata.items()}
+        doc["strata"] = {name: reports_as_json(group, disclaimer) for name, group in strata.items()}
         print(json.dumps(doc, indent=2))
     else:
-        print(format_reports(reports))
+        print(format_reports(reports, disclaimer))
         for name, group in strata.items():
             print(f"\n-- acquisition stratum: {name} --")
-            print(format_reports(group))
+            print(format_reports(group, disclaimer))
         lines = [f"models: {', '.join(str(m) for _, m in sorted(result.models.items()))}"]
         if line := not_scored_line(result):
             lines.append(line)

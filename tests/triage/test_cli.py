@@ -170,7 +170,7 @@ def test_evaluate_writes_report_plots_json_and_shipped_cards(
     # Everything else in the card is kept.
     assert (after.sha256, after.operating_point, after.extra["training"]) == (before.sha256, before.operating_point,
                                                                              before.extra["training"])  # fmt: skip
-    assert "Test (`triage evaluate`" in shipped.with_suffix(".md").read_text()
+    assert "Test on phantoms (`triage evaluate`" in shipped.with_suffix(".md").read_text()
     assert "studies" in captured.err  # the progress bar
 
     assert main(["evaluate", str(manifest_folder), "--device", "cpu", "--no-progress",
