@@ -36,7 +36,7 @@ AIR_HU = -100.0  # below: air in sinuses, mastoid cells, outside the head
 MIN_ENCLOSED = 7  # of the 8 in-plane directions; one may leave through an opening (orbit, foramen magnum)
 BRIDGE_MM = 4.5  # connections narrower than twice this are cut between components
 Z_BRIDGE_MAX_MM = 2.5  # slices at most this far apart also cut bridges one slice thick
-GRID_MM = 0.9  # work on pixels at least this large
+GRID_MM = 0.9  # work on pixels about this large (every second pixel of a 0.45-0.6 mm matrix)
 
 
 def _dilate(mask: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
@@ -75,7 +75,7 @@ def intracranial_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], *,
     pixel_mm = float(min(spacing_mm[1], spacing_mm[2]))
     if not pixel_mm > 0:
         raise ValueError(f'Argument "spacing_mm" must have positive in-plane spacing, got {spacing_mm}')
-    step = max(1, int(GRID_MM // pixel_mm))
+    step = max(1, int(round(GRID_MM / pixel_mm)))  # 0.45-0.6 mm matrices work on every second pixel
     small = hu[:, ::step, ::step].astype(np.float32)
     grid_mm = pixel_mm * step
 

@@ -354,19 +354,41 @@ def synthetic_series(detector: Detector, n: int, config: BenchConfig, seed_offse
             rows = cols = config.matrix or CT_MATRIX
             if len(volumes) < MAX_DISTINCT_VOLUMES:
                 slices = int(rng.integers(config.slices[0], config.slices[1] + 1))
-                volumes.append(rng.standard_normal((slices, rows, cols), dtype=np.float32) * 300 + 40)  # HU
+                volumes.append(_anatomy_volume(detector, config.seed + i, slices, rows))
             pixels = volumes[i % len(volumes)]
             spacing = (5.0, height * item_mm / rows, width * item_mm / cols)
         else:
             rows = config.matrix or round(height * item_mm / XR_PITCH_MM)
             cols = max(1, round(rows * width / height))
             if len(volumes) < MAX_DISTINCT_VOLUMES:
-                volumes.append(rng.random((1, rows, cols), dtype=np.float32))  # [0, 1], bright = dense
+                volumes.append(_anatomy_radiograph(detector, config.seed + i, rows, cols))  # [0, 1], bright = dense
             pixels = volumes[i % len(volumes)]
             spacing = (0.0, height * item_mm / rows, width * item_mm / cols)
         uids = tuple(f"{uid}.{k + 1}" for k in range(pixels.shape[0]))
         out.append(SeriesArrays(uid, detector.family, pixels, spacing, uids))
     return out
+
+
+def _anatomy_volume(detector: Detector, seed: int, slices: int, matrix: int) -> np.ndarray:
+    """A phantom of the detector's anatomy: detectors bound their regions by anatomy, which noise lacks."""
+    from detectors.phantoms.chest_ct import chest_ct
+    from detectors.phantoms.head_ct import head_ct
+    from detectors.routing import FindingKind
+
+    make = chest_ct if detector.kind is FindingKind.NODULE else head_ct
+    return make(seed, slices=slices, matrix=matrix).hu.astype("float32")
+
+
+def _anatomy_radiograph(detector: Detector, seed: int, rows: int, cols: int) -> np.ndarray:
+    from scipy import ndimage
+
+    from detectors.phantoms.radiographs import chest_radiograph, extremity_radiograph
+    from detectors.routing import FindingKind
+
+    make = chest_radiograph if detector.kind is FindingKind.NODULE else extremity_radiograph
+    image = make(seed, rows=rows).image
+    zoom = (rows / image.shape[0], cols / image.shape[1])
+    return ndimage.zoom(image, zoom, order=1)[None].astype("float32")
 
 
 def _throughput(
