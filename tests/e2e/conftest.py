@@ -140,7 +140,11 @@ def write_ct_series(out_dir: Path, *, slices: int, size: int = 64, seed: int = 0
     ``study_uid`` to put several series in one study).
     """
     volume = simple_head_volume(slices=slices, size=size, seed=seed)
-    paths = write_datasets(ct_datasets(volume, meta=StudyMeta(**meta)), out_dir)  # type: ignore[arg-type]
+    # A head-sized field of view (about 190 mm whatever the matrix): the bleed detector assesses a
+    # series only where it finds a skull enclosing an intracranial space, and a 32 mm "head" has none.
+    spacing = 192.0 / size
+    paths = write_datasets(ct_datasets(volume, pixel_spacing_mm=(spacing, spacing), meta=StudyMeta(**meta)),  # type: ignore[arg-type]
+                           out_dir)  # fmt: skip
     return {sop_uid_of(p): p for p in paths}
 
 
