@@ -69,3 +69,21 @@ def test_bad_anatomy_and_filter_are_named() -> None:
     with pytest.raises(CardError, match="unknown names"):
         parse_card(base | {"filter": {"features": ["colour"], "weights": [1.0], "bias": 0.0, "mean": [0.0],
                                       "scale": [1.0]}})  # fmt: skip
+
+
+def test_operating_point_keeps_real_normals_below_it() -> None:
+    from detectors.train_filter import RAISE_MARGIN_LOGIT, operating_point
+
+    labels = np.array([True, True, True, False, False, False, True, False])
+    probs = np.array([0.95, 0.90, 0.40, 0.30, 0.20, 0.60, 0.97, 0.10])
+    real = np.array([True, True, True, True, True, True, False, False])
+    basis = real
+    # The sensitivity rule alone would sit at or below 0.40 and flag the real normal at 0.60: raised above it.
+    op, rule = operating_point(labels, probs, basis, real, 0.95)
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    assert op > 0.60 and logit(op) == pytest.approx(logit(0.60) + RAISE_MARGIN_LOGIT)
+    assert rule.startswith("raised")
+    # Without that normal, the sensitivity rule stands.
+    keep = np.arange(len(labels)) != 5
+    op, rule = operating_point(labels[keep], probs[keep], basis[keep], real[keep], 0.95)
+    assert op <= 0.40 and rule.startswith("sensitivity")
