@@ -375,7 +375,7 @@ def _cmd_train_filter(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else None
     path = train_filter(args.name, tuple(args.real), tuple(args.phantoms), **({"out_dir": out} if out else {}),
-                        progress=progress)  # fmt: skip
+                        l2=args.l2, progress=progress)  # fmt: skip
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
@@ -693,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real-anatomy cases (default 120 80)")  # fmt: skip
     p.add_argument("--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"),
                    help="phantom cases (default 120 120)")  # fmt: skip
+    p.add_argument("--l2", type=float, default=1.0, help="ridge penalty of the filter (default 1.0; bleed-ct ships with 10)")
     p.add_argument("--out", help="write the card here instead of the package's detectors/models/")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_train_filter)
