@@ -67,17 +67,7 @@ def test_replay_to_nobody_fails_every_file(make_ct_series, tmp_path: Path, capsy
 
 # -- score / evaluate / train ------------------------------------------------------------
 # Throw-away cards (untrained tiny networks) in tmp folders; the package's
-# shipped models are hidden so these tests do not depend on them.
-
-
-@pytest.fixture
-def no_shipped_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import detectors.registry
-
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setattr(detectors.registry, "MODELS_DIR", models)
-    return models
+# shipped models are hidden (the no_shipped_models fixture of conftest) so these tests do not depend on them.
 
 
 @pytest.fixture(scope="module")

@@ -31,16 +31,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def no_shipped_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import detectors.registry
-
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setattr(detectors.registry, "MODELS_DIR", models)
-    return models
-
-
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     from tests.triage.detector_cards import write_card
