@@ -375,8 +375,14 @@ def _anatomy_volume(detector: Detector, seed: int, slices: int, matrix: int) -> 
     from detectors.phantoms.head_ct import head_ct
     from detectors.routing import FindingKind
 
+    from scipy import ndimage
+
     make = chest_ct if detector.kind is FindingKind.NODULE else head_ct
-    return make(seed, slices=slices, matrix=matrix).hu.astype("float32")
+    # The phantoms come at 256 or 512; other matrices (tiny ones in tests) are resampled in-plane.
+    hu = make(seed, slices=slices, matrix=matrix if matrix in (256, 512) else 256).hu
+    if hu.shape[1] != matrix:
+        hu = ndimage.zoom(hu, (1.0, matrix / hu.shape[1], matrix / hu.shape[2]), order=1)
+    return hu.astype("float32")
 
 
 def _anatomy_radiograph(detector: Detector, seed: int, rows: int, cols: int) -> np.ndarray:
