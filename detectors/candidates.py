@@ -17,7 +17,10 @@ nothing has to be read twice) and from its logits:
 - ``bone_adjacent``, ``bone_through`` (CT with a bone window): the share of the candidate
   beside bone in-plane, and in front of bone on the neighbouring slices (the vertex and
   the floors of the skull cut at a tangent);
-- ``intensity_mean``, ``intensity_contrast`` (radiographs): the same on the normalised image.
+- ``intensity_mean``, ``intensity_contrast`` (radiographs): the same on the normalised image;
+- with a card's ``proposals = ["hyperdense"]``, components of pixels clearly denser than the
+  scan's brain are candidates too, whatever the network says, and ``dense_*`` features
+  measure them (:mod:`detectors.proposals`).
 
 Pure numpy and scipy.
 """
@@ -31,19 +34,23 @@ import numpy as np
 from scipy import ndimage
 
 from detectors.base import Family
+from detectors.proposals import DENSE_FEATURES, Hyperdense, hyperdense
 from detectors.spec import DetectorSpec
 
 CT_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "depth_mm", "anatomy_depth_mm",
                "hu_mean", "hu_excess", "hu_contrast", "bone_adjacent", "bone_through")  # fmt: skip
 RADIOGRAPH_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "anatomy_depth_mm",
                        "intensity_mean", "intensity_contrast")  # fmt: skip
-MAX_CANDIDATES = 40  # per series, strongest first: more are noise and cost time
+MAX_CANDIDATES = 100  # per series, strongest first: more are noise and cost time
 BONE_HU = 300.0
 BLOOD_MAX_HU = 90.0  # acute blood is at most this dense; denser is bone, calcification or contrast
 
 
-def feature_names(family: Family) -> tuple[str, ...]:
-    return CT_FEATURES if family is Family.CT else RADIOGRAPH_FEATURES
+def feature_names(family: Family, proposals: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The features a filter reads, in the order candidates carry them."""
+    if family is not Family.CT:
+        return RADIOGRAPH_FEATURES
+    return CT_FEATURES + (DENSE_FEATURES if "hyperdense" in proposals else ())
 
 
 @dataclass(frozen=True)
@@ -100,11 +107,30 @@ def item_images(items: np.ndarray, spec: DetectorSpec) -> dict[str, np.ndarray]:
     return out
 
 
+def proposals_for(items: np.ndarray, spec: DetectorSpec, allowed: np.ndarray, spacing_mm: tuple[float, float, float]) -> Hyperdense | None:
+    """The card's classical proposals on the items, or None (no proposals, or no window that shows them)."""
+    if "hyperdense" not in spec.proposals or spec.family is not Family.CT:
+        return None
+    soft = _window_index(spec, 0.0, 100.0)
+    bone_window = _window_index(spec, BONE_HU, 1000.0)
+    if soft is None or bone_window is None:
+        return None
+    hu = _channel(items, spec, soft, 0)
+    bone = _channel(items, spec, bone_window, 0) > BONE_HU
+    return hyperdense(hu, bone, allowed, spec.stride, float(spacing_mm[0]), spec.input.spacing_mm)
+
+
 def find_candidates(smoothed: np.ndarray, logits: np.ndarray, allowed: np.ndarray, images: dict[str, np.ndarray],
                     spec: DetectorSpec, spacing_mm: tuple[float, float, float],
-                    candidate_logit: float) -> tuple[list[Candidate], np.ndarray]:  # fmt: skip
-    """Components of ``smoothed`` (n, h, w) above ``candidate_logit`` within ``allowed``; returns (candidates, labels)."""
-    above = (smoothed > candidate_logit) & allowed
+                    candidate_logit: float, proposal: Hyperdense | None = None) -> tuple[list[Candidate], np.ndarray]:  # fmt: skip
+    """Components of ``smoothed`` (n, h, w) above ``candidate_logit`` within ``allowed``; returns (candidates, labels).
+
+    With ``proposal``, its cells are candidates too (joined with the heatmap's where they touch).
+    """
+    above = smoothed > candidate_logit
+    if proposal is not None:
+        above |= proposal.cells(spec.stride)
+    above &= allowed
     if not above.any():
         return [], np.zeros(above.shape, dtype=np.int32)
     structure = ndimage.generate_binary_structure(3, 1)
@@ -125,14 +151,15 @@ def find_candidates(smoothed: np.ndarray, logits: np.ndarray, allowed: np.ndarra
         pz, pr, pc = np.unravel_index(int(np.argmax(local)), local.shape)
         peak = (int(box[0].start + pz), int(box[1].start + pr), int(box[2].start + pc))
         features = _features(region, box, peak, float(peaks[i]), logits, allowed, images, depth_mm,
-                             spec, spacing_mm, cell_mm)  # fmt: skip
+                             spec, spacing_mm, cell_mm, proposal)  # fmt: skip
         out.append(Candidate(label, box, peak, float(peaks[i]), features))
     return out, labels
 
 
 def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[int, int, int], peak_logit: float,
               logits: np.ndarray, allowed: np.ndarray, images: dict[str, np.ndarray], depth_mm: np.ndarray,
-              spec: DetectorSpec, spacing_mm: tuple[float, float, float], cell_mm: float) -> np.ndarray:  # fmt: skip
+              spec: DetectorSpec, spacing_mm: tuple[float, float, float], cell_mm: float,
+              proposal: Hyperdense | None) -> np.ndarray:  # fmt: skip
     cells = int(region.sum())
     values: dict[str, float] = {
         "peak_logit": peak_logit,
@@ -163,4 +190,6 @@ def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[i
     through = images.get("bone_near_slices")
     if through is not None:
         values["bone_through"] = float(through[grow][big].mean())
-    return np.array([values.get(name, 0.0) for name in feature_names(spec.family)], dtype=np.float64)
+    if proposal is not None:
+        values |= proposal.features(region, box, spec.stride)
+    return np.array([values.get(name, 0.0) for name in feature_names(spec.family, spec.proposals)], dtype=np.float64)

@@ -118,8 +118,12 @@ def render_card(spec: DetectorSpec) -> str:
     if spec.anatomy != "none":
         design += f" Only cells inside {_ANATOMY[spec.anatomy]} count; a region outside it is never reported."
     if spec.filter is not None:
-        design += (f" Connected components of the heatmap above logit {spec.candidate_logit:g} are candidates; a "
-                   "logistic false-positive filter over their measured features (`detectors/candidates.py`) scores "
+        design += f" Connected components of the heatmap above logit {spec.candidate_logit:g} are candidates"
+        if "hyperdense" in spec.proposals:
+            design += (", and so are components of intracranial pixels at least 20 HU denser than the scan's own "
+                       "brain, away from bone, whatever the network says (`detectors/proposals.py`: thin and small "
+                       "bleeds that the phantom-trained network misses)")  # fmt: skip
+        design += ("; a logistic false-positive filter over their measured features (`detectors/candidates.py`) scores "
                    "each, and the study score is the best candidate's. Filter weights (standardised features):")  # fmt: skip
     lines += [design, ""]
     if spec.filter is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from detectors.base import Finding, ModelIdentity, Prepared, Region
-from detectors.candidates import Candidate, find_candidates, item_images
+from detectors.candidates import Candidate, feature_names, find_candidates, item_images, proposals_for
 from detectors.preprocess import Geometry
 from detectors.routing import FindingKind
 from detectors.spec import DetectorSpec
@@ -79,11 +79,14 @@ def candidate_scores(prepared: Prepared, logits: np.ndarray, spec: DetectorSpec)
     allowed = allowed_cells(prepared, spec, maps.shape)
     gated = np.where(allowed, maps, -60.0)
     images = item_images(prepared.items, spec)
+    proposal = proposals_for(prepared.items, spec, allowed, prepared.series.spacing_mm)
     cands, labels = find_candidates(smoothed(gated), gated, allowed, images, spec, prepared.series.spacing_mm,
-                                    spec.candidate_logit)  # fmt: skip
+                                    spec.candidate_logit, proposal)  # fmt: skip
     if not cands or spec.filter is None:
         return cands, np.zeros(len(cands)), labels
-    return cands, spec.filter.logits(np.stack([c.features for c in cands])), labels
+    names = feature_names(spec.family, spec.proposals)
+    columns = [names.index(f) for f in spec.filter.features]  # the card names its features; candidates carry all
+    return cands, spec.filter.logits(np.stack([c.features for c in cands])[:, columns]), labels
 
 
 def postprocess(prepared: Prepared, logits: np.ndarray, spec: DetectorSpec, identity: ModelIdentity) -> Finding:

@@ -115,6 +115,7 @@ class DetectorSpec:
     anatomy: str = "none"  # the mask a region must lie in (detectors.anatomy)
     filter: LogisticFilter | None = None  # the second stage over candidates
     candidate_logit: float = -1.0  # with a filter: heatmap components above this are candidates
+    proposals: tuple[str, ...] = ()  # with a filter: classical candidates too (detectors.proposals)
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
@@ -163,6 +164,8 @@ class DetectorSpec:
             lines += ["", "[anatomy]", f"mask = {_q(self.anatomy)}"]
         if self.filter is not None:
             lines += ["", "[filter]", f"candidate_logit = {self.candidate_logit!r}"]
+            if self.proposals:
+                lines += [f"proposals = {_value(list(self.proposals))}"]
             lines += [f"{_key(k)} = {_value(v)}" for k, v in self.filter.as_table().items()]
         for section, values in self.extra.items():
             if isinstance(values, dict):
@@ -275,7 +278,14 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
     anatomy = get("anatomy", "mask", str, "none")
     if anatomy not in ANATOMY_MASKS:
         raise CardError(f"{where}: anatomy.mask must be one of {', '.join(ANATOMY_MASKS)}, got {anatomy!r}")
-    filter_, candidate_logit = _parse_filter(raw.get("filter"), where)
+    filter_, candidate_logit, proposals = _parse_filter(raw.get("filter"), where)
+    if filter_ is not None:
+        from detectors.candidates import feature_names
+
+        unmeasured = [f for f in filter_.features if f not in feature_names(family, proposals)]
+        if unmeasured:
+            raise CardError(f"{where}: filter.features {unmeasured} are not measured for {family.value} "
+                            f"with proposals {list(proposals)}")  # fmt: skip
     known = {"name", "version", "kind", "family", "format", "weights", "sha256",
              "input", "output", "thresholds", "calibration", "network", "anatomy", "filter"}  # fmt: skip
     return DetectorSpec(
@@ -297,27 +307,32 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         anatomy=anatomy,
         filter=filter_,
         candidate_logit=candidate_logit,
+        proposals=proposals,
     )
 
 
-def _parse_filter(table: Any, where: str) -> tuple[LogisticFilter | None, float]:
+def _parse_filter(table: Any, where: str) -> tuple[LogisticFilter | None, float, tuple[str, ...]]:
     if table is None:
-        return None, -1.0
+        return None, -1.0, ()
     if not isinstance(table, dict):
         raise CardError(f"{where}: [filter] must be a table")
     from detectors.candidates import CT_FEATURES, RADIOGRAPH_FEATURES
+    from detectors.proposals import DENSE_FEATURES, PROPOSALS
 
     for key in ("features", "weights", "bias", "mean", "scale"):
         if key not in table:
             raise CardError(f"{where}: filter.{key} is missing")
-    unknown = [f for f in table["features"] if f not in CT_FEATURES + RADIOGRAPH_FEATURES]
+    unknown = [f for f in table["features"] if f not in CT_FEATURES + RADIOGRAPH_FEATURES + DENSE_FEATURES]
     if unknown:
         raise CardError(f"{where}: filter.features has unknown names {unknown}")
     candidate_logit = table.get("candidate_logit", -1.0)
     if not isinstance(candidate_logit, (int, float)) or isinstance(candidate_logit, bool):
         raise CardError(f"{where}: filter.candidate_logit must be a float, got {candidate_logit!r}")
+    proposals = table.get("proposals", [])
+    if not isinstance(proposals, list) or any(p not in PROPOSALS for p in proposals):
+        raise CardError(f"{where}: filter.proposals must be a list of {', '.join(PROPOSALS)}, got {proposals!r}")
     try:
-        return LogisticFilter.from_table(table), float(candidate_logit)
+        return LogisticFilter.from_table(table), float(candidate_logit), tuple(proposals)
     except (TypeError, ValueError) as exc:
         raise CardError(f"{where}: [filter] is not valid: {exc}") from None
 
