@@ -217,7 +217,7 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
                              f"--phantoms {phantoms[0]} {phantoms[1]}", f"--l2 {l2:g}"]),
     }  # fmt: skip
     spec = replace(detector.spec, filter=filt, platt_a=a, platt_b=b, operating_point=op, region_threshold=op,
-                   version=_bump(detector.spec.version) if first_filter else detector.spec.version,
+                   version=_bump(detector.spec.version, major=first_filter),
                    extra={**{k: v for k, v in detector.spec.extra.items() if k not in STALE}, **figures})  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.toml"
@@ -253,9 +253,15 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is
                            "(the sensitivity rule flagged normal anatomy)")  # fmt: skip
 
 
-def _bump(version: str) -> str:
-    major = version.split(".")[0]
-    return f"{int(major) + 1}.0.0" if major.isdigit() else "2.0.0"
+def _bump(version: str, major: bool) -> str:
+    """A new major version for the first filter (a new design), a new minor one for a refit (new behaviour)."""
+    parts = version.split(".")
+    if not parts[0].isdigit():
+        return "2.0.0"
+    if major:
+        return f"{int(parts[0]) + 1}.0.0"
+    minor = int(parts[1]) + 1 if len(parts) > 1 and parts[1].isdigit() else 1
+    return f"{parts[0]}.{minor}.0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,8 @@ def _spec(anatomy: str = "intracranial", with_filter: bool = True):
         n = len(CT_FEATURES)
         weights = tuple(1.0 if f == "peak_logit" else 0.0 for f in CT_FEATURES)  # the filter logit is the peak logit
         spec = replace(spec, filter=LogisticFilter(CT_FEATURES, weights, 0.0, (0.0,) * n, (1.0,) * n), candidate_logit=-1.0)
+    else:
+        spec = replace(spec, filter=None)  # the gated heatmap alone, not the shipped card's filter
     return spec
 
 
@@ -85,7 +87,7 @@ def test_without_anatomy_the_scalp_counts(slab: SeriesArrays) -> None:
 
 
 def test_no_candidate_gives_the_floor(slab: SeriesArrays) -> None:
-    spec = _spec()
+    spec = replace(_spec(), proposals=())  # the heatmap's candidates only: none where it is silent
     prepared = prepare(slab, spec)
     finding = postprocess(prepared, _logits(prepared, []), spec, IDENTITY)
     assert finding.regions == ()
