@@ -79,7 +79,7 @@ class Hyperdense:
         values = hu[inside]
         top = float(np.percentile(values, 90)) - self.brain_hu
         # The ring: tissue that is not dense, within 3 pixels in-plane: what the lesion stands out from.
-        ring = ndimage.binary_dilation(inside, structure=np.ones((1, 2 * pad + 1, 2 * pad + 1), bool))
+        ring = _grow(inside, pad)
         ring &= ~dense & self.candidate_pixels[window]
         around = float(np.median(hu[ring])) if ring.any() else self.brain_hu
         return {
@@ -92,6 +92,11 @@ class Hyperdense:
         }
 
 
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """(n, H, W) bool dilated by a (2 pixels + 1)^2 square in-plane; a separable maximum filter, fast."""
+    return ndimage.maximum_filter(mask.astype(np.uint8), size=(1, 2 * pixels + 1, 2 * pixels + 1)) > 0
+
+
 def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stride: int,
                slice_mm: float, pixel_mm: float) -> Hyperdense:  # fmt: skip
     """Proposals from ``hu`` (n, H, W) HU on the item grid, ``bone`` (n, H, W) bool and the anatomy's cells.
@@ -102,7 +107,7 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     anatomy = np.zeros((n, h, w), dtype=bool)
     ch, cw = allowed_cells.shape[1:]
     anatomy[:, : ch * stride, : cw * stride] = np.repeat(np.repeat(allowed_cells, stride, axis=1), stride, axis=2)
-    near_bone = ndimage.binary_dilation(bone, structure=np.ones((1, 2 * BONE_MARGIN_PX + 1, 2 * BONE_MARGIN_PX + 1), bool))
+    near_bone = _grow(bone, BONE_MARGIN_PX)
     ground = anatomy & ~near_bone
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.0, SMOOTH_PX, SMOOTH_PX), mode="nearest")
     voxel_ml = max(slice_mm, pixel_mm) * pixel_mm * pixel_mm / 1000.0
@@ -120,7 +125,7 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     structure[0] = structure[2] = structure[1]
     labels, count = ndimage.label(dense, structure=structure)
     if count:
-        sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1)) * voxel_ml
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:] * voxel_ml
         keep = np.concatenate([[False], sizes >= MIN_ML])
         dense = keep[labels]
     return Hyperdense(dense, smooth, brain_hu, ground, voxel_ml, midline, pixel_mm)
