@@ -217,7 +217,7 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
                              f"--phantoms {phantoms[0]} {phantoms[1]}", f"--l2 {l2:g}"]),
     }  # fmt: skip
     spec = replace(detector.spec, filter=filt, platt_a=a, platt_b=b, operating_point=op, region_threshold=op,
-                   version=_bump(detector.spec.version, major=first_filter),
+                   version=bump_version(detector.spec.version, major=first_filter),
                    extra={**{k: v for k, v in detector.spec.extra.items() if k not in STALE}, **figures})  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.toml"
@@ -253,7 +253,7 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is
                            "(the sensitivity rule flagged normal anatomy)")  # fmt: skip
 
 
-def _bump(version: str, major: bool) -> str:
+def bump_version(version: str, major: bool) -> str:
     """A new major version for the first filter (a new design), a new minor one for a refit (new behaviour)."""
     parts = version.split(".")
     if not parts[0].isdigit():

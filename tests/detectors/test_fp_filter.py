@@ -87,3 +87,14 @@ def test_operating_point_keeps_real_normals_below_it() -> None:
     keep = np.arange(len(labels)) != 5
     op, rule = operating_point(labels[keep], probs[keep], basis[keep], real[keep], 0.95)
     assert op <= 0.40 and rule.startswith("sensitivity")
+
+
+@pytest.mark.parametrize(("version", "first_filter", "bumped"),
+                         [("1.0.0", True, "2.0.0"), ("2.0.0", False, "2.1.0"), ("2.1.0", False, "2.2.0"),
+                          ("2", False, "2.1.0"), ("site", True, "2.0.0")])  # fmt: skip
+def test_a_refit_changes_the_version_a_finding_records(version: str, first_filter: bool, bumped: str) -> None:
+    # Findings and the audit name the model by name, version and SHA-256; a refit filter keeps the
+    # weights (same SHA-256) but changes what the detector says, so the version must move.
+    from detectors.train_filter import bump_version
+
+    assert bump_version(version, major=first_filter) == bumped
