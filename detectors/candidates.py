@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from detectors.anatomy.grid import block_reduce, grow_in_plane
 from detectors.base import Family
 from detectors.proposals import DENSE_FEATURES, Hyperdense, hyperdense
 from detectors.spec import DetectorSpec
@@ -66,11 +67,7 @@ class Candidate:
 
 def _pool(image: np.ndarray, stride: int) -> np.ndarray:
     """(n, H, W) -> (n, H/stride, W/stride) cell means."""
-    n, h, w = image.shape
-    image = image[:, : h - h % stride, : w - w % stride]
-    # A sum of strided views: four times faster than a mean over a 5D reshape, for the same numbers.
-    total = sum(image[:, i::stride, j::stride] for i in range(stride) for j in range(stride))
-    return np.asarray(total, dtype=np.float32) / (stride * stride)
+    return block_reduce(image, stride)
 
 
 def _window_index(spec: DetectorSpec, lo: float, hi: float) -> int | None:
@@ -87,11 +84,6 @@ def _channel(items: np.ndarray, spec: DetectorSpec, window: int, offset: int) ->
     w = windows[window]
     values = items[:, (offset + k) * len(windows) + window]
     return values * w.width + (w.center - w.width / 2)
-
-
-def _grow(mask: np.ndarray, cells: int) -> np.ndarray:
-    """(n, h, w) bool dilated by a (2 cells + 1)^2 square in-plane; a separable maximum filter, fast."""
-    return ndimage.maximum_filter(mask.astype(np.uint8), size=(1, 2 * cells + 1, 2 * cells + 1)) > 0
 
 
 def item_images(items: np.ndarray, spec: DetectorSpec) -> dict[str, np.ndarray]:
@@ -186,7 +178,7 @@ def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[i
     big = np.zeros(tuple(s.stop - s.start for s in grow), dtype=bool)
     off = (0, box[1].start - grow[1].start, box[2].start - grow[2].start)
     big[:, off[1] : off[1] + region.shape[1], off[2] : off[2] + region.shape[2]] = region
-    ring = _grow(big, 2) & ~big & allowed[grow]
+    ring = grow_in_plane(big, 2) & ~big & allowed[grow]
     value = images.get("value")
     if value is not None:
         inside = float(value[grow][big].mean())
@@ -197,7 +189,7 @@ def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[i
         values["hu_excess"] = max(0.0, inside - BLOOD_MAX_HU)
     bone = images.get("bone")
     if bone is not None:
-        near_bone = _grow(bone[grow], 1)
+        near_bone = grow_in_plane(bone[grow], 1)
         values["bone_adjacent"] = float(near_bone[big].mean())
     through = images.get("bone_near_slices")
     if through is not None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from detectors.anatomy.grid import block_reduce, grow_in_plane
+
 PROPOSALS = ("hyperdense",)
 DENSE_FEATURES = ("dense_log_ml", "dense_hu", "dense_calcified_share", "dense_contrast_hu", "midline_mm")
 
@@ -52,8 +54,7 @@ class Hyperdense:
 
     def cells(self, stride: int) -> np.ndarray:
         """(n, H/stride, W/stride) bool: cells holding any proposed pixel."""
-        n, h, w = self.mask.shape
-        return self.mask[:, : h - h % stride, : w - w % stride].reshape(n, h // stride, stride, w // stride, stride).any(axis=(2, 4))
+        return block_reduce(self.mask, stride, how="max") > 0
 
     def features(self, region: np.ndarray, box: tuple[slice, slice, slice], stride: int) -> dict[str, float]:
         """The dense_* features of a candidate: ``region`` (bool cells) within ``box`` on the heatmap grid."""
@@ -79,7 +80,7 @@ class Hyperdense:
         values = hu[inside]
         top = float(np.percentile(values, 90)) - self.brain_hu
         # The ring: tissue that is not dense, within 3 pixels in-plane: what the lesion stands out from.
-        ring = _grow(inside, pad)
+        ring = grow_in_plane(inside, pad)
         ring &= ~dense & self.candidate_pixels[window]
         around = float(np.median(hu[ring])) if ring.any() else self.brain_hu
         return {
@@ -92,11 +93,6 @@ class Hyperdense:
         }
 
 
-def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """(n, H, W) bool dilated by a (2 pixels + 1)^2 square in-plane; a separable maximum filter, fast."""
-    return ndimage.maximum_filter(mask.astype(np.uint8), size=(1, 2 * pixels + 1, 2 * pixels + 1)) > 0
-
-
 def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stride: int,
                slice_mm: float, pixel_mm: float) -> Hyperdense:  # fmt: skip
     """Proposals from ``hu`` (n, H, W) HU on the item grid, ``bone`` (n, H, W) bool and the anatomy's cells.
@@ -107,7 +103,7 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     anatomy = np.zeros((n, h, w), dtype=bool)
     ch, cw = allowed_cells.shape[1:]
     anatomy[:, : ch * stride, : cw * stride] = np.repeat(np.repeat(allowed_cells, stride, axis=1), stride, axis=2)
-    near_bone = _grow(bone, BONE_MARGIN_PX)
+    near_bone = grow_in_plane(bone, BONE_MARGIN_PX)
     ground = anatomy & ~near_bone
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.0, SMOOTH_PX, SMOOTH_PX), mode="nearest")
     voxel_ml = max(slice_mm, pixel_mm) * pixel_mm * pixel_mm / 1000.0

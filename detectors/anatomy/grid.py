@@ -25,9 +25,21 @@ def block_reduce(image: np.ndarray, factor: int, how: str = "mean") -> np.ndarra
         return image.astype(np.float32, copy=False)
     rows, cols = image.shape[-2] // factor * factor, image.shape[-1] // factor * factor
     lead = image.shape[:-2]
-    blocks = image[..., :rows, :cols].reshape(*lead, rows // factor, factor, cols // factor, factor)
-    pooled = blocks.max(axis=(-3, -1)) if how == "max" else blocks.mean(axis=(-3, -1), dtype=np.float32)
-    return pooled.astype(np.float32, copy=False)
+    image = image[..., :rows, :cols]
+    if how == "max":
+        blocks = image.reshape(*lead, rows // factor, factor, cols // factor, factor)
+        return blocks.max(axis=(-3, -1)).astype(np.float32, copy=False)
+    # A sum of strided views: several times faster than a mean over the 6D reshape, for the same numbers.
+    total = sum(image[..., i::factor, j::factor].astype(np.float32) for i in range(factor) for j in range(factor))
+    return np.asarray(total, dtype=np.float32) / (factor * factor)
+
+
+def grow_in_plane(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """(..., rows, cols) bool dilated by a (2 pixels + 1)^2 square in-plane (a separable maximum filter: fast)."""
+    from scipy import ndimage
+
+    size = (1,) * (mask.ndim - 2) + (2 * pixels + 1, 2 * pixels + 1)
+    return ndimage.maximum_filter(mask.astype(np.uint8), size=size) > 0
 
 
 def upsample(mask: np.ndarray, shape: tuple[int, ...], factor: int) -> np.ndarray:
