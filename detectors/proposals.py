@@ -32,7 +32,7 @@ DENSE_FEATURES = ("dense_log_ml", "dense_hu", "dense_calcified_share", "dense_co
 
 ABOVE_BRAIN_HU = 20.0  # acute blood (50-90 HU) is >= 25 HU above brain; grey matter ~10-15 HU
 BLOOD_SPAN_HU = 80.0  # above brain + this the density is bone, calcification or contrast, not blood
-MIDLINE_CAP_MM = 30.0
+MIDLINE_CAP_MM = 30.0  # further out, being off the midline says nothing more (the convexities)
 BRAIN_RANGE_HU = (-10.0, 60.0)  # what counts towards the scan's brain density
 BONE_HU = 300.0
 BONE_MARGIN_PX = 2  # pixels this close to bone are partial volume of it
@@ -49,7 +49,7 @@ class Hyperdense:
     brain_hu: float  # the scan's median brain density
     candidate_pixels: np.ndarray  # (n, H, W) bool: inside the anatomy and away from bone (the ring's ground)
     voxel_ml: float
-    midline_col: np.ndarray  # (n,) float: the intracranial space's mean column per slice (the falx, the sinuses)
+    midline_col: np.ndarray  # (n,) float: the middle of the intracranial space's columns per slice (falx, sinuses)
     pixel_mm: float
 
     def cells(self, stride: int) -> np.ndarray:
@@ -59,7 +59,7 @@ class Hyperdense:
     def features(self, region: np.ndarray, box: tuple[slice, slice, slice], stride: int) -> dict[str, float]:
         """The dense_* features of a candidate: ``region`` (bool cells) within ``box`` on the heatmap grid."""
         pad = 3  # pixels: the ring below
-        n, h, w = self.mask.shape
+        _, h, w = self.mask.shape
         r0, c0 = max(box[1].start * stride - pad, 0), max(box[2].start * stride - pad, 0)
         r1, c1 = min(box[1].stop * stride + pad, h), min(box[2].stop * stride + pad, w)
         window = (box[0], slice(r0, r1), slice(c0, c1))
@@ -109,9 +109,9 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     voxel_ml = max(slice_mm, pixel_mm) * pixel_mm * pixel_mm / 1000.0
     brain = smooth[ground]
     brain = brain[(brain > BRAIN_RANGE_HU[0]) & (brain < BRAIN_RANGE_HU[1])]
-    rows_cols = np.nonzero(anatomy.any(axis=1))  # (slice, col) pairs holding the anatomy
-    counts = np.bincount(rows_cols[0], minlength=n)
-    midline = np.bincount(rows_cols[0], weights=rows_cols[1], minlength=n) / np.maximum(counts, 1)
+    slices, cols = np.nonzero(anatomy.any(axis=1))  # the columns holding anatomy, per slice
+    counts = np.bincount(slices, minlength=n)
+    midline = np.bincount(slices, weights=cols, minlength=n) / np.maximum(counts, 1)
     midline = np.where(counts > 0, midline, (w - 1) / 2)
     if brain.size < 100:  # no brain to compare with: propose nothing
         return Hyperdense(np.zeros((n, h, w), bool), smooth, 0.0, ground, voxel_ml, midline, pixel_mm)
