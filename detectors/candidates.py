@@ -65,11 +65,6 @@ class Candidate:
     features: np.ndarray  # (len(feature_names),) float64
 
 
-def _pool(image: np.ndarray, stride: int) -> np.ndarray:
-    """(n, H, W) -> (n, H/stride, W/stride) cell means."""
-    return block_reduce(image, stride)
-
-
 def _window_index(spec: DetectorSpec, lo: float, hi: float) -> int | None:
     """The narrowest window that shows all of [lo, hi] HU, or None."""
     fits = [(w.width, i) for i, w in enumerate(spec.input.windows)
@@ -90,31 +85,35 @@ def item_images(items: np.ndarray, spec: DetectorSpec) -> dict[str, np.ndarray]:
     """Cell-level images the features read: "value" (HU or normalised) and, for CT, "bone" maps."""
     s = spec.stride
     if spec.family is Family.RADIOGRAPH:
-        return {"value": _pool(items[:, 0], s)}
+        return {"value": block_reduce(items[:, 0], s)}
     soft = _window_index(spec, 0.0, 100.0)
     bone_window = _window_index(spec, BONE_HU, 1000.0)
     out: dict[str, np.ndarray] = {}
     if soft is not None:
-        out["value"] = _pool(_channel(items, spec, soft, 0), s)
+        out["value"] = block_reduce(_channel(items, spec, soft, 0), s)
     if bone_window is not None:
         # A cell is bone when any of its pixels is: thin cortex is one pixel wide.
         bone = _channel(items, spec, bone_window, 0) > BONE_HU
-        out["bone"] = _pool(bone.astype(np.float32), s) > 0
+        out["bone"] = block_reduce(bone.astype(np.float32), s) > 0
         k = spec.input.context_slices
         if k:
             near = (_channel(items, spec, bone_window, -1) > BONE_HU) | (_channel(items, spec, bone_window, 1) > BONE_HU)
-            out["bone_near_slices"] = _pool(near.astype(np.float32), s) > 0.5
+            out["bone_near_slices"] = block_reduce(near.astype(np.float32), s) > 0.5
     return out
 
 
 def proposals_for(items: np.ndarray, spec: DetectorSpec, allowed: np.ndarray, spacing_mm: tuple[float, float, float]) -> Hyperdense | None:
-    """The card's classical proposals on the items, or None (no proposals, or no window that shows them)."""
+    """The card's classical proposals on the items, or None when it asks for none.
+
+    A card asking for hyperdense proposals without windows that show them is refused when
+    it is loaded (:func:`detectors.spec.load_card`), so both windows exist here.
+    """
     if "hyperdense" not in spec.proposals or spec.family is not Family.CT:
         return None
     soft = _window_index(spec, 0.0, 100.0)
     bone_window = _window_index(spec, BONE_HU, 1000.0)
     if soft is None or bone_window is None:
-        return None
+        raise ValueError(f"{spec.name}: hyperdense proposals need windows showing 0-100 HU and {BONE_HU:g}-1000 HU")
     hu = _channel(items, spec, soft, 0)
     bone = _channel(items, spec, bone_window, 0) > BONE_HU
     return hyperdense(hu, bone, allowed, spec.stride, float(spacing_mm[0]), spec.input.spacing_mm)

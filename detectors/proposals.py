@@ -20,6 +20,7 @@ nothing is read or resampled twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ BRAIN_RANGE_HU = (-10.0, 60.0)  # what counts towards the scan's brain density
 BONE_HU = 300.0
 BONE_MARGIN_PX = 2  # pixels this close to bone are partial volume of it
 SMOOTH_PX = 1.0  # Gaussian sigma in-plane: noise is 3-10 HU per pixel, blood contrast 25+
+MAX_SLICE_MM = 10.0
 MIN_ML = 0.02  # smaller specks are noise (a 0.3 mL bleed leaves well over this above threshold)
 
 
@@ -106,7 +108,10 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     near_bone = grow_in_plane(bone, BONE_MARGIN_PX)
     ground = anatomy & ~near_bone
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.0, SMOOTH_PX, SMOOTH_PX), mode="nearest")
-    voxel_ml = max(slice_mm, pixel_mm) * pixel_mm * pixel_mm / 1000.0
+    # The slice spacing comes from the series' headers: bounded, so that a nonsense value cannot turn a
+    # speck into a large "bleed" (head CT slices are at most 10 mm; a single slice has none).
+    depth_mm = min(max(slice_mm, pixel_mm), MAX_SLICE_MM) if math.isfinite(slice_mm) else pixel_mm
+    voxel_ml = depth_mm * pixel_mm * pixel_mm / 1000.0
     brain = smooth[ground]
     brain = brain[(brain > BRAIN_RANGE_HU[0]) & (brain < BRAIN_RANGE_HU[1])]
     slices, cols = np.nonzero(anatomy.any(axis=1))  # the columns holding anatomy, per slice

@@ -282,6 +282,10 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
     if filter_ is not None:
         from detectors.candidates import feature_names
 
+        if "hyperdense" in proposals and not all(any(w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi
+                                                         for w in inp.windows) for lo, hi in ((0, 100), (300, 1000))):
+            raise CardError(f"{where}: filter.proposals hyperdense needs input.windows showing 0-100 HU (blood) "
+                            "and 300-1000 HU (bone)")  # fmt: skip
         unmeasured = [f for f in filter_.features if f not in feature_names(family, proposals)]
         if unmeasured:
             raise CardError(f"{where}: filter.features {unmeasured} are not measured for {family.value} "

@@ -104,3 +104,22 @@ def test_the_card_names_its_proposals_and_refuses_unmeasured_features() -> None:
     raw["filter"]["proposals"] = []
     with pytest.raises(CardError, match="dense_log_ml"):  # dense features without the proposals that measure them
         parse_card(raw, "x.toml")
+
+
+def test_proposals_need_windows_that_show_blood_and_bone() -> None:
+    spec = _spec()
+    names = feature_names(Family.CT, ("hyperdense",))
+    n = len(names)
+    raw = tomllib.loads(replace(spec, filter=LogisticFilter(names, (0.1,) * n, 0.0, (0.0,) * n, (1.0,) * n)).to_toml())
+    raw["input"]["windows"] = [[40.0, 80.0]]  # the brain window alone: no bone, blood clipped at 80 HU
+    raw["input"]["context_slices"] = 1
+    with pytest.raises(CardError, match="hyperdense needs input.windows"):
+        parse_card(raw, "x.toml")
+
+
+@pytest.mark.parametrize("slice_mm", [1e9, float("nan"), 0.0])
+def test_a_nonsense_slice_spacing_does_not_make_a_speck_large(slice_mm: float) -> None:
+    hu = np.full((3, 64, 64), 25.0, dtype=np.float32)
+    hu[1, 30:33, 30:33] = 70.0  # 9 pixels of blood-dense tissue
+    found = hyperdense(hu, hu > 300, np.ones((3, 32, 32), bool), 2, slice_mm, 1.0)
+    assert found.voxel_ml <= 10.0 / 1000.0
