@@ -82,7 +82,9 @@ def render_card(spec: DetectorSpec) -> str:
                   f"{windows}: {spec.item_shape[0]} channels")  # fmt: skip
     else:
         inputs = (f"one projection radiograph (bright = dense), resampled to {inp.spacing_mm:g} mm pixels, "
-                  f"{inp.height}x{inp.width}, scaled to its 1st-99th percentiles")  # fmt: skip
+                  f"{inp.height}x{inp.width}, scaled to its 1st-99th percentiles"
+                  + (f", then normalised to its local mean and spread at {inp.local_norm_mm:g} mm (so that how a "
+                     f"system processed it for presentation matters less)" if inp.local_norm_mm else ""))  # fmt: skip
     val = spec.extra.get("validation", {})
     test = spec.extra.get("test", {})
     train = spec.extra.get("training", {})

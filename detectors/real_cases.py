@@ -41,13 +41,17 @@ class Case:
     """One series and its truth."""
 
     series: SeriesArrays
-    lesion: np.ndarray  # (slices, rows, cols) bool
+    lesion: np.ndarray  # (slices, rows, cols) bool: the inserted lesion, exact
     source: str  # "real" | "phantom"
     tags: dict[str, Any] = field(default_factory=dict)
+    # The real scan's own findings, marked by eye (realdata.RealCase.regions), widened by a margin:
+    # a candidate there is neither the lesion nor a negative. None: the scan is normal.
+    own_findings: np.ndarray | None = None
 
     @property
     def positive(self) -> bool:
-        return bool(self.lesion.any())
+        """The study shows the finding: an inserted lesion, or the real scan's own."""
+        return bool(self.lesion.any()) or self.own_findings is not None
 
 
 def _uids(n: int, seed: tuple[int, ...]) -> tuple[str, ...]:
@@ -120,16 +124,23 @@ def _radiograph(name: str) -> tuple[np.ndarray, tuple[float, float]]:
 
 
 def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fraction: float,
-                     insert: Callable[[np.ndarray, tuple[float, float], np.random.Generator], tuple[Any, dict[str, Any]]]) -> Case:  # fmt: skip
-    """A real radiograph, mirrored half the time, with ``insert``'s lesion or none, under a drawn display curve."""
+                     insert: Callable[[np.ndarray, tuple[float, float], np.random.Generator, np.ndarray | None],
+                                      tuple[Any, dict[str, Any]]]) -> Case:  # fmt: skip
+    """A real radiograph, mirrored half the time, with ``insert``'s lesion or none, under a drawn display curve.
+
+    ``insert`` gets the image's own findings (mirrored with it, widened) so as not to insert onto them.
+    """
     image, spacing = _radiograph(name)
+    own = own_findings(name, image.shape)
     rng = np.random.default_rng([SPLITS[split], stream, index])
-    if rng.random() < 0.5:
+    mirrored = bool(rng.random() < 0.5)
+    if mirrored:
         image = image[:, ::-1].copy()
+        own = None if own is None else own[:, ::-1].copy()
     lesion = np.zeros(image.shape, dtype=bool)
-    tags: dict[str, Any] = {"case": name.removesuffix(".dcm")}
+    tags: dict[str, Any] = {"case": name.removesuffix(".dcm"), "mirrored": mirrored}
     if rng.random() < positive_fraction:
-        inserted, drawn = insert(image, spacing, rng)
+        inserted, drawn = insert(image, spacing, rng, own)
         image, lesion = inserted.image, inserted.mask
         tags |= drawn
     # What a PACS round trip does to a radiograph: a window or VOI LUT, a gamma-like curve.
@@ -137,17 +148,39 @@ def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fr
     image = np.clip(image, 0.0, 1.0) ** gamma
     series = SeriesArrays(f"2.25.{SPLITS[split]}{stream}{index}", Family.RADIOGRAPH, image[None].astype(np.float32),
                           (0.0, spacing[0], spacing[1]), _uids(1, (SPLITS[split], stream, index)))  # fmt: skip
-    return Case(series, lesion[None], "real", tags)
+    return Case(series, lesion[None], "real", tags, None if own is None else own[None])
+
+
+OWN_FINDING_MARGIN = 1.3  # marks by eye are approximate: a candidate this far out is still "theirs"
+
+
+def own_findings(name: str, shape: tuple[int, int], margin: float = OWN_FINDING_MARGIN) -> np.ndarray | None:
+    """(rows, cols) bool: the real radiograph's own findings marked by eye, each disc widened by ``margin``."""
+    marks = realdata.case(name).regions
+    if not marks:
+        return None
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, dtype=bool)
+    for r, c, radius in marks:
+        out |= (rows - r) ** 2 + (cols - c) ** 2 <= (margin * radius) ** 2
+    return out
 
 
 def nodule_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> Case:
-    """The real chest radiograph, normal or with an inserted nodule in its lung fields."""
+    """The real chest radiograph (its own masses marked by eye), with or without an inserted nodule in its lung fields.
+
+    Inserted nodules are not placed on the marked masses, so the inserted one is always a new finding.
+    """
     from detectors.anatomy.lungs import lung_fields_radiograph
     from detectors.insertion.nodule import insert_nodule_radiograph
 
-    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator) -> tuple[Any, dict[str, Any]]:
+    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator,
+               own: np.ndarray | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
         diameter = float(rng.uniform(5.0, 30.0))
-        inserted = insert_nodule_radiograph(image, spacing, lung_fields_radiograph(image, spacing), diameter, rng)
+        fields = lung_fields_radiograph(image, spacing)
+        if own is not None:
+            fields = fields & ~own
+        inserted = insert_nodule_radiograph(image, spacing, fields, diameter, rng)
         return inserted, {"diameter_mm": round(diameter, 1)}
 
     return _radiograph_case("RG1_UNCR.dcm", 13, split, index, positive_fraction, insert)
@@ -158,7 +191,8 @@ def fracture_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> 
     from detectors.anatomy.bone import bone_mask_radiograph
     from detectors.insertion.fracture import insert_fracture_radiograph
 
-    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator) -> tuple[Any, dict[str, Any]]:
+    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator,
+               own: np.ndarray | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
         displaced = bool(rng.random() < 0.5)
         inserted = insert_fracture_radiograph(image, spacing, bone_mask_radiograph(image, spacing), rng, displaced=displaced)
         return inserted, {"displaced": displaced}

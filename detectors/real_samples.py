@@ -12,9 +12,11 @@ acquisitions and storage variants, from the ``test`` split of
   0.3-50 mL), slice thickness 0.6-7 mm, gantry tilt (written as DICOM
   geometry: ImageOrientationPatient and GantryDetectorTilt), 256/512, kernel,
   noise, and the rescale slope/intercept and signedness variants of real CT;
-- chest CR: the real processed chest radiograph with or without a nodule,
-  written as it came (``DERIVED\\PRIMARY``, Pixel Spacing ``0\\0``) or cleaned
-  up, MONOCHROME1 or 2;
+- chest CR: the real processed chest radiograph with or without an inserted
+  nodule, written as it came (``DERIVED\\PRIMARY``, Pixel Spacing ``0\\0``) or
+  cleaned up, MONOCHROME1 or 2. It is not normal: its own round masses are
+  findings too (``"origin": "read by eye"``, boxes approximate), so every
+  chest CR study is positive and the figures that matter there are per lesion;
 - leg CR: the real lower-leg radiograph with or without a cortical break.
 
 Each manifest entry records what was drawn, for stratified figures.
@@ -33,6 +35,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from detectors import realdata
 from detectors.phantoms.samples import MANIFEST, pixel_hash
 from detectors.phantoms.truth import box_of
 from detectors.real_cases import Case, bleed_case, fracture_xr_case, nodule_xr_case
@@ -112,14 +115,27 @@ def _xr_dataset(case: Case, index: int, seed: int, kind: str, rng: np.random.Gen
 
 
 def _findings(case: Case, datasets: list[Dataset], kind: str) -> list[dict[str, Any]]:
-    if not case.positive:
-        return []
-    slices, box = box_of(case.lesion)
+    """The inserted lesion (exact truth), then the real scan's own findings as marked by eye (approximate)."""
     finding_kind = {"head_ct": "bleed", "chest_xr": "nodule", "extremity_xr": "fracture"}[kind]
-    size = float(case.tags.get("diameter_mm") or 0.0)
-    sops = [str(ds.SOPInstanceUID) for ds in datasets if slices[0] <= int(ds.InstanceNumber) - 1 <= slices[1]]
-    return [{"kind": finding_kind, "subtype": str(case.tags.get("kind", finding_kind)), "slices": list(slices),
-             "box": list(box), "size_mm": size, "volume_ml": case.tags.get("volume_ml"), "sop_instance_uids": sops}]  # fmt: skip
+    out = []
+    if case.lesion.any():
+        slices, box = box_of(case.lesion)
+        size = float(case.tags.get("diameter_mm") or 0.0)
+        sops = [str(ds.SOPInstanceUID) for ds in datasets if slices[0] <= int(ds.InstanceNumber) - 1 <= slices[1]]
+        out.append({"kind": finding_kind, "subtype": str(case.tags.get("kind", finding_kind)), "origin": "inserted",
+                    "slices": list(slices), "box": list(box), "size_mm": size, "volume_ml": case.tags.get("volume_ml"),
+                    "sop_instance_uids": sops})  # fmt: skip
+    name = f"{case.tags.get('case')}.dcm"
+    marks = realdata.case(name).regions if case.own_findings is not None else ()
+    rows, cols = case.series.pixels.shape[1:]
+    spacing = float(case.series.spacing_mm[1])
+    for r, c, radius in marks:
+        c = cols - 1 - c if case.tags.get("mirrored") else c
+        box = [max(int(r - radius), 0), max(int(c - radius), 0), min(int(r + radius) + 1, rows), min(int(c + radius) + 1, cols)]
+        out.append({"kind": finding_kind, "subtype": "mass", "origin": "read by eye", "slices": [0, 0], "box": box,
+                    "size_mm": round(2 * radius * spacing, 1), "volume_ml": None,
+                    "sop_instance_uids": [str(datasets[0].SOPInstanceUID)]})  # fmt: skip
+    return out
 
 
 def generate_real_samples(out: Path, counts: dict[str, int], seed: int = 0, progress: Callable[[], None] | None = None,

@@ -78,9 +78,20 @@ class RealCase:
     sha256: str
     family: Family
     shows: str
-    role: str  # "normal" (background for insertions, hard negatives, calibration) | "check" (qualitative)
+    role: str  # "normal" (background for insertions, hard negatives, calibration) | "background" | "check"
     finding: str | None = None
+    # Where ``finding`` is, read by eye (no report, no ground truth): (row, col, radius) in the file's own
+    # pixels. A "background" case is used for insertions but is not a normal: candidates in these regions
+    # are neither lesions nor negatives in training, and evaluation counts them as approximate lesions.
+    regions: tuple[tuple[float, float, float], ...] = ()
 
+
+# RG1_UNCR.dcm's round masses, marked by eye on the image as stored (1955 rows x 1841 columns,
+# about 0.22 mm pixels): three in the image's right lung field (the patient's left), four in its left.
+RG1_MASSES: tuple[tuple[float, float, float], ...] = (
+    (690, 1320, 90), (850, 1460, 80), (1170, 1440, 90),
+    (690, 390, 80), (960, 460, 70), (1140, 480, 100), (1320, 260, 80),
+)
 
 CASES: tuple[RealCase, ...] = (
     RealCase("invesalius-cranium.npz", INVESALIUS, "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
@@ -95,9 +106,11 @@ CASES: tuple[RealCase, ...] = (
              "check", "bleed"),
     RealCase("RG1_UNCR.dcm", PYDICOM_DATA, "data_store/data/RG1_UNCR.dcm",
              "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498", Family.RADIOGRAPH,
-             "PA chest CR (Philips), processed for presentation: ImageType DERIVED\\PRIMARY, PixelSpacing 0\\0, "
-             "MONOCHROME1, 1955x1841, collimator edges; no nodule known",
-             "normal"),
+             "PA chest CR (Philips) of a woman, processed for presentation: ImageType DERIVED\\PRIMARY, "
+             "PixelSpacing 0\\0, MONOCHROME1, 1955x1841, collimator edges; NOT normal: multiple round "
+             "opacities of 3-4.5 cm in both lungs (seven marked), pulmonary masses such as metastases "
+             "(read by eye by an engineer, not a radiologist; no report)",
+             "background", "nodule", RG1_MASSES),
     RealCase("eCT_Supplemental.dcm", PYDICOM_DATA, "data_store/data/eCT_Supplemental.dcm",
              "0a4c3aa02d1b0b4826daa5ffe85ef13be83c1433842a9a98b901e075136dd86f", Family.CT,
              "Enhanced CT, two frames of a perfusion map (ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "

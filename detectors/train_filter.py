@@ -72,6 +72,14 @@ class Scored:
     source: str
     tags: dict[str, Any] = field(default_factory=dict)
     failed: str | None = None  # why the detector could not read the case (anatomy not found, ...)
+    inserted: bool = False  # the case has an inserted lesion with exact truth (``hits`` mark it)
+    own_findings: bool = False  # the real scan has findings of its own (left out of the candidates)
+
+    def lesion_found(self, filt: LogisticFilter, a: float, b: float, op: float) -> bool:
+        """A candidate on the inserted lesion reaches the operating point (it would be shown as a region)."""
+        if not (self.inserted and self.hits.any()):
+            return False
+        return bool((np.asarray(platt(filt.logits(self.features[self.hits]), a, b)) >= op).any())
 
     def study_logit(self, filt: LogisticFilter) -> float:
         return float(filt.logits(self.features).max()) if len(self.features) else NO_CANDIDATE_LOGIT
@@ -86,21 +94,31 @@ def score_case(detector: Any, case: Case) -> Scored:
 
     spec = detector.spec
     names = feature_names(spec.family, spec.proposals)
+    inserted = bool(case.lesion.any())
     try:
         prepared = detector.prepare(case.series)
     except DetectionError as exc:
-        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags, str(exc))
+        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags, str(exc),
+                      inserted, case.own_findings is not None)  # fmt: skip
     with torch.inference_mode():
         logits = np.concatenate([detector.module(torch.from_numpy(prepared.items[i : i + 8])).float().numpy()
                                  for i in range(0, len(prepared.items), 8)])  # fmt: skip
     cands, _, labels = candidate_scores(prepared, logits, replace(spec, filter=None))
+    geometry = prepared.context["geometry"]
+    if case.own_findings is not None:
+        # The scan's own findings (marked by eye) are neither the lesion nor negatives: left out.
+        own = map_mask(case.own_findings, case.series, geometry, spec) > 0
+        lesion_cells = map_mask(case.lesion, case.series, geometry, spec) >= 0.25
+        cands = [c for c in cands if lesion_cells[labels == c.label].any() or not own[labels == c.label].any()]
     if not cands:
-        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags)
+        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags,
+                      inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
     hits = np.zeros(len(cands), dtype=bool)
-    if case.positive:
-        lesion = map_mask(case.lesion, case.series, prepared.context["geometry"], spec) >= 0.25
+    if inserted:
+        lesion = map_mask(case.lesion, case.series, geometry, spec) >= 0.25
         hits = np.array([bool(lesion[labels == c.label].any()) for c in cands])
-    return Scored(np.stack([c.features for c in cands]), hits, case.positive, case.source, case.tags)
+    return Scored(np.stack([c.features for c in cands]), hits, case.positive, case.source, case.tags,
+                  inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
 
 
 def score_cases(detector: Any, name: str, split: str, real: int, phantoms: int,
@@ -139,11 +157,20 @@ def _stack(scored: Sequence[Scored]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), np.concatenate(hits)
 
 
-def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: LogisticFilter) -> dict[str, Any]:
-    """What the card states about real anatomy: flagged normals, the margin, sensitivity by size, localisation."""
+def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: LogisticFilter,
+                 a: float = 1.0, b: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """What the card states about real anatomy: flagged normals, the margin, sensitivity by size, localisation.
+
+    Study-level sensitivity counts the cases whose only finding is the
+    inserted one; on a real scan with findings of its own (the chest CR's
+    masses) the study is positive anyway, so there the figure is lesion-level:
+    the inserted lesion ``found`` (a candidate on it at the operating point).
+    """
     real = [(s, p) for s, p in zip(scored, probs) if s.source == "real"]
     normals = np.array([p for s, p in real if not s.positive])
-    positives = [(s, p) for s, p in real if s.positive]
+    positives = [(s, p) for s, p in real if s.positive and not s.own_findings]
+    inserted = [s for s, _ in real if s.inserted]
+    own = [(s, p) for s, p in real if s.own_findings]
     out: dict[str, Any] = {
         "normal_cases": int(normals.size),
         "normal_flagged": int((normals >= op).sum()),
@@ -151,6 +178,9 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
         "positive_cases": len(positives),
         "not_assessed": sum(1 for s, _ in real if s.failed),
     }
+    if own:
+        out["own_findings_cases"] = len(own)
+        out["own_findings_flagged"] = int(sum(p >= op for _, p in own))
     if normals.size:
         logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
         out["normal_margin_logit"] = round(logit(op) - logit(float(normals.max())), 3)
@@ -163,9 +193,15 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
             if band:
                 out[f"sensitivity_{label}"] = round(float(sum(p >= op for _, p in band)) / len(band), 4)
                 out[f"cases_{label}"] = len(band)
+            found = [s.lesion_found(filt, a, b, op) for s in inserted if key in s.tags and lo <= float(s.tags[key]) < hi]
+            if found and own:
+                out[f"inserted_found_{label}"] = round(float(np.mean(found)), 4)
+                out[f"inserted_{label}"] = len(found)
     if positives:
         out["sensitivity"] = round(float(sum(p >= op for _, p in positives)) / len(positives), 4)
-        out["top_region_on_lesion"] = round(float(sum(s.top_hits(filt) for s, _ in positives)) / len(positives), 4)
+    if inserted:
+        out["inserted_found"] = round(float(np.mean([s.lesion_found(filt, a, b, op) for s in inserted])), 4)
+        out["top_region_on_lesion"] = round(float(np.mean([s.top_hits(filt) for s in inserted])), 4)
     return out
 
 
@@ -195,12 +231,15 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     a, b = fit_platt(raw, labels)
     probs = np.asarray(platt(raw, a, b), dtype=np.float64)
     is_real = np.array([s.source == "real" for s in validation])
-    basis = is_real if (is_real & labels).any() and (is_real & ~labels).any() else np.ones_like(is_real)
+    own = np.array([s.own_findings for s in validation])
+    # Real normals and real insertions when there are both; else every case but the real scans with findings of
+    # their own (the chest CR's masses make each of its cases positive, whatever was inserted).
+    basis = is_real if (is_real & labels & ~own).any() and (is_real & ~labels).any() else ~own
     op, rule = operating_point(labels, probs, basis, is_real, target_sensitivity)
     phantom = ~is_real
     figures: dict[str, Any] = {}
     if is_real.any():
-        figures["real_validation"] = real_figures(validation, probs, op, filt)
+        figures["real_validation"] = real_figures(validation, probs, op, filt, a, b)
     if phantom.any() and labels[phantom].any() and (~labels[phantom]).any():
         yp, pp = labels[phantom], probs[phantom]
         figures["phantom_validation"] = {

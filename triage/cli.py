@@ -404,7 +404,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from detectors.evaluation import DISCLAIMER, evaluate, format_reports, reports_as_json
     from detectors.plots import REAL_FOOTER as REAL_DISCLAIMER
     from detectors import registry
-    from triage.evaluate import acquisition_strata, not_scored_line, read_manifest, score_manifest, update_cards
+    from triage.evaluate import (acquisition_strata, lesions_found, not_scored_line, read_manifest, score_manifest,
+                                 update_cards)  # fmt: skip
     from triage.progress import progress_bar
 
     if args.labels:
@@ -425,6 +426,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   else DISCLAIMER)  # fmt: skip
     reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None, footer=disclaimer)
     strata = {name: evaluate(group) for name, group in acquisition_strata(folder, result.outcomes).items()}
+    found = lesions_found(folder, result.outcomes)
     updated: list[Path] = []
     notes: list[str] = []
     if args.update_cards:
@@ -439,18 +441,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                         name = re.sub(r"[^a-z0-9]+", "_", stratum.replace(">=", "ge").replace("<=", "le").lower()).strip("_")
                         by_stratum.setdefault(r.detector, {})[f"sensitivity_{name}"] = round(r.sensitivity, 4)
                         by_stratum[r.detector][f"positives_{name}"] = r.n_positive
+            for detector, groups in found.items():
+                for group, (k, n) in groups.items():
+                    name = re.sub(r"[^a-z0-9]+", "_", group.replace(">=", "ge").replace("<", "under").lower()).strip("_")
+                    by_stratum.setdefault(detector, {})[f"found_{name}"] = f"{k}/{n}"
             updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
                                           table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
     if args.json:
         doc = reports_as_json(reports, disclaimer) | result.as_json()
         doc["cards_updated"] = [str(p) for p in updated]
         doc["strata"] = {name: reports_as_json(group, disclaimer) for name, group in strata.items()}
+        doc["lesions_found"] = {det: {g: {"found": k, "lesions": n} for g, (k, n) in groups.items()}
+                                for det, groups in found.items()}  # fmt: skip
         print(json.dumps(doc, indent=2))
     else:
         print(format_reports(reports, disclaimer))
         for name, group in strata.items():
             print(f"\n-- acquisition stratum: {name} --")
             print(format_reports(group, disclaimer))
+        if found:
+            print("\n-- lesions shown by a region (inserted: exact truth; read by eye: approximate boxes) --")
+            for detector, groups in found.items():
+                print(f"{detector}: " + "; ".join(f"{g} {k}/{n}" for g, (k, n) in groups.items()))
         lines = [f"models: {', '.join(str(m) for _, m in sorted(result.models.items()))}"]
         if line := not_scored_line(result):
             lines.append(line)

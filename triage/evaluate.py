@@ -304,3 +304,37 @@ def acquisition_strata(folder: str | Path, outcomes: Sequence[StudyOutcome]) -> 
     for key in lesion_groups:
         groups[key] = groups[key] + [o for o in negatives if o.kind == groups[key][0].kind]
     return dict(sorted(groups.items()))
+
+
+def lesions_found(folder: str | Path, outcomes: Sequence[StudyOutcome]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per detector, lesions shown by a region, by origin and size: ``{detector: {group: (found, total)}}``.
+
+    For manifests whose findings say where they came from (``triage samples
+    real``): an ``inserted`` lesion (exact truth) or one the real scan has of
+    its own, ``read by eye`` (approximate box). Where a real scan has findings
+    of its own every study is positive, and this per-lesion count is what says
+    whether the detector found the inserted one. Groups: ``inserted``,
+    ``inserted >= 10 mm`` / ``inserted < 10 mm`` where sizes are in mm, and
+    ``<subtype> read by eye``. Empty when no finding records an origin.
+    """
+    from detectors.metrics import region_hits_lesion
+
+    studies = {str(e.get("folder")): e for e in read_manifest(Path(folder))["studies"]}
+    out: dict[str, dict[str, list[int]]] = {}
+    for o in outcomes:
+        mine = {tuple(box) for box, _ in o.truth}  # the findings of this detector's kind
+        for f in studies.get(o.study_folder, {}).get("findings") or []:
+            if "origin" not in f or tuple(f.get("box") or ()) not in mine:
+                continue
+            found = any(region_hits_lesion(box, slices, f["box"], f["slices"]) for box, slices, _ in o.regions)
+            if f["origin"] == "inserted":
+                groups = ["inserted"]
+                if f.get("size_mm"):
+                    groups.append("inserted >= 10 mm" if float(f["size_mm"]) >= 10 else "inserted < 10 mm")
+            else:
+                groups = [f"{f.get('subtype')} {f['origin']}"]
+            for group in groups:
+                tally = out.setdefault(o.kind, {}).setdefault(group, [0, 0])
+                tally[0] += found
+                tally[1] += 1
+    return {det: {g: (t[0], t[1]) for g, t in sorted(groups.items())} for det, groups in sorted(out.items())}

@@ -98,3 +98,20 @@ def test_a_refit_changes_the_version_a_finding_records(version: str, first_filte
     from detectors.train_filter import bump_version
 
     assert bump_version(version, major=first_filter) == bumped
+
+
+def test_an_inserted_lesion_is_found_per_lesion_on_a_scan_with_findings_of_its_own() -> None:
+    """On the chest CR every study is positive (its own masses): the card counts the inserted nodule itself."""
+    from detectors.train_filter import Scored, real_figures
+
+    filt = LogisticFilter(("x",), (1.0,), 0.0, (0.0,), (1.0,))
+    found = Scored(np.array([[3.0], [-2.0]]), np.array([True, False]), True, "real", {"diameter_mm": 14.0},
+                   inserted=True, own_findings=True)  # fmt: skip
+    # The study scores high (a candidate elsewhere, on a mass), but the inserted nodule's own candidate does not.
+    missed = Scored(np.array([[-3.0], [4.0]]), np.array([True, False]), True, "real", {"diameter_mm": 12.0},
+                    inserted=True, own_findings=True)  # fmt: skip
+    figures = real_figures([found, missed], np.array([0.95, 0.98]), 0.5, filt)
+    assert figures["inserted_found"] == 0.5 and figures["inserted_found_ge_10mm"] == 0.5
+    assert figures["own_findings_cases"] == 2 and figures["own_findings_flagged"] == 2
+    assert figures["positive_cases"] == 0 and "sensitivity" not in figures  # no study-level figure here
+    assert figures["top_region_on_lesion"] == 0.5

@@ -71,3 +71,28 @@ def test_chest_radiograph_is_routed_and_read_whatever_it_carries(written) -> Non
         assert radiograph.pixel_spacing_mm is not None and radiograph.pixel_spacing_mm[0] > 0
         if study["acquisition"]["as_received"]:
             assert list(ds.ImageType) == ["DERIVED", "PRIMARY"]
+
+
+def test_chest_radiograph_own_masses_are_findings_where_the_image_has_them(written) -> None:
+    """The real chest CR is not normal: its masses (marked by eye) follow the image when it is mirrored."""
+    from detectors import realdata
+
+    out, manifest = written
+    marks = realdata.case("RG1_UNCR.dcm").regions
+    for study in (s for s in manifest["studies"] if s["kind"] == "chest_xr"):
+        assert study["present"]
+        own = [f for f in study["findings"] if f["origin"] == "read by eye"]
+        inserted = [f for f in study["findings"] if f["origin"] == "inserted"]
+        assert len(own) == len(marks) and len(inserted) <= 1
+        image = load_radiograph(next((out / study["folder"]).glob("*.dcm"))).image
+        cols = image.shape[1]
+        for finding, (r, c, radius) in zip(own, marks, strict=True):
+            r0, c0, r1, c1 = finding["box"]
+            col = cols - 1 - c if study["drawn"]["mirrored"] else c
+            assert r0 <= r < r1 and c0 <= col < c1
+            assert finding["size_mm"] == pytest.approx(2 * radius * 0.22, abs=1.0)
+        for f in inserted:  # never placed on a mass
+            r0, c0, r1, c1 = f["box"]
+            for m in own:
+                m0, n0, m1, n1 = m["box"]
+                assert not (r0 < m1 and m0 < r1 and c0 < n1 and n0 < c1) or (r1 - r0) > (m1 - m0)
