@@ -141,26 +141,6 @@ def normalise_radiograph(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), -0.5, 1.5).astype(np.float32)
 
 
-def local_normalise(image: np.ndarray, scale_px: float) -> np.ndarray:
-    """(…, rows, cols) minus its local mean (Gaussian, ``scale_px``) over its local spread (twice that scale).
-
-    What a CR/DX system did to the image for presentation (range compression,
-    edge enhancement, a LUT) changes the large scales and the global
-    histogram; a nodule or a rib is a local departure from its surroundings.
-    Reading that departure in units of the local spread makes a phantom and a
-    real radiograph, processed or not, look alike to the network. Mapped to
-    [-0.5, 1.5] like :func:`normalise_radiograph` (+-6 spreads -> 0..1).
-    """
-    from scipy import ndimage
-
-    sigma = (0,) * (image.ndim - 2) + (scale_px, scale_px)
-    detail = image - ndimage.gaussian_filter(image, sigma, mode="nearest")
-    spread = np.sqrt(ndimage.gaussian_filter(detail * detail, tuple(2 * s for s in sigma), mode="nearest"))
-    # The floor keeps flat padding and blank borders from becoming amplified noise.
-    z = detail / np.maximum(spread, 0.02 * float(np.percentile(spread, 90)) + 1e-6)
-    return np.clip(z / 12 + 0.5, -0.5, 1.5).astype(np.float32)
-
-
 def prepare(series: SeriesArrays, spec: DetectorSpec) -> Prepared:
     """The items for ``spec`` from ``series``; ``context["geometry"]`` maps them back."""
     if series.family is not spec.family:
@@ -178,11 +158,8 @@ def prepare(series: SeriesArrays, spec: DetectorSpec) -> Prepared:
         items = window_channels(window, inp, series.spacing_mm[0])
     else:
         image = normalise_radiograph(resampled)
-        if inp.local_norm_mm > 0:
-            image = local_normalise(image, inp.local_norm_mm / inp.spacing_mm)
-        fill = 0.5 if inp.local_norm_mm > 0 else 0.0  # padding reads as "no departure" / as dark
         window, origin = crop_or_pad(image, ((image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2),
-                                     inp.height, inp.width, fill)  # fmt: skip
+                                     inp.height, inp.width, 0.0)  # fmt: skip
         items = window[:, None]
     geometry = Geometry(scale=scale, origin=origin, source_shape=pixels.shape[1:])
     context: dict[str, object] = {"geometry": geometry}

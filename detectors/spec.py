@@ -18,7 +18,6 @@ site's own model plugs in by writing one file beside its weights::
     context_slices = 1           # CT: neighbours on each side (2.5D)
     context_mm = 0.0             # CT: distance to the nearest neighbour (0: adjacent slices)
     windows = [[40, 80], [75, 215], [600, 2800]]   # CT: (centre, width) in HU, one channel each
-    local_norm_mm = 0.0          # radiograph: local contrast normalisation at this scale (0: percentiles only)
 
     [output]
     stride = 2                   # one heatmap cell = stride x stride input pixels
@@ -51,7 +50,6 @@ channel: the image normalised to its 1st-99th percentile range.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -88,7 +86,6 @@ class InputSpec:
     context_slices: int = 0
     windows: tuple[Window, ...] = ()
     context_mm: float = 0.0  # neighbours this far apart (rounded to whole slices); 0: adjacent slices
-    local_norm_mm: float = 0.0  # radiographs: subtract the local mean at this scale, divide by the local spread
 
     def channels(self, family: Family) -> int:
         if family is Family.RADIOGRAPH:
@@ -149,7 +146,6 @@ class DetectorSpec:
             f"context_slices = {self.input.context_slices}",
             f"context_mm = {self.input.context_mm!r}",
             "windows = [" + ", ".join(f"[{w.center!r}, {w.width!r}]" for w in self.input.windows) + "]",
-            *([f"local_norm_mm = {self.input.local_norm_mm!r}"] if self.input.local_norm_mm else []),
             "",
             "[output]",
             f"stride = {self.stride}",
@@ -263,10 +259,7 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         context_slices=get("input", "context_slices", int, 0),
         context_mm=get("input", "context_mm", float, 0.0),
         windows=tuple(windows),
-        local_norm_mm=get("input", "local_norm_mm", float, 0.0),
     )
-    if not (math.isfinite(inp.local_norm_mm) and 0 <= inp.local_norm_mm <= 100):
-        raise CardError(f"{where}: input.local_norm_mm must be 0 (off) to 100 mm, got {inp.local_norm_mm}")
     if inp.context_mm < 0:
         raise CardError(f"{where}: input.context_mm must be >= 0, got {inp.context_mm}")
     if inp.context_slices < 0:

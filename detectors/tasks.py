@@ -70,11 +70,7 @@ def _nodule_ct(seed: int) -> Sample:
 
 def _nodule_xr(seed: int) -> Sample:
     rng = np.random.default_rng([seed, 7])
-    nodule = bool(rng.random() < 0.5)
-    # Three in four with vessels, projected spheres and CR processing: the plain phantom alone
-    # trains a network that is blind on real chest radiographs (detectors.phantoms.chest_texture).
-    texture = bool(np.random.default_rng([seed, 8]).random() < 0.75)
-    return _xr(chest_radiograph(seed, nodule=nodule, texture=texture), seed, rng)
+    return _xr(chest_radiograph(seed, nodule=bool(rng.random() < 0.5)), seed, rng)
 
 
 def _fracture(seed: int) -> Sample:
@@ -104,7 +100,7 @@ TASKS: dict[str, Task] = {
         _nodule_ct, (192, 192),
     ),
     "nodule-xr": Task(
-        _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512, local_norm_mm=20.0), 4, 16),
+        _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512), 4, 16),
         _nodule_xr, (256, 256), 4,
     ),
     "fracture-xr": Task(

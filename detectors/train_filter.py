@@ -75,6 +75,11 @@ class Scored:
     inserted: bool = False  # the case has an inserted lesion with exact truth (``hits`` mark it)
     own_findings: bool = False  # the real scan has findings of its own (left out of the candidates)
 
+    def normal_anatomy_logit(self, filt: LogisticFilter) -> float:
+        """The strongest candidate that is not the inserted lesion (own findings are already left out)."""
+        rest = self.features[~self.hits] if len(self.features) else self.features
+        return float(filt.logits(rest).max()) if len(rest) else NO_CANDIDATE_LOGIT
+
     def lesion_found(self, filt: LogisticFilter, a: float, b: float, op: float) -> bool:
         """A candidate on the inserted lesion reaches the operating point (it would be shown as a region)."""
         if not (self.inserted and self.hits.any()):
@@ -181,6 +186,9 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
     if own:
         out["own_findings_cases"] = len(own)
         out["own_findings_flagged"] = int(sum(p >= op for _, p in own))
+        # Their normal anatomy (away from their findings and the insertion) showing a region.
+        out["normal_anatomy_with_region"] = int(sum(float(platt(s.normal_anatomy_logit(filt), a, b)) >= op
+                                                    for s, _ in own))  # fmt: skip
     if normals.size:
         logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
         out["normal_margin_logit"] = round(logit(op) - logit(float(normals.max())), 3)
@@ -235,7 +243,9 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     # Real normals and real insertions when there are both; else every case but the real scans with findings of
     # their own (the chest CR's masses make each of its cases positive, whatever was inserted).
     basis = is_real if (is_real & labels & ~own).any() and (is_real & ~labels).any() else ~own
-    op, rule = operating_point(labels, probs, basis, is_real, target_sensitivity)
+    normal_anatomy = np.array([float(platt(s.normal_anatomy_logit(filt), a, b)) for s in validation
+                               if s.source == "real" and s.own_findings])  # fmt: skip
+    op, rule = operating_point(labels, probs, basis, is_real, target_sensitivity, normal_anatomy)
     phantom = ~is_real
     figures: dict[str, Any] = {}
     if is_real.any():
@@ -270,7 +280,7 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
 
 
 def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is_real: np.ndarray,
-                    target_sensitivity: float) -> tuple[float, str]:  # fmt: skip
+                    target_sensitivity: float, normal_anatomy: np.ndarray | None = None) -> tuple[float, str]:  # fmt: skip
     """The operating point and the rule that set it.
 
     First the sensitivity rule on the basis cases (sensitivity >= target,
@@ -279,17 +289,22 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is
     in calibrated logits): flagging normal anatomy on every real scan is
     worse than no AI (alarm fatigue, automation bias), so specificity on real
     anatomy wins, and the card states the sensitivity that is left.
+
+    ``normal_anatomy`` adds, per real scan with findings of its own, the
+    calibrated probability of its strongest candidate away from those findings
+    and from the inserted lesion: that scan's normal anatomy, which must show
+    no region either.
     """
     op = operating_point_in_gap(labels[basis], probs[basis], target_sensitivity)
-    normals = probs[is_real & ~labels]
+    normals = np.concatenate([probs[is_real & ~labels], normal_anatomy if normal_anatomy is not None else []])
     if not normals.size or normals.max() < op:
         return float(op), f"sensitivity >= {target_sensitivity} on the validation cases"
     top = float(normals.max())
     logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
     # A margin above the highest real normal: unseen normal heads score a little differently.
     raised = 1 / (1 + np.exp(-(logit(top) + RAISE_MARGIN_LOGIT)))
-    return float(raised), (f"raised {RAISE_MARGIN_LOGIT:g} logit above the highest real normal case "
-                           "(the sensitivity rule flagged normal anatomy)")  # fmt: skip
+    return float(raised), (f"raised {RAISE_MARGIN_LOGIT:g} logit above the highest real normal case or normal "
+                           "anatomy (the sensitivity rule flagged normal anatomy)")  # fmt: skip
 
 
 def bump_version(version: str, major: bool) -> str:

@@ -342,8 +342,8 @@ def _cmd_samples_real(args: argparse.Namespace) -> int:
             manifest = generate_real_samples(out, {k: n for k, n in counts.items() if n}, args.seed, progress=advance)
     except RealDataError as exc:
         raise TriageError(str(exc)) from None
-    with_finding = sum(1 for s in manifest["studies"] if s["present"])
-    print(f"wrote {len(manifest['studies'])} real-anatomy studies ({with_finding} with an inserted finding) "
+    inserted = sum(1 for s in manifest["studies"] if any(f.get("origin") == "inserted" for f in s["findings"]))
+    print(f"wrote {len(manifest['studies'])} real-anatomy studies ({inserted} with an inserted finding) "
           f"and {out / 'manifest.json'}")  # fmt: skip
     return 0
 

@@ -113,7 +113,6 @@ def chest_radiograph(
     diameter_mm: float | None = None,
     rows: int | None = None,
     pixel_spacing_mm: float | None = None,
-    texture: bool = False,
 ) -> XRPhantom:
     """A PA chest radiograph, optionally with one solid pulmonary nodule.
 
@@ -132,11 +131,6 @@ def chest_radiograph(
         Square pixel spacing; drawn from 0.36-0.44 mm when None, so that a
         768-1024 matrix covers a real chest (~300-450 mm): a detector panel
         of 0.14-0.2 mm pixels, downsampled.
-    texture : bool
-        Draw what a real chest radiograph has (:mod:`detectors.phantoms.chest_texture`):
-        vascular markings, the nodule as a projected sphere (4-40 mm, contrast
-        per mm like the vessels'), and a presentation processing. The
-        processing spreads a nodule's difference to about 3 cm around it.
 
     Returns
     -------
@@ -185,25 +179,12 @@ def chest_radiograph(
 
     exposure = _exposure(rng)
     base = _window(density, density, exposure)
-    rng_m = _streams(seed)[2]
-    if texture:
-        from detectors.phantoms.chest_texture import CONTRAST_PER_MM, vessel_markings
-
-        hila = [((0.45 + dy) * rows + rng_m.normal(0, 0.02 * rows), (cx + side * 0.17 * s + 1) / 2 * cols, side)
-                for side in (-1.0, 1.0)]  # fmt: skip
-        vessel_k = float(rng_m.uniform(*CONTRAST_PER_MM)) * (exposure["out_hi"] - exposure["out_lo"])
-        base = np.clip(base + vessel_markings((rows, cols), hila, np.clip(air, 0.0, 1.0), spacing, vessel_k, rng_m), 0.0, 1.0)
     image = base.copy()
     lesions: list[Lesion] = []
     # Nodule draws happen whether or not a nodule is placed, for the same-seed pairing.
     want = bool(rng_n.random() < 0.5) if nodule is None else nodule
     drawn_mm = rng_n.uniform(5.0, 30.0)
     amp = rng_n.uniform(0.025, 0.06) * (exposure["out_hi"] - exposure["out_lo"])
-    if texture:
-        from detectors.phantoms.chest_texture import CONTRAST_PER_MM, sphere_projection
-
-        drawn_mm = rng_n.uniform(4.0, 40.0)
-        nodule_k = float(rng_n.uniform(*CONTRAST_PER_MM)) * (exposure["out_hi"] - exposure["out_lo"])
     lung_px = min(lw for _, lw in lung_geo) * cols  # a lung's full width in pixels, about
     diam = float(diameter_mm) if diameter_mm is not None else min(drawn_mm, 0.45 * lung_px * spacing)
     radius = diam / spacing / 2.0
@@ -222,13 +203,7 @@ def chest_radiograph(
         if hits == ring.size:
             break
     disc = np.zeros((1, rows, cols), dtype=bool)  # the nodule's pixels; empty without one
-    if want and texture:
-        r, c = divmod(int(best), cols)
-        profile, disc[0] = sphere_projection((rows, cols), (r, c), diam, spacing, nodule_k)
-        image += profile
-        amp = nodule_k * diam
-        lesions.append(Lesion(kind="nodule", subtype="solid", slices=(0, 0), box=box_of(disc)[1], size_mm=diam))
-    elif want:
+    if want:
         r, c = divmod(int(best), cols)
         pad = int(radius * 1.6) + 4
         r0, r1, c0, c1 = max(r - pad, 0), min(r + pad + 1, rows), max(c - pad, 0), min(c + pad + 1, cols)
@@ -244,11 +219,6 @@ def chest_radiograph(
     }
     if want:
         notes["nodule_contrast"] = amp
-    if texture:
-        from detectors.phantoms.chest_texture import present
-
-        image, processing = present(np.clip(image, 0.0, 1.0), spacing, rng_m)
-        notes |= {"texture": True, "processing": processing}
     return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part="CHEST", notes=notes,
                      mask=disc[0])
 

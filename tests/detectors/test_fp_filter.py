@@ -115,3 +115,17 @@ def test_an_inserted_lesion_is_found_per_lesion_on_a_scan_with_findings_of_its_o
     assert figures["own_findings_cases"] == 2 and figures["own_findings_flagged"] == 2
     assert figures["positive_cases"] == 0 and "sensitivity" not in figures  # no study-level figure here
     assert figures["top_region_on_lesion"] == 0.5
+
+
+def test_the_normal_anatomy_of_a_scan_with_findings_of_its_own_keeps_the_operating_point_above_it() -> None:
+    from detectors.train_filter import RAISE_MARGIN_LOGIT, operating_point
+
+    labels = np.array([True, True, False, False])
+    probs = np.array([0.9, 0.8, 0.3, 0.2])
+    real = np.zeros(4, bool)
+    op, rule = operating_point(labels, probs, np.ones(4, bool), real, 0.95)
+    assert op <= 0.8 and rule.startswith("sensitivity")
+    # A real chest CR whose strongest candidate off its masses scores 0.85: no region may show there.
+    op, rule = operating_point(labels, probs, np.ones(4, bool), real, 0.95, np.array([0.85, 0.4]))
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    assert logit(op) == pytest.approx(logit(0.85) + RAISE_MARGIN_LOGIT) and rule.startswith("raised")

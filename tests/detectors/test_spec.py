@@ -87,15 +87,6 @@ def test_minimal_card_takes_the_defaults() -> None:
     assert parse_card(tomllib.loads(spec.to_toml())) == spec
 
 
-def test_a_radiograph_card_with_local_normalisation_round_trips() -> None:
-    raw = with_value("family", "radiograph") | {"kind": "nodule"}
-    raw["input"] = {"spacing_mm": 0.8, "height": 32, "width": 32, "local_norm_mm": 20.0}
-    spec = parse_card(raw)
-    assert spec.input.local_norm_mm == 20.0
-    assert parse_card(tomllib.loads(spec.to_toml())) == spec
-    assert "local_norm_mm" not in parse_card(minimal_raw()).to_toml()  # off: the card does not mention it
-
-
 def test_item_shape_counts_windows_times_slices() -> None:
     spec = full_spec()
     assert spec.item_shape == (3 * 5, 96, 64)
@@ -114,9 +105,6 @@ def test_item_shape_counts_windows_times_slices() -> None:
         ("input.height", 32.0, "input.height"),
         ("input.width", True, "input.width"),
         ("input.context_slices", -1, "input.context_slices"),
-        ("input.local_norm_mm", -1.0, "input.local_norm_mm"),
-        ("input.local_norm_mm", float("inf"), "input.local_norm_mm"),
-        ("input.local_norm_mm", "20", "input.local_norm_mm"),
         ("input.windows", ..., "input.windows"),  # a CT card without windows
         ("input.windows", [], "input.windows"),
         ("input.windows", [[40, 0]], "input.windows[0]"),
