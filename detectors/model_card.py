@@ -31,7 +31,10 @@ _DATA = {
 _KNOWN = {
     "bleed-ct": "Real anatomy: one real head CT (with its acquisition variants) is all the normal real anatomy it "
     "was calibrated on; other scanners, ages and pathology (atrophy, old infarcts, post-operative skulls, "
-    "craniectomy) are untested. Where no closed skull is found it reports \"not assessed\", never negative.",
+    "craniectomy) are untested. Where no closed skull is found it reports \"not assessed\", never negative. "
+    "It looks for acute blood (50-90 HU): a chronic subdural haematoma, as dense as CSF, is not what it finds "
+    "(the one real one reachable, a CQ500 slice with midline shift, scores 0.49, below the operating point), "
+    "and it does not measure midline shift.",
     "nodule-ct": "Does not meet the project's target (sensitivity >= 0.90 at <= 1 false positive per scan): it "
     "misses small nodules on thin-slice 512-matrix scans and fires on vessels. No real chest CT is reachable from "
     "the package registries, so its filter and operating point come from phantoms alone. Do not rely on it for "

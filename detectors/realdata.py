@@ -9,8 +9,10 @@ committed to the repository: the head CT is GPL-2 and 18 MB.
 
 Every case says where it comes from, under which licence, and what it shows
 (:data:`CASES`). None of them has a ground-truth lesion annotation; the one
-real haemorrhage (``693_UNCR.dcm``) is a visible subdural collection on a
-single slice, labelled here by eye, and used only as a qualitative check.
+real haemorrhage (``693_UNCR.dcm``) is a visible, mostly hypodense (chronic)
+subdural collection on a single slice, labelled here by eye, and used only as
+a qualitative check; the chest radiograph (``RG1_UNCR.dcm``) shows masses of
+its own, marked by eye in :data:`RG1_MASSES`.
 
 Fetching runs the registries' own clients: ``apt-get download`` for Debian's
 ``invesalius-examples`` and ``pip download`` for PyPI's ``pydicom-data``.
@@ -101,8 +103,9 @@ CASES: tuple[RealCase, ...] = (
              "normal"),
     RealCase("693_UNCR.dcm", PYDICOM_DATA, "data_store/data/693_UNCR.dcm",
              "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be", Family.CT,
-             "one 512x512 axial head CT slice, 5 mm, 'Plain': a hyperdense crescentic extra-axial collection "
-             "over the left convexity with midline shift (subdural haematoma, read by eye)",
+             "one 512x512 axial head CT slice, 5 mm, 'Plain' (patient ID 'CQ500-CT-310'): a crescentic "
+             "extra-axial collection over the left convexity with midline shift, mostly hypodense (15-20 HU, "
+             "strands of 30-45 HU): a chronic or acute-on-chronic subdural haematoma (read by eye)",
              "check", "bleed"),
     RealCase("RG1_UNCR.dcm", PYDICOM_DATA, "data_store/data/RG1_UNCR.dcm",
              "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498", Family.RADIOGRAPH,
