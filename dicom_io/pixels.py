@@ -351,8 +351,10 @@ def _drop_duplicates(frames: list[_Frame], along: np.ndarray, warnings: list[str
 
 def _slice_spacing(frames: list[_Frame], along: np.ndarray, datasets: dict[Path, Dataset], warnings: list[str]) -> float:
     if len(frames) == 1:
+        # A lone slice stands for the slab it was reconstructed from: its thickness. Spacing Between
+        # Slices is the distance to neighbours it no longer has (a 5 mm slice from a 20 mm-spaced series).
         ds = datasets[frames[0].path]
-        return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        return float(ds.get("SliceThickness") or ds.get("SpacingBetweenSlices") or 1.0)
     gaps = np.diff([float(f.position @ along) for f in frames])
     median = float(np.median(gaps))
     if np.any(np.abs(gaps - median) > _GAP_TOL * median):

@@ -109,6 +109,10 @@ def test_head_ct_slice_reads_with_its_pixel_spacing_and_routes_by_content() -> N
     volume = load_volume([path])
     assert volume.spacing_mm[1:] == pytest.approx((0.478516, 0.478516))
     assert (volume.spacing_source, volume.notes) == ("PixelSpacing", ())
+    # A 5 mm slice of a series spaced 20 mm apart: alone, it stands for its own 5 mm.
+    ds = dcmread(path, stop_before_pixels=True)
+    assert (float(ds.SliceThickness), float(ds.SpacingBetweenSlices)) == (5.0, 20.0)
+    assert volume.spacing_mm[0] == pytest.approx(5.0)
     info = SeriesInfo.from_dataset(dcmread(path, stop_before_pixels=True), number_of_images=1)
     decision = route(info, content_check=lambda: ct_region(volume.hu))
     assert decision.detectors == (FindingKind.BLEED,) and decision.reason == "head CT (content check HEAD)"
