@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -87,10 +88,16 @@ class TriageServer:
         assert self.listener is not None, "server not started"
         return self.listener.port
 
-    def start(self) -> None:
+    def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Recover, index, listen, then score; ``stopping`` says a stop was asked for meanwhile.
+
+        A SIGTERM that lands while the server starts must not start new work: scoring
+        (and sending) begin only if no stop was asked for by then, so the stop that
+        follows has no series in flight to wait for.
+        """
         if not self.receives:
             log.info("worker role: scoring jobs from %s", self.engine.url.render_as_string(hide_password=True))
-            self._start_scoring()
+            self._start_scoring(stopping)
             return
         report = recover(self.store, self.index, self.engine)
         log.info(
@@ -102,22 +109,25 @@ class TriageServer:
         if self.processes == 1:
             self.listener = Listener(self.settings.listener, Ingestor(self.store, self.index))
             self.listener.start()
-            self._start_scoring()
+            self._start_scoring(stopping)
             return
         self._socket = bind(self.settings.listener.host, self.settings.listener.port)
         self._loads = self._mp.Array("i", self.processes, lock=False)
         for slot in range(self.processes):
             self._children.append(self._spawn(slot))
-        self._start_scoring()
+        self._start_scoring(stopping)
         log.info(
             "listening as %s on %s:%d with %d listener processes%s",
             self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
             " (TLS)" if self.settings.listener.tls.enabled else "",
         )  # fmt: skip
 
-    def _start_scoring(self) -> None:
+    def _start_scoring(self, stopping: Callable[[], bool]) -> None:
         # After the listener: PACS can send while torch and the detectors load
         # (seconds); jobs wait in the DB meanwhile.
+        if stopping():
+            log.info("stop asked for while starting: scoring and sending not started (jobs wait in the DB)")
+            return
         if self.outbox is not None:
             self.outbox.start()  # results left pending by an earlier run go out now
         if self.scoring is not None:
@@ -190,7 +200,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
+        server.start(stopping=stop.is_set)
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):

@@ -51,3 +51,17 @@ def test_association_limit_counts_every_listener_process(make_server) -> None:
         for h in holders:
             h.release()
     assert echo("127.0.0.1", server.port) < 5
+
+
+def test_a_stop_asked_for_while_starting_starts_no_scoring(make_settings) -> None:
+    """SIGTERM during start-up: the listener comes up and goes, but no job is claimed to be waited for."""
+    from triage.server import TriageServer
+
+    server = TriageServer(make_settings(**{"pipeline.enabled": True}))
+    assert server.scoring is not None
+    server.start(stopping=lambda: True)
+    try:
+        assert server.scoring.detectors is None  # the detectors were not even loaded
+        assert echo("127.0.0.1", server.port, called_ae="TRIAGE") >= 0  # but the listener serves until the stop
+    finally:
+        server.stop()
