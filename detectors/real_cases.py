@@ -11,8 +11,10 @@ What exists, by detector (see :data:`detectors.realdata.CASES`):
   (five kinds, 0.3-50 mL, log-uniform), each acquired by a drawn variant
   (slice thickness 0.6-7 mm, gantry tilt, 256/512 matrix, kernel, noise),
   mirrored left-right half of the time.
-- ``nodule-xr``: the real chest radiograph, normal or with an inserted nodule
-  (5-30 mm) inside its lung fields.
+- ``nodule-xr``: the real chest radiograph, with or without an inserted nodule
+  (5-30 mm) inside its lung fields. It is not normal: its own masses, marked
+  by eye, are ``Case.own_findings`` (every case is positive; candidates on them
+  are neither lesions nor negatives).
 - ``fracture-xr``: the real lower-leg radiograph, normal or with an inserted
   cortical break, displaced or not.
 
