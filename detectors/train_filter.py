@@ -110,18 +110,18 @@ def score_case(detector: Any, case: Case) -> Scored:
                                  for i in range(0, len(prepared.items), 8)])  # fmt: skip
     cands, _, labels = candidate_scores(prepared, logits, replace(spec, filter=None))
     geometry = prepared.context["geometry"]
+    lesion = map_mask(case.lesion, case.series, geometry, spec) >= 0.25 if inserted else None
+    on_lesion = [lesion is not None and bool(lesion[labels == c.label].any()) for c in cands]
     if case.own_findings is not None:
         # The scan's own findings (marked by eye) are neither the lesion nor negatives: left out.
         own = map_mask(case.own_findings, case.series, geometry, spec) > 0
-        lesion_cells = map_mask(case.lesion, case.series, geometry, spec) >= 0.25
-        cands = [c for c in cands if lesion_cells[labels == c.label].any() or not own[labels == c.label].any()]
+        keep = [hit or not own[labels == c.label].any() for c, hit in zip(cands, on_lesion, strict=True)]
+        cands = [c for c, k in zip(cands, keep, strict=True) if k]
+        on_lesion = [hit for hit, k in zip(on_lesion, keep, strict=True) if k]
     if not cands:
         return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags,
                       inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
-    hits = np.zeros(len(cands), dtype=bool)
-    if inserted:
-        lesion = map_mask(case.lesion, case.series, geometry, spec) >= 0.25
-        hits = np.array([bool(lesion[labels == c.label].any()) for c in cands])
+    hits = np.array(on_lesion, dtype=bool)
     return Scored(np.stack([c.features for c in cands]), hits, case.positive, case.source, case.tags,
                   inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
 

@@ -400,6 +400,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if report.failures or report.unreadable else 0
 
 
+def _figure_key(label: str) -> str:
+    """A stratum or lesion group as a card key: "slices <= 1.25 mm" -> "slices_le_1_25_mm"."""
+    words = label.replace(">=", "ge").replace("<=", "le").replace("<", "under").lower()
+    return re.sub(r"[^a-z0-9]+", "_", words).strip("_")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from detectors.evaluation import DISCLAIMER, evaluate, format_reports, reports_as_json
     from detectors.plots import REAL_FOOTER as REAL_DISCLAIMER
@@ -438,13 +444,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             for stratum, group in strata.items():
                 for r in group:
                     if r.sensitivity is not None:
-                        name = re.sub(r"[^a-z0-9]+", "_", stratum.replace(">=", "ge").replace("<=", "le").lower()).strip("_")
+                        name = _figure_key(stratum)
                         by_stratum.setdefault(r.detector, {})[f"sensitivity_{name}"] = round(r.sensitivity, 4)
                         by_stratum[r.detector][f"positives_{name}"] = r.n_positive
             for detector, groups in found.items():
                 for group, (k, n) in groups.items():
-                    name = re.sub(r"[^a-z0-9]+", "_", group.replace(">=", "ge").replace("<", "under").lower()).strip("_")
-                    by_stratum.setdefault(detector, {})[f"found_{name}"] = f"{k}/{n}"
+                    by_stratum.setdefault(detector, {})[f"found_{_figure_key(group)}"] = f"{k}/{n}"
             updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
                                           table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
     if args.json:

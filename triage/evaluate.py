@@ -327,10 +327,11 @@ def lesions_found(folder: str | Path, outcomes: Sequence[StudyOutcome]) -> dict[
             if "origin" not in f or tuple(f.get("box") or ()) not in mine:
                 continue
             found = any(region_hits_lesion(box, slices, f["box"], f["slices"]) for box, slices, _ in o.regions)
+            size = f.get("size_mm")
             if f["origin"] == "inserted":
                 groups = ["inserted"]
-                if f.get("size_mm"):
-                    groups.append("inserted >= 10 mm" if float(f["size_mm"]) >= 10 else "inserted < 10 mm")
+                if isinstance(size, (int, float)) and size > 0:  # a hand-edited manifest may say anything
+                    groups.append("inserted >= 10 mm" if size >= 10 else "inserted < 10 mm")
             else:
                 groups = [f"{f.get('subtype')} {f['origin']}"]
             for group in groups:
