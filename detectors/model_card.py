@@ -33,7 +33,7 @@ _KNOWN = {
     "was calibrated on; other scanners, ages and pathology (atrophy, old infarcts, post-operative skulls, "
     "craniectomy) are untested. Where no closed skull is found it reports \"not assessed\", never negative. "
     "It looks for acute blood (50-90 HU): a chronic subdural haematoma, as dense as CSF, is not what it finds "
-    "(the one real one reachable, a CQ500 slice with midline shift, scores 0.51, below the operating point), "
+    "(the one real one reachable, a CQ500 slice with midline shift, scores 0.47, below the operating point), "
     "and it does not measure midline shift.",
     "nodule-ct": "Does not meet the project's target (sensitivity >= 0.90 at <= 1 false positive per scan): it "
     "misses small nodules on thin-slice 512-matrix scans and fires on vessels. No real chest CT is reachable from "

@@ -34,7 +34,12 @@ DENSE_FEATURES = ("dense_log_ml", "dense_hu", "dense_calcified_share", "dense_co
 ABOVE_BRAIN_HU = 20.0  # acute blood (50-90 HU) is >= 25 HU above brain; grey matter ~10-15 HU
 BLOOD_SPAN_HU = 80.0  # above brain + this the density is bone, calcification or contrast, not blood
 MIDLINE_CAP_MM = 30.0  # further out, being off the midline says nothing more (the convexities)
-BRAIN_RANGE_HU = (-10.0, 60.0)  # what counts towards the scan's brain density
+# What counts towards the scan's brain density: parenchyma, not CSF (0-15 HU); then twice only what lies
+# within BRAIN_WINDOW_HU of the estimate (the partial volume of CSF and parenchyma falls away). With CSF
+# counted, an atrophic head (wide sulci and ventricles) would lower the reference, and the proposal
+# threshold with it, until normal grey matter was proposed as blood.
+BRAIN_RANGE_HU = (15.0, 60.0)
+BRAIN_WINDOW_HU = 8.0
 BONE_HU = 300.0
 BONE_MARGIN_PX = 2  # pixels this close to bone are partial volume of it
 SMOOTH_PX = 1.0  # Gaussian sigma in-plane: noise is 3-10 HU per pixel, blood contrast 25+
@@ -121,6 +126,9 @@ def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stri
     if brain.size < 100:  # no brain to compare with: propose nothing
         return Hyperdense(np.zeros((n, h, w), bool), smooth, 0.0, ground, voxel_ml, midline, pixel_mm)
     brain_hu = float(np.median(brain))
+    for _ in range(2):
+        near = brain[np.abs(brain - brain_hu) < BRAIN_WINDOW_HU]
+        brain_hu = float(np.median(near)) if near.size >= 100 else brain_hu
     dense = (smooth >= brain_hu + ABOVE_BRAIN_HU) & ground
     structure = ndimage.generate_binary_structure(3, 1)
     structure[0] = structure[2] = structure[1]

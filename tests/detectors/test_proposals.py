@@ -123,3 +123,18 @@ def test_a_nonsense_slice_spacing_does_not_make_a_speck_large(slice_mm: float) -
     hu[1, 30:33, 30:33] = 70.0  # 9 pixels of blood-dense tissue
     found = hyperdense(hu, hu > 300, np.ones((3, 32, 32), bool), 2, slice_mm, 1.0)
     assert found.voxel_ml <= 10.0 / 1000.0
+
+
+def test_an_atrophic_head_keeps_its_brain_reference() -> None:
+    """Wider CSF spaces (an older patient) must not lower the reference that blood is measured against."""
+    rng = np.random.default_rng(3)
+    hu = (32.0 + 3.0 * rng.standard_normal((3, 96, 96))).astype(np.float32)  # parenchyma
+    atrophic = hu.copy()
+    rows = np.arange(96)
+    sulci = (rows % 8 < 3)[None, :, None] & np.ones((3, 1, 96), bool)  # 3 of every 8 rows: CSF at 8 HU
+    atrophic[sulci] = 8.0
+    allowed = np.ones((3, 48, 48), bool)
+    young = hyperdense(hu, hu > 300, allowed, 2, 5.0, 1.0)
+    old = hyperdense(atrophic, atrophic > 300, allowed, 2, 5.0, 1.0)
+    assert abs(old.brain_hu - young.brain_hu) < 2.5  # counting the CSF, it fell by 7 HU
+    assert not old.mask.any()  # normal parenchyma next to the CSF is not proposed
