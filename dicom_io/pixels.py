@@ -14,6 +14,7 @@ in words, for the result a reader or researcher sees.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -353,8 +354,16 @@ def _slice_spacing(frames: list[_Frame], along: np.ndarray, datasets: dict[Path,
     if len(frames) == 1:
         # A lone slice stands for the slab it was reconstructed from: its thickness. Spacing Between
         # Slices is the distance to neighbours it no longer has (a 5 mm slice from a 20 mm-spaced series).
+        # Both are header values: a zero, negative or non-finite one is skipped.
         ds = datasets[frames[0].path]
-        return float(ds.get("SliceThickness") or ds.get("SpacingBetweenSlices") or 1.0)
+        for value in (ds.get("SliceThickness"), ds.get("SpacingBetweenSlices")):
+            try:
+                mm = float(value) if value is not None else 0.0
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(mm) and mm > 0:
+                return mm
+        return 1.0
     gaps = np.diff([float(f.position @ along) for f in frames])
     median = float(np.median(gaps))
     if np.any(np.abs(gaps - median) > _GAP_TOL * median):

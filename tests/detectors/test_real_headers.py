@@ -160,3 +160,11 @@ def test_ct_perfusion_map_is_skipped_with_its_reason() -> None:
     assert (detectors, analysed) == ((), False)
     why = r"derived image: perfusion/parametric map (Image Type DERIVED\PRIMARY\PERFUSION\RCBF)"
     assert reason == f"not analysed: {why}"
+
+
+@pytest.mark.parametrize("thickness", ["0", "-5", "NaN"])
+def test_a_lone_slice_with_a_nonsense_thickness_falls_back(tmp_path: Path, thickness: str) -> None:
+    ds = dcmread(realdata.path("693_UNCR.dcm"))
+    ds.SliceThickness = thickness
+    ds.save_as(tmp_path / "odd.dcm")
+    assert load_volume([tmp_path / "odd.dcm"]).spacing_mm[0] == pytest.approx(20.0)  # Spacing Between Slices
