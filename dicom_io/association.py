@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC as AcPDU
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPDU
 from pynetdicom.pdu_primitives import (
@@ -26,7 +27,6 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
-from pydicom.uid import UID
 
 from dicom_io import dimse
 from dicom_io.ingest import Ingestor
@@ -59,6 +59,7 @@ class Policy:
     max_pdu: int
     contexts: list[PresentationContext]
     too_busy: Callable[[], bool]  # the association limit is reached
+    implementation_version: str = "DICOM_IO"  # Implementation Version Name (PS3.7 D.3.3.2), 16 chars at most
 
 
 # Largest PDU we read when our Maximum PDU Length is 0 (unlimited): a length
@@ -183,7 +184,7 @@ class Association:
         impl_uid = ImplementationClassUIDNotification()
         impl_uid.implementation_class_uid = UID(dimse.IMPLEMENTATION_CLASS_UID)
         impl_version = ImplementationVersionNameNotification()
-        impl_version.implementation_version_name = dimse.IMPLEMENTATION_VERSION
+        impl_version.implementation_version_name = policy.implementation_version
         accept.user_information = [max_length, impl_uid, impl_version, *role_items]
         ac = AcPDU()
         ac.from_primitive(accept)
@@ -240,7 +241,7 @@ class Association:
     def _store(self, context_id: int, sop_class: str, sop: str, data: bytes) -> int:
         """Write what was received: file meta for the negotiated transfer syntax + the dataset bytes."""
         stats = self.stats
-        payload = dimse.file_meta(sop_class, sop, self.contexts[context_id], stats.calling_ae) + data
+        payload = dimse.file_meta(sop_class, sop, self.contexts[context_id], stats.calling_ae, self.policy.implementation_version) + data
         outcome = self.ingestor.ingest(
             payload, calling_ae=stats.calling_ae, peer_address=self.peer_ip, requested_sop_uid=sop
         )

@@ -11,10 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from triage import __version__
-
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.1"
-IMPLEMENTATION_VERSION = f"TRIAGE_{__version__}"[:16]
 VERIFICATION = "1.2.840.10008.1.1"
 
 # PDU types (PS3.8 9.3.1)
@@ -124,13 +121,14 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str,
+              implementation_version: str) -> bytes:
     """Preamble, prefix and File Meta Information (explicit VR LE) of a Part 10 file."""
     body = _explicit(0x0001, b"OB", b"\x00\x01")
     body += _explicit(0x0002, b"UI", _uid(sop_class)) + _explicit(0x0003, b"UI", _uid(sop_instance))
     body += _explicit(0x0010, b"UI", _uid(transfer_syntax))
     body += _explicit(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID))
-    body += _explicit(0x0013, b"SH", _text(IMPLEMENTATION_VERSION))
+    body += _explicit(0x0013, b"SH", _text(implementation_version[:16]))
     if source_ae:
         body += _explicit(0x0016, b"AE", _text(source_ae[:16]))
     return b"\x00" * 128 + b"DICM" + _explicit(0x0000, b"UL", struct.pack("<L", len(body))) + body

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from triage.errors import TriageError
+from dicom_io.errors import DicomIOError
 
 # Requested Procedure Priority (0040,1003) values (PS3.3 C.4.11) and the
 # retired Study Priority ID (0032,000C) spellings, normalised.
@@ -27,7 +27,7 @@ _PRIORITIES = {
 }
 
 
-class HeaderError(TriageError):
+class HeaderError(DicomIOError):
     """The bytes are not a DICOM dataset we can read the header of."""
 
 

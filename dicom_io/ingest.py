@@ -10,16 +10,21 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Protocol
 
+from dicom_io.errors import IndexFailedError, IndexUnavailableError, InvalidUIDError, StorageError
 from dicom_io.headers import HeaderError, InstanceHeader, read_header
 from dicom_io.store import InstanceStore, sha256_hex
-from triage.errors import IndexUnreachableError, InvalidUIDError, StorageError, TriageError
-from triage.clock import utcnow
 
 log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """The default clock: aware UTC (the index stores times so)."""
+    return datetime.now(timezone.utc)
 
 
 class StoreStatus(enum.IntEnum):
@@ -43,7 +48,7 @@ class IndexRecord:
     sha256: str
     calling_ae: str | None
     peer_address: str | None
-    received_at: datetime = field(default_factory=utcnow)
+    received_at: datetime = field(default_factory=utc_now)
 
 
 class Index(Protocol):
@@ -58,7 +63,8 @@ class Index(Protocol):
         Before its commit the index fsyncs the folder of the record's file, so
         that the file's directory entry is as durable as the index row.
 
-        Raises :class:`triage.errors.DatabaseError` on failure."""
+        Raises :class:`~dicom_io.errors.IndexFailedError` when it refuses or fails, and
+        :class:`~dicom_io.errors.IndexUnavailableError` when whether it committed is unknown."""
 
     def record_conflict(self, sop_instance_uid: str) -> None:
         """Count a payload that reused this UID with other bytes."""
@@ -84,9 +90,10 @@ class Ingestor:
     :class:`IngestOutcome` with a failure status and nothing left behind.
     """
 
-    def __init__(self, store: InstanceStore, index: Index) -> None:
+    def __init__(self, store: InstanceStore, index: Index, clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.index = index
+        self.clock = clock  # when an instance counts as received (injected: tests and the server set it)
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -144,7 +151,7 @@ class Ingestor:
         except InvalidUIDError as exc:
             return IngestOutcome(StoreStatus.INVALID_UID, str(exc))
         sha = sha256_hex(payload)
-        record = IndexRecord(header, relpath, len(payload), sha, calling_ae, peer)
+        record = IndexRecord(header, relpath, len(payload), sha, calling_ae, peer, self.clock())
         try:
             result = self.store.write(relpath, payload, sync_dir=False)  # the index syncs the folder
         except StorageError as exc:  # OutOfSpaceError included
@@ -159,12 +166,12 @@ class Ingestor:
                 return self._repeat(record, payload, existing[0])
             try:
                 new = self.index.record(record)
-            except IndexUnreachableError:
+            except IndexUnavailableError:
                 # The record may have been committed before the index went away:
                 # keep the (durable) file; recovery indexes it if it was not, and
                 # the sender, told of the failure, resends a duplicate.
                 raise
-            except TriageError:
+            except IndexFailedError:
                 self.store.remove(relpath)  # the index refused it: leave nothing behind
                 raise
             if not new:
@@ -176,7 +183,7 @@ class Ingestor:
                 return self._repeat(record, payload, existing[0])
         except StorageError as exc:
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc), sop)
-        except TriageError as exc:  # the index failed
+        except IndexFailedError as exc:  # the index failed
             return IngestOutcome(StoreStatus.INDEX_UNAVAILABLE, str(exc), sop)
         return IngestOutcome(StoreStatus.SUCCESS, "stored", sop)
 
@@ -202,7 +209,7 @@ class Ingestor:
         disk_sha = sha256_hex(on_disk)
         disk_record = record
         if disk_sha != record.sha256:
-            disk_record = IndexRecord(read_header(on_disk), record.relpath, len(on_disk), disk_sha, None, None)
+            disk_record = IndexRecord(read_header(on_disk), record.relpath, len(on_disk), disk_sha, None, None, self.clock())
         self.index.record(disk_record)
         if disk_sha != record.sha256:
             return self._conflict(record, payload)

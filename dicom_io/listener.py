@@ -20,17 +20,48 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_io.association import Association, Policy
+from dicom_io.errors import DicomNetworkError, OptionsError
 from dicom_io.ingest import Ingestor
-from triage.config import ListenerSettings, TLSSettings
-from triage.errors import ConfigError, DicomNetworkError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """DICOM TLS (PS3.15 Annex B.9). Off unless ``cert`` and ``key`` are set."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None  # CA bundle to verify peers' certificates
+    require_client_cert: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None and self.key is not None
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """What the listener needs, as plain values (the application builds them from its settings, already checked)."""
+
+    ae_title: str = "DICOM_IO"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 32  # across all listener processes sharing the port
+    max_pdu: int = 1 << 20  # our Maximum PDU Length (PS3.8 D.3.3.1); 0 means unlimited
+    network_timeout: float = 60.0
+    allowed_ae_titles: tuple[str, ...] = ()  # empty: every calling AE title is accepted
+    allowed_peers: tuple[str, ...] = ()  # IPs or CIDR networks; empty: every peer is accepted
+    shutdown_grace: float = 5.0  # on stop: how long associations may take to release by themselves
+    tls: TLSOptions = TLSOptions()
+    implementation_version: str = "DICOM_IO"  # Implementation Version Name we send and write (16 chars at most)
 
 
 def supported_contexts() -> list[PresentationContext]:
@@ -39,7 +70,7 @@ def supported_contexts() -> list[PresentationContext]:
     return [build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in abstract]
 
 
-def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
+def tls_context(tls: TLSOptions) -> ssl.SSLContext | None:
     """Server-side TLS context (PS3.15 B.9), or None when TLS is off."""
     if not tls.enabled:
         return None
@@ -49,7 +80,7 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
         if tls.ca is not None:
             ctx.load_verify_locations(cafile=str(tls.ca))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"config: listener.tls: cannot load certificate or key: {exc}") from None
+        raise OptionsError(f"config: listener.tls: cannot load certificate or key: {exc}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 
@@ -57,7 +88,7 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
 class _PeerFilter:
     """Refuses TCP connections from addresses outside ``allowed_peers``."""
 
-    def __init__(self, allowed: list[str]) -> None:
+    def __init__(self, allowed: Sequence[str]) -> None:
         self.networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
 
     def __call__(self, address: str) -> bool:
@@ -102,7 +133,7 @@ def bind(host: str, port: int) -> socket.socket:
 class Listener:
     """A running listener; :meth:`stop` ends it gracefully."""
 
-    def __init__(self, settings: ListenerSettings, ingestor: Ingestor) -> None:
+    def __init__(self, settings: ListenerOptions, ingestor: Ingestor) -> None:
         self.settings = settings
         self.ingestor = ingestor
         self.policy = Policy(
@@ -111,6 +142,7 @@ class Listener:
             max_pdu=settings.max_pdu,
             contexts=supported_contexts(),
             too_busy=lambda: self._total_active() > settings.max_associations,
+            implementation_version=settings.implementation_version[:16],
         )
         self._tls = tls_context(settings.tls)
         self._sock: socket.socket | None = None

@@ -26,7 +26,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from triage.errors import TriageError
+from dicom_io.errors import PixelDataError
 
 # Direction cosines closer than this are the same orientation (they are stored
 # as decimal strings of varying precision).
@@ -52,10 +52,6 @@ RADIOGRAPH_ESTIMATE_MM = 430.0
 CT_HEAD_FOV_MM = 250.0
 CT_BODY_FOV_MM = 350.0
 _HEAD_WORDS = frozenset({"HEAD", "BRAIN", "SKULL", "CRANIUM", "CRANIAL", "NEURO", "CTH"})
-
-
-class PixelDataError(TriageError):
-    """Pixel data could not be read, decoded or assembled; the message names why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,17 +36,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import (
-    UID,
-    BasicTextSRStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    generate_uid,
-)
+from pydicom.uid import UID, BasicTextSRStorage, Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
-from triage.errors import TriageError
+from dicom_io.errors import DicomIOError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +87,7 @@ BELOW = codes.DCM.PresentationOptionalRenderingDeviceMayPresent
 PROCEDURE = codes.SCT.ImagingProcedure
 
 
-class ResultBuildError(TriageError):
+class ResultBuildError(DicomIOError):
     """A result object cannot be built from what was given; the message names why."""
 
 

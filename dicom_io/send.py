@@ -20,7 +20,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from triage.errors import DicomNetworkError, TriageError
+from dicom_io.errors import DicomIOError, DicomNetworkError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1.
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> ``(host, port)``; raises :class:`TriageError` naming the input."""
+    """``HOST:PORT`` -> ``(host, port)``; raises :class:`~dicom_io.errors.DicomIOError` naming the input."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TriageError(f"expected HOST:PORT, got {text!r}")
+        raise DicomIOError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -106,7 +106,7 @@ def _walk(paths: Iterable[str | Path]) -> Iterator[Path]:
         elif p.exists():
             yield p
         else:
-            raise TriageError(f"no such file or folder: {p}")
+            raise DicomIOError(f"no such file or folder: {p}")
 
 
 @dataclass
@@ -174,9 +174,9 @@ def replay(
     success is counted in ``failed`` with its reason.
     """
     if parallel < 1:
-        raise TriageError(f"--parallel must be at least 1, got {parallel}")
+        raise DicomIOError(f"--parallel must be at least 1, got {parallel}")
     if rate is not None and rate <= 0:
-        raise TriageError(f"--rate must be positive, got {rate}")
+        raise DicomIOError(f"--rate must be positive, got {rate}")
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, not a re-encoding
     summary = ReplaySummary(total=len(files))
     lock = threading.Lock()

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_io.errors import StorageError
 from dicom_io.uids import check_uid
-from triage.errors import StorageError
 
 log = logging.getLogger(__name__)
 

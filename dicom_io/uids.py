@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from triage.errors import InvalidUIDError
+from dicom_io.errors import InvalidUIDError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 

@@ -15,15 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    PYDICOM_IMPLEMENTATION_UID,
-    RLELossless,
-    UID,
-    generate_uid,
-)
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 # Our UID root for generated objects (pydicom's, plus a suffix of our own).
 UID_ROOT = "1.2.826.0.1.3680043.8.498."

@@ -17,14 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage import __version__, cli_case
+from triage import __version__
+from triage import cli_case
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
 from triage.bench import scale as bench_scale
-from triage.bench import tui as bench_tui
 from triage.config import Settings, load_settings
-from triage.errors import ConfigError, TriageError
+from triage.errors import USER_ERRORS, ConfigError, TriageError
 from triage.logs import setup_logging
+from triage.plugins import add_bench_commands
 
 if TYPE_CHECKING:
     from detectors.engine import InferenceEngine
@@ -266,8 +267,9 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_worklist(args: argparse.Namespace) -> int:
-    from tui.app import run_worklist
+    from triage.plugins import worklist_runner
 
+    run_worklist = worklist_runner()
     settings = _settings(args, log_level=args.log_level or "WARNING")
     _open_index(settings).dispose()  # a clear error before the screen takes over
     # Log lines on stderr would tear the screen: they go to the reader's own log
@@ -312,8 +314,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_samples_generate(args: argparse.Namespace) -> int:
-    from detectors.phantoms.samples import KINDS, generate_samples
     from triage.progress import progress_bar
+    from triage.samples.phantom_studies import KINDS, generate_samples
 
     kinds = args.kinds or list(KINDS)
     if args.n < 1:
@@ -329,9 +331,9 @@ def _cmd_samples_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_samples_real(args: argparse.Namespace) -> int:
-    from detectors.real_samples import generate_real_samples
     from detectors.realdata import RealDataError
     from triage.progress import progress_bar
+    from triage.samples.real_studies import generate_real_samples
 
     counts = {"head_ct": args.head_ct, "chest_xr": args.chest_xr, "extremity_xr": args.extremity_xr}
     if any(n < 0 for n in counts.values()) or not any(counts.values()):
@@ -407,11 +409,17 @@ def _figure_key(label: str) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from detectors import registry
     from detectors.evaluation import DISCLAIMER, evaluate, format_reports, reports_as_json
     from detectors.plots import REAL_FOOTER as REAL_DISCLAIMER
-    from detectors import registry
-    from triage.evaluate import (acquisition_strata, lesions_found, not_scored_line, read_manifest, score_manifest,
-                                 update_cards)  # fmt: skip
+    from triage.evaluate import (
+        acquisition_strata,
+        lesions_found,
+        not_scored_line,
+        read_manifest,
+        score_manifest,
+        update_cards,  # fmt: skip
+    )
     from triage.progress import progress_bar
 
     if args.labels:
@@ -774,12 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("scale", help="PostgreSQL scale-out: ingest with 1 vs 2 listeners, scoring with 1 vs 2 workers")
     bench_scale.add_arguments(p)
     p.set_defaults(func=bench_scale.run)
-    p = bsub.add_parser("tui", help="the terminal worklist with 10,000 studies: first paint and live refresh")
-    bench_tui.add_arguments(p)
-    p.set_defaults(func=bench_tui.run)
     p = bsub.add_parser("infer", help="detector slices/s: dynamic batching vs batch 1, GFLOP/s vs matmul peak, head CT latency")
     bench_infer.add_arguments(p)
     p.set_defaults(func=bench_infer.run)
+    add_bench_commands(bsub)  # `bench tui`, from the tui package (triage does not import it)
     return parser
 
 
@@ -790,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the exact command, recorded in model cards
     try:
         return int(args.func(args) or 0)
-    except TriageError as exc:
+    except USER_ERRORS as exc:
         print(f"triage: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -19,12 +19,15 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from triage.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dicom_io.listener import ListenerOptions
 
 ENV_PREFIX = "TRIAGE_"
 DEFAULT_CONFIG_NAME = "triage.toml"
@@ -82,6 +85,21 @@ class ListenerSettings(_Section):
     @property
     def process_count(self) -> int:
         return self.processes or min(available_cores(), 8)
+
+    def options(self) -> ListenerOptions:
+        """The plain options dicom_io's listener takes (it never reads the application's settings)."""
+        from dicom_io.listener import ListenerOptions, TLSOptions  # here: the listener imports pynetdicom
+        from triage import __version__
+
+        tls = self.tls
+        return ListenerOptions(
+            ae_title=self.ae_title, host=self.host, port=self.port, max_associations=self.max_associations,
+            max_pdu=self.max_pdu, network_timeout=self.network_timeout,
+            allowed_ae_titles=tuple(self.allowed_ae_titles), allowed_peers=tuple(self.allowed_peers),
+            shutdown_grace=self.shutdown_grace,
+            tls=TLSOptions(cert=tls.cert, key=tls.key, ca=tls.ca, require_client_cert=tls.require_client_cert),
+            implementation_version=f"TRIAGE_{__version__}"[:16],
+        )
 
     @field_validator("ae_title")
     @classmethod

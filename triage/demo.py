@@ -87,8 +87,9 @@ def _open_worklist(server: TriageServer, user: str | None) -> None:
     """The terminal worklist on the demo's index, live while the server scores; returns when the reader quits."""
     import logging
 
-    from tui.app import run_worklist
+    from triage.plugins import worklist_runner
 
+    run_worklist = worklist_runner()
     # The server's log lines would tear the screen: only errors, and to a file.
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -1,10 +1,28 @@
-"""One exception hierarchy for the whole project.
+"""One exception hierarchy for the application, over dicom_io's own.
 
-The CLI prints a ``TriageError`` as one line on stderr and exits with its
-``exit_code``; anything else is a bug and keeps its traceback.
+The CLI prints any of :data:`USER_ERRORS` as one line on stderr and exits with
+its ``exit_code``; anything else is a bug and keeps its traceback. dicom_io
+never imports this module: its errors (re-exported here) are the base of the
+storage, UID, network and index errors that both layers raise.
 """
 
 from __future__ import annotations
+
+from dicom_io.errors import (
+    DicomIOError,
+    DicomNetworkError,
+    IndexFailedError,
+    IndexUnavailableError,
+    InvalidUIDError,
+    OptionsError,
+    PixelDataError,
+    StorageError,
+)
+
+__all__ = [
+    "USER_ERRORS", "ConfigError", "DatabaseError", "DicomIOError", "DicomNetworkError", "IndexUnreachableError",
+    "InvalidUIDError", "OptionsError", "PixelDataError", "StorageError", "TriageError",
+]  # fmt: skip
 
 
 class TriageError(Exception):
@@ -19,22 +37,16 @@ class ConfigError(TriageError):
     exit_code = 2
 
 
-class StorageError(TriageError):
-    """The instance store could not write or read a file."""
+class DatabaseError(TriageError, IndexFailedError):
+    """The study index (database) could not record or answer something.
+
+    To dicom_io's ingest path it is the index failing (its ``Index`` port)."""
 
 
-class DatabaseError(TriageError):
-    """The study index (database) could not record or answer something."""
-
-
-class IndexUnreachableError(DatabaseError):
+class IndexUnreachableError(DatabaseError, IndexUnavailableError):
     """The index process could not be asked or did not answer: whether the
     record was committed is unknown."""
 
 
-class DicomNetworkError(TriageError):
-    """A DICOM peer could not be reached, refused us, or answered with a failure."""
-
-
-class InvalidUIDError(TriageError):
-    """A string that must be a DICOM UID (PS3.5 section 9.1) is not one."""
+# What a command reports as one line (exit code from the error) instead of a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (TriageError, DicomIOError)

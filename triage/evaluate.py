@@ -26,10 +26,10 @@ from detectors.base import Finding, ModelIdentity
 from detectors.engine import InferenceEngine
 from detectors.evaluation import DetectorReport, StudyOutcome, truth_from_findings
 from detectors.model_card import render_card
-from detectors.phantoms.samples import MANIFEST
 from detectors.registry import DetectorSet
 from detectors.spec import CardError, load_card
 from triage.errors import TriageError
+from triage.samples.phantom_studies import MANIFEST
 from triage.scoring import StudyScore, score_paths
 
 

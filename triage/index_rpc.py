@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dicom_io.ingest import IndexRecord
-from triage.errors import DatabaseError, IndexUnreachableError, TriageError
+from triage.errors import USER_ERRORS, DatabaseError, IndexUnreachableError, TriageError
 from triage.index import SqlIndex
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def serve_index(conn: Connection, index: SqlIndex) -> threading.Thread:
                 if method not in ("find", "record_conflict"):
                     raise TriageError(f"unknown index call {method!r}")
                 reply(call_id, True, getattr(index, method)(*args))
-            except TriageError as exc:
+            except USER_ERRORS as exc:
                 reply(call_id, False, str(exc))
 
     thread = threading.Thread(target=loop, name="index-server", daemon=True)

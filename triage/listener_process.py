@@ -16,6 +16,7 @@ from pydicom import config as pydicom_config
 from dicom_io.ingest import Ingestor
 from dicom_io.listener import Listener, SharedSocket
 from dicom_io.store import InstanceStore
+from triage.clock import utcnow
 from triage.config import Settings
 from triage.index_rpc import IndexClient
 from triage.logs import setup_logging
@@ -42,7 +43,7 @@ def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connect
         stop.set()
 
     index = IndexClient(conn, on_lost=on_lost)
-    listener = Listener(settings.listener, Ingestor(store, index))
+    listener = Listener(settings.listener.options(), Ingestor(store, index, clock=utcnow))
     listener.start(shared)
     ready.set()
     stop.wait()

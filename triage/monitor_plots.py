@@ -8,20 +8,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from triage.monitor import (
-    EMPTY,
-    DetectorMonitor,
-    MonitorError,
-    MonitorReport,
-    Proportion,
-    StratumStatus,
-    iso_week,
-)
+from triage.monitor import EMPTY, DetectorMonitor, MonitorError, MonitorReport, Proportion, StratumStatus, iso_week
 from triage.monitor_text import _STATUS_TEXT
 
 logger = logging.getLogger(__name__)

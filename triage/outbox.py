@@ -45,23 +45,13 @@ from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from triage import __version__, audit
+from triage import __version__
+from triage import audit
 from triage.cases import FindingRow, current_findings
 from triage.clock import as_utc, utcnow
 from triage.config import Destination, Settings
-from triage.errors import DatabaseError, TriageError
-from triage.models import (
-    AIFinding,
-    AIStatus,
-    Instance,
-    OutboxItem,
-    OutboxStatus,
-    Report,
-    ReportStatus,
-    Series,
-    SeriesResult,
-    Study,
-)
+from triage.errors import USER_ERRORS, DatabaseError, TriageError
+from triage.models import AIFinding, AIStatus, Instance, OutboxItem, OutboxStatus, Report, ReportStatus, Series, SeriesResult, Study
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -293,7 +283,7 @@ def on_recorded_hook(engine: Engine, settings: Settings,
         try:
             if enqueue_scored(engine, settings, job.study_pk) and wake is not None:
                 wake()
-        except (SQLAlchemyError, TriageError):
+        except (SQLAlchemyError, *USER_ERRORS):
             # The study is scored either way; its SR waits for its next scoring.
             log.exception("study %s: could not queue its AI results", job.study_uid)
 

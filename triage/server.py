@@ -26,6 +26,7 @@ from types import FrameType
 from dicom_io.ingest import Ingestor
 from dicom_io.listener import Listener, SharedSocket, bind
 from dicom_io.store import InstanceStore
+from triage.clock import utcnow
 from triage.completeness import CompletenessMonitor
 from triage.config import Settings
 from triage.db import make_engine
@@ -107,7 +108,7 @@ class TriageServer:
         self.index.start()
         self.monitor.start()
         if self.processes == 1:
-            self.listener = Listener(self.settings.listener, Ingestor(self.store, self.index))
+            self.listener = Listener(self.settings.listener.options(), Ingestor(self.store, self.index, clock=utcnow))
             self.listener.start()
             self._start_scoring(stopping)
             return

@@ -33,22 +33,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from triage import audit, outbox
+from triage import audit
+from triage import outbox
 from triage.cases import case_input, current_findings
 from triage.clock import utcnow
 from triage.config import Settings
-from triage.models import (
-    AIFinding,
-    Feedback,
-    Impression,
-    Instance,
-    ReadState,
-    Report,
-    ReportStatus,
-    Series,
-    Study,
-    Verdict,
-)
+from triage.models import AIFinding, Feedback, Impression, Instance, ReadState, Report, ReportStatus, Series, Study, Verdict
 from triage.policy import assess
 from triage.reading import (
     _VERBS,
@@ -58,11 +48,11 @@ from triage.reading import (
     NotFound,
     NotPermitted,
     ReadAction,
-    utc_or_none,
     check_user,
     claim_is_live,
     next_state,
     release_target,
+    utc_or_none,
 )
 from triage.worklist_views import (
     FeedbackView,

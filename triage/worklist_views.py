@@ -19,7 +19,7 @@ from triage.cases import FindingRow
 from triage.config import PolicySettings
 from triage.models import AIStatus, ReadState, ReportStatus, Verdict
 from triage.policy import CaseInput, Urgency, assess
-from triage.reading import utc_or_none, claim_is_live
+from triage.reading import claim_is_live, utc_or_none
 
 HIDDEN_REASON = "AI output hidden until you record your impression"
 

@@ -15,7 +15,7 @@ from textual.binding import Binding
 
 from triage.config import Settings
 from triage.db import make_engine
-from triage.errors import TriageError
+from triage.errors import USER_ERRORS, TriageError
 from triage.reading import check_user
 from triage.worklist import WorklistService
 
@@ -72,7 +72,7 @@ class WorklistApp(App[None]):
 
     def report_error(self, exc: Exception) -> None:
         """A problem the reader can act on, shown as a notification (never a traceback)."""
-        if not isinstance(exc, TriageError):
+        if not isinstance(exc, USER_ERRORS):
             log.exception("unexpected error in the worklist")
         self.notify(str(exc), title="Not done", severity="error", timeout=8)
 

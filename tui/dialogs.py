@@ -29,7 +29,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, RadioButt
 
 from triage.worklist import FINDING_KINDS
 from triage.worklist_views import StudyFacts
-from tui.formatting import plural, format_key, format_person_name, format_time, group_bindings, summarize_event
+from tui.formatting import format_key, format_person_name, format_time, group_bindings, plural, summarize_event
 
 ResultT = TypeVar("ResultT")
 

@@ -38,18 +38,18 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from triage.cases import FindingRow
-from triage.errors import TriageError
+from triage.errors import USER_ERRORS
+from triage.series_pixels import SeriesPixels, read_series_pixels
 from triage.worklist_views import SeriesImages
 from tui.imaging import (
     WINDOW_NAMES,
     WINDOWS,
     Box,
     HalfBlockRender,
-    SeriesPixels,
     default_window,
+    display_slice,
     draw_boxes,
     flagged_slices,
-    load_series_pixels,
     next_flagged,
     regions_for_slice,
     render_half_block,
@@ -232,8 +232,8 @@ class ImagePreview(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="preview-load")
     def _load(self, series: SeriesImages, token: int) -> None:
         try:
-            pixels = load_series_pixels(series)
-        except TriageError as exc:
+            pixels = read_series_pixels(series)
+        except USER_ERRORS as exc:
             self.post_message(self.Loaded(token, None, str(exc)))
         except Exception as exc:  # a bad file must show as a message, not take the screen down
             log.exception("preview of series %s failed", series.series_uid)
@@ -320,7 +320,7 @@ class ImagePreview(Vertical, can_focus=True):
             return
         message.display = False
         image.display = True
-        gray = self.pixels.display(self.slice_index, self.window)
+        gray = display_slice(self.pixels, self.slice_index, self.window)
         self._set_image(image, gray, self.visible_boxes())
 
     def _set_image(self, image: Widget, gray: np.ndarray | None, boxes: list[Box]) -> None:

@@ -29,7 +29,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from detectors.anatomy.grid import block_reduce, check_spacing, disk, grid_factor, lookup, touching_edge, upsample
+from detectors.anatomy.grid import block_reduce, check_spacing, disk, grid_factor, lookup, upsample
 
 MARGIN_MM = 3.0
 # --- radiograph

@@ -40,7 +40,6 @@ from scipy import ndimage
 
 from detectors.insertion.common import (
     Inserted,
-    SignedDistance,
     along_z,
     blend,
     check_volume,

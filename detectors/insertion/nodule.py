@@ -24,7 +24,6 @@ is untouched. The contrast scale is :data:`CONTRAST_PER_MM`:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np

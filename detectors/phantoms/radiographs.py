@@ -14,21 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from detectors.phantoms.truth import Lesion, XRPhantom, box_of
-
-if TYPE_CHECKING:  # the phantoms need numpy only (training runs where pydicom is not installed)
-    from pydicom.dataset import Dataset
-
-    from dicom_io.writer import StudyMeta
-
-_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 BONES = ("tibia_fibula", "radius_ulna", "femur")
 FRACTURES = ("transverse", "oblique", "spiral", "comminuted")
 # Body Part Examined defined terms (PS3.16 Annex L) and study descriptions.
-_STUDY = {
+STUDY = {
     "chest": ("CHEST", "XR CHEST PA", "PA"),
     "tibia_fibula": ("LEG", "XR TIBIA FIBULA 2V", "AP"),
     "radius_ulna": ("FOREARM", "XR FOREARM 2V", "AP"),
@@ -449,33 +441,6 @@ def extremity_radiograph(
         if shift:
             notes["displacement_mm"] = float(np.hypot(dv, du) * spacing)
             notes["angulation_deg"] = float(np.degrees(ang))
-    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=_STUDY[bone][0], notes=notes,
+    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=STUDY[bone][0], notes=notes,
                      mask=lesion_mask)
 
-
-def to_dicom(
-    phantom: XRPhantom,
-    *,
-    modality: str = "DX",
-    photometric: str = "MONOCHROME2",
-    voi: str = "window",
-    meta: StudyMeta | None = None,
-    transfer_syntax: str = _EXPLICIT_VR_LITTLE_ENDIAN,
-) -> Dataset:
-    """A CR or DX dataset of ``phantom`` with its pixel spacing, body part and a fitting description.
-
-    ``meta`` defaults to a StudyMeta with Body Part Examined (PS3.16 Annex L
-    defined terms: CHEST, LEG, FOREARM, FEMUR) and a study description such as
-    "XR CHEST PA" or "XR TIBIA FIBULA 2V".
-    """
-    from dicom_io.writer import StudyMeta, radiograph_dataset
-
-    key = "chest" if phantom.body_part == "CHEST" else str(phantom.notes.get("bone", "tibia_fibula"))
-    part, description, view = _STUDY[key]
-    meta = meta or StudyMeta(
-        patient_name=f"PHANTOM^{part}", study_description=description, series_description=view, body_part=part,
-    )
-    return radiograph_dataset(
-        phantom.image, modality=modality, pixel_spacing_mm=phantom.pixel_spacing_mm, photometric=photometric,
-        voi=voi, view_position=view, meta=meta, transfer_syntax=transfer_syntax,
-    )

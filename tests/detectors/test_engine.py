@@ -16,16 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from detectors.base import (
-    DetectionError,
-    Detector,
-    Family,
-    Finding,
-    ModelIdentity,
-    Prepared,
-    Region,
-    SeriesArrays,
-)
+from detectors.base import DetectionError, Detector, Family, Finding, ModelIdentity, Prepared, Region, SeriesArrays
 from detectors.engine import EngineStats, InferenceEngine, pick_device
 from detectors.routing import FindingKind
 

@@ -10,14 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.evaluation import (
-    DetectorReport,
-    StudyOutcome,
-    evaluate,
-    format_reports,
-    reports_as_json,
-    truth_from_findings,
-)
+from detectors.evaluation import DetectorReport, StudyOutcome, evaluate, format_reports, reports_as_json, truth_from_findings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LESION = ((100, 100, 120, 120), (10, 14))

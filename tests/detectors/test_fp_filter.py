@@ -7,8 +7,8 @@ import pytest
 
 from detectors.candidates import CT_FEATURES
 from detectors.fp_filter import LogisticFilter, fit_filter
-from detectors.spec import CardError, load_card, parse_card
 from detectors.registry import MODELS_DIR
+from detectors.spec import CardError, load_card, parse_card
 
 
 def test_fit_separates_what_a_feature_separates() -> None:

@@ -6,16 +6,7 @@ import numpy as np
 import pytest
 
 from detectors.base import DetectionError, Family, SeriesArrays
-from detectors.preprocess import (
-    AIR_HU,
-    Geometry,
-    crop_or_pad,
-    map_mask,
-    normalise_radiograph,
-    prepare,
-    resample,
-    window_channels,
-)
+from detectors.preprocess import AIR_HU, Geometry, crop_or_pad, map_mask, normalise_radiograph, prepare, resample, window_channels
 from detectors.routing import FindingKind
 from detectors.spec import DetectorSpec, InputSpec, Window
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from dicom_io.headers import HeaderError, order_priority, read_header
 from dicom_io.store import InstanceStore, OutOfSpaceError
 from dicom_io.uids import is_valid_uid
-from pydicom.dataset import Dataset
 from triage.errors import InvalidUIDError
 
 

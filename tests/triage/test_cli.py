@@ -81,7 +81,7 @@ def cli_cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def manifest_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """head CT, extremity XR, abdomen CT, each without then with a finding (abdomen: never)."""
-    from detectors.phantoms.samples import generate_samples
+    from triage.samples.phantom_studies import generate_samples
 
     out = tmp_path_factory.mktemp("manifest")
     generate_samples(out, 6, 3, ["head_ct", "extremity_xr", "abdomen_ct"])

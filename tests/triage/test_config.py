@@ -102,3 +102,15 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "listener.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_listener_options_are_the_settings_as_plain_values(tmp_path: Path) -> None:
+    settings = load_settings(overrides={"listener.ae_title": "SITE_AI", "listener.allowed_peers": ["10.0.0.0/8"],
+                                        "listener.tls.cert": str(tmp_path / "c.pem"), "listener.tls.key": str(tmp_path / "k.pem")})  # fmt: skip
+    options = settings.listener.options()
+    assert options.ae_title == "SITE_AI"
+    assert options.allowed_peers == ("10.0.0.0/8",)
+    assert options.tls.enabled and options.tls.cert == tmp_path / "c.pem"
+    from triage import __version__
+
+    assert options.implementation_version == f"TRIAGE_{__version__}"[:16]  # what peers and stored files see

@@ -163,7 +163,7 @@ def test_flags_that_need_labels_or_a_manifest_are_usage_errors(
 @pytest.fixture(scope="module")
 def radiographs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Twelve forearm radiographs, six with a fracture: enough positives to choose a point."""
-    from detectors.phantoms.samples import generate_samples
+    from triage.samples.phantom_studies import generate_samples
 
     out = tmp_path_factory.mktemp("lv-xr")
     return out, generate_samples(out, 12, 5, ["extremity_xr"])

@@ -34,16 +34,7 @@ from triage.clock import utcnow
 from triage.completeness import complete_stable_series
 from triage.config import Settings
 from triage.models import AuditEvent, Instance, OutboxItem, Series, Study
-from triage.outbox import (
-    OutboxSender,
-    ResultKind,
-    backoff_seconds,
-    build_file,
-    claim_due,
-    enqueue_scored,
-    object_uids,
-    on_recorded_hook,
-)
+from triage.outbox import OutboxSender, ResultKind, backoff_seconds, build_file, claim_due, enqueue_scored, object_uids, on_recorded_hook
 from triage.pipeline import claim_jobs, record_result, stored_instances
 from triage.server import TriageServer
 from triage.studies import format_table, item_json, results_line

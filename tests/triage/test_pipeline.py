@@ -23,14 +23,7 @@ from triage.config import Settings, load_settings
 from triage.db import make_engine
 from triage.index import SqlIndex
 from triage.models import AIFinding, AuditEvent, Instance, Job, Series, SeriesResult, Study
-from triage.pipeline import (
-    ScoringWorker,
-    claim_jobs,
-    record_failure,
-    record_result,
-    stored_instances,
-    study_ai_state,
-)
+from triage.pipeline import ScoringWorker, claim_jobs, record_failure, record_result, stored_instances, study_ai_state
 from triage.recovery import recover
 from triage.scoring import SeriesScore
 

@@ -16,17 +16,7 @@ from hypothesis import strategies as st
 
 from triage.config import PolicySettings
 from triage.models import AIStatus
-from triage.policy import (
-    CaseInput,
-    FindingInput,
-    PolicyError,
-    PriorityClass,
-    Urgency,
-    assess,
-    class_of,
-    rank,
-    target_minutes,
-)
+from triage.policy import CaseInput, FindingInput, PolicyError, PriorityClass, Urgency, assess, class_of, rank, target_minutes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)

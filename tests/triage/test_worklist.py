@@ -26,19 +26,7 @@ from tests.conftest import REPO_ROOT
 from triage import audit
 from triage.config import Settings, WorklistSettings
 from triage.db import make_engine
-from triage.models import (
-    AIFinding,
-    AuditEvent,
-    Feedback,
-    Impression,
-    ReadState,
-    Report,
-    ReportStatus,
-    Series,
-    SeriesResult,
-    Study,
-    Verdict,
-)
+from triage.models import AIFinding, AuditEvent, Feedback, Impression, ReadState, Report, ReportStatus, Series, SeriesResult, Study, Verdict
 from triage.reading import (
     TRANSITIONS,
     ClaimConflict,

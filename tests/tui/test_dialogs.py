@@ -18,20 +18,12 @@ from textual.pilot import Pilot
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, DataTable, Input, Label, RadioButton, Static, TextArea
 
+from tests.tui.conftest import SIZE, add_study
 from triage import audit
 from triage.config import Settings
 from triage.worklist import WorklistService
 from triage.worklist_views import StudyFacts
-from tests.tui.conftest import SIZE, add_study
-from tui.dialogs import (
-    CommentDialog,
-    ConfirmSign,
-    HelpScreen,
-    HistoryScreen,
-    ImpressionDialog,
-    MissedFindingDialog,
-    ReportEditor,
-)
+from tui.dialogs import CommentDialog, ConfirmSign, HelpScreen, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.formatting import format_key, format_person_name, format_time, summarize_event
 
 _NO_RESULT = object()

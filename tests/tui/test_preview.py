@@ -13,6 +13,7 @@ from textual.strip import Strip
 
 from dicom_io.pixels import PixelDataError
 from triage.cases import FindingRow
+from triage.series_pixels import read_series_pixels
 from triage.worklist_views import SeriesImages
 from tui.imaging import (
     BOX_COLOUR,
@@ -20,12 +21,12 @@ from tui.imaging import (
     WINDOWS,
     apply_window,
     default_window,
+    display_slice,
     draw_boxes,
     fit,
     fit_shape,
     flagged_slices,
     half_block_lines,
-    load_series_pixels,
     next_flagged,
     regions_for_slice,
     render_half_block,
@@ -205,7 +206,7 @@ def _sample_series(folder: str) -> tuple[SeriesImages, dict]:
 def test_a_real_head_ct_renders_the_bleed_box_at_its_scaled_place() -> None:
     series, entry = _sample_series("05_head_ct")
     truth = entry["findings"][0]
-    pixels = load_series_pixels(series)
+    pixels = read_series_pixels(series)
     assert pixels.n_slices == 24 and pixels.hu_windows and not pixels.radiograph
     # The manifest's slices are volume order, the order the preview pages through.
     first, last = truth["slices"]
@@ -216,7 +217,7 @@ def test_a_real_head_ct_renders_the_bleed_box_at_its_scaled_place() -> None:
     boxes = regions_for_slice(findings, series.series_uid, first + 1)
     assert boxes == [tuple(truth["box"])]
 
-    gray = pixels.display(first + 1, "brain")
+    gray = display_slice(pixels, first + 1, "brain")
     out = render_half_block(gray, boxes, 64, 32)  # 256 x 256 -> 64 x 64 pixels
     assert out.shape == (64, 64)
     r0, c0, r1, c1 = scale_box(tuple(truth["box"]), gray.shape, out.shape)
@@ -241,20 +242,20 @@ def test_a_real_head_ct_renders_the_bleed_box_at_its_scaled_place() -> None:
 
 def test_a_real_radiograph_loads_as_one_slice_without_windows() -> None:
     series, entry = _sample_series("08_extremity_xr")
-    pixels = load_series_pixels(series)
+    pixels = read_series_pixels(series)
     assert pixels.radiograph and not pixels.hu_windows and pixels.n_slices == 1
-    gray = pixels.display(0, "brain")  # the preset is ignored: the radiograph has its own window
+    gray = display_slice(pixels, 0, "brain")  # the preset is ignored: the radiograph has its own window
     assert gray.dtype == np.uint8 and gray.shape == pixels.values.shape[1:]
-    assert np.array_equal(gray, pixels.display(0, "bone"))
+    assert np.array_equal(gray, display_slice(pixels, 0, "bone"))
 
 
 def test_loading_a_series_without_files_or_images_is_a_pixel_data_error() -> None:
     with pytest.raises(PixelDataError, match="no stored files"):
-        load_series_pixels(SeriesImages("1.2.3", "CT", None, None, None, 1, (), ()))
+        read_series_pixels(SeriesImages("1.2.3", "CT", None, None, None, 1, (), ()))
     with pytest.raises(PixelDataError, match=r"\(SR\) is not an image series"):
-        load_series_pixels(SeriesImages("1.2.3", "SR", None, None, None, 1, (Path("a"), Path("b")), ("1", "2")))
+        read_series_pixels(SeriesImages("1.2.3", "SR", None, None, None, 1, (Path("a"), Path("b")), ("1", "2")))
     with pytest.raises(PixelDataError, match="not a readable DICOM file"):
-        load_series_pixels(SeriesImages("1.2.3", "CT", None, None, None, 1, (REPO / "README.md",), ("1",)))
+        read_series_pixels(SeriesImages("1.2.3", "CT", None, None, None, 1, (REPO / "README.md",), ("1",)))
 
 
 

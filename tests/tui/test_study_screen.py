@@ -20,6 +20,7 @@ from textual import events
 from textual.widgets import Input, Static, TextArea
 
 from dicom_io.store import InstanceStore
+from tests.tui.conftest import SIZE, add_study
 from triage.config import Settings
 from triage.index import SqlIndex
 from triage.models import AIFinding, ReadState, ReportStatus, Series, SeriesResult, Study, Verdict
@@ -31,8 +32,6 @@ from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDia
 from tui.imaging import BOX_COLOUR
 from tui.preview import HalfBlockImage, ImagePreview
 from tui.screens.study import StudyScreen
-
-from tests.tui.conftest import SIZE, add_study
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_studies"

@@ -49,6 +49,7 @@ from triage.errors import TriageError
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    import numpy as np
     import torch
 
     from detectors.base import Detector, Finding, SeriesArrays
@@ -371,11 +372,11 @@ def synthetic_series(detector: Detector, n: int, config: BenchConfig, seed_offse
 
 def _anatomy_volume(detector: Detector, seed: int, slices: int, matrix: int) -> np.ndarray:
     """A phantom of the detector's anatomy: detectors bound their regions by anatomy, which noise lacks."""
+    from scipy import ndimage
+
     from detectors.phantoms.chest_ct import chest_ct
     from detectors.phantoms.head_ct import head_ct
     from detectors.routing import FindingKind
-
-    from scipy import ndimage
 
     make = chest_ct if detector.kind is FindingKind.NODULE else head_ct
     # The phantoms come at 256 or 512; other matrices (tiny ones in tests) are resampled in-plane.

@@ -48,7 +48,7 @@ from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
 from triage.bench.common import free_port
 from triage.config import ListenerSettings
-from triage.errors import DicomNetworkError, TriageError
+from triage.errors import USER_ERRORS, DicomNetworkError, TriageError
 from triage.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResu
         result.problems += sender(inputs.timed, port, receiver.ae_title, receiver.workdir / "timed")
         result.seconds = time.perf_counter() - start
         sent = True
-    except TriageError as exc:
+    except USER_ERRORS as exc:
         result.problems.append(str(exc))
     finally:
         stop_problems = _stop(proc, receiver)

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from triage.bench.common import free_port, machine, times
 from triage.clock import as_utc
 from triage.config import available_cores
-from triage.errors import TriageError
+from triage.errors import USER_ERRORS, TriageError
 
 # pydicom, pynetdicom, SQLAlchemy and torch are imported where they are used:
 # `triage` builds every subcommand's parser on each start.
@@ -386,7 +386,7 @@ class _Databases:
         for name in reversed(self.names):
             try:
                 self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except TriageError as exc:
+            except USER_ERRORS as exc:
                 problems.append(str(exc))
         self.names = []
         return problems

@@ -31,17 +31,10 @@ from textual.widgets import Footer, Static
 from triage.cases import FindingRow
 from triage.models import Verdict
 from triage.reading import ClaimConflict, InvalidTransition, check_user
+from triage.series_pixels import is_image_series
 from triage.worklist_views import HIDDEN_REASON, SeriesImages, StudyView
-from tui.dialogs import (
-    CommentDialog,
-    ConfirmSign,
-    HistoryScreen,
-    ImpressionDialog,
-    MissedFindingDialog,
-    ReportEditor,
-)
+from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.formatting import format_person_name
-from tui.imaging import is_image_series
 from tui.preview import ImagePreview
 
 log = logging.getLogger(__name__)

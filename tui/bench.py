@@ -1,6 +1,7 @@
 """``triage bench tui``: the terminal worklist with N studies (default 10,000):
 first paint, and a live refresh after one new study, with the real app under
-textual's ``run_test``.
+textual's ``run_test``. It lives in the tui and joins ``triage bench`` through
+the ``triage.bench`` entry point (triage does not import the tui).
 
 - **First paint**: from creating the app to the ranked list drawn (every study
   loaded, the screen idle). Baselines in the same run: a bare textual app with
@@ -222,3 +223,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_tui_bench(args.studies, args.refreshes)
     print(json.dumps(result.as_json(), indent=2) if args.json else format_report(result))
     return 0
+
+
+def add_command(bench_subparsers: Any) -> None:
+    """``triage bench tui`` (registered through the ``triage.bench`` entry point: triage does not import the tui)."""
+    p = bench_subparsers.add_parser("tui", help="the terminal worklist with 10,000 studies: first paint and live refresh")
+    add_arguments(p)
+    p.set_defaults(func=run)

@@ -22,9 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 from detectors.phantoms.abdomen_ct import abdomen_ct
 from detectors.phantoms.chest_ct import chest_ct
 from detectors.phantoms.head_ct import head_ct
-from detectors.phantoms.radiographs import chest_radiograph, extremity_radiograph, to_dicom
-from detectors.phantoms.truth import Lesion
-from dicom_io.writer import UID_ROOT, StudyMeta, ct_datasets
+from detectors.phantoms.radiographs import STUDY, chest_radiograph, extremity_radiograph
+from detectors.phantoms.truth import Lesion, XRPhantom
+from dicom_io.writer import UID_ROOT, StudyMeta, ct_datasets, radiograph_dataset
 
 KINDS = ("head_ct", "chest_ct", "chest_xr", "extremity_xr", "abdomen_ct")
 WITHOUT_FINDINGS = {"abdomen_ct"}  # no detector covers it: always normal
@@ -98,7 +98,7 @@ def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Datase
         desc, part, view = {"tibia_fibula": ("XR TIBIA FIBULA 2V", "LEG", "AP"), "radius_ulna": ("XR FOREARM 2V", "FOREARM", "AP"),
                             "femur": ("XR FEMUR 2V", "FEMUR", "AP")}[str(xr.notes.get("bone", "tibia_fibula"))]  # fmt: skip
     meta = _meta(rng, seed, p, desc, view, part if part_tag else None)
-    ds = to_dicom(xr, modality=rng.choice(["CR", "DX"]), photometric=rng.choice(["MONOCHROME1", "MONOCHROME2"]),
+    ds = radiograph_to_dicom(xr, modality=rng.choice(["CR", "DX"]), photometric=rng.choice(["MONOCHROME1", "MONOCHROME2"]),
                   voi=rng.choice(["window", "lut"]), meta=meta, transfer_syntax=ts)  # fmt: skip
     return [ds], xr.lesions, {"body_part": part}
 
@@ -160,3 +160,29 @@ def _sops(datasets: Sequence[Dataset], lesion: Lesion) -> list[str]:
 
 def iter_manifest(folder: Path) -> Iterator[dict[str, object]]:
     yield from json.loads((folder / MANIFEST).read_text())["studies"]
+
+
+def radiograph_to_dicom(
+    phantom: XRPhantom,
+    *,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    voi: str = "window",
+    meta: StudyMeta | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """A CR or DX dataset of ``phantom`` with its pixel spacing, body part and a fitting description.
+
+    ``meta`` defaults to a StudyMeta with Body Part Examined (PS3.16 Annex L
+    defined terms: CHEST, LEG, FOREARM, FEMUR) and a study description such as
+    "XR CHEST PA" or "XR TIBIA FIBULA 2V".
+    """
+    key = "chest" if phantom.body_part == "CHEST" else str(phantom.notes.get("bone", "tibia_fibula"))
+    part, description, view = STUDY[key]
+    meta = meta or StudyMeta(
+        patient_name=f"PHANTOM^{part}", study_description=description, series_description=view, body_part=part,
+    )
+    return radiograph_dataset(
+        phantom.image, modality=modality, pixel_spacing_mm=phantom.pixel_spacing_mm, photometric=photometric,
+        voi=voi, view_position=view, meta=meta, transfer_syntax=transfer_syntax,
+    )

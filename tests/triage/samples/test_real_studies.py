@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 
 from detectors.real_cases import bleed_case
-from detectors.real_samples import generate_real_samples
 from detectors.routing import SeriesInfo, route
 from dicom_io.pixels import load_radiograph, load_volume
-from pydicom import dcmread
+from triage.samples.real_studies import generate_real_samples
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_head_ct_reads_back_as_written(written) -> None:
 
 def test_rescale_variants_keep_the_hu() -> None:
     case = bleed_case("test", 0, slab_mm=20.0)
-    from detectors.real_samples import _restore
     from dicom_io.writer import ct_datasets
+    from triage.samples.real_studies import _restore
 
     ds = next(ct_datasets(case.series.pixels[:1], pixel_spacing_mm=case.series.spacing_mm[1:]))
     for storage in ({"rescale_slope": 0.5, "rescale_intercept": -8192.0, "pixel_representation": 0, "bits_stored": 16},

@@ -36,10 +36,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from detectors import realdata
-from detectors.phantoms.samples import MANIFEST, pixel_hash
 from detectors.phantoms.truth import box_of
 from detectors.real_cases import Case, bleed_case, fracture_xr_case, nodule_xr_case
 from dicom_io.writer import UID_ROOT, StudyMeta, ct_datasets, radiograph_dataset
+from triage.samples.phantom_studies import MANIFEST, pixel_hash
 
 KINDS = ("head_ct", "chest_xr", "extremity_xr")
 

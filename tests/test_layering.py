@@ -1,0 +1,113 @@
+"""Dependencies point one way: tui -> triage -> {dicom_io, detectors}, detectors -> dicom_io.pixels.
+
+Every import statement of the four packages is read (module level, inside
+functions and under ``TYPE_CHECKING`` alike), so a lazy import cannot hide an
+upward dependency. The terminal worklist plugs into the CLI through entry
+points (``triage.plugins``), not an import.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PACKAGES = ("dicom_io", "detectors", "triage", "tui")
+# What each package may import of the project (prefixes: a package, or a module of one).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "dicom_io": ("dicom_io",),
+    "detectors": ("detectors", "dicom_io.pixels"),
+    "triage": ("triage", "dicom_io", "detectors"),
+    "tui": ("tui", "triage"),
+}
+
+
+def _project_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, candidate names) of each import of a project package in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, [a.name]) for a in node.names if a.name.split(".")[0] in PACKAGES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] in PACKAGES:
+            # `from dicom_io import pixels` imports dicom_io.pixels: either name may be the allowed one.
+            out.append((node.lineno, node.module, [node.module] + [f"{node.module}.{a.name}" for a in node.names]))
+    return out
+
+
+def _allowed(package: str, names: list[str]) -> bool:
+    prefixes = ALLOWED[package]
+    return any(n == p or n.startswith(p + ".") for n in names for p in prefixes)
+
+
+def violations(root: Path = REPO_ROOT) -> list[str]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for line, module, names in _project_imports(path):
+                if names[0].split(".")[0] == package:
+                    continue
+                if not _allowed(package, names if names[0] == module else [module, *names[1:]]):
+                    found.append(f"{path.relative_to(root)}:{line}: {package} imports {module}")
+    return found
+
+
+def test_dependencies_point_one_way() -> None:
+    assert violations() == []
+
+
+def test_the_rule_sees_lazy_and_upward_imports(tmp_path: Path) -> None:
+    # The check itself: an upward import inside a function is caught; the allowed ones are not.
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "dicom_io" / "bad.py").write_text("def f():\n    from triage.errors import TriageError\n")
+    (tmp_path / "detectors" / "ok.py").write_text("from dicom_io.pixels import load_volume\nfrom dicom_io import pixels\n")
+    (tmp_path / "detectors" / "bad.py").write_text("from dicom_io.writer import StudyMeta\nimport dicom_io.send\n")
+    (tmp_path / "triage" / "bad.py").write_text("if True:\n    import tui.app\n")
+    (tmp_path / "tui" / "bad.py").write_text("from dicom_io.pixels import load_volume\nfrom triage.errors import USER_ERRORS\n")
+    assert violations(tmp_path) == [
+        "dicom_io/bad.py:2: dicom_io imports triage.errors",
+        "detectors/bad.py:1: detectors imports dicom_io.writer",
+        "detectors/bad.py:2: detectors imports dicom_io.send",
+        "triage/bad.py:2: triage imports tui.app",
+        "tui/bad.py:1: tui imports dicom_io.pixels",
+    ]
+
+
+@pytest.mark.parametrize("package", ["dicom_io", "detectors"])
+def test_the_lower_layers_import_without_triage(package: str) -> None:
+    # Loaded on their own, they pull in nothing above them.
+    modules = sorted(p.relative_to(REPO_ROOT).with_suffix("").as_posix().replace("/", ".")
+                     for p in (REPO_ROOT / package).rglob("*.py") if p.name != "__main__.py")  # fmt: skip
+    code = ("import importlib, json, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m.removesuffix('.__init__'))\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'triage', 'tui'})))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_the_tui_imports_no_torch_and_no_pynetdicom() -> None:
+    code = (
+        "import json, sys; import tui.app, tui.screens.worklist, tui.screens.study, tui.preview, tui.dialogs; "
+        "print(json.dumps(sorted(m for m in ('torch', 'pynetdicom', 'detectors.engine') if m in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_the_worklist_plugs_into_the_cli() -> None:
+    # triage finds the terminal worklist and `bench tui` through entry points, without importing tui.
+    from triage.plugins import worklist_runner
+    from tui.app import run_worklist
+
+    assert worklist_runner() is run_worklist
+    done = subprocess.run([sys.executable, "-m", "triage", "bench", "tui", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "--studies" in done.stdout, done.stderr
