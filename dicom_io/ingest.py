@@ -52,7 +52,7 @@ class IndexRecord:
 
 
 class Index(Protocol):
-    """What the ingest path needs of the study index (``triage.index`` implements it)."""
+    """What the ingest path needs of the study index (``triage.store.index`` implements it)."""
 
     def find(self, sop_instance_uid: str) -> tuple[str, str] | None:
         """``(sha256, relpath)`` of the indexed instance, or None."""

@@ -92,7 +92,7 @@ class ResultBuildError(DicomIOError):
 
 
 class FindingLike(Protocol):
-    """What the builders read of an AI finding (``triage.cases.FindingRow`` has it)."""
+    """What the builders read of an AI finding (``triage.flow.cases.FindingRow`` has it)."""
 
     id: int
     kind: str
@@ -224,7 +224,7 @@ def build_ai_sr(
         ``patient_age``, ``accession_number``, ``study_id``, ``study_date``,
         ``study_time``, ``referring_physician``, ``study_description``.
     findings
-        The AI findings (``triage.cases.FindingRow``-like), at least one.
+        The AI findings (``triage.flow.cases.FindingRow``-like), at least one.
     source_images
         SOP Instance UID -> (SOP Class UID, Series Instance UID) of every image
         a region references, and of the series scored (the report's evidence).

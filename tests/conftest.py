@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
 from tests.pg import postgres_cluster, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
+from triage.app.server import TriageServer
 from triage.config import Settings, load_settings
-from triage.server import TriageServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """A real PostgreSQL server for the tests (Debian's binaries, on loopback).
 
-One :class:`~triage.pgcluster.PostgresCluster` per test session
+One :class:`~triage.bench.pgcluster.PostgresCluster` per test session
 (``postgres_cluster``), and a fresh empty database per test (``postgres_url``),
 so that tests never see each other's rows. Without the binaries the tests
 skip, except under ``$CI`` where they fail: CI installs them with
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from triage.pgcluster import PostgresCluster, PostgresClusterError, find_bin_dir
+from triage.bench.pgcluster import PostgresCluster, PostgresClusterError, find_bin_dir
 
 _database_numbers = itertools.count(1)
 

@@ -3,7 +3,7 @@
 Every import statement of the four packages is read (module level, inside
 functions and under ``TYPE_CHECKING`` alike), so a lazy import cannot hide an
 upward dependency. The terminal worklist plugs into the CLI through entry
-points (``triage.plugins``), not an import.
+points (``triage.app.plugins``), not an import.
 """
 
 from __future__ import annotations
@@ -61,6 +61,44 @@ def test_dependencies_point_one_way() -> None:
     assert violations() == []
 
 
+KERNEL = ("triage.errors", "triage.clock", "triage.config", "triage.logs", "triage.progress", "triage.vocabulary", "triage.__version__")
+# Inside triage: what each stage may import of triage (its own subpackage always; dicom_io and detectors as above).
+STAGES: dict[str, tuple[str, ...]] = {
+    "store": KERNEL,
+    "flow": (*KERNEL, "triage.store"),
+    "outbox": (*KERNEL, "triage.store", "triage.flow"),
+    "reading": (*KERNEL, "triage.store", "triage.flow", "triage.outbox"),
+    "monitor": (*KERNEL, "triage.store"),
+    "samples": KERNEL,
+    "research": (*KERNEL, "triage.flow", "triage.monitor", "triage.samples"),
+    "bench": tuple(f"triage.{s}" for s in ("store", "flow", "outbox", "reading", "monitor", "samples", "research")) + KERNEL,
+    "app": ("triage",),
+}
+
+
+def stage_violations(root: Path = REPO_ROOT) -> list[str]:
+    found = []
+    for path in sorted((root / "triage").rglob("*.py")):
+        parts = path.relative_to(root / "triage").parts
+        stage = parts[0] if len(parts) > 1 else None  # None: a kernel module
+        if path.name == "__main__.py" and stage is None:
+            continue  # `python -m triage` runs the CLI: the entry point, not the kernel
+        allowed = STAGES[stage] if stage else KERNEL
+        for line, module, names in _project_imports(path):
+            if not module.startswith("triage"):
+                continue
+            own = f"triage.{stage}" if stage else None
+            if any(n == own or (own and n.startswith(own + ".")) for n in names):
+                continue
+            if not any(n == p or n.startswith(p + ".") for n in names for p in allowed):
+                found.append(f"{path.relative_to(root)}:{line}: {stage or 'kernel'} imports {module}")
+    return found
+
+
+def test_the_stages_of_triage_import_downward_only() -> None:
+    assert stage_violations() == []
+
+
 def test_the_rule_sees_lazy_and_upward_imports(tmp_path: Path) -> None:
     # The check itself: an upward import inside a function is caught; the allowed ones are not.
     for package in PACKAGES:
@@ -104,10 +142,23 @@ def test_the_tui_imports_no_torch_and_no_pynetdicom() -> None:
 
 def test_the_worklist_plugs_into_the_cli() -> None:
     # triage finds the terminal worklist and `bench tui` through entry points, without importing tui.
-    from triage.plugins import worklist_runner
+    from triage.app.plugins import worklist_runner
     from tui.app import run_worklist
 
     assert worklist_runner() is run_worklist
     done = subprocess.run([sys.executable, "-m", "triage", "bench", "tui", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0 and "--studies" in done.stdout, done.stderr
+
+
+def test_the_stage_rule_sees_a_stage_importing_upward(tmp_path: Path) -> None:
+    (tmp_path / "triage" / "store").mkdir(parents=True)
+    (tmp_path / "triage" / "flow").mkdir()
+    (tmp_path / "triage" / "store" / "x.py").write_text("from triage.flow.policy import P\nfrom triage.errors import E\nfrom triage.store import models\n")
+    (tmp_path / "triage" / "config.py").write_text("def f():\n    from triage.store.models import Study\n")
+    (tmp_path / "triage" / "flow" / "y.py").write_text("from triage.store import audit\nfrom triage.reading.service import S\n")
+    assert stage_violations(tmp_path) == [
+        "triage/config.py:2: kernel imports triage.store.models",
+        "triage/flow/y.py:2: flow imports triage.reading.service",
+        "triage/store/x.py:1: store imports triage.flow.policy",
+    ]

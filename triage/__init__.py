@@ -1,8 +1,19 @@
-"""Domain core and wiring of the radiology triage worklist.
+"""The application: domain core and wiring of the radiology triage worklist.
 
-``triage.models``/``triage.db`` hold the study index, ``triage.config`` the one
-settings object, ``triage.server`` wires the listener to the index, and
-``triage.cli`` is the ``triage`` command.
+Read the tree as the flow (``docs/layout.md``):
+
+- the kernel, modules here: ``errors``, ``clock``, ``config``, ``logs``,
+  ``progress``, ``vocabulary``; they import no subpackage;
+- ``store``: the study index (models, database, index writer, recovery, audit trail);
+- ``flow``: from a complete series to a ranked study (completeness, scoring jobs, policy);
+- ``reading``: the radiologist's side (states, worklist service, views, pixels);
+- ``outbox``: results back to the PACS;
+- ``monitor``: what the AI did, measured;
+- ``research``: evaluation, local validation, training;
+- ``samples``: sample studies written as DICOM;
+- ``app``: the ``triage`` command and the server processes; ``bench``: the benchmarks.
+
+triage imports ``dicom_io`` and ``detectors``, never ``tui``.
 """
 
 __version__ = "0.1.0"

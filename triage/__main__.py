@@ -1,5 +1,5 @@
 import sys
 
-from triage.cli import main
+from triage.app.cli import main
 
 sys.exit(main())

@@ -201,7 +201,7 @@ _PRIORITY_CLASSES = ("critical", "urgent", "routine")
 
 
 class PolicySettings(_Section):
-    """The urgency policy (``[policy]``, see ``triage.policy``): points, class thresholds, waiting targets.
+    """The urgency policy (``[policy]``, see ``triage.flow.policy``): points, class thresholds, waiting targets.
 
     A study's score is the sum of its finding points, order-priority points and
     context points (its *base*), plus ageing: ``ageing_points`` for every
@@ -265,7 +265,7 @@ class PolicySettings(_Section):
 
 
 class WorklistSettings(_Section):
-    """Reading rules (``[worklist]``, see ``triage.worklist``)."""
+    """Reading rules (``[worklist]``, see ``triage.reading.service``)."""
 
     claim_minutes: float = Field(30.0, gt=0)  # a claim not renewed for this long lapses
     # Blinded reads: the AI output of a study is hidden from a reader until they
@@ -354,7 +354,7 @@ class Settings(_Section):
     # index only) or "worker" (score jobs and send results only), for scale-out on PostgreSQL.
     role: Literal["all", "listener", "worker"] = "all"
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
-    # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.store.db.
     db: str = ""
     log_level: str = "INFO"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
@@ -388,7 +388,7 @@ class Settings(_Section):
 
     @property
     def db_url(self) -> str:
-        return self.db or f"sqlite:///{self.data_dir / 'triage.db'}"
+        return self.db or f"sqlite:///{self.data_dir / 'triage.store.db'}"
 
 
 def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:

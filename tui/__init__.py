@@ -1,2 +1,2 @@
 """The terminal worklist (textual): ranked cases, why and where, and the
-radiologist's actions, all through :class:`triage.worklist.WorklistService`."""
+radiologist's actions, all through :class:`triage.reading.service.WorklistService`."""

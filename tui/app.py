@@ -2,7 +2,7 @@
 
 The app holds the worklist service and the reader's name and shows the
 ranked list; a study opens in its own screen. Every change goes through the
-service (``triage.worklist``), whose errors appear as notifications.
+service (``triage.reading.service``), whose errors appear as notifications.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from textual.app import App
 from textual.binding import Binding
 
 from triage.config import Settings
-from triage.db import make_engine
 from triage.errors import USER_ERRORS, TriageError
-from triage.reading import check_user
-from triage.worklist import WorklistService
+from triage.reading.service import WorklistService
+from triage.reading.states import check_user
+from triage.store.db import make_engine
 
 log = logging.getLogger(__name__)
 

@@ -65,10 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def populate(db_url: str, n: int, seed: int = 0) -> None:
     """``n`` studies with series, results and findings, inserted in bulk (one transaction)."""
-    from triage import audit
     from triage.clock import utcnow
-    from triage.db import make_engine
-    from triage.models import AIFinding, Series, SeriesResult, Study
+    from triage.store import audit
+    from triage.store.db import make_engine
+    from triage.store.models import AIFinding, Series, SeriesResult, Study
 
     rng = random.Random(seed)
     now = utcnow()
@@ -109,10 +109,10 @@ def populate(db_url: str, n: int, seed: int = 0) -> None:
 
 def _insert_one(db_url: str, i: int) -> str:
     """One new scored study with an urgent bleed, committed with its audit event by another connection."""
-    from triage import audit
     from triage.clock import utcnow
-    from triage.db import make_engine
-    from triage.models import AIFinding, Series, SeriesResult, Study
+    from triage.store import audit
+    from triage.store.db import make_engine
+    from triage.store.models import AIFinding, Series, SeriesResult, Study
 
     uid = f"1.2.826.0.1.8.{i}"
     now = utcnow()
@@ -153,8 +153,8 @@ async def _bare_app_s() -> float:
 
 async def _measure(db_url: str, n: int, refreshes: int) -> tuple[float, list[float]]:
     from triage.config import load_settings
-    from triage.db import make_engine
-    from triage.worklist import WorklistService
+    from triage.reading.service import WorklistService
+    from triage.store.db import make_engine
     from tui.app import WorklistApp
     from tui.screens.worklist import WorklistScreen
 
@@ -187,11 +187,11 @@ def run_tui_bench(n: int, refreshes: int) -> TuiBenchResult:
     if refreshes < 1:
         raise TriageError(f"--refreshes must be at least 1, got {refreshes}")
     from triage.config import load_settings
-    from triage.db import make_engine
-    from triage.worklist import WorklistService
+    from triage.reading.service import WorklistService
+    from triage.store.db import make_engine
 
     with tempfile.TemporaryDirectory(prefix="triage-bench-tui-") as tmp:
-        db_url = f"sqlite:///{Path(tmp) / 'triage.db'}"
+        db_url = f"sqlite:///{Path(tmp) / 'triage.store.db'}"
         populate(db_url, n)
         service = WorklistService(make_engine(db_url), load_settings(overrides={"db": db_url}, environ={}))
         t0 = time.perf_counter()

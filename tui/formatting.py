@@ -235,7 +235,7 @@ def summarize_event(action: str, detail: Mapping[str, Any] | None, max_chars: in
     Parameters
     ----------
     action
-        The event's action (a ``triage.audit.Action`` value).
+        The event's action (a ``triage.store.audit.Action`` value).
     detail
         The event's parsed detail.
     max_chars

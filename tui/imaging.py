@@ -1,7 +1,7 @@
 """The preview's images: windowing, boxes, fitting to terminal cells, half blocks, the AI's regions, pixels.
 
 Everything here takes values and returns values (arrays, boxes, slice
-numbers, lines of cells); the pixels come from :mod:`triage.series_pixels`;
+numbers, lines of cells); the pixels come from :mod:`triage.reading.pixels`;
 none of it is a widget. It is kept apart from
 :mod:`tui.preview` (the textual widgets and the terminal graphics probe) so
 that what the reader is shown (which window, which boxes on which slice, how
@@ -25,9 +25,9 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 
-from triage.cases import FindingRow
-from triage.series_pixels import SeriesPixels
-from triage.worklist_views import SeriesImages
+from triage.flow.cases import FindingRow
+from triage.reading.pixels import SeriesPixels
+from triage.reading.views import SeriesImages
 
 Box = tuple[int, int, int, int]  # (row0, col0, row1, col1), half-open, in source pixels
 RGB = tuple[int, int, int]

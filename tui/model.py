@@ -1,6 +1,6 @@
 """The worklist's rows, order, filters and search, kept up to date incrementally (pure; no textual).
 
-:class:`WorklistModel` holds one :class:`triage.worklist_views.WorklistItem` per
+:class:`WorklistModel` holds one :class:`triage.reading.views.WorklistItem` per
 study UID and the visible rows in the current order. A live update
 (:meth:`WorklistModel.apply`) moves only the studies that changed, by
 bisection into sorted key lists, so that one new study among 10,000 costs a
@@ -19,10 +19,10 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from triage.models import AIStatus, ReadState
-from triage.policy import PriorityClass
-from triage.worklist import FINDING_KINDS
-from triage.worklist_views import WorklistItem, arrival_order_key, worklist_order_key
+from triage.flow.policy import PriorityClass
+from triage.reading.service import FINDING_KINDS
+from triage.reading.views import WorklistItem, arrival_order_key, worklist_order_key
+from triage.store.models import AIStatus, ReadState
 
 SORT_MODES = ("urgency", "arrival")
 """Sort modes: the policy's urgency order, or the standard worklist's arrival order."""
@@ -215,8 +215,8 @@ class WorklistModel:
     Parameters
     ----------
     sort
-        "urgency" (:func:`triage.worklist_views.worklist_order_key`) or "arrival"
-        (:func:`triage.worklist_views.arrival_order_key`).
+        "urgency" (:func:`triage.reading.views.worklist_order_key`) or "arrival"
+        (:func:`triage.reading.views.arrival_order_key`).
 
     Filters are ``None`` for all: ``modality`` a label of :func:`modality_labels`
     ("CT", "CR/DX"), ``status`` one of :data:`STATUS_CHOICES`, ``finding`` one

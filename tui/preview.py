@@ -37,10 +37,10 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from triage.cases import FindingRow
 from triage.errors import USER_ERRORS
-from triage.series_pixels import SeriesPixels, read_series_pixels
-from triage.worklist_views import SeriesImages
+from triage.flow.cases import FindingRow
+from triage.reading.pixels import SeriesPixels, read_series_pixels
+from triage.reading.views import SeriesImages
 from tui.imaging import (
     WINDOW_NAMES,
     WINDOWS,

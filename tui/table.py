@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from triage.worklist_views import WorklistItem
+from triage.reading.views import WorklistItem
 from tui.model import WorklistModel, badge_text, findings_summary, modality_labels, patient_text, status_kind, status_text, wait_text
 
 

@@ -49,7 +49,7 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def index_rows(data_dir: Path, sql: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(data_dir / "triage.db") as conn:
+    with sqlite3.connect(data_dir / "triage.store.db") as conn:
         return conn.execute(sql, args).fetchall()
 
 
@@ -210,7 +210,7 @@ def test_unwritable_store_is_refused(server, make_ct_series) -> None:
 
 
 def test_index_failure_is_refused_and_leaves_no_file(server, make_ct_series) -> None:
-    with sqlite3.connect(server.settings.data_dir / "triage.db") as conn:
+    with sqlite3.connect(server.settings.data_dir / "triage.store.db") as conn:
         conn.execute("drop table instance")
     [path] = make_ct_series(slices=1)
     assert store(server.port, [path]) == [0xA701]

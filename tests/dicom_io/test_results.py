@@ -34,7 +34,7 @@ from dicom_io.results import (
     report_text,
     text_mask,
 )
-from triage.cases import FindingRow
+from triage.flow.cases import FindingRow
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_studies" / "05_head_ct"

@@ -210,12 +210,12 @@ class IndexedInstance:
 
 def _connect(data_dir: Path) -> sqlite3.Connection:
     # A plain reader beside the server's writer (the index is in WAL mode).
-    return sqlite3.connect(data_dir / "triage.db", timeout=30)
+    return sqlite3.connect(data_dir / "triage.store.db", timeout=30)
 
 
 def count_indexed(data_dir: Path) -> int:
     """Rows in the instance table (0 while the database does not exist yet)."""
-    if not (data_dir / "triage.db").exists():
+    if not (data_dir / "triage.store.db").exists():
         return 0
     conn = _connect(data_dir)
     try:

@@ -17,8 +17,8 @@ import pytest
 
 from dicom_io.send import find_dicom_files, replay
 from triage.config import load_settings
-from triage.db import make_engine
-from triage.worklist import WorklistService
+from triage.reading.service import WorklistService
+from triage.store.db import make_engine
 
 from .conftest import LOCALHOST, ServeFactory, run_triage, wait_for
 
@@ -124,7 +124,7 @@ def test_a_read_is_audited_and_the_trail_detects_tampering(ranked) -> None:
 
     # An edit of one event's content is found, and named.
     victim = inference["seq"]
-    with sqlite3.connect(data / "triage.db") as conn:
+    with sqlite3.connect(data / "triage.store.db") as conn:
         conn.execute("UPDATE audit_event SET detail = replace(detail, 'triage-ai', 'someone') WHERE seq = ?", (victim,))
         conn.execute("UPDATE audit_event SET actor = 'someone' WHERE seq = ?", (victim,))
     broken = run_triage("audit", "verify", "--data-dir", str(data))

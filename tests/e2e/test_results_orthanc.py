@@ -149,7 +149,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pacs, Serv
 
 def outbox(data_dir: Path, study_uid: str) -> list[tuple[str, str, int, str | None]]:
     """(kind, status, attempts, last_error) of the study's outbox rows, read beside the server."""
-    conn = sqlite3.connect(data_dir / "triage.db", timeout=30)
+    conn = sqlite3.connect(data_dir / "triage.store.db", timeout=30)
     try:
         return conn.execute(
             "SELECT o.kind, o.status, o.attempts, o.last_error FROM outbox o JOIN study s ON s.id = o.study_pk"

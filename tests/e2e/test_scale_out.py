@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from dicom_io.send import DicomFile, ReplaySummary, find_dicom_files, replay
-from triage import audit
-from triage.db import make_engine
-from triage.models import Instance, Job, Series, Study
+from triage.store import audit
+from triage.store.db import make_engine
+from triage.store.models import Instance, Job, Series, Study
 
 from .conftest import ServeFactory, ServeProcess, dataset_bytes, run_triage, sha256_file, wait_for, write_ct_series
 
@@ -38,7 +38,7 @@ JOB = Job.__table__  # type: ignore[attr-defined]
 STUDIES = 100
 SLICES = 4
 SPLIT = 10  # studies whose series is sent half to each listener
-WORKER_READY = "scoring worker"  # the worker's startup line (triage.pipeline), logged once its detectors are loaded
+WORKER_READY = "scoring worker"  # the worker's startup line (triage.flow.pipeline), logged once its detectors are loaded
 # Every process sees the same database, storage and timing. Series complete after 5 s
 # without a new instance: ample for the halves of a split series, which are sent together.
 COMMON_ENV = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.tui.conftest import add_study
-from triage.db import make_engine
+from triage.store.db import make_engine
 
 from .conftest import REPO_ROOT, clean_env, require_binary, wait_for
 
@@ -28,7 +28,7 @@ def _tmux(*args: str) -> str:
 def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
     require_binary(TMUX)
     data = tmp_path / "data"
-    engine = make_engine(f"sqlite:///{data / 'triage.db'}")
+    engine = make_engine(f"sqlite:///{data / 'triage.store.db'}")
     add_study(engine, findings=(("bleed", 0.93, 0.1),), description="CT HEAD BLEED CASE")
     add_study(engine, findings=(("fracture", 0.02, 0.6),), modality="DX", description="XR WRIST")
     engine.dispose()

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tests.conftest import REPO_ROOT
-from triage.audit import (
+from triage.errors import DatabaseError
+from triage.store.audit import (
     AI_ACTOR,
     GENESIS_HASH,
     Action,
@@ -32,9 +33,8 @@ from triage.audit import (
     export,
     verify,
 )
-from triage.db import make_engine, session_scope
-from triage.errors import DatabaseError
-from triage.models import AuditEvent, Study
+from triage.store.db import make_engine, session_scope
+from triage.store.models import AuditEvent, Study
 
 STUDY = Study.__table__  # type: ignore[attr-defined]
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
@@ -272,7 +272,7 @@ def test_verify_intact_log(engine: Engine) -> None:
 
 
 def test_verify_reads_past_one_page(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("triage.audit._PAGE", 4)
+    monkeypatch.setattr("triage.store.audit._PAGE", 4)
     fill(engine, 10)
     assert verify(engine) == AuditVerification(ok=True, events=10)
     assert [e["seq"] for e in export(engine)] == list(range(1, 11))
@@ -504,7 +504,7 @@ def test_concurrent_appends_make_one_gapless_chain(engine: Engine) -> None:
 
 def test_import_pulls_no_torch_textual_or_pynetdicom() -> None:
     code = (
-        "import sys, triage.audit\n"
+        "import sys, triage.store.audit\n"
         "print(sorted(m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)

@@ -219,7 +219,7 @@ def test_tiny_run_against_a_real_server(
 
     # The server's own index: the warm-up and all 5 studies, every one ranked as scored with 8 instances.
     [root] = tmp_path.glob("triage-bench-pipeline-*")
-    conn = sqlite3.connect(root / "serve" / "data" / "triage.db")
+    conn = sqlite3.connect(root / "serve" / "data" / "triage.store.db")
     try:
         rows = conn.execute("SELECT ai_status, num_instances, scored_at IS NOT NULL FROM study").fetchall()
         jobs = conn.execute("SELECT status, count(*) FROM job GROUP BY status").fetchall()
@@ -227,4 +227,4 @@ def test_tiny_run_against_a_real_server(
         conn.close()
     assert rows == [("scored", 8, 1)] * 6
     assert jobs == [("done", 6)]
-    assert "triage.server: stopped" in (root / "serve" / "serve.log").read_text()
+    assert "triage.app.server: stopped" in (root / "serve" / "serve.log").read_text()

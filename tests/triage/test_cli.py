@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.cli import main
+from triage.app.cli import main
 
 
 def free_port() -> int:
@@ -215,7 +215,7 @@ def test_detector_command_errors_are_one_line(
 def test_train_help_lists_the_kinds_and_true_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     from detectors.routing import FindingKind
     from detectors.train import TrainConfig
-    from triage.cli import FINDING_KINDS
+    from triage.app.cli import FINDING_KINDS
 
     assert FINDING_KINDS == tuple(k.value for k in FindingKind)
     with pytest.raises(SystemExit) as exit_:
@@ -233,7 +233,7 @@ def test_train_trains_every_task_of_the_kind(
     """The wiring only: detectors.train.train itself is tested with the detectors."""
     from dataclasses import replace
 
-    import triage.training
+    import triage.research.training
     from detectors.tasks import TASKS
     from detectors.train import TrainResult
 
@@ -249,7 +249,7 @@ def test_train_trains_every_task_of_the_kind(
                    "validation_sensitivity": 1.0, "validation_specificity": 0.5}  # fmt: skip
         return TrainResult(spec, out_dir / f"{name}.toml", metrics)
 
-    monkeypatch.setattr(triage.training, "train", fake_train)
+    monkeypatch.setattr(triage.research.training, "train", fake_train)
     argv = ["train", "nodule", "--epochs", "2", "--seed", "5", "--device", "cpu", "--phantoms", "3",
             "--validation", "2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
@@ -266,12 +266,12 @@ def test_train_trains_every_task_of_the_kind(
 def test_train_that_cannot_calibrate_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import triage.training
+    import triage.research.training
 
     def fake_train(name, cfg, out_dir, progress, command):  # noqa: ANN001, ANN202
         raise ValueError('Argument "labels" must hold both classes, got 2 positive and 0 negative')
 
-    monkeypatch.setattr(triage.training, "train", fake_train)
+    monkeypatch.setattr(triage.research.training, "train", fake_train)
     assert main(["train", "bleed", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("triage: error: training bleed-ct failed: Argument \"labels\" must hold both classes")

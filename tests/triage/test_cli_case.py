@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from triage.cli import main
+from triage.app.cli import main
 from triage.clock import utcnow
-from triage.db import make_engine
-from triage.models import AIFinding, AuditEvent, Series, SeriesResult, Study
+from triage.store.db import make_engine
+from triage.store.models import AIFinding, AuditEvent, Series, SeriesResult, Study
 
 
 @pytest.fixture
 def index(tmp_path: Path) -> Path:
     """A data dir whose index holds one scored head CT (bleed 0.93, urgent) and one unscored study."""
     data = tmp_path / "data"
-    engine = make_engine(f"sqlite:///{data / 'triage.db'}")
+    engine = make_engine(f"sqlite:///{data / 'triage.store.db'}")
     now = utcnow()
     with engine.begin() as conn:
         for pk, uid, acc, status in ((1, "1.2.3.1", "ACC1", "scored"), (2, "1.2.3.2", "ACC2", "pending")):
@@ -92,7 +92,7 @@ def test_audit_export_filters_and_verify_names_the_broken_event(index: Path, cap
     code, _, err = _run(capsys, "audit", "export", *d, "--since", "yesterday")
     assert code == 2 and "--since" in err
 
-    engine = make_engine(f"sqlite:///{index / 'triage.db'}")
+    engine = make_engine(f"sqlite:///{index / 'triage.store.db'}")
     with engine.begin() as conn:
         conn.execute(AuditEvent.__table__.delete().where(AuditEvent.__table__.c.seq == 1))  # type: ignore[attr-defined]
         assert conn.execute(select(AuditEvent.__table__.c.seq)).scalars().all() == [2]  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults() -> None:
     s = load_settings(environ={})
     assert (s.listener.ae_title, s.listener.port, s.listener.max_associations) == ("TRIAGE", 11112, 32)
-    assert s.db_url == f"sqlite:///{s.data_dir / 'triage.db'}"
+    assert s.db_url == f"sqlite:///{s.data_dir / 'triage.store.db'}"
     assert s.completeness.stable_after_for("CR") == 5.0
     assert s.completeness.stable_after_for("CT") == s.completeness.stable_after
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from detectors.evaluation import StudyOutcome
-from triage.evaluate import acquisition_strata
+from triage.research.evaluate import acquisition_strata
 
 
 def _outcome(folder: str, label: bool) -> StudyOutcome:
@@ -38,7 +38,7 @@ def test_a_fixed_acquisition_manifest_has_no_strata(tmp_path: Path) -> None:
 
 def test_lesions_are_counted_by_origin_and_size(tmp_path: Path) -> None:
     """On a real scan with findings of its own, the inserted nodule is counted per lesion, apart from the rest."""
-    from triage.evaluate import lesions_found
+    from triage.research.evaluate import lesions_found
 
     def finding(box: list[int], origin: str, size: float, subtype: str = "nodule") -> dict:
         return {"kind": "nodule", "subtype": subtype, "origin": origin, "box": box, "slices": [0, 0], "size_mm": size}

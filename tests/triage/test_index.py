@@ -11,10 +11,10 @@ from sqlmodel import Session, select
 
 from dicom_io.headers import InstanceHeader
 from dicom_io.ingest import IndexRecord
-from triage.db import make_engine
 from triage.errors import DatabaseError
-from triage.index import SqlIndex
-from triage.models import Instance, Series, Study
+from triage.store.db import make_engine
+from triage.store.index import SqlIndex
+from triage.store.models import Instance, Series, Study
 
 
 def header(study: str = "1.2.3", series: str = "1.2.3.1", sop: str = "1.2.3.1.1", **kw) -> InstanceHeader:
@@ -30,7 +30,7 @@ def record(h: InstanceHeader) -> IndexRecord:
 
 @pytest.fixture
 def index(tmp_path: Path):
-    idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.db'}"))
+    idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.store.db'}"))
     yield idx
     idx.close()
 
@@ -99,7 +99,7 @@ def test_one_bad_record_does_not_fail_its_batch(index: SqlIndex) -> None:
 def test_portable_statements_match_the_sqlite_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The SQLAlchemy Core statements (what PostgreSQL runs) give the same index
     # as the raw SQLite ones.
-    import triage.index as index_module
+    import triage.store.index as index_module
 
     results = []
     for fast in (True, False):
@@ -122,8 +122,8 @@ def test_an_index_from_an_older_version_is_refused_with_a_clear_message(tmp_path
 
     import pytest
 
-    from triage.db import make_engine
     from triage.errors import DatabaseError
+    from triage.store.db import make_engine
 
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from triage.cli import main
-from triage.local_validation import LabelsError, parse_labels, slice_band, subgroups
-from triage.site_operating_points import choose_operating_points, write_operating_points
+from triage.app.cli import main
+from triage.research.local_validation import LabelsError, parse_labels, slice_band, subgroups
+from triage.research.site_operating_points import choose_operating_points, write_operating_points
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_studies"
 MODELS = Path(__file__).resolve().parents[2] / "detectors" / "models"
@@ -231,7 +231,7 @@ def test_an_operating_point_for_no_loaded_detector_is_a_config_error(
 
 def test_the_config_file_is_never_a_shipped_card(no_shipped_models: Path, tmp_path: Path) -> None:
     from triage.errors import ConfigError
-    from triage.site_operating_points import site_config_path
+    from triage.research.site_operating_points import site_config_path
 
     with pytest.raises(ConfigError, match="inside the shipped models"):
         site_config_path(no_shipped_models / "bleed-ct.toml", {})

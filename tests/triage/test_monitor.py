@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from triage.db import make_engine, session_scope
-from triage.models import AIFinding, Feedback, Series, SeriesResult, Study
-from triage.monitor import (
+from triage.monitor.stats import (
     DriftStatus,
     MonitorError,
     MonitorReport,
@@ -23,7 +21,9 @@ from triage.monitor import (
     wilson_interval,
     write_plots,
 )
-from triage.monitor_text import format_text
+from triage.monitor.text import format_text
+from triage.store.db import make_engine, session_scope
+from triage.store.models import AIFinding, Feedback, Series, SeriesResult, Study
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)  # a Monday, ISO week 2025-W02

@@ -3,7 +3,7 @@
 down and comes back, back-off, a restart, and the report only after signing.
 
 Studies arrive over DICOM; their scoring is recorded with
-``triage.pipeline.record_result`` (the scoring worker's own call) with a
+``triage.flow.pipeline.record_result`` (the scoring worker's own call) with a
 finding on the sample's bleed, so no detector runs here.
 """
 
@@ -29,16 +29,25 @@ from detectors.base import Finding, ModelIdentity, Region
 from detectors.routing import FindingKind
 from dicom_io.results import parse_ai_sr, report_text
 from dicom_io.send import find_dicom_files, replay
-from triage import audit
+from triage.app.server import TriageServer
+from triage.app.studies import format_table, item_json, results_line
 from triage.clock import utcnow
-from triage.completeness import complete_stable_series
 from triage.config import Settings
-from triage.models import AuditEvent, Instance, OutboxItem, Series, Study
-from triage.outbox import OutboxSender, ResultKind, backoff_seconds, build_file, claim_due, enqueue_scored, object_uids, on_recorded_hook
-from triage.pipeline import claim_jobs, record_result, stored_instances
-from triage.server import TriageServer
-from triage.studies import format_table, item_json, results_line
-from triage.worklist import WorklistService
+from triage.flow.completeness import complete_stable_series
+from triage.flow.pipeline import claim_jobs, record_result, stored_instances
+from triage.outbox.service import (
+    OutboxSender,
+    ResultKind,
+    backoff_seconds,
+    build_file,
+    claim_due,
+    enqueue_scored,
+    object_uids,
+    on_recorded_hook,
+)
+from triage.reading.service import WorklistService
+from triage.store import audit
+from triage.store.models import AuditEvent, Instance, OutboxItem, Series, Study
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]

@@ -16,16 +16,16 @@ from pydicom import dcmread
 from sqlalchemy import select, update
 
 from dicom_io.store import InstanceStore
-from triage import audit
 from triage.clock import utcnow
-from triage.completeness import complete_stable_series
 from triage.config import Settings, load_settings
-from triage.db import make_engine
-from triage.index import SqlIndex
-from triage.models import AIFinding, AuditEvent, Instance, Job, Series, SeriesResult, Study
-from triage.pipeline import ScoringWorker, claim_jobs, record_failure, record_result, stored_instances, study_ai_state
-from triage.recovery import recover
-from triage.scoring import SeriesScore
+from triage.flow.completeness import complete_stable_series
+from triage.flow.pipeline import ScoringWorker, claim_jobs, record_failure, record_result, stored_instances, study_ai_state
+from triage.flow.scoring import SeriesScore
+from triage.store import audit
+from triage.store.db import make_engine
+from triage.store.index import SqlIndex
+from triage.store.models import AIFinding, AuditEvent, Instance, Job, Series, SeriesResult, Study
+from triage.store.recovery import recover
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_studies"
@@ -228,7 +228,7 @@ def test_a_rescored_series_replaces_its_earlier_findings(received, shipped) -> N
     complete_stable_series(engine, settings.completeness, now=utcnow() + timedelta(hours=2))
     worker = ScoringWorker(engine, settings, detectors=detectors, inference=inference, worker_id="b")
     _run_until_done(worker, engine)
-    from triage.cases import current_findings
+    from triage.flow.cases import current_findings
 
     with engine.connect() as conn:
         assert conn.execute(select(RESULT.c.generation).order_by(RESULT.c.generation)).scalars().all() == [0, 1]
@@ -238,7 +238,7 @@ def test_a_rescored_series_replaces_its_earlier_findings(received, shipped) -> N
 
 
 def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(received) -> None:
-    from triage.pipeline import renew_leases
+    from triage.flow.pipeline import renew_leases
 
     settings, engine = received(["00_head_ct"], **{"pipeline.lease_seconds": 60, "pipeline.heartbeat_seconds": 10})
     now = utcnow()

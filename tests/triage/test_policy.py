@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triage.config import PolicySettings
-from triage.models import AIStatus
-from triage.policy import CaseInput, FindingInput, PolicyError, PriorityClass, Urgency, assess, class_of, rank, target_minutes
+from triage.flow.policy import CaseInput, FindingInput, PolicyError, PriorityClass, Urgency, assess, class_of, rank, target_minutes
+from triage.store.models import AIStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -373,6 +373,6 @@ def test_findings_list_becomes_tuple() -> None:
 
 
 def test_importing_policy_pulls_no_torch_textual_or_pynetdicom() -> None:
-    code = "import sys, triage.policy; print([m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules])"
+    code = "import sys, triage.flow.policy; print([m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -23,17 +23,17 @@ from sqlmodel import Session, SQLModel
 
 from tests.triage.test_index import header, record
 from tests.triage.test_worklist import add_study
-from triage import audit
+from triage.bench.pgcluster import PostgresCluster
 from triage.clock import utcnow
-from triage.completeness import complete_stable_series
 from triage.config import CompletenessSettings, Settings, load_settings
-from triage.db import make_engine
-from triage.index import SqlIndex
-from triage.models import Instance, Job, JobStatus, Series, Study
-from triage.pgcluster import PostgresCluster
-from triage.pipeline import claim_jobs, record_result, renew_leases
-from triage.reading import ClaimConflict
-from triage.worklist import WorklistService
+from triage.flow.completeness import complete_stable_series
+from triage.flow.pipeline import claim_jobs, record_result, renew_leases
+from triage.reading.service import WorklistService
+from triage.reading.states import ClaimConflict
+from triage.store import audit
+from triage.store.db import make_engine
+from triage.store.index import SqlIndex
+from triage.store.models import Instance, Job, JobStatus, Series, Study
 
 T = TypeVar("T")
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -331,7 +331,7 @@ def test_lapsed_leases_are_reclaimed_and_the_heartbeat_keeps_them(
 def test_a_result_is_recorded_once_with_its_findings(engines: Callable[[], Engine], tmp_path: Path, postgres_url: str) -> None:
     from detectors.base import Finding, ModelIdentity, Region
     from detectors.routing import FindingKind
-    from triage.scoring import SeriesScore
+    from triage.flow.scoring import SeriesScore
 
     engine = engines()
     index_series(engine, studies=1, series_per_study=1, instances=2, at=T0)

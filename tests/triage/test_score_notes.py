@@ -25,12 +25,12 @@ from detectors.engine import InferenceEngine
 from detectors.registry import DetectorSet, load_detectors
 from dicom_io.writer import StudyMeta, ct_datasets, write_datasets
 from tests.triage.detector_cards import write_card
-from triage.cases import NOTE_SEPARATOR, current_findings, reason_notes
-from triage.db import make_engine
-from triage.models import AIFinding, AIStatus, Series, SeriesResult, Study
-from triage.pipeline import study_ai_state
-from triage.score_report import format_scores
-from triage.scoring import SeriesScore, score_paths
+from triage.app.score_report import format_scores
+from triage.flow.cases import NOTE_SEPARATOR, current_findings, reason_notes
+from triage.flow.pipeline import study_ai_state
+from triage.flow.scoring import SeriesScore, score_paths
+from triage.store.db import make_engine
+from triage.store.models import AIFinding, AIStatus, Series, SeriesResult, Study
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_notes_survive_the_stored_result_and_reach_the_worklist_findings(
             s.add(series)
             s.flush()
             result = SeriesResult(series_pk=series.id, study_pk=study.id, generation=0, analysed=True,
-                                  reason=scored_leg.reason)  # as triage.pipeline.record_result stores it  # fmt: skip
+                                  reason=scored_leg.reason)  # as triage.flow.pipeline.record_result stores it  # fmt: skip
             s.add(result)
             s.flush()
             [f] = scored_leg.findings

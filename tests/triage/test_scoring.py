@@ -18,7 +18,7 @@ from detectors.spec import load_card
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
 from tests.conftest import REPO_ROOT
 from tests.triage.detector_cards import write_card
-from triage.scoring import ScoreReport, SeriesScore, score_paths
+from triage.flow.scoring import ScoreReport, SeriesScore, score_paths
 
 SAMPLES = REPO_ROOT / "sample_studies"
 

@@ -23,11 +23,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from tests.conftest import REPO_ROOT
-from triage import audit
 from triage.config import Settings, WorklistSettings
-from triage.db import make_engine
-from triage.models import AIFinding, AuditEvent, Feedback, Impression, ReadState, Report, ReportStatus, Series, SeriesResult, Study, Verdict
-from triage.reading import (
+from triage.reading.service import WorklistService
+from triage.reading.states import (
     TRANSITIONS,
     ClaimConflict,
     InvalidInput,
@@ -38,8 +36,22 @@ from triage.reading import (
     WorklistError,
     next_state,
 )
-from triage.worklist import WorklistService
-from triage.worklist_views import HIDDEN_REASON
+from triage.reading.views import HIDDEN_REASON
+from triage.store import audit
+from triage.store.db import make_engine
+from triage.store.models import (
+    AIFinding,
+    AuditEvent,
+    Feedback,
+    Impression,
+    ReadState,
+    Report,
+    ReportStatus,
+    Series,
+    SeriesResult,
+    Study,
+    Verdict,
+)
 
 T0 = datetime(2024, 5, 1, 14, 0, tzinfo=timezone.utc)
 A, B = "dr.a", "dr.b"
@@ -175,7 +187,7 @@ def count(engine: Engine, model: type) -> int:
 
 # --- the state machine --------------------------------------------------------------------------
 
-# Written out independently of triage.reading.TRANSITIONS, so that a wrong table fails here.
+# Written out independently of triage.reading.states.TRANSITIONS, so that a wrong table fails here.
 ALLOWED: dict[tuple[ReadState, ReadAction], ReadState] = {
     (U, Act.CLAIM): R, (R, Act.CLAIM): R, (S, Act.CLAIM): S,
     (R, Act.RELEASE): U, (S, Act.RELEASE): S,
@@ -680,7 +692,7 @@ def test_failed_actions_write_no_event(engine: Engine, svc: WorklistService) -> 
 
 def test_worklist_imports_no_torch_textual_or_pynetdicom() -> None:
     code = (
-        "import sys, triage.worklist, triage.reading, triage.worklist_views; "
+        "import sys, triage.reading.service, triage.reading.states, triage.reading.views; "
         "bad = sorted(m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules); "
         "print(','.join(bad))"
     )
@@ -702,7 +714,7 @@ def test_a_live_view_sees_exactly_the_studies_that_changed(engine: Engine, svc: 
 
     (item,) = svc.items_for([second.uid, "9.9.9"])  # unknown UIDs are skipped
     assert item.rank == 0 and item.study.claimed_by == A and item.findings[0].probability == 0.1
-    from triage.worklist_views import arrival_order_key, worklist_order_key
+    from triage.reading.views import arrival_order_key, worklist_order_key
 
     items = svc.items()
     assert sorted(items, key=worklist_order_key) == items  # the service's own order
@@ -710,7 +722,7 @@ def test_a_live_view_sees_exactly_the_studies_that_changed(engine: Engine, svc: 
 
 
 def test_series_images_lists_the_stored_files(engine: Engine, svc: WorklistService) -> None:
-    from triage.models import Instance
+    from triage.store.models import Instance
 
     added = add_study(engine, "1.9.3")
     with Session(engine) as s:

@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from triage import audit
 from triage.clock import utcnow
 from triage.config import Settings, load_settings
-from triage.db import make_engine
-from triage.models import AIFinding, Series, SeriesResult, Study
-from triage.worklist import WorklistService
+from triage.reading.service import WorklistService
+from triage.store import audit
+from triage.store.db import make_engine
+from triage.store.models import AIFinding, Series, SeriesResult, Study
 from tui.app import WorklistApp
 
 SIZE = (140, 44)  # terminal cells for run_test

@@ -1,7 +1,7 @@
 """The dialogs, each hosted alone in a minimal app and driven with keys and clicks.
 
 Studies and audit events come from a real SQLite index through the worklist
-service (and ``triage.audit.append`` for the pipeline's and listener's events),
+service (and ``triage.store.audit.append`` for the pipeline's and listener's events),
 so the history summaries are checked against the detail shapes really stored.
 """
 
@@ -19,10 +19,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Checkbox, DataTable, Input, Label, RadioButton, Static, TextArea
 
 from tests.tui.conftest import SIZE, add_study
-from triage import audit
 from triage.config import Settings
-from triage.worklist import WorklistService
-from triage.worklist_views import StudyFacts
+from triage.reading.service import WorklistService
+from triage.reading.views import StudyFacts
+from triage.store import audit
 from tui.dialogs import CommentDialog, ConfirmSign, HelpScreen, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.formatting import format_key, format_person_name, format_time, summarize_event
 

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from triage.cases import FindingRow
-from triage.models import ReadState
-from triage.policy import PriorityClass, Urgency
-from triage.worklist_views import StudyFacts, WorklistItem, arrival_order_key, worklist_order_key
+from triage.flow.cases import FindingRow
+from triage.flow.policy import PriorityClass, Urgency
+from triage.reading.views import StudyFacts, WorklistItem, arrival_order_key, worklist_order_key
+from triage.store.models import ReadState
 from tui.model import WorklistModel, badge_text, findings_summary, modality_labels, patient_text, status_text, wait_text
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)

@@ -12,9 +12,9 @@ from pydicom import dcmread
 from textual.strip import Strip
 
 from dicom_io.pixels import PixelDataError
-from triage.cases import FindingRow
-from triage.series_pixels import read_series_pixels
-from triage.worklist_views import SeriesImages
+from triage.flow.cases import FindingRow
+from triage.reading.pixels import read_series_pixels
+from triage.reading.views import SeriesImages
 from tui.imaging import (
     BOX_COLOUR,
     HALF_BLOCK,

@@ -22,11 +22,11 @@ from textual.widgets import Input, Static, TextArea
 from dicom_io.store import InstanceStore
 from tests.tui.conftest import SIZE, add_study
 from triage.config import Settings
-from triage.index import SqlIndex
-from triage.models import AIFinding, ReadState, ReportStatus, Series, SeriesResult, Study, Verdict
-from triage.recovery import recover
-from triage.worklist import WorklistService
-from triage.worklist_views import HIDDEN_REASON
+from triage.reading.service import WorklistService
+from triage.reading.views import HIDDEN_REASON
+from triage.store.index import SqlIndex
+from triage.store.models import AIFinding, ReadState, ReportStatus, Series, SeriesResult, Study, Verdict
+from triage.store.recovery import recover
 from tui.app import WorklistApp
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.imaging import BOX_COLOUR

@@ -12,11 +12,11 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 
 from tests.tui.conftest import SIZE, add_study
-from triage import audit
 from triage.clock import utcnow
 from triage.config import Settings
-from triage.models import AIFinding, Series, SeriesResult, Study
-from triage.worklist import WorklistService
+from triage.reading.service import WorklistService
+from triage.store import audit
+from triage.store.models import AIFinding, Series, SeriesResult, Study
 from tui.app import BANNER, WorklistApp
 from tui.screens.worklist import WorklistScreen
 from tui.table import WorklistTable

@@ -254,7 +254,7 @@ def _triage_receiver(workdir: Path) -> Receiver:
     argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(data), "--port", str(port), "--host", HOST]
     pdu = env.get("TRIAGE_LISTENER__MAX_PDU") or ListenerSettings.model_fields["max_pdu"].default
     note = f"fsync file + dir, SQLite index commit; max PDU {pdu}"
-    return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.db")
+    return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.store.db")
 
 
 def _pynetdicom_receiver(workdir: Path) -> Receiver:

@@ -5,7 +5,7 @@ One run, one machine, in this order so that nothing competes for the CPUs:
 1. Baseline: the same head CT (a ``--slices`` x ``--size`` x ``--size`` CT,
    body part HEAD, so it routes to the bleed detector) scored offline in this
    process from its DICOM files, with the engine settings ``triage serve``
-   will use (:func:`triage.scoring.score_series`, as the scoring worker calls
+   will use (:func:`triage.flow.scoring.score_series`, as the scoring worker calls
    it); the median of a few runs after a warm-up. The engine is closed before
    the server starts.
 2. ``triage serve`` as a subprocess on a throw-away data directory, with the
@@ -246,7 +246,7 @@ class PipelineBenchResult:
             "config": {**{k: v for k, v in asdict(c).items() if k != "keep"},
                        "check_interval_s": self.check_interval},  # fmt: skip
             "baseline": {
-                "what": "the same study scored offline from its files in this process (triage.scoring.score_series)",
+                "what": "the same study scored offline from its files in this process (triage.flow.scoring.score_series)",
                 "runs_s": list(self.offline_runs_s), "median_s": self.offline_s,
                 "studies_per_hour": self.offline_per_hour,
             },  # fmt: skip
@@ -524,7 +524,7 @@ def _offline_baseline(datasets: list[Dataset], folder: Path, config: PipelineBen
     from detectors.registry import load_detectors
     from detectors.spec import CardError
     from dicom_io.writer import write_datasets
-    from triage.scoring import score_series
+    from triage.flow.scoring import score_series
 
     paths = write_datasets(iter(datasets), folder)
     series_uid = str(datasets[0].SeriesInstanceUID)
@@ -584,7 +584,7 @@ class _Server:
         self.proc = proc
         self.port = port
         self.workdir = workdir
-        self.db_path = data_dir / "triage.db"
+        self.db_path = data_dir / "triage.store.db"
         self.stable_after = stable_after
         self._exit: tuple[int | None, str | None] | None = None
 

@@ -4,7 +4,7 @@ Scale-out is more ``triage serve`` processes against one PostgreSQL and one
 storage volume (ARCHITECTURE.md). This bench runs them on one machine, against
 the PostgreSQL of ``--db`` (a server URL; the bench creates and drops its own
 databases there, so the role needs CREATEDB) or, without it, a throw-away
-server started for the run (:class:`triage.pgcluster.PostgresCluster`, with
+server started for the run (:class:`triage.bench.pgcluster.PostgresCluster`, with
 fsync on, as a real site would run it).
 
 1. Ingest: the same ``--n`` generated CT slices (``--size`` x ``--size``, in
@@ -83,9 +83,9 @@ POLL_S = 0.1
 HOLD = timedelta(days=1)  # a held job's lease: far beyond the run
 HOLDER = "bench-scale-hold"
 
-# ScoringWorker.start logs this once torch and the detectors are loaded (triage.pipeline).
+# ScoringWorker.start logs this once torch and the detectors are loaded (triage.flow.pipeline).
 _WORKER_READY = re.compile(r"scoring worker \S+: \d+ detectors on ")
-# TriageServer.start logs this once every listener process has started (triage.server); the first one
+# TriageServer.start logs this once every listener process has started (triage.app.server); the first one
 # answers C-ECHO before the others are up.
 _LISTENERS_UP = re.compile(r"listening as \S+ on \S+ with \d+ listener processes")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -338,7 +338,7 @@ def _postgres(config: ScaleBenchConfig, say: Progress) -> Iterator[tuple[str, st
     if config.db is not None:
         yield config.db, f"PostgreSQL at {_shown_url(config.db)} (--db)"
         return
-    from triage.pgcluster import PostgresCluster
+    from triage.bench.pgcluster import PostgresCluster
 
     say("starting a throw-away PostgreSQL server (fsync on)")
     cluster = PostgresCluster(fsync=True)
@@ -373,7 +373,7 @@ class _Databases:
         if template is None:
             # The schema, before any server starts: several servers creating it at
             # once on an empty database would race in CREATE TABLE.
-            from triage.db import make_engine
+            from triage.store.db import make_engine
 
             make_engine(self.url(name)).dispose()
         return name
@@ -407,7 +407,7 @@ class _Databases:
 
 
 def _engine(url: str) -> Engine:
-    from triage.db import make_engine
+    from triage.store.db import make_engine
 
     return make_engine(url, create=False)
 
@@ -449,7 +449,7 @@ def _count_stored(data: Path, db_url: str) -> tuple[int, int]:
     from sqlalchemy import func, select
 
     from triage.bench.ingest import _count_files
-    from triage.models import Instance
+    from triage.store.models import Instance
 
     engine = _engine(db_url)
     try:
@@ -555,7 +555,7 @@ def _wait_jobs(url: str, expected: int, timeout: float, server: _Serve) -> None:
     """Until the index has ``expected`` series, each complete with one pending job."""
     from sqlalchemy import func, select
 
-    from triage.models import Job, Series
+    from triage.store.models import Job, Series
 
     job, series = Job.__table__, Series.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -585,7 +585,7 @@ def _hold_jobs(url: str) -> None:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.models import Job, JobStatus
+    from triage.store.models import Job, JobStatus
 
     job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -602,7 +602,7 @@ def _release_jobs(url: str) -> datetime:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.models import Job, JobStatus
+    from triage.store.models import Job, JobStatus
 
     job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -620,7 +620,7 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
     """Until every study has been scored; the last one's ``scored_at``. Any other AI status fails."""
     from sqlalchemy import func, select
 
-    from triage.models import AIStatus, Study
+    from triage.store.models import AIStatus, Study
 
     study = Study.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -657,7 +657,7 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
     """
     from sqlalchemy import func, select
 
-    from triage.models import AuditEvent, Job, JobStatus, Series, SeriesResult
+    from triage.store.models import AuditEvent, Job, JobStatus, Series, SeriesResult
 
     job, series = Job.__table__, Series.__table__  # type: ignore[attr-defined]
     result, event = SeriesResult.__table__, AuditEvent.__table__  # type: ignore[attr-defined]

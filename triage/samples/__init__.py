@@ -3,5 +3,7 @@
 ``phantom_studies``: the detectors' phantoms (``triage samples generate``, the
 committed ``sample_studies/``); ``real_studies``: lesions inserted into the real
 scans (``triage samples real``). The only place where detectors' arrays become
-DICOM files: it imports ``detectors`` (phantoms, insertion) and ``dicom_io.writer``.
+DICOM files.
+
+May import: the kernel, ``detectors`` (phantoms, insertion), ``dicom_io``.
 """

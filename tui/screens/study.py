@@ -1,7 +1,7 @@
 """One study: its facts, the AI's suggestions and why it is ranked where it is,
 the image preview, and the reader's actions.
 
-Every action goes through :class:`triage.worklist.WorklistService` (claim,
+Every action goes through :class:`triage.reading.service.WorklistService` (claim,
 release, impression, feedback, draft, sign, amend, history); the screen then
 opens the study again so that it shows what the index now holds. Refusals
 (another reader's claim, a missing impression in blinded mode, no draft to
@@ -28,11 +28,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from triage.cases import FindingRow
-from triage.models import Verdict
-from triage.reading import ClaimConflict, InvalidTransition, check_user
-from triage.series_pixels import is_image_series
-from triage.worklist_views import HIDDEN_REASON, SeriesImages, StudyView
+from triage.flow.cases import FindingRow
+from triage.reading.pixels import is_image_series
+from triage.reading.states import ClaimConflict, InvalidTransition, check_user
+from triage.reading.views import HIDDEN_REASON, SeriesImages, StudyView
+from triage.store.models import Verdict
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.formatting import format_person_name
 from tui.preview import ImagePreview

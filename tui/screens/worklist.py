@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from triage.worklist_views import WorklistItem
+from triage.reading.views import WorklistItem
 from tui.app import BANNER, WorklistApp
 from tui.model import FINDING_CHOICES, STATUS_CHOICES, WorklistModel
 from tui.table import WorklistTable

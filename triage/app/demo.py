@@ -1,0 +1,124 @@
+"""``triage demo``: a newcomer's first run.
+
+Starts the whole server (listener, completeness, scoring) on a throw-away data
+directory and a free port, replays the sample studies into it over DICOM, and
+opens the terminal worklist on it while the studies are scored and ranked
+(live). Quitting the worklist stops everything.
+
+Without a terminal (output piped, CI) or with ``--once``, it prints the
+worklist in priority order each time the ranking changes until every study
+has its AI result; ``--once`` then exits, otherwise it serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from dicom_io.send import find_dicom_files, replay
+from triage.app.server import TriageServer
+from triage.app.studies import format_table
+from triage.config import load_settings
+from triage.errors import TriageError
+from triage.progress import progress_bar
+from triage.reading.service import WorklistService
+from triage.reading.views import WorklistItem
+from triage.store.models import AIStatus
+
+RANKED_TIMEOUT_S = 300.0  # every sample study scored well within this on 2 CPU cores
+
+
+def _signature(items: list[WorklistItem]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((i.study.study_uid, i.urgency.priority_class.value, i.study.ai_status) for i in items)
+
+
+def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False,
+             user: str | None = None) -> int:  # fmt: skip
+    """Run the demo; returns the exit code (non-zero if a sample could not be sent or scored)."""
+    files, _ = find_dicom_files([samples]) if samples.exists() else ([], [])
+    if not files:
+        raise TriageError(f"no DICOM files in {samples} to replay")
+    with tempfile.TemporaryDirectory(prefix="triage-demo-") as tmp:
+        settings = load_settings(
+            overrides={
+                "data_dir": tmp,
+                "log_level": log_level,  # the listener processes log at this level too
+                "listener.port": port,
+                "listener.host": "127.0.0.1",
+                "completeness.stable_after": 2.0,
+                "completeness.per_modality": {},
+                "completeness.check_interval": 0.5,
+            }
+        )
+        print("triage demo: starting the listener and loading the detectors ...")
+        server = TriageServer(settings)
+        server.start()
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        try:
+            print(f"listening as {settings.listener.ae_title} on 127.0.0.1:{server.port}, data in {tmp}")
+            print(f"replaying {len(files)} instances from {samples} ...")
+            with progress_bar(len(files), "replay") as advance:
+                summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title,
+                                 on_result=lambda *_: advance())  # fmt: skip
+            print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
+            if not once and sys.stdin.isatty() and sys.stdout.isatty():
+                _open_worklist(server, user)
+                return 0 if summary.failed == 0 else 1
+            failed = _watch(WorklistService(server.engine, settings), stop)
+            print("Not a medical device: AI findings are suggestions for ordering the worklist; a radiologist reads "
+                  "every study and signs every report.")  # fmt: skip
+            print(f"Send more with: triage replay PATH --to 127.0.0.1:{server.port}")
+            if not once:
+                print("Ctrl-C to stop.")
+                while not stop.wait(0.5):
+                    pass
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            server.stop()
+    return 0 if summary.failed == 0 and not failed else 1
+
+
+def _open_worklist(server: TriageServer, user: str | None) -> None:
+    """The terminal worklist on the demo's index, live while the server scores; returns when the reader quits."""
+    import logging
+
+    from triage.app.plugins import worklist_runner
+
+    run_worklist = worklist_runner()
+    # The server's log lines would tear the screen: only errors, and to a file.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.FileHandler(server.settings.data_dir / "demo.log", encoding="utf-8"))
+    root.setLevel(logging.WARNING)
+    run_worklist(server.settings, user or "demo.reader")
+
+
+def _watch(worklist: WorklistService, stop: threading.Event) -> bool:
+    """Print the ranked worklist whenever it changes, until every study has its AI result.
+
+    Returns True if some study's scoring failed or the wait ran out.
+    """
+    deadline = time.monotonic() + RANKED_TIMEOUT_S
+    shown: tuple[tuple[str, str, str], ...] = ()
+    while not stop.is_set():
+        items = worklist.items()
+        pending = [i for i in items if i.study.ai_status == AIStatus.PENDING.value]
+        if _signature(items) != shown and (not pending or time.monotonic() > deadline - RANKED_TIMEOUT_S + 5):
+            shown = _signature(items)
+            print()
+            print(f"-- worklist at {time.strftime('%H:%M:%S')}: {len(items) - len(pending)} of {len(items)} "
+                  "studies scored --")  # fmt: skip
+            print(format_table(items))
+        if items and not pending:
+            return any(i.study.ai_status == AIStatus.FAILED.value for i in items)
+        if time.monotonic() > deadline:
+            print(f"{len(pending)} studies still without an AI result after {RANKED_TIMEOUT_S:.0f} s")
+            return True
+        stop.wait(1.0)
+    return False
