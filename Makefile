@@ -1,7 +1,7 @@
 # The two commands the README opens with:
 #   make demo   set everything up, start triage serve on a throw-away data dir, replay sample_studies/, show them ranked
 #   make test   set everything up (Python env, dcmtk, Orthanc, tmux, PostgreSQL) and run every test, slow ones included
-.PHONY: demo test test-fast env
+.PHONY: demo test test-fast lint env
 
 env:
 	@./scripts/bootstrap
@@ -18,3 +18,8 @@ test: env
 test-fast: env
 	.venv/bin/triage realdata fetch >/dev/null
 	.venv/bin/python -m pytest -q
+
+# Lint (ruff) and types (mypy), as configured in pyproject.toml; CI runs it before the tests.
+lint: env
+	.venv/bin/ruff check .
+	.venv/bin/mypy

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class SeriesArrays:
             series_uid=volume.series_uid,
             family=Family.CT,
             pixels=np.asarray(volume.hu, dtype=np.float32),
-            spacing_mm=tuple(float(s) for s in volume.spacing_mm),  # type: ignore[arg-type]
+            spacing_mm=cast(tuple[float, float, float], tuple(float(s) for s in volume.spacing_mm)),  # 3 in, 3 out
             sop_instance_uids=tuple(volume.sop_instance_uids),
             notes=tuple(volume.notes),
         )
@@ -199,7 +199,7 @@ class Detector(ABC):
 
         prepared = self.prepare(series)
         # A TorchScript model may hold no parameters; then it runs where its buffers are, or on the CPU.
-        tensor = next(iter(self.module.parameters()), None)
+        tensor: torch.Tensor | None = next(iter(self.module.parameters()), None)
         if tensor is None:
             tensor = next(iter(self.module.buffers()), None)
         device = tensor.device if tensor is not None else torch.device("cpu")

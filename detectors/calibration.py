@@ -66,5 +66,8 @@ def operating_point_in_gap(labels: np.ndarray, probabilities: np.ndarray, target
     below = p[~y & (p < top)]
     if below.size == 0:
         return float(top)
-    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+
+    def logit(q: float) -> float:
+        return float(np.log(q / (1 - q)))
+
     return float(1 / (1 + np.exp(-(logit(top) + logit(below.max())) / 2)))

@@ -35,23 +35,13 @@ from scipy import ndimage
 
 from detectors.anatomy.grid import block_reduce, grow_in_plane
 from detectors.base import Family
-from detectors.proposals import DENSE_FEATURES, Hyperdense, hyperdense
+from detectors.features import feature_names
+from detectors.proposals import Hyperdense, hyperdense
 from detectors.spec import DetectorSpec
 
-CT_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "depth_mm", "anatomy_depth_mm",
-               "hu_mean", "hu_excess", "hu_contrast", "bone_adjacent", "bone_through")  # fmt: skip
-RADIOGRAPH_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "anatomy_depth_mm",
-                       "intensity_mean", "intensity_contrast")  # fmt: skip
 MAX_CANDIDATES = 100  # per series, strongest first: more are noise and cost time
 BONE_HU = 300.0
 BLOOD_MAX_HU = 90.0  # acute blood is at most this dense; denser is bone, calcification or contrast
-
-
-def feature_names(family: Family, proposals: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The features a filter reads, in the order candidates carry them."""
-    if family is not Family.CT:
-        return RADIOGRAPH_FEATURES
-    return CT_FEATURES + (DENSE_FEATURES if "hyperdense" in proposals else ())
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -139,6 +139,13 @@ class _Item:
     job: _Job
     index: int
     enqueued: float = 0.0  # time.monotonic()
+
+
+def _input_of(item: _Item) -> np.ndarray:
+    """The network input of one queued item."""
+    items = item.job.items
+    assert items is not None  # set by _prepare_items before any of the job's items was queued
+    return items[item.index]
 
 
 class InferenceEngine:
@@ -320,7 +327,8 @@ class InferenceEngine:
     # -- model placement ---------------------------------------------------------
 
     def _model_for(self, detector: Detector) -> _Model:
-        key = (id(detector.module), tuple(detector.item_shape))
+        # tuple() keeps the key hashable should a detector hold its shape as a list.
+        key = (id(detector.module), cast(tuple[int, int, int], tuple(detector.item_shape)))
         with self._models_lock:
             model = self._models.get(key)
             if model is None:
@@ -343,7 +351,7 @@ class InferenceEngine:
             placed = module
         placed = placed.to(self.device)
         if self.device.type == "cuda":
-            placed = placed.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            placed = placed.to(memory_format=torch.channels_last)
         return placed.eval()
 
     # -- workers ---------------------------------------------------------------
@@ -357,11 +365,12 @@ class InferenceEngine:
             if self._cancelling:
                 self._fail(job, "engine closed before scoring")
                 return
-            if not self._prepare_items(job):
+            items = self._prepare_items(job)
+            if items is None:
                 return
-            if len(job.items) == 0:  # type: ignore[arg-type]
+            if len(items) == 0:
                 self._to_postprocess(job)
-            for index in range(len(job.items)):  # type: ignore[arg-type]
+            for index in range(len(items)):
                 if job.done:  # a batch already failed it: queue nothing more
                     break
                 if not self._put(_Item(job, index)):
@@ -372,7 +381,8 @@ class InferenceEngine:
                 self._incoming[job.model] -= 1
                 self._cond.notify_all()
 
-    def _prepare_items(self, job: _Job) -> bool:
+    def _prepare_items(self, job: _Job) -> np.ndarray | None:
+        """Load and prepare the series into the job (prepared, items, outputs); the items, or None when it failed the job."""
         step = "loading"
         try:
             series = job.source() if callable(job.source) else job.source
@@ -386,10 +396,10 @@ class InferenceEngine:
                 raise ValueError(f"items have shape {items.shape}, expected (n, {expected})")
         except Exception as exc:
             self._fail(job, f"{step} failed: {exc}", exc)
-            return False
+            return None
         job.prepared, job.items, job.remaining = prepared, items, len(items)
         job.outputs = [None] * len(items)
-        return True
+        return items
 
     def _put(self, item: _Item) -> bool:
         """Queue one item, blocking while the queue is full; False when the engine cancels."""
@@ -407,13 +417,16 @@ class InferenceEngine:
 
     def _postprocess(self, job: _Job) -> None:
         """Postprocess pool: one series' logits -> Finding."""
-        outputs = job.outputs
-        logits = np.stack(outputs) if outputs else np.zeros((0, 1, 1, 1), np.float32)  # type: ignore[arg-type]
+        # Scheduled once job.remaining reached 0: every output slot holds its item's logits.
+        outputs = cast(list[np.ndarray], job.outputs)
+        logits = np.stack(outputs) if outputs else np.zeros((0, 1, 1, 1), np.float32)
         if not np.isfinite(logits).all():
             self._fail(job, "the network produced non-finite values")
             return
         try:
-            finding = job.detector.postprocess(job.prepared, logits)  # type: ignore[arg-type]
+            prepared = job.prepared
+            assert prepared is not None  # set by _prepare_items before any of the job's items was queued
+            finding = job.detector.postprocess(prepared, logits)
         except Exception as exc:
             self._fail(job, f"postprocess failed: {exc}", exc)
             return
@@ -456,7 +469,8 @@ class InferenceEngine:
             logger.warning("%s", error)
             job.future.set_exception(error)
         else:
-            job.future.set_result(finding)  # type: ignore[arg-type]
+            # Not an error, not cancelled: the detector's postprocess result, passed on as it came.
+            job.future.set_result(cast(Finding, finding))
 
     # -- inference thread ----------------------------------------------------------
 
@@ -502,7 +516,7 @@ class InferenceEngine:
     def _run_batch(self, model: _Model, items: list[_Item]) -> None:
         started = time.perf_counter()
         try:
-            batch = np.stack([item.job.items[item.index] for item in items])  # type: ignore[index]
+            batch = np.stack([_input_of(item) for item in items])
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
             if self._channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)

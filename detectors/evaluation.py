@@ -256,7 +256,15 @@ def expected_calibration_error(bins: Sequence[ReliabilityBin]) -> float | None:
     total = sum(b.n for b in bins)
     if not total:
         return None
-    return float(sum(b.n / total * abs(b.positives / b.n - b.mean_predicted) for b in bins if b.n))
+    return float(sum(b.n / total * _calibration_gap(b) for b in bins if b.n))
+
+
+def _calibration_gap(b: ReliabilityBin) -> float:
+    """``|observed - mean_predicted|`` of a bin holding studies."""
+    if b.mean_predicted is None:
+        # As before, when the arithmetic met None: a non-empty bin must have a mean prediction.
+        raise TypeError(f"a reliability bin holding {b.n} studies has no mean_predicted")
+    return abs(b.positives / b.n - b.mean_predicted)
 
 
 def _is_nodule(name: str) -> bool:
@@ -343,7 +351,7 @@ def _report(
             else:
                 missing_truth += 1
         if with_froc:
-            cases.append(FrocCase(len(o.truth), [(p, h) for (_, _, p), h in zip(o.regions, hits)]))
+            cases.append(FrocCase(len(o.truth), [(p, h) for (_, _, p), h in zip(o.regions, hits, strict=True)]))
     if missing_truth:
         notes.append(f"{missing_truth} urgent positive studies have no truth box: left out of localisation")
 
@@ -475,7 +483,7 @@ def write_plots(reports: Sequence[DetectorReport], plots_dir: Path, *, footer: s
                 plot_froc(
                     plots_dir / f"froc-{r.detector}.png",
                     (r.froc.avg_fps, r.froc.sensitivities),
-                    dict(zip(r.froc.fp_rates, r.froc.sensitivities_at_rates)),
+                    dict(zip(r.froc.fp_rates, r.froc.sensitivities_at_rates, strict=True)),
                     label=f"{r.detector} (CPM {r.froc.cpm:.3f})",
                     title=f"FROC: {r.detector}",
                     footer=footer,
@@ -598,11 +606,11 @@ def format_reports(reports: Sequence[DetectorReport], disclaimer: str = DISCLAIM
         for r in reports
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in reports:
         if r.froc is not None:
-            at = ", ".join(f"{rate:g}: {s:.3f}" for rate, s in zip(r.froc.fp_rates, r.froc.sensitivities_at_rates))
+            at = ", ".join(f"{rate:g}: {s:.3f}" for rate, s in zip(r.froc.fp_rates, r.froc.sensitivities_at_rates, strict=True))
             lines.append("")
             lines.append(
                 f"{r.detector} FROC ({r.froc.n_lesions} lesions, {r.froc.n_scans} scans): "

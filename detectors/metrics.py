@@ -499,7 +499,7 @@ def froc(cases: Sequence[FrocCase], fp_rates: Sequence[float] = LUNA16_FP_RATES)
 
     tp = np.sort(np.asarray(tp_scores, dtype=np.float64))
     fp = np.sort(np.asarray(fp_scores, dtype=np.float64))
-    thresholds = np.r_[np.inf, np.unique(np.r_[tp, fp])[::-1]]
+    thresholds: np.ndarray = np.r_[np.inf, np.unique(np.r_[tp, fp])[::-1]]
     # Count candidates with score >= t via searchsorted on the ascending arrays.
     tp_at = tp.size - np.searchsorted(tp, thresholds, side="left")
     fp_at = fp.size - np.searchsorted(fp, thresholds, side="left")

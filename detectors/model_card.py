@@ -135,7 +135,7 @@ def render_card(spec: DetectorSpec) -> str:
     lines += [design, ""]
     if spec.filter is not None:
         lines += ["| feature | weight |", "| --- | --- |"]
-        lines += [f"| {f} | {w:+.3f} |" for f, w in zip(spec.filter.features, spec.filter.weights)]
+        lines += [f"| {f} | {w:+.3f} |" for f, w in zip(spec.filter.features, spec.filter.weights, strict=True)]
         lines += [f"| (bias) | {spec.filter.bias:+.3f} |", ""]
     lines += [
         "## Inputs",

@@ -160,7 +160,7 @@ def plot_froc(
         xs = np.array(sorted(marks))
         ys = np.array([marks[x] for x in xs])
         ax.plot(xs, ys, marker="o", linestyle="none", color="C3", label="sensitivity at FPs/scan")
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xscale("log", base=2)
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -220,9 +220,9 @@ def plot_reliability(
     ax.plot([0, 1], [0, 1], linestyle=":", color="0.6", label="perfect calibration")
     label = "detector" if ece is None else f"detector (ECE {ece:.3f})"
     if filled:
-        xs, ys, ns = (np.array(v, dtype=float) for v in zip(*filled))
+        xs, ys, ns = (np.array(v, dtype=float) for v in zip(*filled, strict=True))
         ax.plot(xs, ys, marker="o", label=label)
-        for x, y, n in zip(xs, ys, ns):
+        for x, y, n in zip(xs, ys, ns, strict=True):
             ax.annotate(f"n={int(n)}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.05), ylabel="observed fraction positive", title=title)
     ax.grid(True, alpha=0.3)

@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from detectors.base import Finding, ModelIdentity, Prepared, Region
-from detectors.candidates import Candidate, feature_names, find_candidates, item_images, proposals_for
+from detectors.candidates import Candidate, find_candidates, item_images, proposals_for
+from detectors.features import feature_names
 from detectors.preprocess import Geometry
 from detectors.routing import FindingKind
 from detectors.spec import DetectorSpec

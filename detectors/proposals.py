@@ -7,7 +7,7 @@ The oldest rule in head CT reading finds them: acute blood is denser than the
 brain around it. A card's ``[filter] proposals = ["hyperdense"]`` adds, to the
 heatmap's candidates, the components of intracranial pixels that are clearly
 denser than the scan's own brain; the learned filter then decides which are
-blood (its dense_* features, :data:`DENSE_FEATURES`).
+blood (its dense_* features, :data:`detectors.features.DENSE_FEATURES`).
 
 Everything is measured relative to the scan itself (the median brain density),
 not in absolute HU, because calibration differs between scanners (the real
@@ -27,9 +27,6 @@ import numpy as np
 from scipy import ndimage
 
 from detectors.anatomy.grid import block_reduce, grow_in_plane
-
-PROPOSALS = ("hyperdense",)
-DENSE_FEATURES = ("dense_log_ml", "dense_hu", "dense_calcified_share", "dense_contrast_hu", "midline_mm")
 
 ABOVE_BRAIN_HU = 20.0  # acute blood (50-90 HU) is >= 25 HU above brain; grey matter ~10-15 HU
 BLOOD_SPAN_HU = 80.0  # above brain + this the density is bone, calcification or contrast, not blood

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -113,8 +113,9 @@ def bleed_case(split: str, index: int, positive_fraction: float = 0.5, slab_mm: 
         lesion, _ = apply_geometry(lesion, spacing, variant)
     tags["variant"] = {k: v for k, v in variant.__dict__.items()}
     seed = (SPLITS[split], 12, index)
+    spacing_f = cast(tuple[float, float, float], tuple(float(s) for s in out_spacing))  # 3 in, 3 out
     series = SeriesArrays(f"2.25.{SPLITS[split]}12{index}", Family.CT, out.astype(np.float32),
-                          tuple(float(s) for s in out_spacing), _uids(out.shape[0], seed))  # type: ignore[arg-type]  # fmt: skip
+                          spacing_f, _uids(out.shape[0], seed))  # fmt: skip
     return Case(series, np.asarray(lesion, dtype=bool), "real", tags)
 
 
@@ -122,7 +123,7 @@ def _radiograph(name: str) -> tuple[np.ndarray, tuple[float, float]]:
     from dicom_io.pixels import load_radiograph
 
     r = load_radiograph(realdata.path(name))
-    return np.asarray(r.image, dtype=np.float32), tuple(r.pixel_spacing_mm or (0.2, 0.2))  # type: ignore[return-value]
+    return np.asarray(r.image, dtype=np.float32), cast(tuple[float, float], tuple(r.pixel_spacing_mm or (0.2, 0.2)))
 
 
 def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fraction: float,
@@ -217,7 +218,8 @@ def phantom_case(name: str, split: str, index: int) -> Case:
 def cases(name: str, split: str, real: int, phantoms: int) -> Iterator[Case]:
     """``real`` real-anatomy cases (where the detector has a real scan) and ``phantoms`` phantom cases."""
     make = REAL_CASES.get(name)
-    for i in range(real if make else 0):
-        yield make(split, i)  # type: ignore[misc]
+    if make is not None:
+        for i in range(real):
+            yield make(split, i)
     for i in range(phantoms):
         yield phantom_case(name, split, i)

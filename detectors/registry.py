@@ -91,7 +91,7 @@ def load_detectors(
     """
     out = DetectorSet()
     cards = [(p, False) for p in (shipped_cards() if shipped else [])] + [(Path(p), True) for p in external]
-    for card, is_external in cards:
+    for card, _is_external in cards:
         detector = load_detector(card, device=device)
         key = (detector.kind, detector.family)
         if key in out.by_route:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.base import Family
+from detectors.features import CT_FEATURES, DENSE_FEATURES, PROPOSALS, RADIOGRAPH_FEATURES, feature_names
 from detectors.fp_filter import LogisticFilter
 from detectors.routing import FindingKind
 
@@ -280,8 +281,6 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         raise CardError(f"{where}: anatomy.mask must be one of {', '.join(ANATOMY_MASKS)}, got {anatomy!r}")
     filter_, candidate_logit, proposals = _parse_filter(raw.get("filter"), where)
     if filter_ is not None:
-        from detectors.candidates import feature_names
-
         if "hyperdense" in proposals and not all(any(w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi
                                                          for w in inp.windows) for lo, hi in ((0, 100), (300, 1000))):
             raise CardError(f"{where}: filter.proposals hyperdense needs input.windows showing 0-100 HU (blood) "
@@ -320,9 +319,6 @@ def _parse_filter(table: Any, where: str) -> tuple[LogisticFilter | None, float,
         return None, -1.0, ()
     if not isinstance(table, dict):
         raise CardError(f"{where}: [filter] must be a table")
-    from detectors.candidates import CT_FEATURES, RADIOGRAPH_FEATURES
-    from detectors.proposals import DENSE_FEATURES, PROPOSALS
-
     for key in ("features", "weights", "bias", "mean", "scale"):
         if key not in table:
             raise CardError(f"{where}: filter.{key} is missing")

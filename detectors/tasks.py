@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from detectors.base import Family, SeriesArrays
 from detectors.phantoms.chest_ct import NODULE_TYPES, chest_ct
 from detectors.phantoms.head_ct import head_ct
 from detectors.phantoms.radiographs import FRACTURES, chest_radiograph, extremity_radiograph
+from detectors.phantoms.truth import CTPhantom, XRPhantom
 from detectors.routing import FindingKind
 from detectors.spec import DetectorSpec, InputSpec, Window
 
@@ -41,14 +43,15 @@ def _uids(n: int, seed: int) -> tuple[str, ...]:
     return tuple(f"2.25.{seed}.{i + 1}" for i in range(n))
 
 
-def _ct(ph: object, seed: int) -> Sample:
-    hu, spacing, mask = ph.hu, ph.spacing_mm, ph.mask  # type: ignore[attr-defined]
-    series = SeriesArrays(f"2.25.{seed}", Family.CT, hu, tuple(float(s) for s in spacing), _uids(hu.shape[0], seed))
+def _ct(ph: CTPhantom, seed: int) -> Sample:
+    hu, spacing, mask = ph.hu, ph.spacing_mm, ph.mask
+    spacing_f = cast(tuple[float, float, float], tuple(float(s) for s in spacing))  # 3 in, 3 out
+    series = SeriesArrays(f"2.25.{seed}", Family.CT, hu, spacing_f, _uids(hu.shape[0], seed))
     return series, np.asarray(mask, dtype=bool)
 
 
-def _xr(ph: object, seed: int, rng: np.random.Generator) -> Sample:
-    image, spacing, mask = ph.image, ph.pixel_spacing_mm, ph.mask  # type: ignore[attr-defined]
+def _xr(ph: XRPhantom, seed: int, rng: np.random.Generator) -> Sample:
+    image, spacing, mask = ph.image, ph.pixel_spacing_mm, ph.mask
     # What a PACS round trip does to a radiograph: a window or VOI LUT, sometimes a gamma-like curve.
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     image = np.clip(image, 0.0, 1.0) ** gamma

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from detectors.postprocess import platt, study_logit, valid_cells
 from detectors.preprocess import map_mask, prepare
 from detectors.spec import DetectorSpec, sha256_of
 from detectors.tasks import SEED_BASES, TASKS, Task
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ def _validation_case(args: tuple[str, int, DetectorSpec]) -> tuple[np.ndarray, n
     return _to_u8(prepared.items, spec.family), valid, bool(mask.any())
 
 
-def _pool(workers: int):  # noqa: ANN202 - a multiprocessing Pool
+def _pool(workers: int) -> Pool:
     # spawn, not fork: the parent holds torch's thread pools, which fork does not copy safely.
     return multiprocessing.get_context("spawn").Pool(workers or len(os.sched_getaffinity(0)))
 
@@ -358,6 +362,18 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
     return TrainResult(spec, card, metrics)
 
 
+def _progress_logger(name: str) -> Progress:
+    """Logs ``name``'s progress: each new stage, its end, and about every tenth of it."""
+    last = {"stage": ""}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != last["stage"] or done == total or done % max(1, total // 10) == 0:
+            logger.info("%s %s %d/%d", name, stage, done, total)
+            last["stage"] = stage
+
+    return progress
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detectors.train NAME...``: the same training without the triage CLI's dependencies."""
     p = argparse.ArgumentParser(prog="python -m detectors.train")
@@ -376,13 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.names:
         cfg = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, phantoms=args.phantoms,
                           validation=args.validation, workers=args.workers)  # fmt: skip
-        last = {"stage": ""}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage != last["stage"] or done == total or done % max(1, total // 10) == 0:
-                logger.info("%s %s %d/%d", name, stage, done, total)
-                last["stage"] = stage
-
+        progress = _progress_logger(name)
         command = " ".join(["python -m detectors.train", *sys.argv[1:]])
         if args.recalibrate:
             spec = recalibrate(args.out / f"{name}.toml", cfg, progress, command=command)

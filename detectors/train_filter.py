@@ -41,7 +41,7 @@ import numpy as np
 
 from detectors.base import DetectionError
 from detectors.calibration import fit_platt, operating_point_in_gap
-from detectors.candidates import feature_names
+from detectors.features import feature_names
 from detectors.fp_filter import LogisticFilter, fit_filter
 from detectors.metrics import auc
 from detectors.postprocess import NO_CANDIDATE_LOGIT, candidate_scores, platt
@@ -133,7 +133,8 @@ def score_cases(detector: Any, name: str, split: str, real: int, phantoms: int,
     With ``cache``, kept as a pickle keyed by what makes them, so that a refit
     takes seconds; the seconds returned are then those of the first run.
     """
-    key = f"{name}-{split}-{real}-{phantoms}-{'-'.join(feature_names(detector.spec.family, detector.spec.proposals))}-{detector.identity.sha256[:12]}"
+    features = "-".join(feature_names(detector.spec.family, detector.spec.proposals))
+    key = f"{name}-{split}-{real}-{phantoms}-{features}-{detector.identity.sha256[:12]}"
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl" if cache else None
     if path is not None and path.is_file():
         import pickle
@@ -171,7 +172,7 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
     masses) the study is positive anyway, so there the figure is lesion-level:
     the inserted lesion ``found`` (a candidate on it at the operating point).
     """
-    real = [(s, p) for s, p in zip(scored, probs) if s.source == "real"]
+    real = [(s, p) for s, p in zip(scored, probs, strict=False) if s.source == "real"]
     normals = np.array([p for s, p in real if not s.positive])
     positives = [(s, p) for s, p in real if s.positive and not s.own_findings]
     inserted = [s for s, _ in real if s.inserted]
@@ -190,8 +191,7 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
         out["normal_anatomy_with_region"] = int(sum(float(platt(s.normal_anatomy_logit(filt), a, b)) >= op
                                                     for s, _ in own))  # fmt: skip
     if normals.size:
-        logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
-        out["normal_margin_logit"] = round(logit(op) - logit(float(normals.max())), 3)
+        out["normal_margin_logit"] = round(_logit(op) - _logit(float(normals.max())), 3)
     # Sensitivity by size where the insertions record one: bleeds by volume, nodules by diameter.
     bands = (("volume_ml", (("ge_1ml", 1.0, 1e9), ("0.3_to_1ml", 0.0, 1.0))),
              ("diameter_mm", (("ge_10mm", 10.0, 1e9), ("under_10mm", 0.0, 10.0))))  # fmt: skip
@@ -300,11 +300,15 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is
     if not normals.size or normals.max() < op:
         return float(op), f"sensitivity >= {target_sensitivity} on the validation cases"
     top = float(normals.max())
-    logit = lambda q: float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))  # noqa: E731
     # A margin above the highest real normal: unseen normal heads score a little differently.
-    raised = 1 / (1 + np.exp(-(logit(top) + RAISE_MARGIN_LOGIT)))
+    raised = 1 / (1 + np.exp(-(_logit(top) + RAISE_MARGIN_LOGIT)))
     return float(raised), (f"raised {RAISE_MARGIN_LOGIT:g} logit above the highest real normal case or normal "
                            "anatomy (the sensitivity rule flagged normal anatomy)")  # fmt: skip
+
+
+def _logit(q: float) -> float:
+    """``log(q / (1 - q))``, both kept at least 1e-12 so that 0 and 1 stay finite."""
+    return float(np.log(max(q, 1e-12) / max(1 - q, 1e-12)))
 
 
 def bump_version(version: str, major: bool) -> str:
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Through the importable module, so that cached candidates pickle as detectors.train_filter.Scored.
     from detectors import train_filter as module
 
-    path = module.train_filter(args.name, tuple(args.real), tuple(args.phantoms), args.out,  # type: ignore[arg-type]
+    path = module.train_filter(args.name, tuple(args.real), tuple(args.phantoms), args.out,
                         target_sensitivity=args.target_sensitivity, l2=args.l2, progress=progress, cache=args.cache,
                         source_dir=args.source)  # fmt: skip
     print(path.read_text())

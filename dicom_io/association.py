@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC as AcPDU
@@ -165,8 +166,9 @@ class Association:
             self.sock.sendall(dimse.associate_rj(*rsd))
             log.warning("association from %s@%s rejected: %s", self.stats.calling_ae, self.stats.peer, reason)
             raise _Rejected
+        # Items decoded from the PDU always carry their UID and context ID; pynetdicom types them optional.
         roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
+            cast(UID, item.sop_class_uid): (item.scu_role, item.scp_role)
             for item in request.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
@@ -189,7 +191,7 @@ class Association:
         ac = AcPDU()
         ac.from_primitive(accept)
         self.sock.sendall(ac.encode())
-        self.contexts = {cx.context_id: str(cx.transfer_syntax[0]) for cx in results if cx.result == 0x00}
+        self.contexts = {cast(int, cx.context_id): str(cx.transfer_syntax[0]) for cx in results if cx.result == 0x00}
 
     def _data_phase(self) -> str:
         """C-ECHO and C-STORE until the peer releases; returns how it ended."""

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from dicom_io.errors import IndexFailedError, IndexUnavailableError, InvalidUIDError, StorageError
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> datetime:
     """The default clock: aware UTC (the index stores times so)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class StoreStatus(enum.IntEnum):

@@ -18,13 +18,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # sop_class builds its UIDs at import time
 
 from dicom_io.association import Association, Policy
 from dicom_io.errors import DicomNetworkError, OptionsError
@@ -112,7 +112,7 @@ class SharedSocket:
     """
 
     sock: socket.socket
-    loads: Sequence[int]  # a multiprocessing.Array("i", processes)
+    loads: MutableSequence[int]  # a multiprocessing.Array("i", processes)
     slot: int
 
 

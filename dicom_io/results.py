@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,18 +92,40 @@ class ResultBuildError(DicomIOError):
 
 
 class FindingLike(Protocol):
-    """What the builders read of an AI finding (``triage.flow.cases.FindingRow`` has it)."""
+    """What the builders read of an AI finding (``triage.flow.cases.FindingRow`` has it).
 
-    id: int
-    kind: str
-    series_uid: str
-    probability: float
-    operating_point: float
-    urgent: bool
-    model_name: str
-    model_version: str
-    weights_sha256: str
-    regions: Sequence[Mapping[str, Any]]
+    Read-only members, so that a frozen dataclass such as ``FindingRow`` matches.
+    """
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def series_uid(self) -> str: ...
+
+    @property
+    def probability(self) -> float: ...
+
+    @property
+    def operating_point(self) -> float: ...
+
+    @property
+    def urgent(self) -> bool: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+    @property
+    def regions(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -178,7 +200,7 @@ def _names_as_received() -> Iterator[None]:
 
 def _finish(ds: Dataset, series_description: str, when: datetime) -> Dataset:
     ds.SeriesDescription = series_description
-    local = when.astimezone(timezone.utc)
+    local = when.astimezone(UTC)
     ds.ContentDate = DA(local.date())
     ds.ContentTime = TM(local.time())
     ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
@@ -289,7 +311,7 @@ def build_ai_sr(
             institution_name=institution_name,
             software_versions=software_version or None,
         )
-    return _finish(sr, AI_SR_SERIES_DESCRIPTION, content_time or datetime.now(timezone.utc))
+    return _finish(sr, AI_SR_SERIES_DESCRIPTION, content_time or datetime.now(UTC))
 
 
 def _finding_groups(finding: FindingLike, images: Mapping[str, SourceImage], sr_uid: str) -> list[Any]:
@@ -372,11 +394,12 @@ def parse_ai_sr(ds: Dataset | str | Path) -> list[dict[str, Any]]:
     """
     if not isinstance(ds, Dataset):
         ds = dcmread(ds)
-    cls = {
+    sr_classes: dict[str, Any] = {  # keyed by UID, a str: looked up by the dataset's UID as a str
         ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
         Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
         EnhancedSRStorage: hd.sr.EnhancedSR,
-    }.get(str(ds.get("SOPClassUID", "")))
+    }
+    cls = sr_classes.get(str(ds.get("SOPClassUID", "")))
     if cls is None:
         raise ResultBuildError(f"not a Comprehensive or Enhanced SR (SOP Class {ds.get('SOPClassUID')})")
     content = cls.from_dataset(ds).content
@@ -537,7 +560,7 @@ def build_report_sr(
             institution_name=institution_name,
             previous_versions=predecessors,
         )
-    signed = signed_at.astimezone(timezone.utc)
+    signed = signed_at.astimezone(UTC)
     sr.VerifyingObserverSequence[0].VerificationDateTime = DT(signed)
     author_item = Dataset()
     author_item.ObserverType = "PSN"
@@ -778,7 +801,7 @@ def build_key_image(
     reference.ReferencedSOPClassUID = source.sop_class_uid
     reference.ReferencedSOPInstanceUID = source.sop_instance_uid
     sc.SourceImageSequence = [reference]
-    return _finish(sc, KEY_IMAGE_SERIES_DESCRIPTION, content_time or datetime.now(timezone.utc))
+    return _finish(sc, KEY_IMAGE_SERIES_DESCRIPTION, content_time or datetime.now(UTC))
 
 
 def _sc_image(study: Mapping[str, Any], pixels: np.ndarray, source: KeyImageSource, sop_instance_uid: str,

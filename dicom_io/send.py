@@ -15,10 +15,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # sop_class builds its UIDs at import time
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 from dicom_io.errors import DicomIOError, DicomNetworkError
 
@@ -60,7 +64,7 @@ def echo(host: str, port: int, *, called_ae: str = "TRIAGE", calling_ae: str = "
     return time.perf_counter() - start
 
 
-def _why_not(assoc) -> str:  # type: ignore[no-untyped-def]
+def _why_not(assoc: Association) -> str:
     if assoc.is_rejected:
         return "was rejected (calling AE not allowed, or the peer is busy)"
     # pynetdicom reports a refused TCP connection as an abort too.
@@ -219,7 +223,7 @@ def replay(
 _ACCEPTED = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the warnings (PS3.4 B.2.3)
 
 
-def _send_one(assoc, f: DicomFile) -> tuple[bool, str, bool]:  # type: ignore[no-untyped-def]
+def _send_one(assoc: Association, f: DicomFile) -> tuple[bool, str, bool]:
     """C-STORE one file: ``(acknowledged, failure reason, association lost)``."""
     try:
         status = assoc.send_c_store(f.path)

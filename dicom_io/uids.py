@@ -8,13 +8,14 @@ file names in the store, anything else is refused before it touches a path.
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from dicom_io.errors import InvalidUIDError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
-def is_valid_uid(value: object) -> bool:
+def is_valid_uid(value: object) -> TypeGuard[str]:
     """True if ``value`` is a str that is a valid DICOM UID."""
     return isinstance(value, str) and len(value) <= 64 and _UID.match(value) is not None
 
@@ -26,4 +27,4 @@ def check_uid(value: object, name: str) -> str:
     if not is_valid_uid(value):
         shown = repr(value)[:80]
         raise InvalidUIDError(f"{name} is not a valid DICOM UID: {shown}")
-    return value  # type: ignore[return-value]
+    return value

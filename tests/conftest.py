@@ -8,21 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.data import get_testdata_file
 
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
 from tests.pg import postgres_cluster, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 from triage.app.server import TriageServer
 from triage.config import Settings, load_settings
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def bundled_file(name: str) -> Path:
-    """A file bundled with pydicom (no download)."""
-    path = get_testdata_file(name, download=False)
-    assert path is not None, f"pydicom test file {name} is not bundled"
-    return Path(path)
 
 
 @pytest.fixture

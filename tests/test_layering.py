@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
 PACKAGES = ("dicom_io", "detectors", "triage", "tui")
 # What each package may import of the project (prefixes: a package, or a module of one).
@@ -154,7 +154,8 @@ def test_the_worklist_plugs_into_the_cli() -> None:
 def test_the_stage_rule_sees_a_stage_importing_upward(tmp_path: Path) -> None:
     (tmp_path / "triage" / "store").mkdir(parents=True)
     (tmp_path / "triage" / "flow").mkdir()
-    (tmp_path / "triage" / "store" / "x.py").write_text("from triage.flow.policy import P\nfrom triage.errors import E\nfrom triage.store import models\n")
+    store = "from triage.flow.policy import P\nfrom triage.errors import E\nfrom triage.store import models\n"
+    (tmp_path / "triage" / "store" / "x.py").write_text(store)
     (tmp_path / "triage" / "config.py").write_text("def f():\n    from triage.store.models import Study\n")
     (tmp_path / "triage" / "flow" / "y.py").write_text("from triage.store import audit\nfrom triage.reading.service import S\n")
     assert stage_violations(tmp_path) == [
@@ -162,3 +163,57 @@ def test_the_stage_rule_sees_a_stage_importing_upward(tmp_path: Path) -> None:
         "triage/flow/y.py:2: flow imports triage.reading.service",
         "triage/store/x.py:1: store imports triage.flow.policy",
     ]
+
+
+def import_cycles(root: Path = REPO_ROOT) -> list[list[str]]:
+    """Groups of project modules that import each other, directly or through others (lazy imports count)."""
+    modules = {p.relative_to(root).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+               for package in PACKAGES for p in (root / package).rglob("*.py")}  # fmt: skip
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for _, module, names in _project_imports(path):
+            deps |= {n for n in (module, *names) if n in modules and n != name and not name.startswith(n + ".")}
+        graph[name] = deps
+    # Strongly connected components (Tarjan), iteratively deep enough for this tree.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_finds_a_lazy_cycle(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "tui" / "app.py").write_text("from tui.screen import Screen\n")
+    (tmp_path / "tui" / "screen.py").write_text("def f():\n    from tui.app import App\n")
+    (tmp_path / "tui" / "other.py").write_text("from tui.app import App\n")
+    assert import_cycles(tmp_path) == [["tui.app", "tui.screen"]]

@@ -25,6 +25,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from triage.errors import ConfigError
+from triage.vocabulary import FINDING_KINDS, PRIORITY_CLASSES
 
 if TYPE_CHECKING:
     from dicom_io.listener import ListenerOptions
@@ -197,9 +198,6 @@ class DetectorSettings(_Section):
         return values
 
 
-_PRIORITY_CLASSES = ("critical", "urgent", "routine")
-
-
 class PolicySettings(_Section):
     """The urgency policy (``[policy]``, see ``triage.flow.policy``): points, class thresholds, waiting targets.
 
@@ -229,8 +227,8 @@ class PolicySettings(_Section):
     @classmethod
     def _check_findings(cls, values: dict[str, float]) -> dict[str, float]:
         for kind, points in values.items():
-            if kind not in ("bleed", "fracture", "nodule"):
-                raise ValueError(f"{kind}: not a finding kind (bleed, fracture, nodule)")
+            if kind not in FINDING_KINDS:
+                raise ValueError(f"{kind}: not a finding kind ({', '.join(FINDING_KINDS)})")
             if points < 0:
                 raise ValueError(f"{kind}: must be >= 0, got {points}")
         return values
@@ -248,10 +246,10 @@ class PolicySettings(_Section):
     @field_validator("targets_min")
     @classmethod
     def _check_targets(cls, values: dict[str, float]) -> dict[str, float]:
-        missing = [c for c in _PRIORITY_CLASSES if c not in values]
-        unknown = [c for c in values if c not in _PRIORITY_CLASSES]
+        missing = [c for c in PRIORITY_CLASSES if c not in values]
+        unknown = [c for c in values if c not in PRIORITY_CLASSES]
         if missing or unknown:
-            raise ValueError(f"needs exactly {', '.join(_PRIORITY_CLASSES)}")
+            raise ValueError(f"needs exactly {', '.join(PRIORITY_CLASSES)}")
         for name, minutes in values.items():
             if minutes <= 0:
                 raise ValueError(f"{name}: must be > 0 minutes, got {minutes}")

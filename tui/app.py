@@ -21,10 +21,6 @@ from triage.store.db import make_engine
 
 log = logging.getLogger(__name__)
 
-BANNER = ("AI output is a suggestion for ordering the worklist, not a diagnosis. "
-          "The radiologist reads every study and signs every report.")  # fmt: skip
-
-
 class WorklistApp(App[None]):
     """The worklist for one reader.
 

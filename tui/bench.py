@@ -29,9 +29,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triage.errors import TriageError
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult, Table
+    from sqlmodel import SQLModel
 
 SIZE = (160, 48)
 FIRST_PAINT_TARGET_S = 1.0
@@ -101,10 +105,24 @@ def populate(db_url: str, n: int, seed: int = 0) -> None:
     with engine.begin() as conn:
         for model, rows in ((Study, studies), (Series, series), (SeriesResult, results), (AIFinding, findings)):
             if rows:
-                conn.execute(model.__table__.insert(), rows)  # type: ignore[attr-defined]
+                conn.execute(_table(model).insert(), rows)
         audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.SERIES_COMPLETE, study_uid=None,
                      detail={"bench": f"{n} studies inserted in bulk"})  # fmt: skip
     engine.dispose()
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """The table of a ``table=True`` SQLModel class."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets __table__ on table classes; its stubs don't declare it
+    return table
+
+
+def _inserted_pk(result: CursorResult[Any]) -> Any:
+    """The primary key of the one row a single-row INSERT added."""
+    key = result.inserted_primary_key
+    if key is None:  # never after a single-row INSERT; the TypeError is what indexing None raised before
+        raise TypeError("the INSERT reported no primary key")
+    return key[0]
 
 
 def _insert_one(db_url: str, i: int) -> str:
@@ -118,17 +136,17 @@ def _insert_one(db_url: str, i: int) -> str:
     now = utcnow()
     engine = make_engine(db_url, create=False)
     with engine.begin() as conn:
-        pk = conn.execute(Study.__table__.insert().values(  # type: ignore[attr-defined]
+        pk = _inserted_pk(conn.execute(_table(Study).insert().values(
             study_uid=uid, patient_id=f"NEW{i}", patient_name="NEW^STUDY", accession_number=f"N{i}", modalities="CT",
             study_description="CT HEAD", num_series=1, num_instances=40, first_received=now, last_received=now,
-            status="complete", ai_status="scored", read_state="unread")).inserted_primary_key[0]  # fmt: skip
-        spk = conn.execute(Series.__table__.insert().values(  # type: ignore[attr-defined]
+            status="complete", ai_status="scored", read_state="unread")))  # fmt: skip
+        spk = _inserted_pk(conn.execute(_table(Series).insert().values(
             series_uid=f"{uid}.1", study_pk=pk, modality="CT", num_instances=40, first_received=now,
-            last_received=now, status="complete", generation=0)).inserted_primary_key[0]  # fmt: skip
-        rpk = conn.execute(SeriesResult.__table__.insert().values(  # type: ignore[attr-defined]
+            last_received=now, status="complete", generation=0)))  # fmt: skip
+        rpk = _inserted_pk(conn.execute(_table(SeriesResult).insert().values(
             series_pk=spk, study_pk=pk, generation=0, analysed=True, reason="head CT", failures="[]",
-            scored_at=now)).inserted_primary_key[0]  # fmt: skip
-        conn.execute(AIFinding.__table__.insert().values(  # type: ignore[attr-defined]
+            scored_at=now)))  # fmt: skip
+        conn.execute(_table(AIFinding).insert().values(
             result_pk=rpk, study_pk=pk, series_pk=spk, kind="bleed", probability=0.97, operating_point=0.5,
             urgent=True, model_name="bleed-x", model_version="1.0.0", weights_sha256="ab" * 32, regions="[]"))
         audit.append(conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=uid,

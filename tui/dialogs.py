@@ -27,8 +27,8 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, RadioButton, RadioSet, Static, TextArea
 
-from triage.reading.service import FINDING_KINDS
 from triage.reading.views import StudyFacts
+from triage.vocabulary import FINDING_KINDS
 from tui.formatting import format_key, format_person_name, format_time, group_bindings, plural, summarize_event
 
 ResultT = TypeVar("ResultT")

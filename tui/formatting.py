@@ -44,12 +44,13 @@ def format_time(at: datetime | str | None) -> str:
     """An event time as ``YYYY-MM-DD HH:MM:SS`` UTC; naive values are UTC; unparsable ones are shown as given."""
     if at is None:
         return ""
-    value = at
-    if isinstance(value, str):
+    if isinstance(at, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(at)
         except ValueError:
-            return value
+            return at
+    else:
+        value = at
     return f"{as_utc(value):%Y-%m-%d %H:%M:%S}"
 
 

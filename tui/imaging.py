@@ -200,7 +200,7 @@ def half_block_lines(rgb: np.ndarray) -> list[Strip]:
         segments: list[Segment] = []
         run_key: tuple[Any, Any] | None = None
         run = 0
-        for top, bottom in zip(tops, bottoms):
+        for top, bottom in zip(tops, bottoms, strict=True):
             key = (tuple(top), tuple(bottom))
             if key == run_key:
                 run += 1
@@ -272,7 +272,7 @@ def regions_for_slice(findings: Iterable[FindingRow], series_uid: str, slice_ind
         if span is not None and span[0] <= slice_index <= span[1]:
             box = tuple(int(v) for v in region["box"])
             if len(box) == 4 and box not in out:
-                out.append(box)  # type: ignore[arg-type]
+                out.append(box)
     return out
 
 

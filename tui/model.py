@@ -19,10 +19,8 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from triage.flow.policy import PriorityClass
-from triage.reading.service import FINDING_KINDS
 from triage.reading.views import WorklistItem, arrival_order_key, worklist_order_key
-from triage.store.models import AIStatus, ReadState
+from triage.vocabulary import FINDING_KINDS, AIStatus, PriorityClass, ReadState
 
 SORT_MODES = ("urgency", "arrival")
 """Sort modes: the policy's urgency order, or the standard worklist's arrival order."""

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rich.text import Text
@@ -84,7 +85,7 @@ def probe_graphics(allow: bool = True) -> str | None:
         return None
     try:
         # Importing these asks the terminal (graphics support, cell size in pixels) and caches the answers.
-        import textual_image.widget  # noqa: F401
+        import textual_image.widget  # noqa: F401  imported for its terminal probe
         from textual_image.renderable import Image as best
         from textual_image.renderable.sixel import Image as SixelRenderable
         from textual_image.renderable.tgp import Image as TGPRenderable
@@ -249,8 +250,10 @@ class ImagePreview(Vertical, can_focus=True):
         self.pixels, self.error = message.pixels, message.error
         if self.pixels is not None:
             start = strongest_slice(self.findings, self.pixels.series_uid) if self.marks_allowed else None
-            inside = start is not None and 0 <= start < self.pixels.n_slices
-            self.slice_index = start if inside else self.pixels.n_slices // 2  # type: ignore[assignment]
+            if start is not None and 0 <= start < self.pixels.n_slices:
+                self.slice_index = start
+            else:
+                self.slice_index = self.pixels.n_slices // 2
         self._redraw()
 
     @property
@@ -330,15 +333,16 @@ class ImagePreview(Vertical, can_focus=True):
             return
         from PIL import Image as PILImage
 
+        graphics: Any = image  # textual-image's Image widget, which ships no types: ``image`` is what it shows
         if gray is None:
-            image.image = None  # type: ignore[attr-defined]
+            graphics.image = None
             return
         # Real pixels: boxes at source resolution, thick enough to survive the terminal's scaling.
         thickness = max(1, round(max(gray.shape) / 256))
         picture = PILImage.fromarray(draw_boxes(gray, boxes, thickness=thickness))
         if abs(aspect - 1.0) > 0.01:  # non-square pixels: the terminal shows square ones
             picture = picture.resize((picture.width, max(1, round(picture.height * aspect))), PILImage.Resampling.BOX)
-        image.image = picture  # type: ignore[attr-defined]
+        graphics.image = picture
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -395,15 +399,16 @@ class ImagePreview(Vertical, can_focus=True):
 def _ranges(values: Sequence[int]) -> str:
     """``[13, 14, 15, 20]`` -> ``"14-16, 21"`` (1-based, as slices are shown)."""
     parts: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = 0  # read only once start is set, and set with it
     for v in values:
         if start is None:
             start = prev = v
-        elif v == prev + 1:  # type: ignore[operator]
+        elif v == prev + 1:
             prev = v
         else:
-            parts.append(f"{start + 1}" if start == prev else f"{start + 1}-{prev + 1}")  # type: ignore[operator]
+            parts.append(f"{start + 1}" if start == prev else f"{start + 1}-{prev + 1}")
             start = prev = v
     if start is not None:
-        parts.append(f"{start + 1}" if start == prev else f"{start + 1}-{prev + 1}")  # type: ignore[operator]
+        parts.append(f"{start + 1}" if start == prev else f"{start + 1}-{prev + 1}")
     return ", ".join(parts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -105,7 +106,7 @@ class WorklistTable(ScrollView, can_focus=True):
     scrolls.
     """
 
-    BINDINGS: list[BindingType] = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor_up", "Up", show=False),
         Binding("down,j", "cursor_down", "Down", show=False),
         Binding("pageup", "page_up", "Page up", show=False),
@@ -322,7 +323,7 @@ class WorklistTable(ScrollView, can_focus=True):
         style = base + self._style("worklist--header")
         sorted_by = "#" if self.model.sort == "urgency" else "Wait"
         cells = []
-        for column, w in zip(COLUMNS, widths):
+        for column, w in zip(COLUMNS, widths, strict=True):
             title = column.header + ("▼" if column.header == sorted_by else "")
             cells.append((_fit(title, w, column.right), None))
         return self._strip(cells, widths, width, style)
@@ -339,7 +340,7 @@ class WorklistTable(ScrollView, can_focus=True):
             "in review": "worklist--review", "signed": "worklist--dim", "AI failed": "worklist--failed",
             "not analysed": "worklist--dim", "AI pending": "worklist--dim", "AI partial": "worklist--failed",
         }.get(kind)  # fmt: skip
-        w = dict(zip((c.key for c in COLUMNS), widths))
+        w = dict(zip((c.key for c in COLUMNS), widths, strict=True))
         cells: list[tuple[str, Style | None] | list[tuple[str, Style | None]]] = [
             (_fit(f" {badge_text(cls)}", w["class"]), self._style(f"worklist--{cls}")),
             (_fit(str(rank) if rank is not None else "—", w["rank"], right=True), None),

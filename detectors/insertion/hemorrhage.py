@@ -355,8 +355,9 @@ def _subarachnoid(head: _Head, volume_ml: float, rng: np.random.Generator) -> tu
             basal[k] = rows**2 + cols**2 < 35.0**2
     candidates = csf & (near_surface | basal)
     if candidates.sum() * np.prod(head.spacing) / 1000 < volume_ml:
+        held_ml = candidates.sum() * np.prod(head.spacing) / 1000
         raise ValueError(f"cannot place {volume_ml:.2f} mL of subarachnoid blood: the sulci and cisterns "
-                         f"(CSF-density voxels near the surface) hold {candidates.sum() * np.prod(head.spacing) / 1000:.2f} mL")  # fmt: skip
+                         f"(CSF-density voxels near the surface) hold {held_ml:.2f} mL")  # fmt: skip
     start = 6.0 * volume_ml ** (1 / 3) + 3
     # Sulci are sparse in places: a patch that cannot hold the volume moves and grows (up to 70 mm).
     failure = ValueError("unreachable")

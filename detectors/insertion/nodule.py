@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -225,10 +226,17 @@ def insert_nodule_radiograph(
     """
     _check_diameter(diameter_mm)
     if image.ndim != 2 or lung_fields.shape != image.shape:
-        raise ValueError(f'Arguments "image" and "lung_fields" must be (rows, cols) of one shape, got {image.shape} and {lung_fields.shape}')
+        raise ValueError(
+            f'Arguments "image" and "lung_fields" must be (rows, cols) of one shape, got {image.shape} and {lung_fields.shape}'
+        )
     if not lung_fields.any():
         raise ValueError('Argument "lung_fields" is empty: there is nowhere to place a nodule')
-    dy, dx = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else (float(spacing_mm[0]), float(spacing_mm[1]))  # type: ignore[index]
+    # np.isscalar's TypeGuard narrows to numpy's scalar union, not to float / Sequence[float].
+    if np.isscalar(spacing_mm):
+        dy = dx = float(cast(float, spacing_mm))
+    else:
+        pair = cast(Sequence[float], spacing_mm)
+        dy, dx = float(pair[0]), float(pair[1])
     radius = diameter_mm / 2
     k = float(contrast_per_mm) if contrast_per_mm is not None else CONTRAST_PER_MM * float(rng.uniform(0.8, 1.25))
     depth = ndimage.distance_transform_edt(np.pad(lung_fields, 1), sampling=(dy, dx))[1:-1, 1:-1]

@@ -191,7 +191,7 @@ def _grow(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, le
 
 def _box(lo: np.ndarray, hi: np.ndarray, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray) -> Box | None:
     """Index ranges of the voxels whose centres lie in [lo, hi] (zyx mm), or None if none do."""
-    idx = [np.flatnonzero((g >= low) & (g <= high)) for g, low, high in zip((zc, yc, xc), lo, hi)]
+    idx = [np.flatnonzero((g >= low) & (g <= high)) for g, low, high in zip((zc, yc, xc), lo, hi, strict=True)]
     if any(i.size == 0 for i in idx):
         return None
     z, y, x = (slice(int(i[0]), int(i[-1]) + 1) for i in idx)

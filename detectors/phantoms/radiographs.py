@@ -353,7 +353,8 @@ def extremity_radiograph(
         second = replace(main, xc=main.xc + off * (0.0 if overlap else 1.0), radius=r2, cortex=r2 * 0.4,
                          theta=main.theta + tilt, half_len=main.half_len * 0.97, widen=1.4)
         if overlap:
-            mimics.append({"kind": "overlapping_bones", "box": (int(rows * 0.35), int(main.xc - 2 * r), int(rows * 0.65), int(main.xc + 2 * r))})
+            mimics.append({"kind": "overlapping_bones",
+                           "box": (int(rows * 0.35), int(main.xc - 2 * r), int(rows * 0.65), int(main.xc + 2 * r))})  # fmt: skip
         bones.append(second)
     gap = r * rng.uniform(0.15, 0.3)  # joint space
     ends = [replace(main, yc=main.yc + sign * (2 * main.half_len + gap), xc=main.xc + (r if bone != "femur" else 0.0),

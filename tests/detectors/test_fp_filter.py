@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.candidates import CT_FEATURES
+from detectors.features import CT_FEATURES
 from detectors.fp_filter import LogisticFilter, fit_filter
 from detectors.registry import MODELS_DIR
 from detectors.spec import CardError, load_card, parse_card

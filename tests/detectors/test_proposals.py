@@ -11,12 +11,12 @@ import pytest
 from detectors import realdata
 from detectors.anatomy.intracranial import intracranial_mask
 from detectors.base import Family, SeriesArrays
-from detectors.candidates import CT_FEATURES, feature_names
+from detectors.features import CT_FEATURES, DENSE_FEATURES, feature_names
 from detectors.fp_filter import LogisticFilter
 from detectors.insertion.hemorrhage import insert_hemorrhage
 from detectors.postprocess import candidate_scores
 from detectors.preprocess import map_mask, prepare
-from detectors.proposals import DENSE_FEATURES, hyperdense
+from detectors.proposals import hyperdense
 from detectors.registry import MODELS_DIR
 from detectors.spec import CardError, load_card, parse_card
 

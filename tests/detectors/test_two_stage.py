@@ -9,7 +9,7 @@ import pytest
 
 from detectors import realdata
 from detectors.base import DetectionError, Family, ModelIdentity, SeriesArrays
-from detectors.candidates import CT_FEATURES
+from detectors.features import CT_FEATURES
 from detectors.fp_filter import LogisticFilter
 from detectors.postprocess import NO_CANDIDATE_LOGIT, postprocess
 from detectors.preprocess import prepare

@@ -19,8 +19,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from dicom_io.send import echo
 from dicom_io.writer import StudyMeta
-from tests.conftest import bundled_file
 from tests.scu import store
+from tests.support import bundled_file
 from triage.errors import DicomNetworkError
 
 HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"

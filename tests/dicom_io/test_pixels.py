@@ -18,7 +18,7 @@ from pydicom.uid import RLELossless, generate_uid
 from detectors.phantoms.head_ct import head_ct
 from dicom_io.pixels import PixelDataError, load_radiograph, load_volume
 from dicom_io.writer import StudyMeta, ct_datasets, write_datasets
-from tests.conftest import bundled_file
+from tests.support import bundled_file
 
 MakeSeries = Callable[..., list[Path]]
 
@@ -56,7 +56,7 @@ def test_shuffled_series_sorts_by_position_not_instance_number(make_ct_series: M
     out = tmp_path / "shuffled"
     out.mkdir()
     # Random file names and scrambled Instance Numbers: only the positions tell the order.
-    shuffled = [_edit(p, out / f"{generate_uid()[-12:]}.dcm", InstanceNumber=n) for p, n in zip(paths, numbers)]
+    shuffled = [_edit(p, out / f"{generate_uid()[-12:]}.dcm", InstanceNumber=n) for p, n in zip(paths, numbers, strict=False)]
     rng.shuffle(shuffled)
     volume = load_volume(shuffled)
     z = [float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in paths]
@@ -382,7 +382,7 @@ def test_gantry_tilted_series_reads_as_a_stack_spaced_along_the_normal(tmp_path:
     [shear] = [w for w in volume.warnings if "gantry tilt" in w]
     assert "18.5 degrees" in shear and "1.59 mm in-plane" in shear  # 5 sin(18.5)
     zs = [float(dcmread(p).ImagePositionPatient[2]) for p in paths]
-    ordered = [str(dcmread(p).SOPInstanceUID) for _, p in sorted(zip(zs, paths))]
+    ordered = [str(dcmread(p).SOPInstanceUID) for _, p in sorted(zip(zs, paths, strict=False))]
     assert volume.sop_instance_uids == ordered
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def test_burn_in_clips_at_the_edges_and_leaves_the_input_alone() -> None:
 def test_the_report_sr_has_the_signer_as_author_and_only_the_signed_text(sample, tmp_path: Path) -> None:
     study, images, _, header = sample
     text = "CT head: acute intraparenchymal haemorrhage, right.\nImpression: bleed."
-    signed_at = datetime(2026, 1, 5, 4, 10, 30, tzinfo=timezone.utc)
+    signed_at = datetime(2026, 1, 5, 4, 10, 30, tzinfo=UTC)
     first = object_uid("report", 1)
     ds = _round_trip(build_report_sr(study, text, "dr.jones", signed_at, 2, images,
                                      sop_instance_uid=object_uid("report", 2), series_instance_uid=object_uid("rs"),

@@ -14,8 +14,7 @@ from pydicom.uid import generate_uid
 
 from dicom_io.send import DicomFile, find_dicom_files, replay
 from dicom_io.writer import UID_ROOT
-
-from .conftest import (
+from tests.e2e.support import (
     LOCALHOST,
     ServeFactory,
     assert_stored,

@@ -10,7 +10,7 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, RLELossless
 
-from .conftest import (
+from tests.e2e.support import (
     LOCALHOST,
     ServeFactory,
     assert_same_instance,

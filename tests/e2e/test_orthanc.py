@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
+from tests.e2e.support import (
     LOCALHOST,
     ServeFactory,
     assert_same_instance,

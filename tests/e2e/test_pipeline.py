@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 from dicom_io.send import find_dicom_files, replay
+from tests.e2e.support import LOCALHOST, ServeFactory, run_triage, wait_for
 from triage.config import load_settings
 from triage.reading.service import WorklistService
 from triage.store.db import make_engine
-
-from .conftest import LOCALHOST, ServeFactory, run_triage, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

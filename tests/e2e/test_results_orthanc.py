@@ -26,8 +26,8 @@ import pytest
 from pydicom import dcmread
 
 from dicom_io.results import parse_ai_sr
+from tests.e2e.support import LOCALHOST, ServeFactory, ServeProcess, clean_env, free_port, require_binary, wait_for
 
-from .conftest import LOCALHOST, ServeFactory, ServeProcess, clean_env, free_port, require_binary, wait_for
 from .test_orthanc import ORTHANC, Orthanc, stop_orthanc
 
 pytestmark = [pytest.mark.slow, pytest.mark.external, pytest.mark.timeout(600)]

@@ -22,18 +22,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from dicom_io.send import DicomFile, ReplaySummary, find_dicom_files, replay
+from tests.e2e.support import ServeFactory, ServeProcess, dataset_bytes, run_triage, sha256_file, wait_for, write_ct_series
 from triage.store import audit
 from triage.store.db import make_engine
-from triage.store.models import Instance, Job, Series, Study
-
-from .conftest import ServeFactory, ServeProcess, dataset_bytes, run_triage, sha256_file, wait_for, write_ct_series
+from triage.store.tables import INSTANCE, JOB, SERIES, STUDY
 
 pytestmark = [pytest.mark.slow, pytest.mark.external, pytest.mark.timeout(600)]
 
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 
 STUDIES = 100
 SLICES = 4

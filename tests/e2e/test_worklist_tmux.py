@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui.conftest import add_study
+from tests.e2e.support import REPO_ROOT, clean_env, require_binary, wait_for
+from tests.tui.support import add_study
 from triage.store.db import make_engine
-
-from .conftest import REPO_ROOT, clean_env, require_binary, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.external, pytest.mark.timeout(120)]
 

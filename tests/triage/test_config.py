@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 from triage.config import load_settings
 from triage.errors import ConfigError
 
@@ -71,7 +71,8 @@ def test_default_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.M
         ("[completeness]\nstable_after = -1\n", {}, "config: completeness.stable_after:"),
         ("listener = [", {}, "is not valid TOML"),
         ("db = 'not a url'\n", {}, "config: db: not an SQLAlchemy database URL"),
-        ("[detectors]\ndevice = 'gpu'\n", {}, "config: detectors.device: must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got 'gpu'"),
+        ("[detectors]\ndevice = 'gpu'\n", {},
+         "config: detectors.device: must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got 'gpu'"),
         ("", {"TRIAGE_DETECTORS__DEVICE": "cuda:x"}, "config: detectors.device: must be"),
         ("[detectors]\nmax_batch = 0\n", {}, "config: detectors.max_batch: Input should be greater than or equal to 1"),
         ("[detectors]\nmax_wait_ms = -1\n", {}, "config: detectors.max_wait_ms: Input should be greater than or equal to 0"),
@@ -105,8 +106,8 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_listener_options_are_the_settings_as_plain_values(tmp_path: Path) -> None:
-    settings = load_settings(overrides={"listener.ae_title": "SITE_AI", "listener.allowed_peers": ["10.0.0.0/8"],
-                                        "listener.tls.cert": str(tmp_path / "c.pem"), "listener.tls.key": str(tmp_path / "k.pem")})  # fmt: skip
+    tls = {"listener.tls.cert": str(tmp_path / "c.pem"), "listener.tls.key": str(tmp_path / "k.pem")}
+    settings = load_settings(overrides={"listener.ae_title": "SITE_AI", "listener.allowed_peers": ["10.0.0.0/8"], **tls})
     options = settings.listener.options()
     assert options.ae_title == "SITE_AI"
     assert options.allowed_peers == ("10.0.0.0/8",)

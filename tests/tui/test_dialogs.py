@@ -18,7 +18,7 @@ from textual.pilot import Pilot
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, DataTable, Input, Label, RadioButton, Static, TextArea
 
-from tests.tui.conftest import SIZE, add_study
+from tests.tui.support import SIZE, add_study
 from triage.config import Settings
 from triage.reading.service import WorklistService
 from triage.reading.views import StudyFacts

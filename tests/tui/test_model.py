@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from triage.flow.cases import FindingRow
-from triage.flow.policy import PriorityClass, Urgency
+from triage.flow.policy import Urgency
 from triage.reading.views import StudyFacts, WorklistItem, arrival_order_key, worklist_order_key
-from triage.store.models import ReadState
+from triage.vocabulary import PriorityClass, ReadState
 from tui.model import WorklistModel, badge_text, findings_summary, modality_labels, patient_text, status_text, wait_text
 
-T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def finding(kind: str, p: float, op: float = 0.5, fid: int = 1) -> FindingRow:

@@ -20,13 +20,15 @@ from textual import events
 from textual.widgets import Input, Static, TextArea
 
 from dicom_io.store import InstanceStore
-from tests.tui.conftest import SIZE, add_study
+from tests.tui.support import SIZE, RecordingApp, add_study
 from triage.config import Settings
 from triage.reading.service import WorklistService
 from triage.reading.views import HIDDEN_REASON
 from triage.store.index import SqlIndex
-from triage.store.models import AIFinding, ReadState, ReportStatus, Series, SeriesResult, Study, Verdict
+from triage.store.models import AIFinding, SeriesResult
 from triage.store.recovery import recover
+from triage.store.tables import SERIES, STUDY
+from triage.vocabulary import ReadState, ReportStatus, Verdict
 from tui.app import WorklistApp
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.imaging import BOX_COLOUR
@@ -35,8 +37,6 @@ from tui.screens.study import StudyScreen
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_studies"
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -55,8 +55,8 @@ def screen_text(app: WorklistApp) -> str:
     return "\n".join(parts)
 
 
-def errors(app: WorklistApp) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
+def errors(app: RecordingApp) -> list[str]:
+    return [message for severity, message in app.notices if severity == "error"]
 
 
 def strip_colours(preview: ImagePreview) -> set[tuple[int, int, int]]:

@@ -11,13 +11,14 @@ from sqlmodel import Session, select
 from textual.pilot import Pilot
 from textual.screen import Screen
 
-from tests.tui.conftest import SIZE, add_study
+from tests.tui.support import SIZE, RecordingApp, add_study
 from triage.clock import utcnow
 from triage.config import Settings
 from triage.reading.service import WorklistService
 from triage.store import audit
 from triage.store.models import AIFinding, Series, SeriesResult, Study
-from tui.app import BANNER, WorklistApp
+from tui.app import WorklistApp
+from tui.host import BANNER
 from tui.screens.worklist import WorklistScreen
 from tui.table import WorklistTable
 
@@ -64,8 +65,8 @@ def announce(engine: Engine, uid: str) -> None:
                      detail={"series_uid": f"{uid}.1", "generation": 1})  # fmt: skip
 
 
-def notifications(app: WorklistApp) -> list[tuple[str, str]]:
-    return [(n.severity, n.message) for n in app._notifications]
+def notifications(app: RecordingApp) -> list[tuple[str, str]]:
+    return list(app.notices)
 
 
 def ranked(engine: Engine) -> dict[str, str]:

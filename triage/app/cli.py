@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from triage import __version__
 from triage.app import cli_case
@@ -26,6 +26,7 @@ from triage.bench import scale as bench_scale
 from triage.config import Settings, load_settings
 from triage.errors import USER_ERRORS, ConfigError, TriageError
 from triage.logs import setup_logging
+from triage.vocabulary import FINDING_KINDS
 
 if TYPE_CHECKING:
     from detectors.engine import InferenceEngine
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 
 SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
-FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch for --help
 
 
 LABELS_HELP = """\
@@ -184,7 +184,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
-def _open_index(settings: Settings):  # type: ignore[no-untyped-def]
+def _open_index(settings: Settings):
     """The engine of an existing study index; a clear error if there is none."""
     from triage.store.db import make_engine
 
@@ -206,7 +206,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 3
 
 
-def _parse_since(text: str | None):  # type: ignore[no-untyped-def]
+def _parse_since(text: str | None):
     from datetime import datetime
 
     from triage.clock import as_utc
@@ -236,7 +236,8 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from triage.monitor.stats import monitor_report, write_plots
+    from triage.monitor.load import monitor_report
+    from triage.monitor.plots import write_plots
     from triage.monitor.text import format_text
 
     if args.min_n < 1:
@@ -254,7 +255,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_worklist(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_worklist(args: argparse.Namespace):
     from triage.reading.service import WorklistService
 
     settings = _settings(args)
@@ -325,7 +326,8 @@ def _cmd_samples_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with progress_bar(args.n, "studies", enabled=not args.no_progress) as advance:
         manifest = generate_samples(out, args.n, args.seed, kinds, progress=advance, acquisition=args.acquisition)
-    with_finding = sum(1 for s in manifest["studies"] if s["present"])  # type: ignore[union-attr]
+    studies = cast(list[dict[str, Any]], manifest["studies"])
+    with_finding = sum(1 for s in studies if s["present"])
     print(f"wrote {args.n} studies ({with_finding} with a finding) and {out / 'manifest.json'}")
     return 0
 
@@ -376,8 +378,8 @@ def _cmd_train_filter(args: argparse.Namespace) -> int:
             print(f"\r{stage}: {done}/{total} cases", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     out = Path(args.out) if args.out else None
-    path = train_filter(args.name, tuple(args.real), tuple(args.phantoms), **({"out_dir": out} if out else {}),
-                        l2=args.l2, progress=progress)  # fmt: skip
+    where: dict[str, Any] = {"out_dir": out} if out else {}
+    path = train_filter(args.name, tuple(args.real), tuple(args.phantoms), l2=args.l2, progress=progress, **where)
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
@@ -456,8 +458,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                         by_stratum.setdefault(r.detector, {})[f"sensitivity_{name}"] = round(r.sensitivity, 4)
                         by_stratum[r.detector][f"positives_{name}"] = r.n_positive
             for detector, groups in found.items():
-                for group, (k, n) in groups.items():
-                    by_stratum.setdefault(detector, {})[f"found_{_figure_key(group)}"] = f"{k}/{n}"
+                for origin, (k, n) in groups.items():
+                    by_stratum.setdefault(detector, {})[f"found_{_figure_key(origin)}"] = f"{k}/{n}"
             updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
                                           table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
     if args.json:
@@ -694,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed; the same seed gives the same files (default 1)")
     p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr abdomen_ct (default all)")
     p.add_argument("--acquisition", choices=("fixed", "varied"), default="fixed",
-                   help="CT geometry: fixed (24 slices, 256 matrix; small) or varied (matrix, thickness and slices drawn as scanners vary; large)")
+                   help="CT geometry: fixed (24 slices, 256 matrix; small) or varied "
+                        "(matrix, thickness and slices drawn as scanners vary; large)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 
@@ -798,7 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"triage: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return int(getattr(exc, "exit_code", 1))  # every USER_ERRORS class has one
     except KeyboardInterrupt:
         print("triage: interrupted", file=sys.stderr)
         return 130

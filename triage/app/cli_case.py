@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import select
 
 from triage.errors import TriageError
-from triage.store.models import Study
+from triage.store.tables import STUDY
+from triage.vocabulary import FINDING_KINDS
 
 USER_ENV = "TRIAGE_USER"
-STUDY = Study.__table__  # type: ignore[attr-defined]
 
 
 def _user(args: argparse.Namespace) -> str:
@@ -157,7 +157,7 @@ def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None],
     p = action("feedback", "agree/disagree/unsure with an AI suggestion, or record a finding the AI missed")
     p.add_argument("verdict", choices=["agree", "disagree", "unsure", "missed"])
     p.add_argument("--finding", type=int, metavar="ID", help="the AI suggestion's id (from `show`)")
-    p.add_argument("--kind", choices=["bleed", "fracture", "nodule"], help="for `missed`: what the AI missed")
+    p.add_argument("--kind", choices=FINDING_KINDS, help="for `missed`: what the AI missed")
     p.add_argument("--comment")
     action("draft", "save the report draft", text=True)
     action("sign", "sign the draft (named humans only; a signed report never changes)")

@@ -27,7 +27,7 @@ from triage.errors import TriageError
 from triage.progress import progress_bar
 from triage.reading.service import WorklistService
 from triage.reading.views import WorklistItem
-from triage.store.models import AIStatus
+from triage.vocabulary import AIStatus
 
 RANKED_TIMEOUT_S = 300.0  # every sample study scored well within this on 2 CPU cores
 

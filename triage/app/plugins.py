@@ -41,5 +41,5 @@ def worklist_runner() -> WorklistRunner:
 def add_bench_commands(subparsers: Any) -> None:
     """Let installed packages add their ``triage bench`` sub-commands."""
     for entry in sorted(entry_points(group=BENCH_GROUP), key=lambda e: e.name):
-        add: Callable[[argparse._SubParsersAction], None] = entry.load()  # type: ignore[type-arg]
+        add: Callable[[argparse._SubParsersAction], None] = entry.load()
         add(subparsers)

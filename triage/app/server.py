@@ -135,6 +135,7 @@ class TriageServer:
             self.scoring.start()
 
     def _spawn(self, slot: int) -> _Child:
+        assert self._socket is not None, "the shared socket is bound before listener processes start"
         parent_conn, child_conn = self._mp.Pipe()
         ready = self._mp.Event()
         process = self._mp.Process(

@@ -536,7 +536,7 @@ def format_report(result: InferBenchResult) -> str:
                      f"{t.items_per_s:.1f}", ratio, f"{t.mean_batch:.1f}", f"{t.device_busy:.0%}"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        lines.append("  ".join([row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:])]))
+        lines.append("  ".join([row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:], strict=False)]))
     lines += [
         "",
         f"dynamic batching: {r.batching_speedup:.2f}x batch-1 throughput "

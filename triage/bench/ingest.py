@@ -46,7 +46,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
-from triage.bench.common import free_port
+from triage.bench.common import check_space, free_port, quiet_pynetdicom
 from triage.config import ListenerSettings
 from triage.errors import USER_ERRORS, DicomNetworkError, TriageError
 from triage.progress import progress_bar
@@ -160,10 +160,10 @@ def run_ingest_bench(n: int, parallel: int, size: int, keep: bool) -> int:
     try:
         warmup_n = min(parallel, 8) * 2
         receivers_n = 3 if have_dcmtk else 2
-        _check_space(root, (n + warmup_n) * (size * size * 2 + HEADER_BYTES) * (receivers_n + 1))
+        check_space(root, (n + warmup_n) * (size * size * 2 + HEADER_BYTES) * (receivers_n + 1), "--n or --size")
         sender, sender_text = _pick_sender(parallel, have_dcmtk)
         _print_header(n, parallel, size, warmup_n, root, sender_text)
-        inputs = _generate_inputs(root / "inputs", n, warmup_n, size)
+        inputs = generate_inputs(root / "inputs", n, warmup_n, size)
         results = [_run_receiver(r, inputs, sender) for r in _receivers(root, have_dcmtk)]
         print()
         _print_table(results, have_dcmtk)
@@ -190,17 +190,8 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _check_space(root: Path, needed: int) -> None:
-    free = shutil.disk_usage(root).free
-    if free < needed:
-        raise TriageError(
-            f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only {free / 2**30:.1f} GiB free "
-            "(lower --n or --size)"
-        )
-
-
 # -- inputs -----------------------------------------------------------------
-def _generate_inputs(folder: Path, n: int, warmup_n: int, size: int) -> Inputs:
+def generate_inputs(folder: Path, n: int, warmup_n: int, size: int) -> Inputs:
     """Write ``warmup_n + n`` CT slices as series of up to 100; unique UIDs throughout."""
     per_series = _slices_per_series(size)
     with progress_bar(n + warmup_n, f"generating {n + warmup_n} CT slices {size}x{size}") as advance:
@@ -317,10 +308,7 @@ def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResu
 def _wait_ready(proc: subprocess.Popen[bytes], receiver: Receiver, port: int) -> None:
     """Return once the receiver answers C-ECHO; raise if it exits or never does."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    pynetdicom_log = logging.getLogger("pynetdicom")
-    level = pynetdicom_log.level
-    pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until it listens is expected
-    try:
+    with quiet_pynetdicom():  # "connection refused" until it listens is expected
         while True:
             if proc.poll() is not None:
                 raise TriageError(f"exited with code {proc.returncode} before answering C-ECHO{_tail(receiver)}")
@@ -331,8 +319,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], receiver: Receiver, port: int) ->
                 if time.monotonic() > deadline:
                     raise TriageError(f"no C-ECHO answer within {READY_TIMEOUT_S:.0f} s{_tail(receiver)}") from None
                 time.sleep(0.05)  # polling a condition (listening yet?), not a guess at a duration
-    finally:
-        pynetdicom_log.setLevel(level)
 
 
 def _stop(proc: subprocess.Popen[bytes], receiver: Receiver) -> list[str]:
@@ -363,7 +349,7 @@ def _tail(receiver: Receiver, lines: int = 5) -> str:
 def _check_stored(result: RunResult, total: int) -> None:
     """Files on disk (and triage's index rows) must number warm-up + timed."""
     receiver = result.receiver
-    result.stored_files = _count_files(receiver.files_dir)
+    result.stored_files = count_files(receiver.files_dir)
     if result.stored_files != total:
         result.problems.append(f"{result.stored_files} files stored, expected {total}")
     if receiver.index_db is not None:
@@ -372,7 +358,7 @@ def _check_stored(result: RunResult, total: int) -> None:
             result.problems.append(f"{result.indexed_rows} rows in the index, expected {total}")
 
 
-def _count_files(folder: Path) -> int:
+def count_files(folder: Path) -> int:
     """Regular files under ``folder``, leaving out hidden (temporary) ones."""
     count = 0
     for _dirpath, _dirs, files in os.walk(folder):
@@ -493,7 +479,7 @@ def _print_table(results: list[RunResult], have_dcmtk: bool) -> None:
         rows.append((r.receiver.name, rate, seconds, _ratio(r, pyn), _ratio(r, dcmtk), r.receiver.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:5])] + [row[5]]
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:5], strict=False)] + [row[5]]
         print("  ".join(cells))
     if not have_dcmtk:
         print("dcmtk storescp: not installed (apt-get install dcmtk), skipped")

@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import weakref
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from triage.bench.common import free_port
 from triage.errors import TriageError
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,6 @@ def find_bin_dir(root: Path = DEBIAN_PG_ROOT) -> Path:
             "install Debian's postgresql package (scripts/install-test-deps)"
         )
     return max(found)[1]
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresCluster:
@@ -218,7 +212,7 @@ class PostgresCluster:
     def _start_server(self) -> None:
         assert self.log_path is not None
         for attempt in range(_PORT_ATTEMPTS):
-            port = _free_port(self.host)
+            port = free_port(self.host)
             options = [
                 f"-c listen_addresses={self.host}", f"-p {port}", f"-k {self.socket_dir}",
                 f"-c max_connections={self.max_connections}",

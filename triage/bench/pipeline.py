@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.bench.common import free_port, load_average, machine, times
+from triage.bench.common import BenchFailure, check_space, free_port, load_average, machine, quiet_pynetdicom, ratio, times
 from triage.clock import as_utc
 from triage.config import available_cores
 from triage.errors import TriageError
@@ -89,10 +89,6 @@ SAMPLE_S = 0.5  # memory samples (and index reads) while waiting for a backlog
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 Progress = Callable[[str], None]
-
-
-class BenchFailure(TriageError):
-    """A study was not ranked as expected, or the server failed: the run's figures are incomplete."""
 
 
 # -- what is run ----------------------------------------------------------------------------
@@ -217,7 +213,7 @@ class PipelineBenchResult:
 
     @property
     def p50_vs_offline(self) -> float | None:
-        return _ratio(self.p50_s, self.offline_s)
+        return ratio(self.p50_s, self.offline_s)
 
     @property
     def studies_per_hour(self) -> float | None:
@@ -227,7 +223,7 @@ class PipelineBenchResult:
 
     @property
     def throughput_vs_offline(self) -> float | None:
-        return _ratio(self.studies_per_hour, self.offline_per_hour)
+        return ratio(self.studies_per_hour, self.offline_per_hour)
 
     @property
     def latency_met(self) -> bool | None:
@@ -308,10 +304,6 @@ def _median(values: Sequence[float]) -> float:
 
 def _tenth(n: int) -> int:
     return max(1, n // 10)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -506,10 +498,7 @@ def _restamp(datasets: list[Dataset], tag: str) -> str:
 def _check_space(root: Path, config: PipelineBenchConfig) -> None:
     studies = config.studies + config.latency_studies + 2  # + warm-up + the baseline's files
     needed = int(studies * config.slices * (config.size * config.size * 2 + HEADER_BYTES) * 1.2)
-    free = shutil.disk_usage(root).free
-    if free < needed:
-        raise TriageError(f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only "
-                          f"{free / 2**30:.1f} GiB free (lower --studies or --size)")  # fmt: skip
+    check_space(root, needed, "--studies or --size")
 
 
 # -- baseline ---------------------------------------------------------------------------------
@@ -609,16 +598,12 @@ class _Server:
 
     def wait_ready(self) -> None:
         """Return once the server answers C-ECHO; raise if it exits or never does."""
-        import logging
 
         from dicom_io.send import echo
         from triage.errors import DicomNetworkError
 
         deadline = time.monotonic() + READY_TIMEOUT_S
-        pynetdicom_log = logging.getLogger("pynetdicom")
-        level = pynetdicom_log.level
-        pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until it listens is expected
-        try:
+        with quiet_pynetdicom():  # "connection refused" until it listens is expected
             while True:
                 self.check_alive()
                 try:
@@ -629,8 +614,6 @@ class _Server:
                         raise BenchFailure(f"triage serve: no C-ECHO answer within {READY_TIMEOUT_S:.0f} s"
                                            f"{self.tail()}") from None  # fmt: skip
                     time.sleep(POLL_S)  # polling a condition (listening yet?), not a guess at a duration
-        finally:
-            pynetdicom_log.setLevel(level)
 
     def wait_ranked(self, index: _Index, uids: Sequence[str], timeout: float,
                     on_wait: Callable[[], None] | None = None) -> list[StudyRow]:  # fmt: skip
@@ -726,7 +709,7 @@ class _Index:
     def rows(self, uids: Collection[str] | None = None) -> dict[str, StudyRow]:
         """Every study (or those of ``uids``) with its latest arrival and rank time."""
         assert self.conn is not None
-        sql, params = self._QUERY, ()
+        sql, params = self._QUERY, tuple[str, ...]()
         if uids is not None:
             sql += f" WHERE st.study_uid IN ({','.join('?' * len(uids))})"
             params = tuple(uids)

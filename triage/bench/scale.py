@@ -54,7 +54,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.bench.common import free_port, machine, times
+from triage.bench.common import BenchFailure, check_space, free_port, machine, quiet_pynetdicom, ratio, times
 from triage.clock import as_utc
 from triage.config import available_cores
 from triage.errors import USER_ERRORS, TriageError
@@ -93,10 +93,6 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _OWN_ENV = ("TRIAGE_DB", "TRIAGE_CONFIG", "TRIAGE_ROLE", "TRIAGE_DATA_DIR")
 
 Progress = Callable[[str], None]
-
-
-class BenchFailure(TriageError):
-    """A server failed, or an instance or study was lost or handled twice: the run's figures are incomplete."""
 
 
 # -- what is run ------------------------------------------------------------------------------
@@ -205,11 +201,11 @@ class ScaleBenchResult:
 
     @property
     def ingest_ratio(self) -> float | None:
-        return _ratio([r.images_per_s for r in self.ingest])
+        return _second_over_first([r.images_per_s for r in self.ingest])
 
     @property
     def scoring_ratio(self) -> float | None:
-        return _ratio([r.studies_per_hour for r in self.scoring])
+        return _second_over_first([r.studies_per_hour for r in self.scoring])
 
     def as_json(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -240,8 +236,8 @@ class ScaleBenchResult:
         }  # fmt: skip
 
 
-def _ratio(rates: Sequence[float]) -> float | None:
-    return rates[1] / rates[0] if len(rates) == 2 and rates[0] > 0 else None
+def _second_over_first(rates: Sequence[float]) -> float | None:
+    return ratio(rates[1], rates[0]) if len(rates) == 2 and rates[0] > 0 else None
 
 
 def _shown_url(url: str) -> str:
@@ -415,10 +411,10 @@ def _engine(url: str) -> Engine:
 # -- phase 1: ingest ------------------------------------------------------------------------------
 def _ingest_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _Databases, warmup_n: int,
                   say: Progress, runs: list[IngestRun]) -> None:  # fmt: skip
-    from triage.bench.ingest import _generate_inputs
+    from triage.bench.ingest import generate_inputs
 
     say(f"ingest: generating {config.n} + {warmup_n} warm-up CT slices {config.size}x{config.size}")
-    inputs = _generate_inputs(root / "inputs", config.n, warmup_n, config.size)
+    inputs = generate_inputs(root / "inputs", config.n, warmup_n, config.size)
     for listeners in (1, 2):
         db = dbs.create(f"ingest{listeners}")
         workdir = root / f"ingest{listeners}"
@@ -448,7 +444,7 @@ def _count_stored(data: Path, db_url: str) -> tuple[int, int]:
     """(instance files under <data>/studies, instance rows in the index)."""
     from sqlalchemy import func, select
 
-    from triage.bench.ingest import _count_files
+    from triage.bench.ingest import count_files
     from triage.store.models import Instance
 
     engine = _engine(db_url)
@@ -457,7 +453,7 @@ def _count_stored(data: Path, db_url: str) -> tuple[int, int]:
             rows = conn.execute(select(func.count()).select_from(Instance.__table__)).scalar_one()  # type: ignore[attr-defined]
     finally:
         engine.dispose()
-    return _count_files(data / "studies"), int(rows)
+    return count_files(data / "studies"), int(rows)
 
 
 def _sender_name(parallel: int) -> str:
@@ -585,7 +581,8 @@ def _hold_jobs(url: str) -> None:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.store.models import Job, JobStatus
+    from triage.store.models import Job
+    from triage.vocabulary import JobStatus
 
     job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -602,7 +599,8 @@ def _release_jobs(url: str) -> datetime:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.store.models import Job, JobStatus
+    from triage.store.models import Job
+    from triage.vocabulary import JobStatus
 
     job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -620,7 +618,8 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
     """Until every study has been scored; the last one's ``scored_at``. Any other AI status fails."""
     from sqlalchemy import func, select
 
-    from triage.store.models import AIStatus, Study
+    from triage.store.models import Study
+    from triage.vocabulary import AIStatus
 
     study = Study.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
@@ -657,7 +656,8 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
     """
     from sqlalchemy import func, select
 
-    from triage.store.models import AuditEvent, Job, JobStatus, Series, SeriesResult
+    from triage.store.models import AuditEvent, Job, Series, SeriesResult
+    from triage.vocabulary import JobStatus
 
     job, series = Job.__table__, Series.__table__  # type: ignore[attr-defined]
     result, event = SeriesResult.__table__, AuditEvent.__table__  # type: ignore[attr-defined]
@@ -665,7 +665,7 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
     try:
         with engine.connect() as conn:
             n_series = conn.execute(select(func.count()).select_from(series)).scalar_one()
-            statuses = dict(conn.execute(select(job.c.status, func.count()).group_by(job.c.status)).all())
+            statuses: dict[str, int] = dict(conn.execute(select(job.c.status, func.count()).group_by(job.c.status)).all())
             per_worker = conn.execute(select(job.c.worker, func.count()).where(job.c.status == JobStatus.DONE.value)
                                       .group_by(job.c.worker)).all()  # fmt: skip
             results = conn.execute(select(func.count(), func.count(func.distinct(result.c.series_pk)))).one()
@@ -749,17 +749,13 @@ class _Serve:
     def wait_ready(self) -> None:
         """A listener: until it answers C-ECHO with all its listener processes up. A worker: until it says its
         detectors are loaded."""
-        import logging
 
         from dicom_io.send import echo
         from triage.errors import DicomNetworkError
 
         timeout = READY_TIMEOUT_S if self.role == "listener" else WORKER_READY_TIMEOUT_S
         deadline = time.monotonic() + timeout
-        pynetdicom_log = logging.getLogger("pynetdicom")
-        level = pynetdicom_log.level
-        pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until it listens is expected
-        try:
+        with quiet_pynetdicom():  # "connection refused" until it listens is expected
             while True:
                 self.check_alive()
                 if self.role == "listener":
@@ -775,8 +771,6 @@ class _Serve:
                     what = "no C-ECHO answer" if self.role == "listener" else "detectors not loaded"
                     raise BenchFailure(f"triage serve ({self.name}): {what} within {timeout:.0f} s{self.tail()}")
                 time.sleep(POLL_S)  # polling a condition (ready yet?), not a guess at a duration
-        finally:
-            pynetdicom_log.setLevel(level)
 
     def stop(self) -> str | None:
         """SIGTERM, wait (SIGKILL the session after :data:`STOP_TIMEOUT_S`); the problem, or None."""
@@ -831,10 +825,7 @@ def _check_space(root: Path, config: ScaleBenchConfig) -> None:
     study_bytes = config.study_slices * (config.study_size**2 * 2 + HEADER_BYTES)
     # The inputs, and the instances stored by each of the two ingest runs; the studies' inputs and store.
     needed = int(((config.n + 16) * slice_bytes * 3 + config.studies * study_bytes * 2) * 1.2)
-    free = shutil.disk_usage(root).free
-    if free < needed:
-        raise TriageError(f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only "
-                          f"{free / 2**30:.1f} GiB free (lower --n or --size)")  # fmt: skip
+    check_space(root, needed, "--n or --size")
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -862,11 +853,11 @@ def format_report(result: ScaleBenchResult) -> str:
         f"listener (stable wait {c.stable_after:g} s), then scored on {c.device}; each run on a fresh copy of the "
         "received database (CREATE DATABASE ... TEMPLATE), jobs released once every worker had loaded its detectors",
     ]
-    for run in r.scoring:
-        split = " + ".join(map(str, run.jobs_by_worker))
-        lines.append(f"  {run.workers} worker{'s' if run.workers > 1 else ' '}: {run.studies} studies in "
-                     f"{run.seconds:.2f} s = {run.studies_per_hour:,.0f} studies/hour (jobs per worker: {split}; "
-                     f"{'each series scored exactly once' if run.scored_once else 'NOT scored exactly once'})")  # fmt: skip
+    for scoring in r.scoring:
+        split = " + ".join(map(str, scoring.jobs_by_worker))
+        lines.append(f"  {scoring.workers} worker{'s' if scoring.workers > 1 else ' '}: {scoring.studies} studies in "
+                     f"{scoring.seconds:.2f} s = {scoring.studies_per_hour:,.0f} studies/hour (jobs per worker: {split}; "
+                     f"{'each series scored exactly once' if scoring.scored_once else 'NOT scored exactly once'})")  # fmt: skip
     lines.append(f"  2 workers vs 1: {times(r.scoring_ratio)}")
     lines.append("")
     lines += [f"note: {note}" for note in r.notes]

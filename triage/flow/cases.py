@@ -20,18 +20,13 @@ from sqlalchemy.engine import Connection
 
 from triage.clock import as_utc
 from triage.flow.policy import CaseInput, FindingInput
-from triage.store.models import AIFinding, Series, SeriesResult, Study
+from triage.store.tables import FINDING, RESULT, SERIES, STUDY
 
 # How a series result's reason carries the notes of its findings (see
 # triage.flow.scoring.SeriesScore): "<route>; note: <text>; note: <text>". The
 # reason column is free text, so the notes reach the database, the audit trail
 # and this read side without a schema change.
 NOTE_SEPARATOR = "; note: "
-
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-RESULT = SeriesResult.__table__  # type: ignore[attr-defined]
-FINDING = AIFinding.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,10 @@ from triage.clock import utcnow
 from triage.config import CompletenessSettings
 from triage.errors import DatabaseError
 from triage.store import audit
-from triage.store.models import Job, JobStatus, ReceiveStatus, Series, Study
+from triage.store.tables import JOB, SERIES, STUDY
+from triage.vocabulary import JobStatus, ReceiveStatus
 
 log = logging.getLogger(__name__)
-
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 
 
 def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: datetime | None = None) -> list[int]:

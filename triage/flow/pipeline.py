@@ -45,7 +45,8 @@ from triage.errors import DatabaseError
 from triage.flow.cases import case_inputs
 from triage.flow.policy import assess
 from triage.store import audit
-from triage.store.models import AIFinding, AIStatus, Instance, Job, JobStatus, ReadState, Series, SeriesResult, Study
+from triage.store.tables import FINDING, INSTANCE, JOB, RESULT, SERIES, STUDY, inserted_pk
+from triage.vocabulary import AIStatus, JobStatus, ReadState
 
 if TYPE_CHECKING:
     from detectors.engine import InferenceEngine
@@ -54,12 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOB = Job.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-RESULT = SeriesResult.__table__  # type: ignore[attr-defined]
-FINDING = AIFinding.__table__  # type: ignore[attr-defined]
 
 REASSESS_EVERY_S = 30.0  # waiting time can change a study's class: look this often
 
@@ -214,13 +209,13 @@ def record_result(engine: Engine, job: ClaimedJob, worker: str, score: SeriesSco
         if not _own(conn, job, worker, JobStatus.DONE, now):
             log.warning("job %d (series %s) was taken over by another worker; result dropped", job.id, job.series_uid)
             return False
-        result_pk = conn.execute(
+        result_pk = inserted_pk(conn.execute(
             RESULT.insert().values(
                 series_pk=job.series_pk, study_pk=job.study_pk, generation=job.generation, job_pk=job.id,
                 analysed=score.analysed, reason=score.reason, failures=json.dumps(list(score.failures)),
                 device=device, duration_s=duration_s, scored_at=now,
             )
-        ).inserted_primary_key[0]  # fmt: skip
+        ))  # fmt: skip
         outputs = [f.as_json() for f in score.findings]
         for finding, out in zip(score.findings, outputs, strict=True):
             conn.execute(

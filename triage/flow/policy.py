@@ -28,7 +28,6 @@ Every number comes from :class:`triage.config.PolicySettings`.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 import re
@@ -39,7 +38,7 @@ from datetime import datetime
 from triage.clock import as_utc
 from triage.config import PolicySettings
 from triage.errors import TriageError
-from triage.store.models import AIStatus
+from triage.vocabulary import AIStatus, PriorityClass
 
 # At probability 1 a finding earns this fraction more than at its operating
 # point: confidence orders findings of one kind, while (with the default points)
@@ -57,12 +56,6 @@ _WORD_SPLIT = re.compile(r"[^A-Z0-9&]+")  # "A&E" stays one word
 
 class PolicyError(TriageError, ValueError):
     """An input to the urgency policy is out of range; the message names it."""
-
-
-class PriorityClass(str, enum.Enum):
-    CRITICAL = "critical"
-    URGENT = "urgent"
-    ROUTINE = "routine"
 
 
 # Least to most urgent.

@@ -1,4 +1,5 @@
-"""What the AI did, measured from the index: statistics (``stats``), text and plots of the report.
+"""What the AI did, measured from the radiologists' feedback: ``load`` reads the index and builds
+the report, ``stats`` computes it (pure: values in, values out), ``text`` and ``plots`` show it.
 
 May import: the kernel, ``store``.
 """

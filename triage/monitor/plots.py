@@ -9,12 +9,12 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from triage.monitor.stats import EMPTY, DetectorMonitor, MonitorError, MonitorReport, Proportion, StratumStatus, iso_week
-from triage.monitor.text import _STATUS_TEXT
+from triage.monitor.text import STATUS_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _trend_figure(fig: Any, report: MonitorReport) -> Any:
         done = {w.start: w.complete for d in report.detectors for w in d.weeks}
         step = max(1, math.ceil(len(mondays) / MAX_WEEK_TICKS))
         shown = mondays[::step]
-        labels = [iso_week(datetime(m.year, m.month, m.day, tzinfo=timezone.utc))[0]
+        labels = [iso_week(datetime(m.year, m.month, m.day, tzinfo=UTC))[0]
                   + ("" if done.get(m, True) else " (in progress)") for m in shown]  # fmt: skip
         ax_p.set_xticks([position[m] for m in shown], labels, rotation=45, ha="right", fontsize=8)
     if drawn:
@@ -129,7 +129,7 @@ def _strata_figure(fig: Any, d: DetectorMonitor) -> Any:
             # Hollow markers for strata too small to judge: visible, but not to be read as findings.
             face = "none" if status is StratumStatus.TOO_FEW else colour
             _errorbar(ax, [i for i, _ in chosen], [s.agreement for _, s in chosen], marker="o", linestyle="none",
-                      color=colour, markerfacecolor=face, label=_STATUS_TEXT[status])  # fmt: skip
+                      color=colour, markerfacecolor=face, label=STATUS_TEXT[status])  # fmt: skip
     overall = d.agreement.value
     if overall is not None:
         ax.axhline(overall, linestyle="--", color="0.3", linewidth=1, label=f"overall {overall:.2f}")

@@ -19,9 +19,9 @@ listed as too few to judge, never dropped. Drift watch: the latest complete
 ISO week (of the feedback time) is flagged when its whole interval lies below
 the detector's overall agreement.
 
-``load`` reads the DB; everything after it is pure (values in, values out).
-The text report is in :mod:`triage.monitor.text`, the plots in
-:mod:`triage.monitor.plots`; matplotlib is imported inside :func:`write_plots` only.
+Everything here is pure (values in, values out); :mod:`triage.monitor.load`
+reads the database and builds the report. The text report is in :mod:`triage.monitor.text`, the plots in
+:mod:`triage.monitor.plots` (which imports matplotlib; this module does not).
 """
 
 from __future__ import annotations
@@ -31,20 +31,14 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col
-
 from detectors.metrics import wilson_interval  # numpy only: no torch
-from triage.clock import as_utc, utcnow
-from triage.errors import DatabaseError, TriageError
-from triage.store.models import AIFinding, Feedback, Series, Study, Verdict
+from triage.clock import as_utc
+from triage.errors import TriageError
+from triage.vocabulary import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +185,7 @@ def age_band(patient_age: str | None, birth_date: str | None = None, study_date:
     return UNKNOWN if years is None else _band(years)
 
 
-def _text_stratum(value: str | None) -> str:
+def text_stratum(value: str | None) -> str:
     text = (value or "").strip()
     return text or UNKNOWN
 
@@ -246,19 +240,6 @@ class DetectorFindings:
     urgent: int
 
 
-def newest_per_key(rows: Iterable[tuple[Any, datetime, int, Any]]) -> dict[Any, Any]:
-    """``key -> payload`` of the newest row per key; rows are ``(key, at, id, payload)``.
-
-    Ties on time go to the higher id (the row written last).
-    """
-    best: dict[Any, tuple[datetime, int, Any]] = {}
-    for key, at, row_id, payload in rows:
-        stamp = (as_utc(at), row_id)
-        if key not in best or stamp > best[key][:2]:
-            best[key] = (stamp[0], stamp[1], payload)
-    return {key: payload for key, (_, _, payload) in best.items()}
-
-
 @dataclass(frozen=True)
 class MonitorInput:
     """Everything the report is computed from, as plain values."""
@@ -269,103 +250,6 @@ class MonitorInput:
     # (study_pk, kind) -> model names with a finding of that kind in that study, to attribute misses.
     study_detectors: Mapping[tuple[int, str], frozenset[str]]
     ignored_feedback: int = 0
-
-
-def load(engine: Engine) -> MonitorInput:
-    """Read findings, feedback and their studies and series from the DB.
-
-    Raises
-    ------
-    DatabaseError
-        If the database cannot be read.
-    """
-    try:
-        with engine.connect() as conn:
-            detector_rows = conn.execute(
-                select(
-                    col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.model_version),
-                    func.count(), func.sum(case((col(AIFinding.urgent), 1), else_=0)),
-                ).group_by(col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.model_version))
-            ).all()  # fmt: skip
-            finding_rows = conn.execute(
-                select(
-                    col(Feedback.id), col(Feedback.finding_pk), col(Feedback.user), col(Feedback.verdict),
-                    col(Feedback.created_at), col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.urgent),
-                    col(AIFinding.study_pk), col(Study.patient_sex), col(Study.patient_age),
-                    col(Study.patient_birth_date), col(Study.study_date), col(Study.modalities),
-                    col(Series.manufacturer), col(Series.modality),
-                )
-                .join(AIFinding, col(AIFinding.id) == col(Feedback.finding_pk))
-                .join(Study, col(Study.id) == col(AIFinding.study_pk))
-                .join(Series, col(Series.id) == col(AIFinding.series_pk))
-            ).all()  # fmt: skip
-            miss_rows = conn.execute(
-                select(col(Feedback.id), col(Feedback.study_pk), col(Feedback.kind), col(Feedback.user),
-                       col(Feedback.created_at))
-                .where(col(Feedback.verdict) == Verdict.MISSED.value, col(Feedback.finding_pk).is_(None))
-            ).all()  # fmt: skip
-            # Only the studies with a miss, by subquery (no long IN list of parameters).
-            missed_studies = select(col(Feedback.study_pk)).where(col(Feedback.verdict) == Verdict.MISSED.value)
-            scored_rows = conn.execute(
-                select(col(AIFinding.study_pk), col(AIFinding.kind), col(AIFinding.model_name))
-                .where(col(AIFinding.study_pk).in_(missed_studies.scalar_subquery()))
-                .distinct()
-            ).all()
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot read feedback for monitoring: {exc.__class__.__name__}: {exc}") from None
-
-    per_detector: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for row in detector_rows:
-        per_detector[(row[0], row[1])].append(row)
-    detectors = tuple(
-        DetectorFindings(
-            model_name=name, kind=kind,
-            versions=tuple(sorted({r[2] for r in rows})),
-            findings=sum(int(r[3]) for r in rows), urgent=sum(int(r[4] or 0) for r in rows),
-        )
-        for (name, kind), rows in sorted(per_detector.items())
-    )  # fmt: skip
-
-    # Newest row per (finding, user) first, whatever its verdict: a later row
-    # always replaces an earlier one, even one this version cannot use.
-    ignored = 0
-    reviews_list = []
-    for r in newest_per_key(((r.finding_pk, r.user), r.created_at, r.id, r) for r in finding_rows).values():
-        if r.verdict not in (Verdict.AGREE.value, Verdict.DISAGREE.value, Verdict.UNSURE.value):
-            # "missed" on an existing finding, or a verdict this version does not know.
-            ignored += 1
-            continue
-        modality = r.modality
-        if not modality and r.modalities and "\\" not in r.modalities:
-            modality = r.modalities  # the study's only modality stands in for a series without one
-        strata = {
-            "sex": sex_stratum(r.patient_sex),
-            "age": age_band(r.patient_age, r.patient_birth_date, r.study_date),
-            "manufacturer": _text_stratum(r.manufacturer),
-            "modality": _text_stratum(modality),
-        }
-        reviews_list.append(Review(
-            finding_pk=r.finding_pk, user=r.user, verdict=r.verdict, at=as_utc(r.created_at),
-            model_name=r.model_name, kind=r.kind, urgent=bool(r.urgent), study_pk=r.study_pk, strata=strata,
-        ))  # fmt: skip
-    reviews = tuple(sorted(reviews_list, key=lambda rv: (rv.at, rv.finding_pk, rv.user)))
-
-    misses = tuple(
-        sorted(
-            newest_per_key(
-                ((r.study_pk, r.kind, r.user), r.created_at, r.id, Miss(r.study_pk, r.kind, r.user, as_utc(r.created_at)))
-                for r in miss_rows
-            ).values(),
-            key=lambda m: (m.at, m.study_pk, m.kind, m.user),
-        )
-    )
-    study_detectors: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for r in scored_rows:
-        study_detectors[(r[0], r[1])].add(r[2])
-    return MonitorInput(
-        detectors=detectors, reviews=reviews, misses=misses,
-        study_detectors={k: frozenset(v) for k, v in study_detectors.items()}, ignored_feedback=ignored,
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the report
@@ -600,7 +484,7 @@ def _weeks(reviews: Sequence[Review], now: datetime) -> tuple[WeekStats, ...]:
         groups[iso_week(rv.at)].append(rv)
     out = []
     for (label, monday), rows in sorted(groups.items(), key=lambda item: item[0][1]):
-        end = datetime(monday.year, monday.month, monday.day, tzinfo=timezone.utc) + timedelta(days=7)
+        end = datetime(monday.year, monday.month, monday.day, tzinfo=UTC) + timedelta(days=7)
         out.append(WeekStats(
             week=label, start=monday, complete=end <= now, counts=_count(r.verdict for r in rows),
             urgent=_count(r.verdict for r in rows if r.urgent),
@@ -666,40 +550,3 @@ def build_report(data: MonitorInput, now: datetime, min_n: int = 5) -> MonitorRe
         generated_at=now, min_n=min_n, detectors=tuple(detectors),
         unattributed_misses=unattributed, ignored_feedback=data.ignored_feedback,
     )  # fmt: skip
-
-
-def monitor_report(engine: Engine, now: datetime | None = None, min_n: int = 5) -> MonitorReport:
-    """Monitoring figures of every detector, from the radiologists' feedback in the DB.
-
-    Parameters
-    ----------
-    engine : Engine
-        The study index (``triage.store.db.make_engine``).
-    now : datetime, optional
-        The report's time (default: now, UTC; naive means UTC). It decides
-        which ISO weeks are complete, for the drift check.
-    min_n : int
-        Fewest verdicts (agree + disagree) for a stratum or a week to be
-        judged; smaller ones are listed as too few to judge.
-
-    Returns
-    -------
-    MonitorReport
-
-    Raises
-    ------
-    MonitorError
-        If ``min_n`` is not a positive integer.
-    DatabaseError
-        If the database cannot be read.
-    """
-    if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
-        raise MonitorError(f"min_n must be a positive integer, got {min_n!r}")
-    return build_report(load(engine), utcnow() if now is None else now, min_n)
-
-
-def write_plots(report: MonitorReport, out_dir: str | Path) -> list[Path]:
-    """Write the PNG plots (see :mod:`triage.monitor.plots`); returns the files written."""
-    from triage.monitor.plots import write_plots as _write
-
-    return _write(report, out_dir)

@@ -20,15 +20,15 @@ def _fmt_p(p: Proportion) -> tuple[str, str, str]:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
 
     def line(cells: Sequence[str]) -> str:
-        return (indent + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))).rstrip()
+        return (indent + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))).rstrip()
 
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-_STATUS_TEXT = {
+STATUS_TEXT = {
     StratumStatus.OK: "ok",
     StratumStatus.LOWER: "FLAG lower than rest",
     StratumStatus.HIGHER: "FLAG higher than rest",
@@ -101,7 +101,7 @@ def format_text(report: MonitorReport) -> str:
                 rest_value, rest_ci, _ = _fmt_p(s.rest.agreement)
                 rest = f"{rest_value} {rest_ci}" if s.rest.agreement.n else "-"
                 rows.append([s.dimension, s.value, str(s.agreement.n), value, ci, rest,
-                             _STATUS_TEXT[s.status]])  # fmt: skip
+                             STATUS_TEXT[s.status]])  # fmt: skip
             lines += _table(["dimension", "stratum", "n", "agreement", "95% CI", "rest", "status"], rows, "    ")
         if d.weeks:
             lines += ["", "  Weekly (ISO week of the feedback)"]

@@ -48,10 +48,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from triage import __version__
 from triage.clock import as_utc, utcnow
 from triage.config import Destination, Settings
-from triage.errors import USER_ERRORS, DatabaseError, TriageError
+from triage.errors import DatabaseError, DicomIOError, TriageError
 from triage.flow.cases import FindingRow, current_findings
 from triage.store import audit
-from triage.store.models import AIFinding, AIStatus, Instance, OutboxItem, OutboxStatus, Report, ReportStatus, Series, SeriesResult, Study
+from triage.store.tables import FINDING, INSTANCE, OUTBOX, REPORT, RESULT, SERIES, STUDY
+from triage.vocabulary import AIStatus, OutboxStatus, ReportStatus
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -60,13 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTBOX = OutboxItem.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-RESULT = SeriesResult.__table__  # type: ignore[attr-defined]
-FINDING = AIFinding.__table__  # type: ignore[attr-defined]
-REPORT = Report.__table__  # type: ignore[attr-defined]
 
 SEND_LEASE_S = 300.0  # a claimed row is due again after this if its sender died mid-send
 BATCH = 32  # rows claimed per pass
@@ -168,11 +162,12 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
     keys = ["destination", "kind", "source_key"]
     if conn.dialect.name in ("postgresql", "sqlite"):
         # The unique constraint makes enqueueing idempotent; ON CONFLICT keeps the transaction usable.
+        from sqlalchemy.dialects import postgresql, sqlite
+
         if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            stmt: postgresql.Insert | sqlite.Insert = postgresql.insert(OUTBOX).values(rows).on_conflict_do_nothing(index_elements=keys)
         else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        stmt = dialect_insert(OUTBOX).values(rows).on_conflict_do_nothing(index_elements=keys)
+            stmt = sqlite.insert(OUTBOX).values(rows).on_conflict_do_nothing(index_elements=keys)
         # RETURNING lists the rows inserted; rowcount of a multi-row insert is -1 with some drivers.
         return len(conn.execute(stmt.returning(OUTBOX.c.id)).all())
     created = 0
@@ -283,7 +278,7 @@ def on_recorded_hook(engine: Engine, settings: Settings,
         try:
             if enqueue_scored(engine, settings, job.study_pk) and wake is not None:
                 wake()
-        except (SQLAlchemyError, *USER_ERRORS):
+        except (SQLAlchemyError, TriageError, DicomIOError):  # USER_ERRORS, spelt out for the type checker
             # The study is scored either way; its SR waits for its next scoring.
             log.exception("study %s: could not queue its AI results", job.study_uid)
 

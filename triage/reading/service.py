@@ -25,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +64,15 @@ from triage.reading.views import (
     worklist_order_key,
 )
 from triage.store import audit
-from triage.store.models import AIFinding, Feedback, Impression, Instance, ReadState, Report, ReportStatus, Series, Study, Verdict
+from triage.store.tables import FEEDBACK, FINDING, IMPRESSION, INSTANCE, REPORT, SERIES, STUDY, inserted_pk
+from triage.vocabulary import FINDING_KINDS, ReadState, ReportStatus, Verdict
 
 log = logging.getLogger(__name__)
-
-STUDY = Study.__table__  # type: ignore[attr-defined]
-FINDING = AIFinding.__table__  # type: ignore[attr-defined]
-IMPRESSION = Impression.__table__  # type: ignore[attr-defined]
-FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
-REPORT = Report.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-
-FINDING_KINDS = ("bleed", "fracture", "nodule")  # detectors.routing.FindingKind, without importing torch
 
 
 def _hhmm(value: datetime | None) -> str:
     expires = utc_or_none(value)
-    return f"{expires.astimezone(timezone.utc):%H:%M} UTC" if expires else "?"
+    return f"{expires.astimezone(UTC):%H:%M} UTC" if expires else "?"
 
 
 def _normalise_kinds(kinds: Iterable[str] | str, what: str) -> tuple[str, ...]:
@@ -423,11 +414,11 @@ class WorklistService:
                 )
             self._advance(conn, study, ReadAction.IMPRESSION, target, now)
             try:
-                impression_id = conn.execute(
+                impression_id = inserted_pk(conn.execute(
                     insert(IMPRESSION).values(
                         study_pk=study.id, user=user, text=text.strip(), kinds=",".join(clean_kinds), created_at=now
                     )
-                ).inserted_primary_key[0]
+                ))
             except IntegrityError:  # recorded by a concurrent request of the same user
                 raise InvalidTransition(
                     f"cannot record an impression on study {study_uid}: {user} already recorded one"
@@ -509,12 +500,12 @@ class WorklistService:
                 clean_kind = finding.kind
             assert clean_kind is not None
             self._advance(conn, study, ReadAction.FEEDBACK, target, now)
-            feedback_id = conn.execute(
+            feedback_id = inserted_pk(conn.execute(
                 insert(FEEDBACK).values(
                     study_pk=study.id, finding_pk=finding_id, kind=clean_kind, verdict=verdict.value,
                     comment=comment, user=user, created_at=now,
                 )
-            ).inserted_primary_key[0]  # fmt: skip
+            ))  # fmt: skip
             self._audit(
                 conn, user, ReadAction.FEEDBACK, study_uid,
                 {"feedback_id": feedback_id, "verdict": verdict.value, "finding_id": finding_id, "kind": clean_kind},

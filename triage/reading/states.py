@@ -25,7 +25,7 @@ from types import MappingProxyType
 from triage.clock import as_utc
 from triage.errors import TriageError
 from triage.store import audit
-from triage.store.models import ReadState
+from triage.vocabulary import ReadState
 
 USER_MAX_CHARS = 64  # the user columns' width
 

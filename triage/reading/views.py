@@ -19,7 +19,7 @@ from triage.config import PolicySettings
 from triage.flow.cases import FindingRow
 from triage.flow.policy import CaseInput, Urgency, assess
 from triage.reading.states import claim_is_live, utc_or_none
-from triage.store.models import AIStatus, ReadState, ReportStatus, Verdict
+from triage.vocabulary import AIStatus, ReadState, ReportStatus, Verdict
 
 HIDDEN_REASON = "AI output hidden until you record your impression"
 

@@ -126,11 +126,11 @@ def score_manifest(
     report = score_paths(present, detectors, engine, on_study=scored)
     seen = set()
     for study in report.studies:
-        entry = by_uid.get(study.study_uid)
-        if entry is None:  # a stray study in a study folder: not part of the test set
+        found = by_uid.get(study.study_uid)
+        if found is None:  # a stray study in a study folder: not part of the test set
             continue
         seen.add(study.study_uid)
-        _add_study(result, entry, study)
+        _add_study(result, found, study)
     for u in report.unreadable:
         where = u.path.relative_to(folder) if u.path.is_relative_to(folder) else u.path
         result.failures.append(f"{where}: {u.reason}")

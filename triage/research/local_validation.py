@@ -56,10 +56,10 @@ from triage.errors import TriageError
 from triage.flow.scoring import StudyScore, score_paths
 from triage.monitor.stats import AGE_BANDS, SEXES, UNKNOWN, age_band, sex_stratum
 from triage.research.evaluate import ManifestScore
+from triage.vocabulary import FINDING_KINDS
 
 logger = logging.getLogger(__name__)
 
-FINDING_KINDS = ("bleed", "fracture", "nodule")
 # Header names accepted for each id column (compared lower-case, spaces as "_").
 ID_COLUMNS = {
     "study_uid": ("study_uid", "studyinstanceuid", "study_instance_uid"),
@@ -566,7 +566,7 @@ def subgroups(outcomes: Sequence[StudyOutcome], strata: Sequence[Mapping[str, st
     if min_n < 1:
         raise ValueError(f'Argument "min_n" must be at least 1, got {min_n!r}')
     groups: dict[tuple[str, str, str], list[StudyOutcome]] = {}
-    for outcome, values in zip(outcomes, strata):
+    for outcome, values in zip(outcomes, strata, strict=False):
         for dimension in DIMENSIONS:
             if dimension in values:
                 groups.setdefault((outcome.kind, dimension, values[dimension]), []).append(outcome)
@@ -603,7 +603,7 @@ def format_subgroups(groups: Sequence[Subgroup]) -> str:
         for g in groups
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
@@ -70,6 +71,7 @@ def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Datase
     ts = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless][p.index % 3]
     part_tag = p.index % 4 != 3
     if p.kind in ("head_ct", "chest_ct", "abdomen_ct"):
+        geometry: dict[str, Any]
         if p.kind == "abdomen_ct":
             ph = abdomen_ct(seed * 1000 + p.index)
             desc, part = "CT ABDOMEN PELVIS WO CONTRAST", "ABDOMEN"
@@ -94,7 +96,8 @@ def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Datase
         xr = chest_radiograph(seed * 1000 + p.index, nodule=p.present, rows=768)
         desc, part, view = "XR CHEST PA", "CHEST", "PA"
     else:
-        xr = extremity_radiograph(seed * 1000 + p.index, fracture=rng.choice(["transverse", "oblique", "spiral", "comminuted"]) if p.present else None, rows=768)  # fmt: skip
+        fracture = rng.choice(["transverse", "oblique", "spiral", "comminuted"]) if p.present else None
+        xr = extremity_radiograph(seed * 1000 + p.index, fracture=fracture, rows=768)
         desc, part, view = {"tibia_fibula": ("XR TIBIA FIBULA 2V", "LEG", "AP"), "radius_ulna": ("XR FOREARM 2V", "FOREARM", "AP"),
                             "femur": ("XR FEMUR 2V", "FEMUR", "AP")}[str(xr.notes.get("bone", "tibia_fibula"))]  # fmt: skip
     meta = _meta(rng, seed, p, desc, view, part if part_tag else None)

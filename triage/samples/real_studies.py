@@ -131,8 +131,8 @@ def _findings(case: Case, datasets: list[Dataset], kind: str) -> list[dict[str, 
     spacing = float(case.series.spacing_mm[1])
     for r, c, radius in marks:
         c = cols - 1 - c if case.tags.get("mirrored") else c
-        box = [max(int(r - radius), 0), max(int(c - radius), 0), min(int(r + radius) + 1, rows), min(int(c + radius) + 1, cols)]
-        out.append({"kind": finding_kind, "subtype": "mass", "origin": "read by eye", "slices": [0, 0], "box": box,
+        mark_box = [max(int(r - radius), 0), max(int(c - radius), 0), min(int(r + radius) + 1, rows), min(int(c + radius) + 1, cols)]
+        out.append({"kind": finding_kind, "subtype": "mass", "origin": "read by eye", "slices": [0, 0], "box": mark_box,
                     "size_mm": round(2 * radius * spacing, 1), "volume_ml": None,
                     "sop_instance_uids": [str(datasets[0].SOPInstanceUID)]})  # fmt: skip
     return out

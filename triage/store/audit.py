@@ -33,7 +33,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import PurePath
 from typing import Any
 from uuid import UUID
@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from triage.errors import DatabaseError, TriageError
-from triage.store.models import AuditEvent, AuditHead
+from triage.store.tables import EVENT, HEAD
 
 AI_ACTOR = "triage-ai"  # the AI's identity in the audit trail
 LISTENER_ACTOR = "listener"  # DICOM receive events
@@ -54,8 +54,6 @@ RESERVED_ACTORS = frozenset({AI_ACTOR, LISTENER_ACTOR, SYSTEM_ACTOR})
 GENESIS_HASH = "0" * 64  # the "previous hash" of event 1
 HEAD_ID = 1
 
-EVENT = AuditEvent.__table__  # type: ignore[attr-defined]
-HEAD = AuditHead.__table__  # type: ignore[attr-defined]
 
 # Column widths in triage.store.models; checked here so that PostgreSQL never
 # truncates or refuses an event the caller thinks is written.
@@ -161,8 +159,8 @@ def canonical_json(obj: Any) -> str:
 def _iso_utc(at: datetime) -> str:
     # Naive times are UTC by the project's convention (triage.clock).
     if at.utcoffset() is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _event_hash(
@@ -315,10 +313,10 @@ def append(
     _check_text("study_uid", study_uid, _STUDY_UID_MAX, optional=True)
     detail_text, detail_obj = _canonical_detail(detail)
     if at is None:
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
     elif at.utcoffset() is None:
         raise AuditError(f"audit time must be timezone-aware, got naive {at.isoformat()}")
-    at = at.astimezone(timezone.utc)
+    at = at.astimezone(UTC)
     if not conn.in_transaction():
         # An event written outside the change's transaction could commit without it, or it without the event.
         raise AuditError("audit append needs the caller's transaction: use engine.begin() or session.connection()")
@@ -366,6 +364,7 @@ def _append_sqlite(conn: Connection, at: datetime, actor: str, action: str, stud
     Times are stored as SQLAlchemy stores them on SQLite: UTC text, no offset.
     """
     raw = conn.connection.driver_connection
+    assert raw is not None, "a live connection has its driver connection"
     try:
         raw.execute(_SQLITE_HEAD_INIT, (HEAD_ID, GENESIS_HASH))  # takes the write lock first, see _lock_head
         head_seq, prev_hash = raw.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
@@ -536,10 +535,10 @@ def verify(engine: Engine) -> AuditVerification:
                         elsewhere = conn.execute(select(EVENT.c.id).where(EVENT.c.seq == expected)).first()
                         kind = "out of order" if elsewhere is not None else "missing (deleted?)"
                         return AuditVerification(False, last_seq, expected, f"event {expected} {kind}")
-                    problem = _check_event(row, last_hash)
-                    if problem is not None:
-                        return AuditVerification(False, last_seq, expected, problem)
-                    last_id, last_seq, last_hash = row.id, expected, row.hash
+                    wrong = _check_event(row, last_hash)
+                    if wrong is not None:
+                        return AuditVerification(False, last_seq, expected, wrong)
+                    last_id, last_seq, last_hash = row.id, expected, str(row.hash)  # equal to the digest just checked
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot read the audit log: {_db_reason(exc)}") from exc
 
@@ -573,7 +572,7 @@ def export(engine: Engine, since: datetime | None = None, study_uid: str | None 
     conditions = []
     if since is not None:
         if since.utcoffset() is None:
-            since = since.replace(tzinfo=timezone.utc)
+            since = since.replace(tzinfo=UTC)
         conditions.append(EVENT.c.at >= since)
     if study_uid is not None:
         conditions.append(EVENT.c.study_uid == study_uid)

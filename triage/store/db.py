@@ -25,7 +25,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _SCHEMA_LOCK_KEY = 0x747269616765
 
 
-def _configure_sqlite(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _configure_sqlite(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers (worklist, `triage studies`) run beside the one writer.
     cur.execute("PRAGMA journal_mode=WAL")

@@ -18,8 +18,9 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,7 +31,8 @@ from dicom_io.ingest import IndexRecord
 from dicom_io.store import fsync_dir
 from triage.errors import DatabaseError
 from triage.store import audit
-from triage.store.models import Instance, ReceiveStatus, Series, Study
+from triage.store.tables import INSTANCE, SERIES, STUDY
+from triage.vocabulary import ReceiveStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,8 @@ _SERIES_FIELDS = (
     "manufacturer_model", "station_name",
 )  # fmt: skip
 
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 
-
-def _insert_ignore(conn: Connection, table, values: dict, key: str):  # type: ignore[no-untyped-def]
+def _insert_ignore(conn: Connection, table, values: dict, key: str):
     """INSERT ... ON CONFLICT (key) DO NOTHING, for SQLite and PostgreSQL alike."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
@@ -117,11 +115,11 @@ def _sqlite(conn: Connection) -> sqlite3.Connection | None:
     """The raw sqlite3 connection under ``conn`` (same transaction), or None on other databases."""
     if conn.dialect.name != "sqlite":
         return None
-    return conn.connection.driver_connection  # type: ignore[return-value]
+    return conn.connection.driver_connection
 
 
 def _sqlite_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _known_uids(conn: Connection, uids: list[str]) -> set[str]:
@@ -133,11 +131,11 @@ def _known_uids(conn: Connection, uids: list[str]) -> set[str]:
     return {row[0] for row in sqlite_conn.execute(sql, uids)}
 
 
-def _insert_instances_stmt(conn: Connection):  # type: ignore[no-untyped-def]
+def _insert_instances_stmt(conn: Connection):
     return _INSERT_INSTANCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
 
 
-def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) -> tuple[int, bool]:
     """Primary key of the row with ``key == uid``, inserting it if missing; and whether it was."""
     if conn.dialect.name == "postgresql":
         # rowcount says nothing here (-1 with psycopg and the RETURNING SQLAlchemy adds);
@@ -311,7 +309,7 @@ class SqlIndex:
 
     def _insert_instances(self, conn: Connection, placed: list[tuple[IndexRecord, int]]) -> set[str]:
         """Insert the instance rows; returns the SOP Instance UIDs that were new."""
-        rows = [
+        rows: list[dict[str, Any]] = [
             dict(
                 sop_instance_uid=r.header.sop_instance_uid, series_pk=series_pk, sop_class_uid=r.header.sop_class_uid,
                 instance_number=r.header.instance_number, transfer_syntax=r.header.transfer_syntax, path=r.relpath,
@@ -323,7 +321,7 @@ class SqlIndex:
         sqlite_conn = _sqlite(conn)
         if sqlite_conn is None:
             return set(conn.execute(_insert_instances_stmt(conn), rows).scalars())
-        new = set()
+        new: set[str] = set()
         for row in rows:
             row["received_at"] = _sqlite_time(row["received_at"])
             if sqlite_conn.execute(_SQLITE_INSERT_INSTANCE, row).rowcount:
@@ -340,8 +338,10 @@ class SqlIndex:
         per_study: dict[int, list[IndexRecord]] = {}
         for recs in per_series.values():
             per_study.setdefault(self._study_pk[recs[0].header.study_uid], []).extend(recs)
-        series_rows = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_series.items()]
-        study_rows = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_study.items()]
+        series_rows: list[dict[str, Any]] = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)}
+                                             for pk, recs in per_series.items()]  # fmt: skip
+        study_rows: list[dict[str, Any]] = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)}
+                                            for pk, recs in per_study.items()]  # fmt: skip
         sqlite_conn = _sqlite(conn)
         if sqlite_conn is None:
             conn.execute(_SERIES_ARRIVALS, series_rows)

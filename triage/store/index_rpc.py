@@ -11,6 +11,7 @@ which has the same shape as :class:`triage.store.index.SqlIndex`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -119,7 +120,7 @@ def serve_index(conn: Connection, index: SqlIndex) -> threading.Thread:
             except (EOFError, OSError):
                 return
             if method == "record":
-                index.submit(args[0]).add_done_callback(lambda f, i=call_id: on_commit(i, f))
+                index.submit(args[0]).add_done_callback(functools.partial(on_commit, call_id))
                 continue
             try:
                 if method not in ("find", "record_conflict"):

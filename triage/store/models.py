@@ -6,57 +6,13 @@ Timestamps are timezone-aware UTC (see ``triage.clock``).
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import Column, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from triage.clock import utcnow
-
-
-class ReceiveStatus(str, enum.Enum):
-    RECEIVING = "receiving"  # instances still arriving (or recently arrived)
-    COMPLETE = "complete"  # no new instance for ``stable_after`` seconds
-
-
-class JobStatus(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"  # claimed by a worker whose lease has not run out
-    DONE = "done"
-    FAILED = "failed"  # gave up after ``pipeline.max_attempts``; the series shows "AI failed"
-
-
-class AIStatus(str, enum.Enum):
-    """What the AI has said about a study (``Study.ai_status``)."""
-
-    PENDING = "pending"  # receiving, or complete and waiting to be scored
-    SCORED = "scored"  # every series with a detector scored
-    PARTIAL = "partial"  # some series scored, some failed
-    FAILED = "failed"  # scoring failed; the reason is in ``ai_reason``
-    NOT_ANALYSED = "not_analysed"  # no detector applies (routing reason in ``ai_reason``)
-
-
-class ReadState(str, enum.Enum):
-    """Where a study is in the radiologist's hands (``triage.reading.service``)."""
-
-    UNREAD = "unread"
-    READING = "reading"  # claimed at least once; an impression, feedback or draft may exist
-    SIGNED = "signed"  # a signed report exists and no amendment is open
-
-
-class ReportStatus(str, enum.Enum):
-    DRAFT = "draft"
-    SIGNED = "signed"  # immutable
-
-
-class Verdict(str, enum.Enum):
-    """A radiologist's feedback on one AI finding, or a finding the AI missed."""
-
-    AGREE = "agree"
-    DISAGREE = "disagree"
-    UNSURE = "unsure"
-    MISSED = "missed"  # a finding the AI did not flag (no AI finding row)
+from triage.vocabulary import AIStatus, JobStatus, OutboxStatus, ReadState, ReceiveStatus, ReportStatus
 
 
 def _status_column(default: str) -> Column:
@@ -284,11 +240,6 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(default="0" * 64, max_length=64)
-
-
-class OutboxStatus(str, enum.Enum):
-    PENDING = "pending"  # to be built (if its file is not written yet) and sent, at ``next_attempt_at``
-    SENT = "sent"  # the destination acknowledged it (C-STORE success)
 
 
 class OutboxItem(SQLModel, table=True):

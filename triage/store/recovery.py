@@ -19,13 +19,10 @@ from dicom_io.headers import HeaderError, read_header
 from dicom_io.ingest import IndexRecord
 from dicom_io.store import InstanceStore, sha256_hex
 from triage.store.index import SqlIndex
-from triage.store.models import Instance, ReceiveStatus, Series, Study
+from triage.store.tables import INSTANCE, SERIES, STUDY
+from triage.vocabulary import ReceiveStatus
 
 log = logging.getLogger(__name__)
-
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -32,9 +32,10 @@ from triage.flow.cases import FindingRow
 from triage.reading.pixels import is_image_series
 from triage.reading.states import ClaimConflict, InvalidTransition, check_user
 from triage.reading.views import HIDDEN_REASON, SeriesImages, StudyView
-from triage.store.models import Verdict
+from triage.vocabulary import Verdict
 from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
 from tui.formatting import format_person_name
+from tui.host import WorklistHost
 from tui.preview import ImagePreview
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ REPORT_LINES_SHOWN = 6
 def _hhmm(at: datetime | None) -> str:
     if at is None:
         return "?"
-    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
-    return f"{at.astimezone(timezone.utc):%H:%M} UTC"
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return f"{at.astimezone(UTC):%H:%M} UTC"
 
 
 def display_mode(app: Any) -> str:
@@ -160,16 +161,21 @@ class StudyScreen(Screen[None]):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # the reader must see why, never a traceback
-            self.app.report_error(exc)  # type: ignore[attr-defined]
+            self._worklist_app.report_error(exc)
             return None
 
     @property
+    def _worklist_app(self) -> WorklistHost:
+        """The app, with its service and user (this screen runs only in a WorklistApp)."""
+        return cast(WorklistHost, self.app)
+
+    @property
     def _service(self) -> Any:
-        return self.app.service  # type: ignore[attr-defined]
+        return self._worklist_app.service
 
     @property
     def _user(self) -> str:
-        return self.app.user  # type: ignore[attr-defined]
+        return self._worklist_app.user
 
     def reload(self) -> StudyView | None:
         """Open the study again (a ``view`` event) and show what the index holds now."""
@@ -396,7 +402,7 @@ class StudyScreen(Screen[None]):
         if view is None:
             return
         if view.ai_hidden:
-            self.app.report_error(  # type: ignore[attr-defined]
+            self._worklist_app.report_error(
                 InvalidTransition(f"cannot give feedback on study {self.study_uid}: {HIDDEN_REASON} (i)")
             )
             return
@@ -476,7 +482,7 @@ class StudyScreen(Screen[None]):
                 until = _hhmm(view.study.claim_expires)
                 raise ClaimConflict(f"cannot sign study {self.study_uid}: it is claimed by {holder} until {until}")
         except Exception as exc:
-            self.app.report_error(exc)  # type: ignore[attr-defined]
+            self._worklist_app.report_error(exc)
             return
 
         def done(confirmed: bool | None) -> None:
@@ -495,7 +501,7 @@ class StudyScreen(Screen[None]):
             return
         signed = self._newest_report_text("signed")
         if signed is None:
-            self.app.report_error(  # type: ignore[attr-defined]
+            self._worklist_app.report_error(
                 InvalidTransition(f"cannot amend study {self.study_uid}: no signed report")
             )
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import ClassVar, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,7 +23,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
 from triage.reading.views import WorklistItem
-from tui.app import BANNER, WorklistApp
+from tui.host import BANNER, WorklistHost
 from tui.model import FINDING_CHOICES, STATUS_CHOICES, WorklistModel
 from tui.table import WorklistTable
 
@@ -49,7 +49,7 @@ class WorklistScreen(Screen[None]):
     click a row, double-click to open, click the filter bar or the footer keys.
     """
 
-    BINDINGS: list[BindingType] = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open"),
         Binding("o", "toggle_order", "Urgency/arrival"),
         Binding("slash", "search", "Search", key_display="/"),
@@ -90,9 +90,9 @@ class WorklistScreen(Screen[None]):
         yield Footer()
 
     @property
-    def wl(self) -> WorklistApp:
+    def wl(self) -> WorklistHost:
         """The app, with its service and user."""
-        return cast(WorklistApp, self.app)
+        return cast(WorklistHost, self.app)
 
     @property
     def table(self) -> WorklistTable:

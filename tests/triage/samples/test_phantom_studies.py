@@ -11,7 +11,7 @@ from pydicom import dcmread
 
 from detectors.phantoms.radiographs import chest_radiograph, extremity_radiograph
 from dicom_io.pixels import load_radiograph
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 from triage.samples.phantom_studies import generate_samples, iter_manifest, pixel_hash, radiograph_to_dicom
 
 SAMPLES = REPO_ROOT / "sample_studies"
@@ -46,7 +46,8 @@ def test_bad_kind_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
-@pytest.mark.parametrize("make", [lambda: chest_radiograph(2, nodule=True), lambda: extremity_radiograph(2, bone="femur", fracture="spiral")])
+@pytest.mark.parametrize("make", [lambda: chest_radiograph(2, nodule=True),
+                                  lambda: extremity_radiograph(2, bone="femur", fracture="spiral")])
 def test_radiograph_to_dicom_round_trips_through_load_radiograph(tmp_path: Path, photometric: str, make) -> None:
     p = make()
     ds = radiograph_to_dicom(p, photometric=photometric)

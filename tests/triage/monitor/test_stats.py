@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from triage.monitor.stats import (
-    DriftStatus,
-    MonitorError,
-    MonitorReport,
-    StratumStatus,
-    age_band,
-    monitor_report,
-    sex_stratum,
-    wilson_interval,
-    write_plots,
-)
+from triage.monitor.load import monitor_report
+from triage.monitor.plots import write_plots
+from triage.monitor.stats import DriftStatus, MonitorError, MonitorReport, StratumStatus, age_band, sex_stratum, wilson_interval
 from triage.monitor.text import format_text
 from triage.store.db import make_engine, session_scope
 from triage.store.models import AIFinding, Feedback, Series, SeriesResult, Study
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)  # a Monday, ISO week 2025-W02
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -299,10 +291,10 @@ def test_feedback_is_bucketed_by_iso_week_of_the_feedback_time(db: Db) -> None:
 
 def test_drift_is_flagged_when_the_latest_complete_week_falls_below_overall(db: Db) -> None:
     w05 = datetime(2025, 1, 27, 10, tzinfo=UTC)
-    for i in range(20):
+    for _ in range(20):
         db.reviewed("agree", at=w05 - timedelta(days=14), model="bleed-ct")  # W03
         db.reviewed("agree", at=w05 - timedelta(days=14), model="stable-ct")
-    for i in range(6):
+    for _ in range(6):
         db.reviewed("disagree", at=w05 - timedelta(days=7), model="bleed-ct")  # W04: 0/6
         db.reviewed("agree", at=w05 - timedelta(days=7), model="stable-ct")
         db.reviewed("disagree", at=w05, model="stable-ct")  # W05, still running: not judged yet

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def test_importing_it_pulls_no_heavy_modules() -> None:
 
 # -- the arithmetic ---------------------------------------------------------------------------
 def test_db_times_are_read_as_utc() -> None:
-    utc = timezone.utc
+    utc = UTC
     assert parse_db_time("2026-03-01 10:00:01.250000") == datetime(2026, 3, 1, 10, 0, 1, 250000, tzinfo=utc)
     assert parse_db_time("2026-03-01 10:00:01") == datetime(2026, 3, 1, 10, 0, 1, tzinfo=utc)
     assert parse_db_time("2026-03-01 11:00:01+01:00") == datetime(2026, 3, 1, 10, 0, 1, tzinfo=utc)

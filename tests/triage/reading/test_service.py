@@ -12,8 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
+from tests.triage.rows import T0, add_result, add_study
 from triage.config import Settings, WorklistSettings
 from triage.reading.service import WorklistService
 from triage.reading.states import (
@@ -39,21 +39,9 @@ from triage.reading.states import (
 from triage.reading.views import HIDDEN_REASON
 from triage.store import audit
 from triage.store.db import make_engine
-from triage.store.models import (
-    AIFinding,
-    AuditEvent,
-    Feedback,
-    Impression,
-    ReadState,
-    Report,
-    ReportStatus,
-    Series,
-    SeriesResult,
-    Study,
-    Verdict,
-)
+from triage.store.models import AuditEvent, Feedback, Impression, Report, Study
+from triage.vocabulary import ReadState, ReportStatus, Verdict
 
-T0 = datetime(2024, 5, 1, 14, 0, tzinfo=timezone.utc)
 A, B = "dr.a", "dr.b"
 U, R, S = ReadState.UNREAD, ReadState.READING, ReadState.SIGNED
 Act = ReadAction
@@ -96,64 +84,6 @@ def make_service(engine: Engine, clock: Clock, tmp_path: Path) -> Callable[..., 
 @pytest.fixture
 def svc(make_service: Callable[..., WorklistService]) -> WorklistService:
     return make_service()
-
-
-@dataclass
-class Added:
-    uid: str
-    study_pk: int
-    series_pk: int
-    finding_ids: list[int]
-
-
-_counter = itertools.count(1)
-
-
-def add_study(
-    engine: Engine,
-    uid: str,
-    findings: tuple[tuple[str, float, float], ...] = (("bleed", 0.9, 0.5),),
-    *,
-    received: datetime = T0 - timedelta(minutes=5),
-    order_priority: str | None = None,
-    ai_status: str = "scored",
-) -> Added:
-    """A complete, scored one-series CT study with ``findings`` as (kind, probability, operating point)."""
-    n = next(_counter)
-    with Session(engine) as s:
-        study = Study(
-            study_uid=uid, patient_id=f"P{n}", patient_name=f"Doe^Pat{n}", accession_number=f"ACC{n}",
-            modalities="CT", study_description="CT HEAD", order_priority=order_priority, num_series=1,
-            num_instances=3, first_received=received, last_received=received, status="complete", ai_status=ai_status,
-        )  # fmt: skip
-        s.add(study)
-        s.flush()
-        series = Series(series_uid=f"{uid}.1", study_pk=study.id, modality="CT", num_instances=3,
-                        first_received=received, last_received=received)  # fmt: skip
-        s.add(series)
-        s.flush()
-        ids = add_result(s, study.id, series.id, 0, findings)
-        s.commit()
-        return Added(uid, study.id, series.id, ids)  # type: ignore[arg-type]
-
-
-def add_result(
-    s: Session, study_pk: int, series_pk: int, generation: int, findings: tuple[tuple[str, float, float], ...]
-) -> list[int]:
-    result = SeriesResult(series_pk=series_pk, study_pk=study_pk, generation=generation, analysed=True)
-    s.add(result)
-    s.flush()
-    rows = [
-        AIFinding(
-            result_pk=result.id, study_pk=study_pk, series_pk=series_pk, kind=kind, probability=p, operating_point=op,
-            urgent=p >= op, model_name=f"{kind}-ct", model_version="1.0", weights_sha256="ab" * 32,
-            regions=json.dumps([{"instance": f"1.2.9.{generation}", "box": [1, 2, 30, 40]}]),
-        )
-        for kind, p, op in findings
-    ]  # fmt: skip
-    s.add_all(rows)
-    s.flush()
-    return [r.id for r in rows]  # type: ignore[misc]
 
 
 def study_row(engine: Engine, uid: str) -> Study:

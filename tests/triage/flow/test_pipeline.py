@@ -24,12 +24,12 @@ from triage.flow.scoring import SeriesScore
 from triage.store import audit
 from triage.store.db import make_engine
 from triage.store.index import SqlIndex
-from triage.store.models import AIFinding, AuditEvent, Instance, Job, Series, SeriesResult, Study
+from triage.store.models import AIFinding, AuditEvent, Instance
 from triage.store.recovery import recover
+from triage.store.tables import JOB, RESULT, SERIES, STUDY
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_studies"
-STUDY, SERIES, JOB, RESULT = (m.__table__ for m in (Study, Series, Job, SeriesResult))  # type: ignore[attr-defined]
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -151,7 +151,8 @@ def test_a_lease_that_runs_out_on_the_last_attempt_is_recorded_as_failed(receive
         ([], 1, ("pending", None)),
         ([dict(analysed=False, reason="not analysed: abdomen", failures="[]", has_findings=False)], 0,
          ("not_analysed", "abdomen")),
-        ([dict(analysed=False, reason="not analysed: SR", failures="[]", has_findings=False)], 1, ("pending", "1 series still being scored")),
+        ([dict(analysed=False, reason="not analysed: SR", failures="[]", has_findings=False)], 1,
+         ("pending", "1 series still being scored")),
         ([dict(analysed=True, reason="head CT", failures="[]", has_findings=True)], 0, ("scored", None)),
         ([dict(analysed=True, reason="head CT", failures='["pixel data unreadable"]', has_findings=False)], 0,
          ("failed", "pixel data unreadable")),

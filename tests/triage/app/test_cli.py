@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from triage.app.cli import main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from triage.bench.common import free_port
 
 
 def test_replay_then_studies(server, make_ct_series, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,7 +82,7 @@ def manifest_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_studies"
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_studies"
 
 
 def test_score_json(no_shipped_models: Path, cli_cards: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

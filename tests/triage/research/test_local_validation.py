@@ -18,8 +18,8 @@ from triage.app.cli import main
 from triage.research.local_validation import LabelsError, parse_labels, slice_band, subgroups
 from triage.research.site_operating_points import choose_operating_points, write_operating_points
 
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_studies"
-MODELS = Path(__file__).resolve().parents[2] / "detectors" / "models"
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_studies"
+MODELS = Path(__file__).resolve().parents[3] / "detectors" / "models"
 MANIFEST = json.loads((SAMPLES / "manifest.json").read_text())
 
 

@@ -9,23 +9,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from dicom_io.headers import InstanceHeader
 from dicom_io.ingest import IndexRecord
+from tests.triage.rows import header, record
 from triage.errors import DatabaseError
 from triage.store.db import make_engine
 from triage.store.index import SqlIndex
 from triage.store.models import Instance, Series, Study
-
-
-def header(study: str = "1.2.3", series: str = "1.2.3.1", sop: str = "1.2.3.1.1", **kw) -> InstanceHeader:
-    return InstanceHeader(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=sop, study_uid=study, series_uid=series,
-        transfer_syntax="1.2.840.10008.1.2.1", modality=kw.pop("modality", "CT"), **kw,
-    )  # fmt: skip
-
-
-def record(h: InstanceHeader) -> IndexRecord:
-    return IndexRecord(h, f"studies/{h.study_uid}/{h.series_uid}/{h.sop_instance_uid}.dcm", 10, "ab" * 32, "SCU", "127.0.0.1")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triage.config import PolicySettings
-from triage.flow.policy import CaseInput, FindingInput, PolicyError, PriorityClass, Urgency, assess, class_of, rank, target_minutes
-from triage.store.models import AIStatus
+from triage.flow.policy import CaseInput, FindingInput, PolicyError, Urgency, assess, class_of, rank, target_minutes
+from triage.vocabulary import AIStatus, PriorityClass
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+REPO_ROOT = Path(__file__).resolve().parents[3]
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DEFAULT = PolicySettings()
 FAST = settings(max_examples=200, deadline=None)
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 from triage.errors import DatabaseError
 from triage.store.audit import (
     AI_ACTOR,
@@ -35,9 +35,9 @@ from triage.store.audit import (
 )
 from triage.store.db import make_engine, session_scope
 from triage.store.models import AuditEvent, Study
+from triage.store.tables import STUDY
 
-STUDY = Study.__table__  # type: ignore[attr-defined]
-T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -109,12 +109,12 @@ def test_time_is_stored_exactly_and_round_trips(engine: Engine) -> None:
 
 
 def test_default_time_is_now_utc(engine: Engine) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with engine.begin() as conn:
         append(conn, actor="alice", action=Action.VIEW, study_uid=None, detail={})
     (event,) = export(engine)
     at = datetime.fromisoformat(event["at"])
-    assert before <= at <= datetime.now(timezone.utc)
+    assert before <= at <= datetime.now(UTC)
 
 
 def test_rolled_back_transaction_leaves_no_event(engine: Engine) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from dicom_io.results import parse_ai_sr, report_text
 from dicom_io.send import find_dicom_files, replay
 from triage.app.server import TriageServer
 from triage.app.studies import format_table, item_json, results_line
+from triage.bench.common import free_port
 from triage.clock import utcnow
 from triage.config import Settings
 from triage.flow.completeness import complete_stable_series
@@ -47,13 +47,13 @@ from triage.outbox.service import (
 )
 from triage.reading.service import WorklistService
 from triage.store import audit
-from triage.store.models import AuditEvent, Instance, OutboxItem, Series, Study
+from triage.store.models import AuditEvent, Instance, Series, Study
+from triage.store.tables import OUTBOX
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_studies"
 HEAD = next(s for s in json.loads((SAMPLES / "manifest.json").read_text())["studies"] if s["folder"] == "05_head_ct")
-OUTBOX = OutboxItem.__table__  # type: ignore[attr-defined]
 AUDIT = AuditEvent.__table__  # type: ignore[attr-defined]
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -70,12 +70,6 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def destination(port: int, name: str = "PACS") -> dict[str, Any]:
@@ -213,7 +207,7 @@ def test_back_off_doubles_nothing_is_dropped_and_the_object_arrives_once_the_pac
     receive_head_ct(source)
     job = record_scoring(source)
     assert enqueue_scored(source.engine, source.settings, job.study_pk) == 1
-    now = [datetime.now(timezone.utc)]
+    now = [datetime.now(UTC)]
     sender = OutboxSender(source.engine, source.settings, clock=lambda: now[0])
 
     delays = []
@@ -222,7 +216,7 @@ def test_back_off_doubles_nothing_is_dropped_and_the_object_arrives_once_the_pac
         (row,) = outbox_rows(source.engine)
         assert (row.status, row.attempts) == ("pending", attempt)
         assert row.last_error.startswith("connection refused")
-        due = row.next_attempt_at.replace(tzinfo=timezone.utc)
+        due = row.next_attempt_at.replace(tzinfo=UTC)
         delays.append((due - now[0]).total_seconds())
         now[0] = due - timedelta(seconds=0.5)
         assert sender.run_once() == 0  # not due yet

@@ -15,7 +15,7 @@ import pytest
 from detectors.engine import InferenceEngine
 from detectors.metrics import region_hits_lesion
 from detectors.registry import load_detectors, shipped_cards
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 from triage.research.evaluate import ManifestScore, score_manifest
 
 SAMPLES = REPO_ROOT / "sample_studies"

@@ -16,7 +16,7 @@ from detectors.engine import InferenceEngine
 from detectors.registry import DetectorSet, load_detectors
 from detectors.spec import load_card
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 from tests.triage.detector_cards import write_card
 from triage.flow.scoring import ScoreReport, SeriesScore, score_paths
 

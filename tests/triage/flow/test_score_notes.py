@@ -30,7 +30,8 @@ from triage.flow.cases import NOTE_SEPARATOR, current_findings, reason_notes
 from triage.flow.pipeline import study_ai_state
 from triage.flow.scoring import SeriesScore, score_paths
 from triage.store.db import make_engine
-from triage.store.models import AIFinding, AIStatus, Series, SeriesResult, Study
+from triage.store.models import AIFinding, Series, SeriesResult, Study
+from triage.vocabulary import AIStatus
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +21,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from tests.triage.test_index import header, record
-from tests.triage.test_worklist import add_study
+from tests.triage.rows import add_study, header, record
 from triage.bench.pgcluster import PostgresCluster
 from triage.clock import utcnow
 from triage.config import CompletenessSettings, Settings, load_settings
@@ -33,14 +32,13 @@ from triage.reading.states import ClaimConflict
 from triage.store import audit
 from triage.store.db import make_engine
 from triage.store.index import SqlIndex
-from triage.store.models import Instance, Job, JobStatus, Series, Study
+from triage.store.models import Instance, Job, Series, Study
+from triage.store.tables import JOB, SERIES, STUDY
+from triage.vocabulary import JobStatus
 
 T = TypeVar("T")
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 STABLE = CompletenessSettings(stable_after=10)
-JOB = Job.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture

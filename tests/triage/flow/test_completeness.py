@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from tests.triage.test_index import header, record
+from tests.triage.rows import header, record
 from triage.clock import utcnow
 from triage.config import CompletenessSettings
 from triage.flow.completeness import complete_stable_series

@@ -1,0 +1,28 @@
+"""What the screens need of the app that shows them, so that screens do not import the app.
+
+``tui.app.WorklistApp`` satisfies :class:`WorklistHost`; the screens cast
+``self.app`` to it. The app imports the screens, never the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from triage.reading.service import WorklistService
+
+BANNER = ("AI output is a suggestion for ordering the worklist, not a diagnosis. "
+          "The radiologist reads every study and signs every report.")  # fmt: skip
+
+
+class WorklistHost(Protocol):
+    """The app as its screens see it: the service, the reader, and how to open a study or show an error."""
+
+    service: WorklistService
+    user: str
+    display_mode: str
+    blinded: bool
+    poll_interval: float
+
+    def open_study(self, study_uid: str) -> None: ...
+
+    def report_error(self, exc: Exception) -> None: ...
