@@ -1,8 +1,10 @@
-"""The SCU side: ``triage echo`` and ``triage replay``.
+"""The SCU side: echo, replay, and sending result files to a peer.
 
-Replay sends files as they are on disk (no decode, no re-encode), proposing
-each file's own SOP class and transfer syntax, over several parallel
-associations, optionally rate-limited.
+Files are sent as they are on disk (no decode, no re-encode), each proposed
+with its own SOP class and transfer syntax. :func:`replay` spreads them over
+several parallel associations, optionally rate-limited (``triage replay``);
+:func:`store_files` sends a few on one association and says per file whether
+the peer acknowledged it (the outbox's results to a PACS).
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # sop_class builds its UIDs at import time
 
 if TYPE_CHECKING:
@@ -29,6 +33,12 @@ from dicom_io.errors import DicomIOError, DicomNetworkError
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+ACCEPTED = (0x0000, 0xB000, 0xB006, 0xB007)  # C-STORE success and its warnings (PS3.4 B.2.3)
+
+# pynetdicom's one switch for sending a file's bytes as they are (a path given to
+# send_c_store is streamed, not decoded and re-encoded). It is process-wide: set
+# once here, where every send of this project goes through, never per call.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -181,7 +191,6 @@ def replay(
         raise DicomIOError(f"--parallel must be at least 1, got {parallel}")
     if rate is not None and rate <= 0:
         raise DicomIOError(f"--rate must be positive, got {rate}")
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, not a re-encoding
     summary = ReplaySummary(total=len(files))
     lock = threading.Lock()
     pacer = _RateLimit(rate)
@@ -277,3 +286,97 @@ def _worker(
     finally:
         if assoc is not None and assoc.is_established:
             assoc.release()
+
+
+# --- results to a peer ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where to send: a DICOM peer, with TLS when ``tls`` is given (PS3.15 B.9)."""
+
+    host: str
+    port: int
+    ae_title: str
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None  # the name its certificate must carry (default: host)
+
+    @property
+    def where(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def client_tls(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A TLS context that verifies the peer (against ``ca``, else the system's), with our certificate if given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    if cert and key:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def connect_error(host: str, port: int, timeout: float = 5.0) -> str:
+    """Why a TCP connection to the peer fails, in words (pynetdicom only logs it)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "could not connect (the peer answers now)"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return "connection timed out"
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+
+
+def store_files(peer: Peer, calling_ae: str, files: Sequence[tuple[Path, str]],
+                timeout: float = 30.0) -> list[tuple[bool, str]]:  # fmt: skip
+    """C-STORE ``files`` (path, SOP Class UID) to ``peer`` on one association.
+
+    Never raises for the peer's sake: returns ``(acknowledged, reason)`` per
+    file, in order. The files are sent as they are on disk.
+    """
+    if not files:
+        return []
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = min(timeout, 10.0)
+    # One context per (SOP class, the file's transfer syntax): a file goes as it is written.
+    contexts = {(sop_class, str(read_file_meta_info(path).TransferSyntaxUID)) for path, sop_class in files}
+    for sop_class, syntax in sorted(contexts):
+        ae.add_requested_context(sop_class, syntax)
+    where = peer.where
+    opened = threading.Event()
+    tls_args = (peer.tls, peer.server_name or peer.host) if peer.tls is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())], tls_args=tls_args)  # fmt: skip
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            reason = f"association rejected by {where} (is our AE title {calling_ae} allowed there?)"
+        elif not opened.is_set():
+            reason = f"{connect_error(peer.host, peer.port)} ({where})"
+        else:
+            reason = f"association with {where} aborted or timed out"
+        return [(False, reason)] * len(files)
+    out: list[tuple[bool, str]] = []
+    try:
+        for path, _sop_class in files:
+            if not assoc.is_established:
+                out.append((False, f"association with {where} lost"))
+                continue
+            try:
+                status = assoc.send_c_store(path)
+            except (ValueError, AttributeError) as exc:  # e.g. the peer accepted no context for its class
+                out.append((False, f"{where}: {exc}"))
+                continue
+            except Exception as exc:  # the association went away under us
+                out.append((False, f"association with {where} lost: {exc}"))
+                continue
+            if not status or "Status" not in status:
+                out.append((False, f"no response from {where}"))
+            elif status.Status in ACCEPTED:
+                out.append((True, ""))
+            else:
+                out.append((False, f"{where} answered status 0x{status.Status:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out

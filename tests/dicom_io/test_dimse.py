@@ -51,9 +51,12 @@ def test_malformed_pdv_is_refused() -> None:
 def test_garbage_on_the_port_is_dropped_and_listener_keeps_serving(server, garbage: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(garbage)
-        sock.shutdown(socket.SHUT_WR)
         reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
+        try:  # the listener may drop the connection before we are done: that is what is tested
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(4096):
+                reply += chunk
+        except (ConnectionResetError, OSError):
+            pass
     assert reply in (b"", dimse.abort())
     assert echo("127.0.0.1", server.port) < 5

@@ -31,8 +31,6 @@ import hashlib
 import io
 import json
 import logging
-import socket
-import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
@@ -57,6 +55,7 @@ from triage.vocabulary import AIStatus, OutboxStatus, ReportStatus
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from dicom_io.send import Peer
     from triage.flow.pipeline import ClaimedJob
 
 log = logging.getLogger(__name__)
@@ -441,91 +440,23 @@ def build_file(engine: Engine, settings: Settings, item: Row) -> BuiltObject:
 # --- sending -------------------------------------------------------------------------------------
 
 
-_ACCEPTED = (0x0000, 0xB000, 0xB006, 0xB007)  # success and the warnings (PS3.4 B.2.3)
+def _peer(destination: Destination) -> Peer:
+    """The destination as dicom_io's sender takes it (TLS context built from the configured files)."""
+    from dicom_io.send import Peer, client_tls
 
+    def expand(path: Path | None) -> Path | None:
+        return path.expanduser() if path else None
 
-def _connect_error(host: str, port: int, timeout: float = 5.0) -> str:
-    """Why a TCP connection to the peer fails, in words (pynetdicom only logs it)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return "could not connect (the peer answers now)"
-    except ConnectionRefusedError:
-        return "connection refused"
-    except TimeoutError:
-        return "connection timed out"
-    except OSError as exc:
-        return (exc.strerror or str(exc)).lower()
-
-
-def _tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
-    """pynetdicom's ``tls_args`` for a TLS destination: verify the peer; our certificate if configured."""
-    if not destination.tls:
-        return None
-    ca = str(destination.ca.expanduser()) if destination.ca else None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    if destination.cert and destination.key:
-        context.load_cert_chain(str(destination.cert.expanduser()), str(destination.key.expanduser()))
-    return context, destination.server_name or destination.host
+    tls = client_tls(expand(destination.ca), expand(destination.cert), expand(destination.key)) if destination.tls else None
+    return Peer(destination.host, destination.port, destination.ae_title, tls, destination.server_name)
 
 
 def store_files(destination: Destination, calling_ae: str, files: Sequence[tuple[Path, str]],
                 timeout: float = 30.0) -> list[tuple[bool, str]]:  # fmt: skip
-    """C-STORE ``files`` (path, SOP Class UID) to ``destination`` on one association.
+    """C-STORE ``files`` (path, SOP Class UID) to ``destination``: :func:`dicom_io.send.store_files`."""
+    from dicom_io.send import store_files as send
 
-    Never raises for the peer's sake: returns ``(acknowledged, reason)`` per
-    file, in order. The files are sent as they are on disk (Explicit VR
-    Little Endian, as written).
-    """
-    from pydicom.filereader import read_file_meta_info
-    from pynetdicom import AE, _config, evt
-
-    if not files:
-        return []
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, not a re-encoding (as dicom_io.send)
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = min(timeout, 10.0)
-    # One context per (SOP class, the file's transfer syntax): a file goes as it is written.
-    contexts = {(sop_class, str(read_file_meta_info(path).TransferSyntaxUID)) for path, sop_class in files}
-    for sop_class, syntax in sorted(contexts):
-        ae.add_requested_context(sop_class, syntax)
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    opened = threading.Event()
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())],
-                         tls_args=_tls_args(destination))  # fmt: skip
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            reason = f"association rejected by {where} (is our AE title {calling_ae} allowed there?)"
-        elif not opened.is_set():
-            reason = f"{_connect_error(destination.host, destination.port)} ({where})"
-        else:
-            reason = f"association with {where} aborted or timed out"
-        return [(False, reason)] * len(files)
-    out: list[tuple[bool, str]] = []
-    try:
-        for path, _sop_class in files:
-            if not assoc.is_established:
-                out.append((False, f"association with {where} lost"))
-                continue
-            try:
-                status = assoc.send_c_store(path)
-            except (ValueError, AttributeError) as exc:  # e.g. the peer accepted no context for its class
-                out.append((False, f"{where}: {exc}"))
-                continue
-            except Exception as exc:  # the association went away under us
-                out.append((False, f"association with {where} lost: {exc}"))
-                continue
-            if not status or "Status" not in status:
-                out.append((False, f"no response from {where}"))
-            elif status.Status in _ACCEPTED:
-                out.append((True, ""))
-            else:
-                out.append((False, f"{where} answered status 0x{status.Status:04X}"))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return out
+    return send(_peer(destination), calling_ae, files, timeout)
 
 
 def claim_due(engine: Engine, now: datetime, limit: int = BATCH, lease_s: float = SEND_LEASE_S) -> list[Row]:
