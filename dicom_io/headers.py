@@ -6,7 +6,7 @@ never decoded here, so every transfer syntax can be indexed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -134,9 +134,6 @@ class InstanceHeader:
             manufacturer_model=_text(ds, "ManufacturerModelName"),
             station_name=_text(ds, "StationName", 16),
         )
-
-    def as_dict(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def read_header(source: bytes | Path) -> InstanceHeader:

@@ -17,23 +17,18 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import BasicTextSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from dicom_io.results import (
+from dicom_io.results.ai_sr import build_ai_sr, parse_ai_sr
+from dicom_io.results.common import (
     AI_LABEL,
     AI_SR_SERIES_DESCRIPTION,
     FINDING_CODES,
     KEY_IMAGE_TEXT,
     ResultBuildError,
     SourceImage,
-    build_ai_sr,
-    build_key_image,
-    build_report_sr,
-    burn_in,
-    key_image_source,
     object_uid,
-    parse_ai_sr,
-    report_text,
-    text_mask,
 )
+from dicom_io.results.key_image import build_key_image, burn_in, key_image_source, text_mask
+from dicom_io.results.report_sr import build_report_sr, report_text
 from triage.flow.cases import FindingRow
 
 REPO = Path(__file__).resolve().parents[2]

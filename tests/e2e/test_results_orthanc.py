@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from dicom_io.results import parse_ai_sr
+from dicom_io.results.ai_sr import parse_ai_sr
 from tests.e2e.support import LOCALHOST, ServeFactory, ServeProcess, clean_env, free_port, require_binary, wait_for
 
 from .test_orthanc import ORTHANC, Orthanc, stop_orthanc

@@ -135,7 +135,7 @@ def object_uids(kind: ResultKind | str, study_uid: str, source_key: str) -> tupl
     AI SRs get a series each; the key images of one scoring share one; every
     report version of a study goes into the study's one report series.
     """
-    from dicom_io.results import object_uid
+    from dicom_io.results.common import object_uid
 
     kind = ResultKind(kind)
     sop = object_uid("triage", kind.value, study_uid, source_key)
@@ -350,10 +350,10 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
 
     Raises
     ------
-    OutboxError, dicom_io.results.ResultBuildError, dicom_io.pixels.PixelDataError
+    OutboxError, dicom_io.results.common.ResultBuildError, dicom_io.pixels.PixelDataError
         If what the object is built from is missing or unusable.
     """
-    from dicom_io import results
+    from dicom_io.results import ai_sr, key_image, report_sr
 
     kind = ResultKind(kind)
     with engine.connect() as conn:
@@ -363,7 +363,7 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
             findings = current_findings(conn, [study_pk]).get(study_pk, [])
             series_uids = sorted({f.series_uid for f in findings})
             images = _images(conn, SERIES.c.series_uid.in_(series_uids))
-            return results.build_ai_sr(
+            return ai_sr.build_ai_sr(
                 study, findings, images, sop_instance_uid=sop_uid, series_instance_uid=series_uid,
                 manufacturer=MANUFACTURER, software_version=__version__, institution_name=study["institution_name"],
             )  # fmt: skip
@@ -377,9 +377,9 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
             ).scalar()  # fmt: skip
             if path is None:
                 raise OutboxError(f"image {region['sop_instance_uid']} of AI finding {finding.id} is not stored")
-            source = results.key_image_source(settings.data_dir / path, finding.kind, region.get("slice_index"))
-            return results.build_key_image(study, finding, source, sop_instance_uid=sop_uid,
-                                           series_instance_uid=series_uid, manufacturer=MANUFACTURER)  # fmt: skip
+            source = key_image.key_image_source(settings.data_dir / path, finding.kind, region.get("slice_index"))
+            return key_image.build_key_image(study, finding, source, sop_instance_uid=sop_uid,
+                                             series_instance_uid=series_uid, manufacturer=MANUFACTURER)  # fmt: skip
         report = conn.execute(select(REPORT).where(REPORT.c.id == int(source_key))).first()
         if report is None or report.status != ReportStatus.SIGNED.value or report.signed_at is None:
             raise OutboxError(f"report {source_key} of study {study['study_uid']} is not signed")
@@ -387,7 +387,7 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
         if report.amends_pk is not None:
             amends = object_uids(ResultKind.REPORT_SR, study["study_uid"], str(report.amends_pk))[1]
         images = _images(conn, SERIES.c.study_pk == study_pk)
-        return results.build_report_sr(
+        return report_sr.build_report_sr(
             study, report.text, report.signed_by or report.author, as_utc(report.signed_at), report.version, images,
             sop_instance_uid=sop_uid, series_instance_uid=series_uid, amends=amends, manufacturer=MANUFACTURER,
             institution_name=study["institution_name"],

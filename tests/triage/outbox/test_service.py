@@ -26,7 +26,8 @@ from sqlalchemy.engine import Engine
 
 from detectors.base import Finding, ModelIdentity, Region
 from detectors.routing import FindingKind
-from dicom_io.results import parse_ai_sr, report_text
+from dicom_io.results.ai_sr import parse_ai_sr
+from dicom_io.results.report_sr import report_text
 from dicom_io.send import find_dicom_files, replay
 from triage.app.server import TriageServer
 from triage.app.studies import format_table, item_json, results_line
