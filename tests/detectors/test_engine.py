@@ -120,7 +120,7 @@ def gated(start: threading.Event, s: SeriesArrays) -> Callable[[], SeriesArrays]
 def engine(**kw: object) -> InferenceEngine:
     kw.setdefault("device", "cpu")
     kw.setdefault("num_threads", 1)
-    return InferenceEngine(**kw)  # type: ignore[arg-type]
+    return InferenceEngine(**kw)
 
 
 def error_of(future: Future[Finding]) -> str:

@@ -242,4 +242,4 @@ def test_a_later_external_card_replaces_an_earlier_one_for_its_route(tmp_path: P
     second, _ = write_external(tmp_path, name="bleed-b")
     detectors = load_detectors(shipped=False, external=[first, second])
     assert len(detectors) == 1
-    assert detectors.for_route("bleed", "CT").name == "bleed-b"  # type: ignore[union-attr]
+    assert detectors.for_route("bleed", "CT").name == "bleed-b"

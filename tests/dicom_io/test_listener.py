@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_io.send import echo
 from dicom_io.writer import StudyMeta

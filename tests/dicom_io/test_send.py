@@ -17,7 +17,7 @@ def test_replay_resends_after_the_peer_aborts(make_ct_series) -> None:
     received: list[str] = []
     aborted = threading.Event()
 
-    def handle_store(event) -> int:  # type: ignore[no-untyped-def]
+    def handle_store(event) -> int:
         received.append(str(event.request.AffectedSOPInstanceUID))
         if not aborted.is_set():  # answer, then drop the first association once
             aborted.set()
@@ -54,7 +54,7 @@ def test_store_files_sends_the_bytes_on_disk_and_says_what_each_peer_answered(ma
     received: dict[str, bytes] = {}
     refused = str(dcmread(paths[2], stop_before_pixels=True).SOPInstanceUID)
 
-    def handle_store(event) -> int:  # type: ignore[no-untyped-def]
+    def handle_store(event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         received[uid] = event.encoded_dataset(include_meta=False)
         return 0xA700 if uid == refused else (0xB007 if len(received) == 2 else 0x0000)

@@ -129,7 +129,7 @@ def write_ct_series(out_dir: Path, *, slices: int, size: int = 64, seed: int = 0
     # A head-sized field of view (about 190 mm whatever the matrix): the bleed detector assesses a
     # series only where it finds a skull enclosing an intracranial space, and a 32 mm "head" has none.
     spacing = 192.0 / size
-    paths = write_datasets(ct_datasets(volume, pixel_spacing_mm=(spacing, spacing), meta=StudyMeta(**meta)),  # type: ignore[arg-type]
+    paths = write_datasets(ct_datasets(volume, pixel_spacing_mm=(spacing, spacing), meta=StudyMeta(**meta)),
                            out_dir)  # fmt: skip
     return {sop_uid_of(p): p for p in paths}
 

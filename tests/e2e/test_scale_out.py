@@ -80,10 +80,10 @@ def replay_together(batches: Sequence[tuple[list[DicomFile], int]]) -> list[Repl
     for t in threads:
         t.join(300)
     assert all(s is not None for s in summaries), "a replay did not finish"
-    return summaries  # type: ignore[return-value]
+    return summaries
 
 
-def scalar(engine: Engine, query) -> int:  # type: ignore[no-untyped-def]
+def scalar(engine: Engine, query) -> int:
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
@@ -203,7 +203,7 @@ def test_a_killed_workers_job_is_leased_again_and_finished(
     victim.kill()
     (survivor,) = [w for w in workers if w is not victim]
 
-    def finished() -> tuple | None:  # type: ignore[type-arg]
+    def finished() -> tuple | None:
         with engine.connect() as conn:
             row = conn.execute(select(JOB.c.status, JOB.c.attempts, JOB.c.worker).where(JOB.c.id == job_id)).one()
         return tuple(row) if row.status == "done" else None

@@ -64,7 +64,7 @@ def add_study(
         s.flush()
         ids = add_result(s, study.id, series.id, 0, findings)
         s.commit()
-        return Added(uid, study.id, series.id, ids)  # type: ignore[arg-type]
+        return Added(uid, study.id, series.id, ids)
 
 
 def add_result(
@@ -83,4 +83,4 @@ def add_result(
     ]  # fmt: skip
     s.add_all(rows)
     s.flush()
-    return [r.id for r in rows]  # type: ignore[misc]
+    return [r.id for r in rows]

@@ -81,12 +81,12 @@ def add_study(
             ]  # fmt: skip
             s.add_all(rows)
             s.flush()
-            ids = [r.id for r in rows]  # type: ignore[misc]
+            ids = [r.id for r in rows]
         # As the listener and the pipeline do: every change is an audit event (live views watch them).
         audit.append(s.connection(), actor=audit.LISTENER_ACTOR, action=audit.Action.INSTANCES_RECEIVED,
                      study_uid=uid, detail={"series_uid": f"{uid}.1", "instances": 3})  # fmt: skip
         s.commit()
-        return Added(uid, study.id, series.id, ids)  # type: ignore[arg-type]
+        return Added(uid, study.id, series.id, ids)
 
 
 class RecordingApp(WorklistApp):

@@ -45,7 +45,7 @@ def cell(strip: Strip, x: int) -> tuple[str, tuple[int, int, int], tuple[int, in
     style = segment.style
     assert style is not None and style.color is not None and style.bgcolor is not None
     fg, bg = tuple(style.color.get_truecolor()), tuple(style.bgcolor.get_truecolor())
-    return segment.text, fg, bg  # type: ignore[return-value]
+    return segment.text, fg, bg
 
 
 def finding(series_uid: str, regions: list[dict], probability: float = 0.9, fid: int = 1) -> FindingRow:

@@ -68,7 +68,7 @@ def strip_colours(preview: ImagePreview) -> set[tuple[int, int, int]]:
             if segment.style is not None:
                 for c in (segment.style.color, segment.style.bgcolor):
                     if c is not None:
-                        colours.add(tuple(c.get_truecolor()))  # type: ignore[arg-type]
+                        colours.add(tuple(c.get_truecolor()))
     return colours
 
 
@@ -457,8 +457,8 @@ def test_regions_mode_draws_the_box_on_flagged_slices_only(make_app, engine, set
             r0, c0, r1, c1 = rendered.boxes[0]
             line = rendered.lines[r0 // 2]
             (segment,) = list(line.crop(c0 + 1, c0 + 2))
-            colour = segment.style.color if r0 % 2 == 0 else segment.style.bgcolor  # type: ignore[union-attr]
-            assert tuple(colour.get_truecolor()) == BOX_COLOUR  # type: ignore[union-attr]
+            colour = segment.style.color if r0 % 2 == 0 else segment.style.bgcolor
+            assert tuple(colour.get_truecolor()) == BOX_COLOUR
             assert f"flagged slices {first + 1}-{last + 1}" in screen_text(app)
 
             await pilot.press("b")  # regions off

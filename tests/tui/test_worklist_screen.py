@@ -210,7 +210,7 @@ def test_enter_click_and_double_click_open(engine: Engine, make_app: Callable[..
     s = ranked(engine)
     app = make_app()
     opened: list[str] = []
-    app.open_study = opened.append  # type: ignore[method-assign]  # the study screen is another module's
+    app.open_study = opened.append  # the study screen is another module's
 
     async def scenario(pilot: Pilot) -> None:
         table = table_of(app)

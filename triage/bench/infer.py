@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from triage.bench.common import load_average
 from triage.config import available_cores
@@ -302,7 +302,7 @@ def run_infer_bench(
             notes.append(f"latency: only measured for {LATENCY_DETECTOR} (the issue's head CT target)")
     return InferBenchResult(
         device=str(device), dtype=_dtype_name(dtype), torch_threads=torch.get_num_threads(), cpus=available_cores(),
-        detector=detector.name, weights=weights, item_shape=tuple(detector.item_shape),  # type: ignore[arg-type]
+        detector=detector.name, weights=weights, item_shape=cast(tuple[int, int, int], tuple(detector.item_shape)),
         flops_per_item=flops, runs=tuple(runs), peak=peak, latency=latency, notes=tuple(notes), errors=tuple(errors),
     )  # fmt: skip
 

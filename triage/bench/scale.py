@@ -445,12 +445,12 @@ def _count_stored(data: Path, db_url: str) -> tuple[int, int]:
     from sqlalchemy import func, select
 
     from triage.bench.ingest import count_files
-    from triage.store.models import Instance
+    from triage.store.tables import INSTANCE
 
     engine = _engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(func.count()).select_from(Instance.__table__)).scalar_one()  # type: ignore[attr-defined]
+            rows = conn.execute(select(func.count()).select_from(INSTANCE)).scalar_one()
     finally:
         engine.dispose()
     return count_files(data / "studies"), int(rows)
@@ -551,9 +551,9 @@ def _wait_jobs(url: str, expected: int, timeout: float, server: _Serve) -> None:
     """Until the index has ``expected`` series, each complete with one pending job."""
     from sqlalchemy import func, select
 
-    from triage.store.models import Job, Series
+    from triage.store.tables import JOB as job
+    from triage.store.tables import SERIES as series
 
-    job, series = Job.__table__, Series.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
     deadline = time.monotonic() + timeout
     try:
@@ -581,10 +581,9 @@ def _hold_jobs(url: str) -> None:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.store.models import Job
+    from triage.store.tables import JOB as job
     from triage.vocabulary import JobStatus
 
-    job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
     try:
         with engine.begin() as conn:
@@ -599,10 +598,9 @@ def _release_jobs(url: str) -> datetime:
     from sqlalchemy import update
 
     from triage.clock import utcnow
-    from triage.store.models import Job
+    from triage.store.tables import JOB as job
     from triage.vocabulary import JobStatus
 
-    job = Job.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
     try:
         released = utcnow()
@@ -618,10 +616,9 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
     """Until every study has been scored; the last one's ``scored_at``. Any other AI status fails."""
     from sqlalchemy import func, select
 
-    from triage.store.models import Study
+    from triage.store.tables import STUDY as study
     from triage.vocabulary import AIStatus
 
-    study = Study.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
     deadline = time.monotonic() + timeout
     try:
@@ -656,11 +653,12 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
     """
     from sqlalchemy import func, select
 
-    from triage.store.models import AuditEvent, Job, Series, SeriesResult
+    from triage.store.tables import EVENT as event
+    from triage.store.tables import JOB as job
+    from triage.store.tables import RESULT as result
+    from triage.store.tables import SERIES as series
     from triage.vocabulary import JobStatus
 
-    job, series = Job.__table__, Series.__table__  # type: ignore[attr-defined]
-    result, event = SeriesResult.__table__, AuditEvent.__table__  # type: ignore[attr-defined]
     engine = _engine(url)
     try:
         with engine.connect() as conn:
@@ -726,7 +724,8 @@ class _Serve:
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        self._stopped: str | None | bool = False
+        self._stopped = False
+        self._stop_problem: str | None = None  # what stop() found, once stopped
         self._terminated = False
 
     def terminate(self) -> None:
@@ -774,8 +773,8 @@ class _Serve:
 
     def stop(self) -> str | None:
         """SIGTERM, wait (SIGKILL the session after :data:`STOP_TIMEOUT_S`); the problem, or None."""
-        if self._stopped is not False:
-            return self._stopped  # type: ignore[return-value]
+        if self._stopped:
+            return self._stop_problem
         problem = None
         if self.proc.poll() is None:
             self.terminate()
@@ -787,7 +786,7 @@ class _Serve:
                 problem = f"triage serve ({self.name}) did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; killed"
         if problem is None and self.proc.returncode != 0:
             problem = f"triage serve ({self.name}) exited with code {self.proc.returncode}{self.tail()}"
-        self._stopped = problem
+        self._stopped, self._stop_problem = True, problem
         return problem
 
 

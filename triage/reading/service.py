@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from triage.clock import utcnow
+from triage.clock import as_utc, utcnow
 from triage.config import Settings
 from triage.flow.cases import case_input, current_findings
 from triage.flow.policy import assess
@@ -354,7 +354,7 @@ class WorklistService:
                 user=impression_row.user,
                 text=impression_row.text,
                 kinds=tuple(k for k in impression_row.kinds.split(",") if k),
-                created_at=utc_or_none(impression_row.created_at),  # type: ignore[arg-type]
+                created_at=as_utc(impression_row.created_at),
             )
         return StudyView(
             study=_facts(study, now),
@@ -365,14 +365,14 @@ class WorklistService:
             feedback=tuple(
                 FeedbackView(
                     id=r.id, user=r.user, verdict=Verdict(r.verdict), finding_id=r.finding_pk, kind=r.kind,
-                    comment=r.comment, created_at=utc_or_none(r.created_at),  # type: ignore[arg-type]
+                    comment=r.comment, created_at=as_utc(r.created_at),
                 )
                 for r in feedback_rows
             ),  # fmt: skip
             reports=tuple(
                 ReportVersion(
                     id=r.id, version=r.version, status=ReportStatus(r.status), text=r.text, author=r.author,
-                    created_at=utc_or_none(r.created_at), updated_at=utc_or_none(r.updated_at),  # type: ignore[arg-type]
+                    created_at=as_utc(r.created_at), updated_at=as_utc(r.updated_at),
                     signed_by=r.signed_by, signed_at=utc_or_none(r.signed_at), amends_id=r.amends_pk,
                 )
                 for r in report_rows

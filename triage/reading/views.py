@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from triage.clock import as_utc
 from triage.config import PolicySettings
 from triage.flow.cases import FindingRow
 from triage.flow.policy import CaseInput, Urgency, assess
@@ -158,7 +159,7 @@ def _facts(row: Any, now: datetime) -> StudyFacts:
         requesting_service=row.requesting_service,
         num_series=row.num_series,
         num_instances=row.num_instances,
-        first_received=utc_or_none(row.first_received),  # type: ignore[arg-type]
+        first_received=as_utc(row.first_received),
         receive_status=row.status,
         ai_status=row.ai_status,
         ai_reason=row.ai_reason,

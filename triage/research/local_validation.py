@@ -263,7 +263,7 @@ def _text(ds: Any, keyword: str) -> str:
 def slice_band(thickness: str | float | None) -> str:
     """The CT slice thickness band (:data:`SLICE_BANDS`) of a SliceThickness value, or ``unknown``."""
     try:
-        mm = float(thickness)  # type: ignore[arg-type]
+        mm = float(thickness) if thickness is not None else math.nan
     except (TypeError, ValueError):
         return UNKNOWN
     if not math.isfinite(mm) or mm <= 0:

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification
 
 from dicom_io.send import echo
 from dicom_io.writer import StudyMeta

@@ -154,7 +154,7 @@ def test_synthetic_ct_volumes_are_shared_beyond_a_few() -> None:
 )  # fmt: skip
 def test_bad_options_name_the_option(change: dict[str, object], message: str) -> None:
     with pytest.raises(TriageError, match=message):
-        run_infer_bench(replace(TINY, **change))  # type: ignore[arg-type]
+        run_infer_bench(replace(TINY, **change))
 
 
 def test_cli_entry_parses_defaults_and_prints_json(

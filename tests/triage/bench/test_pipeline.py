@@ -146,7 +146,7 @@ def made_up_result(**changes: object) -> PipelineBenchResult:
         send_s=1.5, loaded_latency_s=(1.0, 1.5, 2.0), memory=Memory((100, 100, 104)), serve_exit_code=0,
     )  # fmt: skip
     fields.update(changes)
-    return PipelineBenchResult(**fields)  # type: ignore[arg-type]
+    return PipelineBenchResult(**fields)
 
 
 def test_ratios_and_verdicts_follow_from_the_measurements() -> None:

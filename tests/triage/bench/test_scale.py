@@ -93,7 +93,7 @@ def made_up_result(**changes: object) -> ScaleBenchResult:
         scoring=(ScoringRun(1, 24, 36.0, (24,), True), ScoringRun(2, 24, 30.0, (13, 11), True)),
     )  # fmt: skip
     fields.update(changes)
-    return ScaleBenchResult(**fields)  # type: ignore[arg-type]
+    return ScaleBenchResult(**fields)
 
 
 def test_rates_and_ratios_follow_from_the_measurements() -> None:

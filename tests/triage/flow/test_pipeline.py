@@ -129,7 +129,7 @@ def test_a_job_that_keeps_failing_ends_as_ai_failed_with_its_reason(received) ->
     assert study["ai_status"] == "failed" and study["ai_reason"] == "RuntimeError: out of memory"
     with engine.connect() as conn:
         assert conn.execute(select(JOB.c.status)).scalar_one() == "failed"
-        actions = conn.execute(select(AuditEvent.action)).scalars().all()  # type: ignore[call-overload]
+        actions = conn.execute(select(AuditEvent.action)).scalars().all()
     assert "inference_failed" in actions
     assert audit.verify(engine).ok
 
@@ -184,11 +184,11 @@ def test_the_worker_scores_sample_studies_and_ranks_them(received, shipped) -> N
     assert normal["ai_status"] == "scored" and normal["priority_class"] == "routine"
     assert abdomen["ai_status"] == "not_analysed" and "no detector" in abdomen["ai_reason"]
     with engine.connect() as conn:
-        findings = conn.execute(select(AIFinding).where(AIFinding.study_pk == bleed["id"])).all()  # type: ignore[arg-type]
+        findings = conn.execute(select(AIFinding).where(AIFinding.study_pk == bleed["id"])).all()
         events = conn.execute(
-            select(AuditEvent.detail).where(AuditEvent.study_uid == bleed["study_uid"], AuditEvent.action == "inference")  # type: ignore[arg-type]
+            select(AuditEvent.detail).where(AuditEvent.study_uid == bleed["study_uid"], AuditEvent.action == "inference")
         ).scalars().all()  # fmt: skip
-        instances = conn.execute(select(Instance.sop_instance_uid, Instance.sha256)).all()  # type: ignore[call-overload]
+        instances = conn.execute(select(Instance.sop_instance_uid, Instance.sha256)).all()
     (finding,) = findings
     assert finding.kind == "bleed" and finding.urgent and finding.model_name == "bleed-ct"
     assert json.loads(finding.regions)  # where the AI saw it

@@ -80,7 +80,7 @@ def position(ranked: list[tuple[CaseInput, Urgency]], uid: str) -> int:
 def case(**kw: object) -> CaseInput:
     base: dict[str, object] = {"study_uid": "1.2.3", "received_at": NOW, "ai_status": "scored"}
     base.update(kw)
-    return CaseInput(**base)  # type: ignore[arg-type]
+    return CaseInput(**base)
 
 
 # --- properties -------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_stat_never_below_routine_nor_high_below_routine(c: CaseInput, others: l
 def test_rank_is_total_and_independent_of_input_order(cs: list[CaseInput], perm: object) -> None:
     ranked = rank(cs, NOW, DEFAULT)
     shuffled = list(cs)
-    perm.shuffle(shuffled)  # type: ignore[attr-defined]
+    perm.shuffle(shuffled)
     assert [c.study_uid for c, _ in rank(shuffled, NOW, DEFAULT)] == [c.study_uid for c, _ in ranked]
     keys = [(-u.score, c.received_at, c.study_uid) for c, u in ranked]
     assert keys == sorted(keys)
@@ -355,7 +355,7 @@ def test_targets_out_of_order_never_let_a_higher_class_age_slower() -> None:
 def test_invalid_probability_is_refused(field: str, bad: object) -> None:
     args = {"kind": "bleed", "probability": 0.5, "operating_point": 0.5, field: bad}
     with pytest.raises(PolicyError, match=f'"{field}"'):
-        FindingInput(**args)  # type: ignore[arg-type]
+        FindingInput(**args)
 
 
 def test_invalid_case_fields_are_refused() -> None:
@@ -364,7 +364,7 @@ def test_invalid_case_fields_are_refused() -> None:
     with pytest.raises(PolicyError, match='"received_at"'):
         case(received_at="2024-05-01")
     with pytest.raises(ValueError, match='"now"'):  # PolicyError is a ValueError too
-        assess(case(), "now", DEFAULT)  # type: ignore[arg-type]
+        assess(case(), "now", DEFAULT)
 
 
 def test_findings_list_becomes_tuple() -> None:

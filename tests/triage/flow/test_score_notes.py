@@ -77,7 +77,7 @@ def test_estimated_spacing_is_in_score_json_and_text(leg_cr: Path, scored_leg: S
     assert out["notes"] == list(scored_leg.notes)
     assert out["findings"][0]["notes"] == list(scored_leg.notes)
     json.dumps(out)  # serialisable as --json prints it
-    lines = format_scores(SimpleNamespace(studies=[SimpleNamespace(  # type: ignore[arg-type]
+    lines = format_scores(SimpleNamespace(studies=[SimpleNamespace(
         study_uid="1", folder=leg_cr, patient_id="", accession="", description="", series=(scored_leg,))],
         unreadable=[], skipped=0, failures=[])).splitlines()  # fmt: skip
     assert "    route: skeletal radiograph (body part EXTREMITY)" in lines

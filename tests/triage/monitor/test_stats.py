@@ -48,7 +48,7 @@ class Db:
             result = SeriesResult(series_pk=series.id, study_pk=study.id, analysed=True)
             s.add(result)
             s.flush()
-            return study.id, series.id, result.id  # type: ignore[return-value]
+            return study.id, series.id, result.id
 
     def finding(self, where: tuple[int, int, int], *, model: str = "bleed-ct", kind: str = "bleed",
                 urgent: bool = True) -> int:  # fmt: skip
@@ -59,7 +59,7 @@ class Db:
                           model_version="1.0.0", weights_sha256="0" * 64)  # fmt: skip
             s.add(f)
             s.flush()
-            return f.id  # type: ignore[return-value]
+            return f.id
 
     def feedback(self, finding_pk: int, verdict: str, *, user: str = "dr.a", at: datetime = T0) -> None:
         with session_scope(self.engine) as s:
@@ -85,12 +85,12 @@ def db(tmp_path: Path) -> Db:
     return Db(tmp_path)
 
 
-def _detector(report: MonitorReport, model: str):  # type: ignore[no-untyped-def]
+def _detector(report: MonitorReport, model: str):
     (found,) = [d for d in report.detectors if d.model_name == model]
     return found
 
 
-def _stratum(detector, dimension: str, value: str):  # type: ignore[no-untyped-def]
+def _stratum(detector, dimension: str, value: str):
     (found,) = [s for s in detector.strata if (s.dimension, s.value) == (dimension, value)]
     return found
 

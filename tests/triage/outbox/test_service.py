@@ -55,7 +55,7 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_studies"
 HEAD = next(s for s in json.loads((SAMPLES / "manifest.json").read_text())["studies"] if s["folder"] == "05_head_ct")
-AUDIT = AuditEvent.__table__  # type: ignore[attr-defined]
+AUDIT = AuditEvent.__table__
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -78,7 +78,7 @@ def destination(port: int, name: str = "PACS") -> dict[str, Any]:
 
 
 @pytest.fixture
-def start(make_settings: Callable[..., Settings], tmp_path: Path):  # type: ignore[no-untyped-def]
+def start(make_settings: Callable[..., Settings], tmp_path: Path):
     """``start(name, **overrides)``: a TriageServer on ``tmp_path/name`` (stopped at teardown)."""
     servers: list[TriageServer] = []
 
@@ -108,13 +108,13 @@ def record_scoring(server: TriageServer, probability: float = 0.93) -> Any:
     (job,) = claim_jobs(engine, "test-worker", 5, settings)
     truth = HEAD["findings"][0]
     region = Region(series_uid=HEAD["series_uid"], sop_instance_uid=truth["sop_instance_uids"][1], slice_index=15,
-                    slices=(14, 17), box=tuple(truth["box"]), probability=probability)  # type: ignore[arg-type]
+                    slices=(14, 17), box=tuple(truth["box"]), probability=probability)
     finding = Finding(kind=FindingKind.BLEED, series_uid=HEAD["series_uid"], probability=probability,
                       operating_point=0.4, regions=(region,), model=ModelIdentity("bleed-ct", "1.0", "f" * 64),
                       detector="bleed-ct")  # fmt: skip
     score = SimpleNamespace(analysed=True, reason="head CT", failures=(), findings=(finding,))
     instances = stored_instances(engine, job.series_pk, settings.data_dir)
-    assert record_result(engine, job, "test-worker", score, instances, "cpu", 0.5, settings.policy)  # type: ignore[arg-type]
+    assert record_result(engine, job, "test-worker", score, instances, "cpu", 0.5, settings.policy)
     return job
 
 
@@ -127,7 +127,7 @@ def indexed(engine: Engine, sop_uid: str | None) -> Any:
     """The instance row (with its study UID) of ``sop_uid`` in an index, or None."""
     with engine.connect() as conn:
         return conn.execute(
-            select(Instance.path, Instance.sop_class_uid, Study.study_uid)  # type: ignore[call-overload]
+            select(Instance.path, Instance.sop_class_uid, Study.study_uid)
             .join(Series, Series.id == Instance.series_pk).join(Study, Study.id == Series.study_pk)
             .where(Instance.sop_instance_uid == sop_uid)
         ).first()  # fmt: skip
@@ -194,7 +194,7 @@ def test_the_sr_waits_for_every_series_of_the_study(start) -> None:
     # A late instance reopens the series (its generation moves on): the study shows its old result
     # but is not fully scored, so nothing is queued until the new completion is scored.
     with source.engine.begin() as conn:
-        conn.execute(update(Series.__table__).values(generation=Series.__table__.c.generation + 1))  # type: ignore[attr-defined]
+        conn.execute(update(Series.__table__).values(generation=Series.__table__.c.generation + 1))
     assert enqueue_scored(source.engine, source.settings, job.study_pk) == 0
     assert outbox_rows(source.engine) == []
 

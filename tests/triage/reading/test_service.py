@@ -88,14 +88,14 @@ def svc(make_service: Callable[..., WorklistService]) -> WorklistService:
 
 def study_row(engine: Engine, uid: str) -> Study:
     with Session(engine) as s:
-        row = s.exec(select(Study).where(Study.study_uid == uid)).scalar_one()  # type: ignore[call-overload]
+        row = s.exec(select(Study).where(Study.study_uid == uid)).scalar_one()
         s.expunge(row)
         return row
 
 
 def events(engine: Engine) -> list[AuditEvent]:
     with Session(engine) as s:
-        rows = list(s.exec(select(AuditEvent).order_by(AuditEvent.seq)).scalars())  # type: ignore[call-overload]
+        rows = list(s.exec(select(AuditEvent).order_by(AuditEvent.seq)).scalars())
         for r in rows:
             s.expunge(r)
         return rows
@@ -103,8 +103,8 @@ def events(engine: Engine) -> list[AuditEvent]:
 
 def reports(engine: Engine, study_pk: int) -> list[Report]:
     with Session(engine) as s:
-        query = select(Report).where(Report.study_pk == study_pk).order_by(Report.version)  # type: ignore[arg-type]
-        rows = list(s.exec(query).scalars())  # type: ignore[call-overload]
+        query = select(Report).where(Report.study_pk == study_pk).order_by(Report.version)
+        rows = list(s.exec(query).scalars())
         for r in rows:
             s.expunge(r)
         return rows
@@ -112,7 +112,7 @@ def reports(engine: Engine, study_pk: int) -> list[Report]:
 
 def count(engine: Engine, model: type) -> int:
     with Session(engine) as s:
-        return len(s.exec(select(model)).scalars().all())  # type: ignore[call-overload]
+        return len(s.exec(select(model)).scalars().all())
 
 
 # --- the state machine --------------------------------------------------------------------------
@@ -505,9 +505,9 @@ def test_impression_validation(engine: Engine, svc: WorklistService) -> None:
     assert count(engine, Impression) == 0
     svc.record_impression("1.2.3", A, "  Bleed and a nodule. ", "nodule, Bleed,nodule")
     with Session(engine) as s:
-        [imp] = s.exec(select(Impression)).scalars().all()  # type: ignore[call-overload]
+        [imp] = s.exec(select(Impression)).scalars().all()
         assert (imp.user, imp.text, imp.kinds) == (A, "Bleed and a nodule.", "nodule,bleed")
-    assert svc.open("1.2.3", A).impression.kinds == ("nodule", "bleed")  # type: ignore[union-attr]
+    assert svc.open("1.2.3", A).impression.kinds == ("nodule", "bleed")
 
 
 # --- the worklist -------------------------------------------------------------------------------
@@ -535,7 +535,7 @@ def test_items_follow_the_policy_and_include_signed(engine: Engine, svc: Worklis
     assert (facts.patient_id, facts.patient_name, facts.accession_number) == (
         stored.patient_id, stored.patient_name, stored.accession_number,
     )  # fmt: skip
-    assert facts.patient_name.startswith("Doe^Pat") and facts.receive_status == "complete"  # type: ignore[union-attr]
+    assert facts.patient_name.startswith("Doe^Pat") and facts.receive_status == "complete"
     [finding] = top.findings
     assert (finding.kind, finding.probability, finding.urgent) == ("bleed", 0.97, True)
     assert (finding.model_name, finding.model_version, finding.weights_sha256, finding.series_uid) == (

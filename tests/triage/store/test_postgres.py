@@ -127,7 +127,7 @@ def test_utc_datetimes_and_booleans_round_trip(engines: Callable[[], Engine]) ->
         s.add(Study(study_uid="3.1", first_received=local, last_received=local, scored_at=None))
         s.commit()
     with Session(engine) as s:
-        study = s.exec(select(Study)).scalar_one()  # type: ignore[call-overload]
+        study = s.exec(select(Study)).scalar_one()
         assert study.first_received == local
         assert study.first_received.utcoffset() == timedelta(0)
         assert study.first_received.isoformat() == "2026-03-01T08:30:15.123456+00:00"
@@ -160,9 +160,9 @@ def test_index_group_commits_from_many_threads_idempotent_on_sop_uid(engines: Ca
         index.close()
     assert all(r == [True] * 25 + [False] for r in results)
     with Session(index.engine) as s:
-        study = s.exec(select(Study)).scalar_one()  # type: ignore[call-overload]
+        study = s.exec(select(Study)).scalar_one()
         assert (study.num_series, study.num_instances, study.modalities) == (9, 201, "CT")
-        assert sorted(x.num_instances for x in s.exec(select(Series)).scalars()) == [1] + [25] * 8  # type: ignore[call-overload]
+        assert sorted(x.num_instances for x in s.exec(select(Series)).scalars()) == [1] + [25] * 8
     assert count(index.engine, select(func.count()).select_from(Instance)) == 201
     assert index.find("1.2.3.5.7") == ("ab" * 32, "studies/1.2.3/1.2.3.5/1.2.3.5.7.dcm")
     assert audit.verify(index.engine).ok
@@ -195,9 +195,9 @@ def test_two_listeners_index_the_same_studies_without_losing_or_doubling(engines
     assert count(engine, select(func.count()).select_from(Instance)) == 200
     assert count(engine, select(func.count()).select_from(Series)) == 20
     with Session(engine) as s:
-        for study in s.exec(select(Study)).scalars():  # type: ignore[call-overload]
+        for study in s.exec(select(Study)).scalars():
             assert (study.num_series, study.num_instances) == (2, 20), study.study_uid
-        for series in s.exec(select(Series)).scalars():  # type: ignore[call-overload]
+        for series in s.exec(select(Series)).scalars():
             assert series.num_instances == 10, series.series_uid
     assert audit.verify(engine).ok
 
@@ -342,7 +342,7 @@ def test_a_result_is_recorded_once_with_its_findings(engines: Callable[[], Engin
     assert record_result(engine, job, "w1", score, [], "cpu", 0.2, cfg.policy)
     assert not record_result(engine, job, "w1", score, [], "cpu", 0.2, cfg.policy)  # no longer running: dropped
     with Session(engine) as s:
-        study = s.exec(select(Study)).scalar_one()  # type: ignore[call-overload]
+        study = s.exec(select(Study)).scalar_one()
         assert (study.ai_status, study.priority_class) == ("scored", "critical")
         assert study.scored_at is not None and study.scored_at.utcoffset() == timedelta(0)
     with engine.connect() as conn:
@@ -393,7 +393,7 @@ def test_worklist_items_claim_and_sign(engines: Callable[[], Engine], tmp_path: 
     svc.save_draft("6.1", reader, "Acute haemorrhage.")
     assert svc.sign("6.1", reader) == 1
     with Session(engine) as s:
-        study = s.exec(select(Study).where(Study.study_uid == "6.1")).scalar_one()  # type: ignore[call-overload]
+        study = s.exec(select(Study).where(Study.study_uid == "6.1")).scalar_one()
         assert (study.read_state, study.claimed_by) == ("signed", None)
     assert [i.study.study_uid for i in svc.items(include_signed=False)] == ["6.2"]
     actions = [e["action"] for e in audit.export(engine, study_uid="6.1")]
