@@ -19,7 +19,9 @@ test-fast: env
 	.venv/bin/triage realdata fetch >/dev/null
 	.venv/bin/python -m pytest -q
 
-# Lint (ruff) and types (mypy), as configured in pyproject.toml; CI runs it before the tests.
+# Lint and format (ruff) and types (mypy), as configured in pyproject.toml; CI runs it before the tests.
+# `.venv/bin/ruff format .` rewrites the tree as the check wants it.
 lint: env
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy

@@ -62,8 +62,7 @@ class SeriesArrays:
             raise ValueError(f'Argument "pixels" must be (slices, rows, cols), got shape {self.pixels.shape}')
         if len(self.sop_instance_uids) != self.pixels.shape[0]:
             raise ValueError(
-                f'Argument "sop_instance_uids" must have one UID per slice ({self.pixels.shape[0]}), '
-                f"got {len(self.sop_instance_uids)}"
+                f'Argument "sop_instance_uids" must have one UID per slice ({self.pixels.shape[0]}), got {len(self.sop_instance_uids)}'
             )
         if self.family is Family.RADIOGRAPH and self.pixels.shape[0] != 1:
             raise ValueError(f'Argument "pixels" must hold one slice for a radiograph, got {self.pixels.shape[0]}')

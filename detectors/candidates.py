@@ -57,8 +57,7 @@ class Candidate:
 
 def _window_index(spec: DetectorSpec, lo: float, hi: float) -> int | None:
     """The narrowest window that shows all of [lo, hi] HU, or None."""
-    fits = [(w.width, i) for i, w in enumerate(spec.input.windows)
-            if w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi]  # fmt: skip
+    fits = [(w.width, i) for i, w in enumerate(spec.input.windows) if w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi]
     return min(fits)[1] if fits else None
 
 
@@ -109,9 +108,16 @@ def proposals_for(items: np.ndarray, spec: DetectorSpec, allowed: np.ndarray, sp
     return hyperdense(hu, bone, allowed, spec.stride, float(spacing_mm[0]), spec.input.spacing_mm)
 
 
-def find_candidates(smoothed: np.ndarray, logits: np.ndarray, allowed: np.ndarray, images: dict[str, np.ndarray],
-                    spec: DetectorSpec, spacing_mm: tuple[float, float, float],
-                    candidate_logit: float, proposal: Hyperdense | None = None) -> tuple[list[Candidate], np.ndarray]:  # fmt: skip
+def find_candidates(
+    smoothed: np.ndarray,
+    logits: np.ndarray,
+    allowed: np.ndarray,
+    images: dict[str, np.ndarray],
+    spec: DetectorSpec,
+    spacing_mm: tuple[float, float, float],
+    candidate_logit: float,
+    proposal: Hyperdense | None = None,
+) -> tuple[list[Candidate], np.ndarray]:
     """Components of ``smoothed`` (n, h, w) above ``candidate_logit`` within ``allowed``; returns (candidates, labels).
 
     With ``proposal``, its cells are candidates too (joined with the heatmap's where they touch).
@@ -143,16 +149,25 @@ def find_candidates(smoothed: np.ndarray, logits: np.ndarray, allowed: np.ndarra
         local = np.where(region, smoothed[box], -np.inf)
         pz, pr, pc = np.unravel_index(int(np.argmax(local)), local.shape)
         peak = (int(box[0].start + pz), int(box[1].start + pr), int(box[2].start + pc))
-        features = _features(region, box, peak, float(peaks[i]), logits, allowed, images, depth_mm,
-                             spec, spacing_mm, cell_mm, proposal)  # fmt: skip
+        features = _features(region, box, peak, float(peaks[i]), logits, allowed, images, depth_mm, spec, spacing_mm, cell_mm, proposal)
         out.append(Candidate(label, box, peak, float(peaks[i]), features))
     return out, labels
 
 
-def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[int, int, int], peak_logit: float,
-              logits: np.ndarray, allowed: np.ndarray, images: dict[str, np.ndarray], depth_mm: np.ndarray,
-              spec: DetectorSpec, spacing_mm: tuple[float, float, float], cell_mm: float,
-              proposal: Hyperdense | None) -> np.ndarray:  # fmt: skip
+def _features(
+    region: np.ndarray,
+    box: tuple[slice, slice, slice],
+    peak: tuple[int, int, int],
+    peak_logit: float,
+    logits: np.ndarray,
+    allowed: np.ndarray,
+    images: dict[str, np.ndarray],
+    depth_mm: np.ndarray,
+    spec: DetectorSpec,
+    spacing_mm: tuple[float, float, float],
+    cell_mm: float,
+    proposal: Hyperdense | None,
+) -> np.ndarray:
     cells = int(region.sum())
     values: dict[str, float] = {
         "peak_logit": peak_logit,
@@ -162,8 +177,11 @@ def _features(region: np.ndarray, box: tuple[slice, slice, slice], peak: tuple[i
         "anatomy_depth_mm": float(depth_mm[peak]),
     }
     # The ring: cells within two cells of the candidate, inside the anatomy, not the candidate.
-    grow = (slice(box[0].start, box[0].stop), slice(max(box[1].start - 2, 0), box[1].stop + 2),
-            slice(max(box[2].start - 2, 0), box[2].stop + 2))  # fmt: skip
+    grow = (
+        slice(box[0].start, box[0].stop),
+        slice(max(box[1].start - 2, 0), box[1].stop + 2),
+        slice(max(box[2].start - 2, 0), box[2].stop + 2),
+    )
     big = np.zeros(tuple(s.stop - s.start for s in grow), dtype=bool)
     off = (0, box[1].start - grow[1].start, box[2].start - grow[2].start)
     big[:, off[1] : off[1] + region.shape[1], off[2] : off[2] + region.shape[2]] = region

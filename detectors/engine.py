@@ -78,9 +78,7 @@ def pick_device(name: str = "auto") -> torch.device:
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(
-            f'Argument "device" must be "auto", "cpu", "cuda", "cuda:N" or "mps", got {name!r}'
-        )
+        raise ValueError(f'Argument "device" must be "auto", "cpu", "cuda", "cuda:N" or "mps", got {name!r}')
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index or 0) >= count:
@@ -193,9 +191,7 @@ class InferenceEngine:
         max_queued_items = 4 * max_batch if max_queued_items is None else max_queued_items
         if max_queued_items < max_batch:
             # Otherwise no batch could ever fill and every one would wait out max_wait_ms.
-            raise ValueError(
-                f'Argument "max_queued_items" must be at least max_batch ({max_batch}), got {max_queued_items}'
-            )
+            raise ValueError(f'Argument "max_queued_items" must be at least max_batch ({max_batch}), got {max_queued_items}')
         if max_series_in_flight is None:
             max_series_in_flight = max_batch + workers
         if max_series_in_flight < 1:
@@ -268,9 +264,7 @@ class InferenceEngine:
             raise
         return job.future
 
-    def score_many(
-        self, pairs: Iterable[tuple[Detector, SeriesSource]]
-    ) -> list[Finding | DetectionError]:
+    def score_many(self, pairs: Iterable[tuple[Detector, SeriesSource]]) -> list[Finding | DetectionError]:
         """Score (detector, series) pairs; one Finding or DetectionError per pair, in order."""
         futures = [self.submit(detector, series) for detector, series in pairs]
         results: list[Finding | DetectionError] = []
@@ -520,11 +514,7 @@ class InferenceEngine:
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
             if self._channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            autocast = (
-                torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-                if self.amp_dtype is not None
-                else contextlib.nullcontext()
-            )
+            autocast = torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
             with autocast:
                 outputs = model.module(inputs)
             logits = outputs.float().cpu().numpy()  # (batch, 1, h, w)

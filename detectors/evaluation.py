@@ -85,9 +85,7 @@ class StudyOutcome:
             try:
                 box, slices, probability = region
             except (TypeError, ValueError):
-                raise ValueError(
-                    f'Argument "regions" must hold (box, slices, probability), item {i} is {region!r}'
-                ) from None
+                raise ValueError(f'Argument "regions" must hold (box, slices, probability), item {i} is {region!r}') from None
             if not isinstance(probability, (int, float, np.number)) or not math.isfinite(probability):
                 raise ValueError(f'Argument "regions" item {i} must have a finite probability, got {probability!r}')
             regions.append((as_box("regions", box), as_slice_range("regions", slices), float(probability)))
@@ -107,9 +105,7 @@ class StudyOutcome:
         object.__setattr__(self, "operating_point", float(self.operating_point))
 
 
-def truth_from_findings(
-    findings: Iterable[Mapping[str, Any]], kind: str | None = None
-) -> list[tuple[Box, SliceRange]]:
+def truth_from_findings(findings: Iterable[Mapping[str, Any]], kind: str | None = None) -> list[tuple[Box, SliceRange]]:
     """``(box, slices)`` of a manifest study's findings, optionally only those of one ``kind``.
 
     Parameters
@@ -241,8 +237,7 @@ def reliability_bins(labels: Sequence[bool], probabilities: Sequence[float], n_b
     for b in range(n_bins):
         inside = index == b
         n = int(inside.sum())
-        bins.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), n, int(y[inside].sum()),
-                                   float(p[inside].mean()) if n else None))  # fmt: skip
+        bins.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), n, int(y[inside].sum()), float(p[inside].mean()) if n else None))
     return bins
 
 
@@ -271,9 +266,7 @@ def _is_nodule(name: str) -> bool:
     return "nodule" in name.lower()
 
 
-def _hit_lesion(
-    box: Box, slices: SliceRange, truth: Sequence[tuple[Box, SliceRange]], min_iou: float
-) -> int | None:
+def _hit_lesion(box: Box, slices: SliceRange, truth: Sequence[tuple[Box, SliceRange]], min_iou: float) -> int | None:
     """Index of the true lesion a region hits (best IoU, then lowest index), or None."""
     best, best_iou = None, -1.0
     for i, (lesion_box, lesion_slices) in enumerate(truth):
@@ -286,14 +279,7 @@ def _hit_lesion(
 
 
 def _report(
-    name: str,
-    outcomes: Sequence[StudyOutcome],
-    *,
-    n_boot: int,
-    seed: int,
-    level: float,
-    min_iou: float,
-    with_froc: bool,
+    name: str, outcomes: Sequence[StudyOutcome], *, n_boot: int, seed: int, level: float, min_iou: float, with_froc: bool
 ) -> DetectorReport:
     notes: list[str] = []
     labels = np.array([o.label for o in outcomes], dtype=bool)
@@ -550,8 +536,14 @@ def reports_as_json(reports: Sequence[DetectorReport], disclaimer: str = DISCLAI
             "calibration": {
                 "expected_calibration_error": r.ece,
                 "bins": [
-                    {"low": b.low, "high": b.high, "n": b.n, "positives": b.positives,
-                     "mean_predicted": b.mean_predicted, "observed": b.observed}
+                    {
+                        "low": b.low,
+                        "high": b.high,
+                        "n": b.n,
+                        "positives": b.positives,
+                        "mean_predicted": b.mean_predicted,
+                        "observed": b.observed,
+                    }
                     for b in r.reliability
                 ],
             },
@@ -586,9 +578,19 @@ def _fraction(k: int, n: int) -> str:
 def format_reports(reports: Sequence[DetectorReport], disclaimer: str = DISCLAIMER) -> str:
     """A plain-text table of the reports, then FROC lines and notes, then the disclaimer."""
     level = f"{round(100 * reports[0].level)}%" if reports else "95%"
-    header = ("detector", "n (pos/neg)", f"AUC [{level} CI]", "op. point",
-              f"sensitivity [{level} CI]", f"specificity [{level} CI]", "localised", "lesions hit", "top region",
-              "normals w/ regions", "ECE")  # fmt: skip
+    header = (
+        "detector",
+        "n (pos/neg)",
+        f"AUC [{level} CI]",
+        "op. point",
+        f"sensitivity [{level} CI]",
+        f"specificity [{level} CI]",
+        "localised",
+        "lesions hit",
+        "top region",
+        "normals w/ regions",
+        "ECE",
+    )
     rows = [
         (
             r.detector,

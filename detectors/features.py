@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from detectors.base import Family
 
-CT_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "depth_mm", "anatomy_depth_mm",
-               "hu_mean", "hu_excess", "hu_contrast", "bone_adjacent", "bone_through")  # fmt: skip
-RADIOGRAPH_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "anatomy_depth_mm",
-                       "intensity_mean", "intensity_contrast")  # fmt: skip
+CT_FEATURES = (
+    "peak_logit",
+    "mean_logit",
+    "log_area_mm2",
+    "depth_mm",
+    "anatomy_depth_mm",
+    "hu_mean",
+    "hu_excess",
+    "hu_contrast",
+    "bone_adjacent",
+    "bone_through",
+)
+RADIOGRAPH_FEATURES = ("peak_logit", "mean_logit", "log_area_mm2", "anatomy_depth_mm", "intensity_mean", "intensity_contrast")
 PROPOSALS = ("hyperdense",)  # classical candidate sources a card may ask for
 DENSE_FEATURES = ("dense_log_ml", "dense_hu", "dense_calcified_share", "dense_contrast_hu", "midline_mm")  # hyperdense only
 

@@ -45,8 +45,13 @@ class LogisticFilter:
 
     def as_table(self) -> dict[str, Any]:
         # Full precision: the card must give back exactly the filter that was validated.
-        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
-                "mean": list(self.mean), "scale": list(self.scale)}  # fmt: skip
+        return {
+            "features": list(self.features),
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+        }
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> LogisticFilter:
@@ -59,8 +64,7 @@ class LogisticFilter:
         )
 
 
-def fit_filter(x: np.ndarray, y: np.ndarray, features: Sequence[str], l2: float = 1.0,
-               iterations: int = 50) -> LogisticFilter:  # fmt: skip
+def fit_filter(x: np.ndarray, y: np.ndarray, features: Sequence[str], l2: float = 1.0, iterations: int = 50) -> LogisticFilter:
     """Fit a :class:`LogisticFilter` on (n, features) ``x`` and (n,) bool ``y``.
 
     ``l2`` is the ridge penalty on the standardised weights (not the bias),

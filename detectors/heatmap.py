@@ -51,7 +51,7 @@ def build_module(spec: DetectorSpec) -> torch.nn.Module:
     """A fresh (untrained) network for a shipped-style card."""
     arch = spec.network.get("arch", "heatmap-unet")
     if arch != "heatmap-unet":
-        raise CardError(f"{spec.name}: network.arch must be \"heatmap-unet\", got {arch!r}")
+        raise CardError(f'{spec.name}: network.arch must be "heatmap-unet", got {arch!r}')
     return build(spec.item_shape[0], width=int(spec.network.get("width", 16)), stride=spec.stride)
 
 

@@ -56,9 +56,7 @@ def _labels_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np
     if s.ndim != 1:
         raise ValueError(f'Argument "scores" must be one-dimensional, got shape {s.shape}')
     if y.shape != s.shape:
-        raise ValueError(
-            f'Argument "scores" must have one score per label ({y.shape[0]}), got {s.shape[0]}'
-        )
+        raise ValueError(f'Argument "scores" must have one score per label ({y.shape[0]}), got {s.shape[0]}')
     if not np.isfinite(s).all():
         raise ValueError('Argument "scores" must be finite (no NaN or infinity)')
     return y, s
@@ -68,9 +66,7 @@ def _both_classes(y: np.ndarray) -> tuple[int, int]:
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f'Argument "labels" must contain both classes, got {n_pos} positive and {n_neg} negative'
-        )
+        raise ValueError(f'Argument "labels" must contain both classes, got {n_pos} positive and {n_neg} negative')
     return n_pos, n_neg
 
 
@@ -148,13 +144,7 @@ def auc(labels: ArrayLike, scores: ArrayLike) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def bootstrap_auc_ci(
-    labels: ArrayLike,
-    scores: ArrayLike,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
+def bootstrap_auc_ci(labels: ArrayLike, scores: ArrayLike, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the AUC.
 
     Studies are resampled with replacement within each class (stratified), so
@@ -303,9 +293,7 @@ def confusion(labels: ArrayLike, predicted: ArrayLike, level: float = 0.95) -> C
     p = _bools("predicted", predicted)
     if p.shape != y.shape:
         raise ValueError(f'Argument "predicted" must have one value per label ({y.size}), got {p.size}')
-    return Confusion(
-        tp=int((y & p).sum()), fn=int((y & ~p).sum()), tn=int((~y & ~p).sum()), fp=int((~y & p).sum()), level=level
-    )
+    return Confusion(tp=int((y & p).sum()), fn=int((y & ~p).sum()), tn=int((~y & ~p).sum()), fp=int((~y & p).sum()), level=level)
 
 
 def confusion_at(labels: ArrayLike, scores: ArrayLike, threshold: float, level: float = 0.95) -> Confusion:
@@ -408,13 +396,8 @@ class FrocCase:
                 ) from None
             if not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
                 raise ValueError(f'Argument "candidates" item {i} must have a finite score, got {score!r}')
-            if hit is not None and (
-                isinstance(hit, bool) or not isinstance(hit, (int, np.integer)) or not 0 <= hit < self.n_lesions
-            ):
-                raise ValueError(
-                    f'Argument "candidates" item {i} must hit a lesion index in [0, {self.n_lesions}) or None, '
-                    f"got {hit!r}"
-                )
+            if hit is not None and (isinstance(hit, bool) or not isinstance(hit, (int, np.integer)) or not 0 <= hit < self.n_lesions):
+                raise ValueError(f'Argument "candidates" item {i} must hit a lesion index in [0, {self.n_lesions}) or None, got {hit!r}')
             normalised.append((float(score), None if hit is None else int(hit)))
         # A tuple keeps the frozen case really immutable (and hashable).
         object.__setattr__(self, "candidates", tuple(normalised))
@@ -571,11 +554,7 @@ def boxes_overlap(a: Sequence[int], b: Sequence[int]) -> bool:
 
 
 def region_hits_lesion(
-    region_box: Sequence[int],
-    region_slices: Sequence[int],
-    lesion_box: Sequence[int],
-    lesion_slices: Sequence[int],
-    min_iou: float = 0.0,
+    region_box: Sequence[int], region_slices: Sequence[int], lesion_box: Sequence[int], lesion_slices: Sequence[int], min_iou: float = 0.0
 ) -> bool:
     """Whether a detector's region localises a true lesion.
 

@@ -31,7 +31,7 @@ _DATA = {
 _KNOWN = {
     "bleed-ct": "Real anatomy: one real head CT (with its acquisition variants) is all the normal real anatomy it "
     "was calibrated on; other scanners, ages and pathology (atrophy, old infarcts, post-operative skulls, "
-    "craniectomy) are untested. Where no closed skull is found it reports \"not assessed\", never negative. "
+    'craniectomy) are untested. Where no closed skull is found it reports "not assessed", never negative. '
     "It looks for acute blood (50-90 HU): a chronic subdural haematoma, as dense as CSF, is not what it finds "
     "(the one real one reachable, a CQ500 slice with midline shift, scores 0.47, below the operating point), "
     "and it does not measure midline shift.",
@@ -83,19 +83,26 @@ def render_card(spec: DetectorSpec) -> str:
     inp = spec.input
     if spec.family is Family.CT:
         windows = ", ".join(f"{w.center:g}/{w.width:g}" for w in inp.windows)
-        inputs = (f"axial CT in HU, resampled to {inp.spacing_mm:g} mm pixels, {inp.height}x{inp.width} around the "
-                  f"body; each slice with {inp.context_slices} neighbour(s) on each side (2.5D"
-                  f"{f', about {inp.context_mm:g} mm apart' if inp.context_mm else ', adjacent'}), windows (centre/width) "
-                  f"{windows}: {spec.item_shape[0]} channels")  # fmt: skip
+        inputs = (
+            f"axial CT in HU, resampled to {inp.spacing_mm:g} mm pixels, {inp.height}x{inp.width} around the "
+            f"body; each slice with {inp.context_slices} neighbour(s) on each side (2.5D"
+            f"{f', about {inp.context_mm:g} mm apart' if inp.context_mm else ', adjacent'}), windows (centre/width) "
+            f"{windows}: {spec.item_shape[0]} channels"
+        )
     else:
-        inputs = (f"one projection radiograph (bright = dense), resampled to {inp.spacing_mm:g} mm pixels, "
-                  f"{inp.height}x{inp.width}, scaled to its 1st-99th percentiles")  # fmt: skip
+        inputs = (
+            f"one projection radiograph (bright = dense), resampled to {inp.spacing_mm:g} mm pixels, "
+            f"{inp.height}x{inp.width}, scaled to its 1st-99th percentiles"
+        )
     val = spec.extra.get("validation", {})
     test = spec.extra.get("test", {})
     train = spec.extra.get("training", {})
     filter_training = spec.extra.get("filter_training", {})
-    real_note = (f" Its false-positive filter and operating point were fitted on phantoms and on {_REAL[spec.name]}."
-                 if spec.filter is not None and spec.name in _REAL else "")  # fmt: skip
+    real_note = (
+        f" Its false-positive filter and operating point were fitted on phantoms and on {_REAL[spec.name]}."
+        if spec.filter is not None and spec.name in _REAL
+        else ""
+    )
     score = "x = the best candidate's filter logit" if spec.filter is not None else "x = strongest smoothed logit"
     lines = [
         f"# Model card: {spec.name} {spec.version}",
@@ -110,7 +117,7 @@ def render_card(spec: DetectorSpec) -> str:
         f"| weights | `{spec.weights}` (fp16 state dict, {spec.network.get('arch', '?')} width "
         f"{spec.network.get('width', '?')}, output stride {spec.stride}) |",
         f"| SHA-256 | `{spec.sha256}` |",
-        f"| operating point | calibrated probability >= {spec.operating_point:.4f} is \"urgent\" |",
+        f'| operating point | calibrated probability >= {spec.operating_point:.4f} is "urgent" |',
         f"| regions | shown at calibrated probability >= {spec.region_threshold:.4f} |",
         f"| calibration | Platt: p = sigmoid({spec.platt_a:.4f} x + {spec.platt_b:.4f}), {score} |",
         "",
@@ -127,11 +134,15 @@ def render_card(spec: DetectorSpec) -> str:
     if spec.filter is not None:
         design += f" Connected components of the heatmap above logit {spec.candidate_logit:g} are candidates"
         if "hyperdense" in spec.proposals:
-            design += (", and so are components of intracranial pixels at least 20 HU denser than the scan's own "
-                       "brain, away from bone, whatever the network says (`detectors/proposals.py`: thin and small "
-                       "bleeds that the phantom-trained network misses)")  # fmt: skip
-        design += ("; a logistic false-positive filter over their measured features (`detectors/candidates.py`) scores "
-                   "each, and the study score is the best candidate's. Filter weights (standardised features):")  # fmt: skip
+            design += (
+                ", and so are components of intracranial pixels at least 20 HU denser than the scan's own "
+                "brain, away from bone, whatever the network says (`detectors/proposals.py`: thin and small "
+                "bleeds that the phantom-trained network misses)"
+            )
+        design += (
+            "; a logistic false-positive filter over their measured features (`detectors/candidates.py`) scores "
+            "each, and the study score is the best candidate's. Filter weights (standardised features):"
+        )
     lines += [design, ""]
     if spec.filter is not None:
         lines += ["| feature | weight |", "| --- | --- |"]
@@ -168,12 +179,13 @@ def render_card(spec: DetectorSpec) -> str:
         f"specificity {val.get('validation_specificity', '?')} at the network's own operating point.",
         "",
     ]
-    lines += _table("Real-anatomy validation (calibration and operating point were chosen here):",
-                    spec.extra.get("real_validation", {}))  # fmt: skip
+    lines += _table("Real-anatomy validation (calibration and operating point were chosen here):", spec.extra.get("real_validation", {}))
     lines += _table("Phantom validation of the filtered detector:", spec.extra.get("phantom_validation", {}))
     lines += _table("Test on phantoms (`triage evaluate`, seeds never used in training or validation):", test)
-    lines += _table("Test on real anatomy (`triage samples real` then `triage evaluate`; test split, never drawn for "
-                    "training or calibration):", spec.extra.get("real_test", {}))  # fmt: skip
+    lines += _table(
+        "Test on real anatomy (`triage samples real` then `triage evaluate`; test split, never drawn for training or calibration):",
+        spec.extra.get("real_test", {}),
+    )
     lines += [
         "## Limitations",
         "",
@@ -183,8 +195,7 @@ def render_card(spec: DetectorSpec) -> str:
         "post-operative change, contrast, paediatric anatomy, real rather than inserted lesions).",
         "- A site must check the operating point on its own labelled studies before relying on the ordering "
         "(`triage evaluate FOLDER --labels labels.csv --set-operating-point`).",
-        "- It scores the series it is routed; it does not say a study is normal, and it never removes a case "
-        "from the worklist.",
+        "- It scores the series it is routed; it does not say a study is normal, and it never removes a case from the worklist.",
         "",
     ]
     return "\n".join(lines)

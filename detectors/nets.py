@@ -33,12 +33,14 @@ class HeatmapNet(nn.Module):
             raise ValueError(f'Argument "width" must be positive, got {width}')
         w = width
         self.stride = stride
-        self.enc = nn.ModuleList([
-            _block(in_channels, w, stride=2),  # 1/2
-            _block(w, 2 * w, stride=2),  # 1/4
-            _block(2 * w, 4 * w, stride=2),  # 1/8
-            _block(4 * w, 4 * w, stride=2, dilation=2),  # 1/16
-        ])  # fmt: skip
+        self.enc = nn.ModuleList(
+            [
+                _block(in_channels, w, stride=2),  # 1/2
+                _block(w, 2 * w, stride=2),  # 1/4
+                _block(2 * w, 4 * w, stride=2),  # 1/8
+                _block(4 * w, 4 * w, stride=2, dilation=2),  # 1/16
+            ]
+        )
         # Decoder: 1/16 -> 1/8 -> ... -> 1/stride, each step fusing the encoder map of that scale.
         chans = [w, 2 * w, 4 * w, 4 * w]
         self.dec = nn.ModuleList()

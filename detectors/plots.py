@@ -96,10 +96,10 @@ def plot_roc(
         (line,) = ax.plot(fpr_a, tpr_a, label=label)
         if name in points:
             x, y = points[name]
-            ax.plot([x], [y], marker="o", markersize=7, color=line.get_color(), linestyle="none",
-                    label=f"{name} operating point")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false-positive rate)",
-           ylabel="sensitivity (true-positive rate)", title=title)
+            ax.plot([x], [y], marker="o", markersize=7, color=line.get_color(), linestyle="none", label=f"{name} operating point")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)", title=title
+    )
     ax.set_aspect("equal")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, title="AUC [95% CI]", title_fontsize=8)
@@ -170,8 +170,7 @@ def plot_froc(
     ax.xaxis.set_minor_locator(NullLocator())
     # "1/8" reads better than 2^-3 and matches how FROC rates are quoted.
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}" if x >= 1 else f"1/{1 / x:g}"))
-    ax.set(xlim=(left, right), ylim=(0, 1.05), xlabel="average false positives per scan",
-           ylabel="lesion sensitivity", title=title)
+    ax.set(xlim=(left, right), ylim=(0, 1.05), xlabel="average false positives per scan", ylabel="lesion sensitivity", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path, footer)
@@ -227,8 +226,12 @@ def plot_reliability(
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.05), ylabel="observed fraction positive", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    counts.bar([(low + high) / 2 for low, high, *_ in rows], [n for _, _, n, *_ in rows],
-               width=[(high - low) * 0.9 for low, high, *_ in rows], color="0.55")  # fmt: skip
+    counts.bar(
+        [(low + high) / 2 for low, high, *_ in rows],
+        [n for _, _, n, *_ in rows],
+        width=[(high - low) * 0.9 for low, high, *_ in rows],
+        color="0.55",
+    )
     counts.set(xlabel="mean predicted probability (bin)", ylabel="studies")
     counts.grid(True, alpha=0.3)
     return _save(fig, path, footer)

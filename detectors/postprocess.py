@@ -81,8 +81,9 @@ def candidate_scores(prepared: Prepared, logits: np.ndarray, spec: DetectorSpec)
     gated = np.where(allowed, maps, -60.0)
     images = item_images(prepared.items, spec)
     proposal = proposals_for(prepared.items, spec, allowed, prepared.series.spacing_mm)
-    cands, labels = find_candidates(smoothed(gated), gated, allowed, images, spec, prepared.series.spacing_mm,
-                                    spec.candidate_logit, proposal)  # fmt: skip
+    cands, labels = find_candidates(
+        smoothed(gated), gated, allowed, images, spec, prepared.series.spacing_mm, spec.candidate_logit, proposal
+    )
     if not cands or spec.filter is None:
         return cands, np.zeros(len(cands)), labels
     names = feature_names(spec.family, spec.proposals)
@@ -117,8 +118,14 @@ def postprocess(prepared: Prepared, logits: np.ndarray, spec: DetectorSpec, iden
     )
 
 
-def find_regions(maps: np.ndarray, geometry: Geometry, spec: DetectorSpec, series_uid: str,
-                 sop_uids: tuple[str, ...], spacing_mm: tuple[float, float, float]) -> list[Region]:  # fmt: skip
+def find_regions(
+    maps: np.ndarray,
+    geometry: Geometry,
+    spec: DetectorSpec,
+    series_uid: str,
+    sop_uids: tuple[str, ...],
+    spacing_mm: tuple[float, float, float],
+) -> list[Region]:
     """Connected components of the heatmap above the region threshold, strongest first."""
     p = spec.region_threshold
     # 0 and 1 have no logit: 1 outlines nothing; 0 every image cell (padding sits at -60, not above it).
@@ -146,8 +153,17 @@ def find_regions(maps: np.ndarray, geometry: Geometry, spec: DetectorSpec, serie
     return regions
 
 
-def _region(labels: np.ndarray, label: int, cells: tuple[slice, slice, slice], best: int, logit: float,
-            geometry: Geometry, spec: DetectorSpec, series_uid: str, sop_uids: tuple[str, ...]) -> Region:  # fmt: skip
+def _region(
+    labels: np.ndarray,
+    label: int,
+    cells: tuple[slice, slice, slice],
+    best: int,
+    logit: float,
+    geometry: Geometry,
+    spec: DetectorSpec,
+    series_uid: str,
+    sop_uids: tuple[str, ...],
+) -> Region:
     """One labelled component on the heatmap grid -> a :class:`Region` in source pixels."""
     zs, ys, xs = cells
     s = spec.stride
@@ -168,8 +184,15 @@ def _region(labels: np.ndarray, label: int, cells: tuple[slice, slice, slice], b
     )
 
 
-def _candidate_regions(cands: list[Candidate], scores: np.ndarray, labels: np.ndarray, geometry: Geometry,
-                       spec: DetectorSpec, series_uid: str, sop_uids: tuple[str, ...]) -> list[Region]:  # fmt: skip
+def _candidate_regions(
+    cands: list[Candidate],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    geometry: Geometry,
+    spec: DetectorSpec,
+    series_uid: str,
+    sop_uids: tuple[str, ...],
+) -> list[Region]:
     """Candidates whose calibrated filter probability reaches the region threshold, strongest first."""
     order = np.argsort(scores)[::-1]
     regions = []

@@ -68,8 +68,9 @@ def resample(pixels: np.ndarray, spacing_rc: tuple[float, float], target_mm: flo
         t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None]
         # Antialiasing when shrinking keeps thin high-contrast edges (skull,
         # cortex) from aliasing into bright specks that look like findings.
-        out = F.interpolate(t, size=(out_rows, out_cols), mode="bilinear", align_corners=False,
-                            antialias=out_rows < rows or out_cols < cols)  # fmt: skip
+        out = F.interpolate(
+            t, size=(out_rows, out_cols), mode="bilinear", align_corners=False, antialias=out_rows < rows or out_cols < cols
+        )
     return out[:, 0].numpy(), scale
 
 
@@ -82,8 +83,9 @@ def body_centre(pixels: np.ndarray, threshold: float) -> tuple[float, float]:
     return (float(rows.mean()), float(cols.mean()))
 
 
-def crop_or_pad(pixels: np.ndarray, centre: tuple[float, float], height: int, width: int,
-                fill: float) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+def crop_or_pad(
+    pixels: np.ndarray, centre: tuple[float, float], height: int, width: int, fill: float
+) -> tuple[np.ndarray, tuple[int, int]]:
     """A (slices, height, width) window of (slices, rows, cols) centred on ``centre``; returns (window, origin)."""
     n, rows, cols = pixels.shape
     r0 = int(round(centre[0] - height / 2))
@@ -126,9 +128,9 @@ def window_channels(hu: np.ndarray, spec: InputSpec, slice_spacing_mm: float = 0
     n = hu.shape[0]
     k = spec.context_slices
     step = neighbour_step(spec, slice_spacing_mm)
-    windowed = np.stack(
-        [np.clip((hu - (w.center - w.width / 2)) / w.width, 0.0, 1.0) for w in spec.windows], axis=1
-    ).astype(np.float32)  # (slices, windows, h, w)
+    windowed = np.stack([np.clip((hu - (w.center - w.width / 2)) / w.width, 0.0, 1.0) for w in spec.windows], axis=1).astype(
+        np.float32
+    )  # (slices, windows, h, w)
     index = np.clip(np.arange(n)[:, None] + step * np.arange(-k, k + 1)[None, :], 0, n - 1)  # (slices, 2k+1)
     return windowed[index].reshape(n, -1, *hu.shape[1:])
 
@@ -158,8 +160,7 @@ def prepare(series: SeriesArrays, spec: DetectorSpec) -> Prepared:
         items = window_channels(window, inp, series.spacing_mm[0])
     else:
         image = normalise_radiograph(resampled)
-        window, origin = crop_or_pad(image, ((image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2),
-                                     inp.height, inp.width, 0.0)  # fmt: skip
+        window, origin = crop_or_pad(image, ((image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2), inp.height, inp.width, 0.0)
         items = window[:, None]
     geometry = Geometry(scale=scale, origin=origin, source_shape=pixels.shape[1:])
     context: dict[str, object] = {"geometry": geometry}
@@ -181,8 +182,9 @@ def anatomy_cells(series: SeriesArrays, geometry: Geometry, spec: DetectorSpec) 
     if mask is None:
         return np.ones((series.pixels.shape[0], spec.input.height // spec.stride, spec.input.width // spec.stride), bool)
     if not mask.any():
-        what = {"intracranial": "no intracranial space (no closed skull ring)", "lungs": "no lung fields",
-                "bone": "no bone"}.get(spec.anatomy, f"no {spec.anatomy}")  # fmt: skip
+        what = {"intracranial": "no intracranial space (no closed skull ring)", "lungs": "no lung fields", "bone": "no bone"}.get(
+            spec.anatomy, f"no {spec.anatomy}"
+        )
         raise DetectionError(f"anatomy not found: {what}; not assessed")
     return map_mask(mask, series, geometry, spec) >= 0.5
 

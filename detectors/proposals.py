@@ -78,8 +78,13 @@ class Hyperdense:
         midline = float(np.abs(cols + c0 - self.midline_col[box[0].start + zs]).mean()) * self.pixel_mm
         midline = min(midline, MIDLINE_CAP_MM)  # the dural sinuses and the falx lie on it; blood anywhere
         if not count:
-            return {"dense_log_ml": float(np.log(1e-3)), "dense_hu": 0.0, "dense_calcified_share": 0.0,
-                    "dense_contrast_hu": 0.0, "midline_mm": midline}  # fmt: skip
+            return {
+                "dense_log_ml": float(np.log(1e-3)),
+                "dense_hu": 0.0,
+                "dense_calcified_share": 0.0,
+                "dense_contrast_hu": 0.0,
+                "midline_mm": midline,
+            }
         hu = self.smoothed_hu[window]
         values = hu[inside]
         top = float(np.percentile(values, 90)) - self.brain_hu
@@ -97,8 +102,7 @@ class Hyperdense:
         }
 
 
-def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stride: int,
-               slice_mm: float, pixel_mm: float) -> Hyperdense:  # fmt: skip
+def hyperdense(hu: np.ndarray, bone: np.ndarray, allowed_cells: np.ndarray, stride: int, slice_mm: float, pixel_mm: float) -> Hyperdense:
     """Proposals from ``hu`` (n, H, W) HU on the item grid, ``bone`` (n, H, W) bool and the anatomy's cells.
 
     ``slice_mm`` is the slice spacing (a voxel's depth), ``pixel_mm`` the items' pixel size.

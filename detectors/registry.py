@@ -62,10 +62,7 @@ class OperatingPointError(ValueError):
 
 
 def load_detectors(
-    external: Iterable[str | Path] = (),
-    device: str = "cpu",
-    shipped: bool = True,
-    operating_points: Mapping[str, float] | None = None,
+    external: Iterable[str | Path] = (), device: str = "cpu", shipped: bool = True, operating_points: Mapping[str, float] | None = None
 ) -> DetectorSet:
     """Load the shipped detectors (unless ``shipped=False``), then the external cards over them.
 
@@ -95,8 +92,7 @@ def load_detectors(
         detector = load_detector(card, device=device)
         key = (detector.kind, detector.family)
         if key in out.by_route:
-            logger.info("detector %s (%s) replaces %s for %s %s", detector.name, card,
-                        out.by_route[key].name, key[0].value, key[1].value)  # fmt: skip
+            logger.info("detector %s (%s) replaces %s for %s %s", detector.name, card, out.by_route[key].name, key[0].value, key[1].value)
         out.by_route[key] = detector
     if operating_points:
         apply_operating_points(out, operating_points)
@@ -123,11 +119,9 @@ def apply_operating_points(detectors: DetectorSet, operating_points: Mapping[str
         if detector is None:
             loaded = ", ".join(sorted(by_name)) or "none"
             raise OperatingPointError(name, f"no loaded detector is named {name!r} (loaded: {loaded})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0.0 <= value <= 1.0:  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
             raise OperatingPointError(name, f"must be a probability in [0, 1], got {value!r}")
         if not isinstance(detector, HeatmapDetector):  # no card (a test double): no threshold to replace
             raise OperatingPointError(name, f"detector {name!r} has no card whose operating point could be replaced")
-        logger.info("detector %s: site operating point %.4g replaces the card's %.4g", name, value,
-                    detector.spec.operating_point)  # fmt: skip
+        logger.info("detector %s: site operating point %.4g replaces the card's %.4g", name, value, detector.spec.operating_point)
         detector.spec = replace(detector.spec, operating_point=float(value))

@@ -50,7 +50,8 @@ class FindingKind(str, Enum):
 
 
 # Keyword tables, matched against whole words of upper-cased text. Kept as
-# word tables (not regexes) so a site can read and extend them.
+# word tables (not regexes) so a site can read and extend them; the formatter
+# leaves their layout alone.
 # fmt: off
 _HEAD = frozenset({
     "HEAD", "BRAIN", "CRANIUM", "CRANIAL", "INTRACRANIAL", "SKULL", "CEREBRAL",
@@ -124,13 +125,7 @@ _DOSE_REPORT = ("DOSE REPORT", "DOSE INFO", "PATIENT PROTOCOL")
 _CT = frozenset({"CT"})
 _RADIOGRAPH = frozenset({"CR", "DX", "DR"})
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # every SR storage SOP class (PS3.4 B.5)
-_DOSE_SR = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.88.67",
-        "1.2.840.10008.5.1.4.1.1.88.68",
-        "1.2.840.10008.5.1.4.1.1.88.74",
-    }
-)
+_DOSE_SR = frozenset({"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.68", "1.2.840.10008.5.1.4.1.1.88.74"})
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and multi-frame SC
 
 _ROUTES = {
@@ -230,17 +225,9 @@ def region_of(text: str) -> str | None:
     words = _tokens(text)
     found: set[str] = set()
     for i, word in enumerate(words):
-        if word == "HEAD" and (
-            (i > 0 and words[i - 1] in _NOT_HEAD_BEFORE)
-            or words[i + 1 : i + 2] == ["OF"]
-        ):
+        if word == "HEAD" and ((i > 0 and words[i - 1] in _NOT_HEAD_BEFORE) or words[i + 1 : i + 2] == ["OF"]):
             continue
-        for name, table in (
-            ("HEAD", _HEAD),
-            ("CHEST", _CHEST),
-            ("OTHER", _OTHER),
-            ("SKELETAL", _SKELETAL),
-        ):
+        for name, table in (("HEAD", _HEAD), ("CHEST", _CHEST), ("OTHER", _OTHER), ("SKELETAL", _SKELETAL)):
             if _in(word, table):
                 found.add(name)
     return next((r for r in ("HEAD", "CHEST", "OTHER", "SKELETAL") if r in found), None)
@@ -260,9 +247,7 @@ def _skip_reason(info: SeriesInfo) -> str | None:
         return "structured report"
     sop = info.sop_class_uid
     # A prefix plus "." so that VL classes (...1.1.77.x) are not taken for SC.
-    is_sc = sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(
-        _SECONDARY_CAPTURE_PREFIX + "."
-    )
+    is_sc = sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(_SECONDARY_CAPTURE_PREFIX + ".")
     if is_sc and any("DOSE" in _tokens(t) for t in texts):
         return "radiation dose report (secondary capture)"
     if any(_has_phrase(t, _DOSE_REPORT) for t in texts):
@@ -282,9 +267,7 @@ def _skip_reason(info: SeriesInfo) -> str | None:
     return _derived_reason(image_type, series_words, info.series_description)
 
 
-def _derived_reason(
-    image_type: tuple[str, ...], series_words: list[str], description: str
-) -> str | None:
+def _derived_reason(image_type: tuple[str, ...], series_words: list[str], description: str) -> str | None:
     """Why a series is a reformat, projection or map rather than an image to read, or None.
 
     Value 1 DERIVED alone is not a reason (PS3.3 C.7.6.1.1.2 calls any image
@@ -294,10 +277,7 @@ def _derived_reason(
     shown = "\\".join(image_type)
     # Value 2 SECONDARY: created after the examination (PS3.3 C.7.6.1.1.2).
     if image_type[1:2] == ("SECONDARY",):
-        return (
-            f"derived/secondary image (Image Type {shown}: "
-            "made after the examination, e.g. a reformat)"
-        )
+        return f"derived/secondary image (Image Type {shown}: made after the examination, e.g. a reformat)"
     derived = image_type[:1] == ("DERIVED",)
     for term in image_type[2:]:
         what = _DERIVED_TERMS.get(term)
@@ -315,18 +295,13 @@ def _angio_reason(info: SeriesInfo) -> str | None:
         return f"head CT angiography/perfusion (series description {info.series_description!r})"
     if _has_phrase(info.series_description, _NON_CONTRAST):
         return None
-    for label, text in (
-        ("study description", info.study_description),
-        ("protocol name", info.protocol_name),
-    ):
+    for label, text in (("study description", info.study_description), ("protocol name", info.protocol_name)):
         if any(w in _ANGIO for w in _tokens(text)):
             return f"head CT angiography/perfusion ({label} {text!r})"
     return None
 
 
-def route(
-    info: SeriesInfo, content_check: Callable[[], str | None] | None = None
-) -> Route:
+def route(info: SeriesInfo, content_check: Callable[[], str | None] | None = None) -> Route:
     """Decide which detectors apply to a series.
 
     Parameters
@@ -366,14 +341,8 @@ def route(
         source = f"content check {found}" if region else None
     if region is None:
         described = ", ".join(f"{label} {text!r}" for label, text in fields if text)
-        checked = (
-            "content check found nothing"
-            if content_check is not None
-            else "no content check"
-        )
-        return _skip(
-            f"anatomy unknown ({described or 'no body part or description'}; {checked})"
-        )
+        checked = "content check found nothing" if content_check is not None else "no content check"
+        return _skip(f"anatomy unknown ({described or 'no body part or description'}; {checked})")
     detectors = _ROUTES.get((family, region))
     if detectors is None:
         what = "this anatomy" if region == "OTHER" else _REGION_WORDS[region]
@@ -382,8 +351,4 @@ def route(
         angio = _angio_reason(info)
         if angio is not None:
             return _skip(angio)
-    return Route(
-        detectors=detectors,
-        reason=f"{_REGION_WORDS[region]} {family} ({source})",
-        analysed=True,
-    )
+    return Route(detectors=detectors, reason=f"{_REGION_WORDS[region]} {family} ({source})", analysed=True)

@@ -281,16 +281,29 @@ def parse_card(raw: dict[str, Any], where: str = "card") -> DetectorSpec:
         raise CardError(f"{where}: anatomy.mask must be one of {', '.join(ANATOMY_MASKS)}, got {anatomy!r}")
     filter_, candidate_logit, proposals = _parse_filter(raw.get("filter"), where)
     if filter_ is not None:
-        if "hyperdense" in proposals and not all(any(w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi
-                                                         for w in inp.windows) for lo, hi in ((0, 100), (300, 1000))):
-            raise CardError(f"{where}: filter.proposals hyperdense needs input.windows showing 0-100 HU (blood) "
-                            "and 300-1000 HU (bone)")  # fmt: skip
+        if "hyperdense" in proposals and not all(
+            any(w.center - w.width / 2 <= lo and w.center + w.width / 2 >= hi for w in inp.windows) for lo, hi in ((0, 100), (300, 1000))
+        ):
+            raise CardError(f"{where}: filter.proposals hyperdense needs input.windows showing 0-100 HU (blood) and 300-1000 HU (bone)")
         unmeasured = [f for f in filter_.features if f not in feature_names(family, proposals)]
         if unmeasured:
-            raise CardError(f"{where}: filter.features {unmeasured} are not measured for {family.value} "
-                            f"with proposals {list(proposals)}")  # fmt: skip
-    known = {"name", "version", "kind", "family", "format", "weights", "sha256",
-             "input", "output", "thresholds", "calibration", "network", "anatomy", "filter"}  # fmt: skip
+            raise CardError(f"{where}: filter.features {unmeasured} are not measured for {family.value} with proposals {list(proposals)}")
+    known = {
+        "name",
+        "version",
+        "kind",
+        "family",
+        "format",
+        "weights",
+        "sha256",
+        "input",
+        "output",
+        "thresholds",
+        "calibration",
+        "network",
+        "anatomy",
+        "filter",
+    }
     return DetectorSpec(
         name=get(None, "name", str),
         version=get(None, "version", str, "0"),

@@ -55,8 +55,9 @@ def _xr(ph: XRPhantom, seed: int, rng: np.random.Generator) -> Sample:
     # What a PACS round trip does to a radiograph: a window or VOI LUT, sometimes a gamma-like curve.
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     image = np.clip(image, 0.0, 1.0) ** gamma
-    series = SeriesArrays(f"2.25.{seed}", Family.RADIOGRAPH, image[None].astype(np.float32),
-                          (0.0, float(spacing), float(spacing)), _uids(1, seed))  # fmt: skip
+    series = SeriesArrays(
+        f"2.25.{seed}", Family.RADIOGRAPH, image[None].astype(np.float32), (0.0, float(spacing), float(spacing)), _uids(1, seed)
+    )
     return series, np.asarray(mask, dtype=bool)[None]
 
 
@@ -83,8 +84,16 @@ def _fracture(seed: int) -> Sample:
 
 
 def _spec(name: str, kind: FindingKind, family: Family, inp: InputSpec, stride: int, width: int) -> DetectorSpec:
-    return DetectorSpec(name=name, version="1.0.0", kind=kind, family=family, input=inp, stride=stride,
-                        weights=f"{name}.pt", network={"arch": "heatmap-unet", "width": width})  # fmt: skip
+    return DetectorSpec(
+        name=name,
+        version="1.0.0",
+        kind=kind,
+        family=family,
+        input=inp,
+        stride=stride,
+        weights=f"{name}.pt",
+        network={"arch": "heatmap-unet", "width": width},
+    )
 
 
 # Windows: brain 40/80 (blood against brain), subdural 75/215 (blood against
@@ -95,22 +104,18 @@ _CHEST_WINDOWS = (Window(-600, 1500), Window(40, 400))
 
 TASKS: dict[str, Task] = {
     "bleed-ct": Task(
-        _spec("bleed-ct", FindingKind.BLEED, Family.CT, InputSpec(1.0, 256, 256, 1, _BLEED_WINDOWS), 2, 12),
-        _bleed, (256, 256),
+        _spec("bleed-ct", FindingKind.BLEED, Family.CT, InputSpec(1.0, 256, 256, 1, _BLEED_WINDOWS), 2, 12), _bleed, (256, 256)
     ),
     "nodule-ct": Task(
-        _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 1, _CHEST_WINDOWS), 2, 16),
-        _nodule_ct, (192, 192),
+        _spec("nodule-ct", FindingKind.NODULE, Family.CT, InputSpec(0.8, 448, 448, 1, _CHEST_WINDOWS), 2, 16), _nodule_ct, (192, 192)
     ),
     "nodule-xr": Task(
-        _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512), 4, 16),
-        _nodule_xr, (256, 256), 4,
+        _spec("nodule-xr", FindingKind.NODULE, Family.RADIOGRAPH, InputSpec(0.8, 512, 512), 4, 16), _nodule_xr, (256, 256), 4
     ),
     "fracture-xr": Task(
-        _spec("fracture-xr", FindingKind.FRACTURE, Family.RADIOGRAPH, InputSpec(0.5, 832, 512), 4, 16),
-        _fracture, (320, 320), 4,
+        _spec("fracture-xr", FindingKind.FRACTURE, Family.RADIOGRAPH, InputSpec(0.5, 832, 512), 4, 16), _fracture, (320, 320), 4
     ),
-}  # fmt: skip
+}
 
 # `triage train KIND` trains every task of that finding kind.
 TASKS_BY_KIND = {kind: [name for name, t in TASKS.items() if t.spec.kind is kind] for kind in FindingKind}

@@ -192,8 +192,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, strongest_weight: float 
     return cells + strongest_weight * strongest
 
 
-def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: TrainConfig,
-                progress: Progress | None = None) -> list[float]:  # fmt: skip
+def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: TrainConfig, progress: Progress | None = None) -> list[float]:
     """Run ``steps`` optimiser steps; returns the loss of each. Deterministic for ``cfg.seed``."""
     device = torch.device(cfg.device)
     module.to(device).train()
@@ -227,8 +226,9 @@ def train_steps(module: torch.nn.Module, examples: Examples, steps: int, cfg: Tr
     return losses
 
 
-def validate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None,
-             spec: DetectorSpec | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def validate(
+    name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None, spec: DetectorSpec | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw study logits and labels of the validation phantoms, scored by the full pipeline.
 
     ``spec`` is the card the module was trained for (default: the task's current one).
@@ -253,9 +253,14 @@ def validate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Pro
     return np.array(raw), np.array(labels)
 
 
-def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Progress | None = None,
-              scores_path: Path | None = None,
-              spec: DetectorSpec | None = None) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+def calibrate(
+    name: str,
+    module: torch.nn.Module,
+    cfg: TrainConfig,
+    progress: Progress | None = None,
+    scores_path: Path | None = None,
+    spec: DetectorSpec | None = None,
+) -> tuple[float, float, float, dict[str, float]]:
     """Platt (a, b), the operating point and validation metrics of ``module`` on the validation phantoms.
 
     ``scores_path`` keeps each validation phantom's raw study logit and label
@@ -263,26 +268,36 @@ def calibrate(name: str, module: torch.nn.Module, cfg: TrainConfig, progress: Pr
     """
     raw, labels = validate(name, module, cfg, progress, spec)
     if scores_path is not None:
-        scores_path.write_text(json.dumps({
-            "detector": name, "seed": cfg.seed, "validation_phantoms": cfg.validation,
-            "first_phantom_seed": SEED_BASES["validation"] + cfg.seed * 1_000_000,
-            "raw_study_logits": [round(float(x), 5) for x in raw], "labels": [bool(y) for y in labels],
-        }, indent=0) + "\n")  # fmt: skip
+        scores_path.write_text(
+            json.dumps(
+                {
+                    "detector": name,
+                    "seed": cfg.seed,
+                    "validation_phantoms": cfg.validation,
+                    "first_phantom_seed": SEED_BASES["validation"] + cfg.seed * 1_000_000,
+                    "raw_study_logits": [round(float(x), 5) for x in raw],
+                    "labels": [bool(y) for y in labels],
+                },
+                indent=0,
+            )
+            + "\n"
+        )
     return calibrate_scores(raw, labels, cfg.target_sensitivity)
 
 
-def calibrate_scores(raw: np.ndarray, labels: np.ndarray,
-                     target_sensitivity: float) -> tuple[float, float, float, dict[str, float]]:  # fmt: skip
+def calibrate_scores(raw: np.ndarray, labels: np.ndarray, target_sensitivity: float) -> tuple[float, float, float, dict[str, float]]:
     """Platt (a, b), operating point and metrics from validation study logits and labels."""
     a, b = fit_platt(raw, labels)
     calibrated = np.asarray(platt(raw, a, b))
     op = operating_point_in_gap(labels, calibrated, target_sensitivity)
     sens, spec_ = sensitivity_specificity(labels, calibrated, op)
     metrics = {
-        "validation_studies": int(len(labels)), "validation_positive": int(labels.sum()),
+        "validation_studies": int(len(labels)),
+        "validation_positive": int(labels.sum()),
         "validation_auc": round(float(auc(labels, raw)), 4),  # raw logits: no ties from saturation
-        "validation_sensitivity": round(float(sens), 4), "validation_specificity": round(float(spec_), 4),
-    }  # fmt: skip
+        "validation_sensitivity": round(float(sens), 4),
+        "validation_specificity": round(float(spec_), 4),
+    }
     return a, b, op, metrics
 
 
@@ -316,8 +331,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Progress | None = None,
-          command: str = "") -> TrainResult:  # fmt: skip
+def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Progress | None = None, command: str = "") -> TrainResult:
     """Train, calibrate and write one task's detector into ``out_dir``."""
     if name not in TASKS:
         raise ValueError(f'Argument "name" must be one of {", ".join(TASKS)}, got {name!r}')
@@ -340,22 +354,32 @@ def train(name: str, cfg: TrainConfig, out_dir: Path = MODELS_DIR, progress: Pro
     module.load_state_dict({k: v.float() for k, v in half.items()})
     a, b, op, metrics = calibrate(name, module, cfg, progress, scores_path=out_dir / f"{name}.validation.json")
     metrics |= {
-        "training_examples": int(len(examples.items)), "training_steps": steps,
-        "final_loss": round(float(np.mean(losses[-50:])), 4), "minutes": round((time.monotonic() - started) / 60, 1),
-    }  # fmt: skip
+        "training_examples": int(len(examples.items)),
+        "training_steps": steps,
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "minutes": round((time.monotonic() - started) / 60, 1),
+    }
     spec = replace(
         task.spec.with_calibration(a, b, op),
         sha256=sha256_of(weights),
         extra={
             "validation": metrics,
             "training": {
-                "seed": cfg.seed, "epochs": cfg.epochs, "phantoms": cfg.phantoms, "validation_phantoms": cfg.validation,
-                "batch_size": cfg.batch_size, "lr": cfg.lr, "device": cfg.device, "torch": torch.__version__,
-                "target_sensitivity": cfg.target_sensitivity, "strongest_weight": cfg.strongest_weight,
-                "min_negative_slices": task.min_negatives, "command": command,
+                "seed": cfg.seed,
+                "epochs": cfg.epochs,
+                "phantoms": cfg.phantoms,
+                "validation_phantoms": cfg.validation,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                "device": cfg.device,
+                "torch": torch.__version__,
+                "target_sensitivity": cfg.target_sensitivity,
+                "strongest_weight": cfg.strongest_weight,
+                "min_negative_slices": task.min_negatives,
+                "command": command,
             },
         },
-    )  # fmt: skip
+    )
     card = out_dir / f"{name}.toml"
     card.write_text(spec.to_toml())
     (out_dir / f"{name}.md").write_text(render_card(spec))
@@ -385,13 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--validation", type=int, default=TrainConfig.validation)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", type=Path, default=MODELS_DIR)
-    p.add_argument("--recalibrate", action="store_true",
-                   help="keep the weights in --out, refit calibration and operating point on the validation phantoms")
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep the weights in --out, refit calibration and operating point on the validation phantoms",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in args.names:
-        cfg = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, phantoms=args.phantoms,
-                          validation=args.validation, workers=args.workers)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=args.epochs, seed=args.seed, device=args.device, phantoms=args.phantoms, validation=args.validation, workers=args.workers
+        )
         progress = _progress_logger(name)
         command = " ".join(["python -m detectors.train", *sys.argv[1:]])
         if args.recalibrate:

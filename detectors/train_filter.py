@@ -103,11 +103,20 @@ def score_case(detector: Any, case: Case) -> Scored:
     try:
         prepared = detector.prepare(case.series)
     except DetectionError as exc:
-        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags, str(exc),
-                      inserted, case.own_findings is not None)  # fmt: skip
+        return Scored(
+            np.zeros((0, len(names))),
+            np.zeros(0, bool),
+            case.positive,
+            case.source,
+            case.tags,
+            str(exc),
+            inserted,
+            case.own_findings is not None,
+        )
     with torch.inference_mode():
-        logits = np.concatenate([detector.module(torch.from_numpy(prepared.items[i : i + 8])).float().numpy()
-                                 for i in range(0, len(prepared.items), 8)])  # fmt: skip
+        logits = np.concatenate(
+            [detector.module(torch.from_numpy(prepared.items[i : i + 8])).float().numpy() for i in range(0, len(prepared.items), 8)]
+        )
     cands, _, labels = candidate_scores(prepared, logits, replace(spec, filter=None))
     geometry = prepared.context["geometry"]
     lesion = map_mask(case.lesion, case.series, geometry, spec) >= 0.25 if inserted else None
@@ -119,15 +128,30 @@ def score_case(detector: Any, case: Case) -> Scored:
         cands = [c for c, k in zip(cands, keep, strict=True) if k]
         on_lesion = [hit for hit, k in zip(on_lesion, keep, strict=True) if k]
     if not cands:
-        return Scored(np.zeros((0, len(names))), np.zeros(0, bool), case.positive, case.source, case.tags,
-                      inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
+        return Scored(
+            np.zeros((0, len(names))),
+            np.zeros(0, bool),
+            case.positive,
+            case.source,
+            case.tags,
+            inserted=inserted,
+            own_findings=case.own_findings is not None,
+        )
     hits = np.array(on_lesion, dtype=bool)
-    return Scored(np.stack([c.features for c in cands]), hits, case.positive, case.source, case.tags,
-                  inserted=inserted, own_findings=case.own_findings is not None)  # fmt: skip
+    return Scored(
+        np.stack([c.features for c in cands]),
+        hits,
+        case.positive,
+        case.source,
+        case.tags,
+        inserted=inserted,
+        own_findings=case.own_findings is not None,
+    )
 
 
-def score_cases(detector: Any, name: str, split: str, real: int, phantoms: int,
-                progress: Progress | None = None, cache: Path | None = None) -> tuple[list[Scored], float]:  # fmt: skip
+def score_cases(
+    detector: Any, name: str, split: str, real: int, phantoms: int, progress: Progress | None = None, cache: Path | None = None
+) -> tuple[list[Scored], float]:
     """Every case of a split scored, and the seconds that took.
 
     With ``cache``, kept as a pickle keyed by what makes them, so that a refit
@@ -163,8 +187,9 @@ def _stack(scored: Sequence[Scored]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), np.concatenate(hits)
 
 
-def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: LogisticFilter,
-                 a: float = 1.0, b: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def real_figures(
+    scored: Sequence[Scored], probs: np.ndarray, op: float, filt: LogisticFilter, a: float = 1.0, b: float = 0.0
+) -> dict[str, Any]:
     """What the card states about real anatomy: flagged normals, the margin, sensitivity by size, localisation.
 
     Study-level sensitivity counts the cases whose only finding is the
@@ -188,13 +213,14 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
         out["own_findings_cases"] = len(own)
         out["own_findings_flagged"] = int(sum(p >= op for _, p in own))
         # Their normal anatomy (away from their findings and the insertion) showing a region.
-        out["normal_anatomy_with_region"] = int(sum(float(platt(s.normal_anatomy_logit(filt), a, b)) >= op
-                                                    for s, _ in own))  # fmt: skip
+        out["normal_anatomy_with_region"] = int(sum(float(platt(s.normal_anatomy_logit(filt), a, b)) >= op for s, _ in own))
     if normals.size:
         out["normal_margin_logit"] = round(_logit(op) - _logit(float(normals.max())), 3)
     # Sensitivity by size where the insertions record one: bleeds by volume, nodules by diameter.
-    bands = (("volume_ml", (("ge_1ml", 1.0, 1e9), ("0.3_to_1ml", 0.0, 1.0))),
-             ("diameter_mm", (("ge_10mm", 10.0, 1e9), ("under_10mm", 0.0, 10.0))))  # fmt: skip
+    bands = (
+        ("volume_ml", (("ge_1ml", 1.0, 1e9), ("0.3_to_1ml", 0.0, 1.0))),
+        ("diameter_mm", (("ge_10mm", 10.0, 1e9), ("under_10mm", 0.0, 10.0))),
+    )
     for key, limits in bands:
         for label, lo, hi in limits:
             band = [(s, p) for s, p in positives if key in s.tags and lo <= float(s.tags[key]) < hi]
@@ -213,10 +239,18 @@ def real_figures(scored: Sequence[Scored], probs: np.ndarray, op: float, filt: L
     return out
 
 
-def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], out_dir: Path = MODELS_DIR,
-                 target_sensitivity: float = 0.95, l2: float = 1.0, candidate_logit: float = -1.0,
-                 progress: Progress | None = None, cache: Path | None = None,
-                 source_dir: Path = MODELS_DIR) -> Path:  # fmt: skip
+def train_filter(
+    name: str,
+    real: tuple[int, int],
+    phantoms: tuple[int, int],
+    out_dir: Path = MODELS_DIR,
+    target_sensitivity: float = 0.95,
+    l2: float = 1.0,
+    candidate_logit: float = -1.0,
+    progress: Progress | None = None,
+    cache: Path | None = None,
+    source_dir: Path = MODELS_DIR,
+) -> Path:
     """Fit, calibrate and write ``name``'s card in ``out_dir``; returns the card's path.
 
     ``real`` and ``phantoms`` are (training, validation) case counts; the
@@ -228,8 +262,9 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     card = source_dir / f"{name}.toml"
     detector = load_detector(card)
     first_filter = detector.spec.filter is None
-    detector.spec = replace(detector.spec, anatomy=ANATOMY[name], filter=None, candidate_logit=candidate_logit,
-                            proposals=PROPOSALS.get(name, ()))  # fmt: skip
+    detector.spec = replace(
+        detector.spec, anatomy=ANATOMY[name], filter=None, candidate_logit=candidate_logit, proposals=PROPOSALS.get(name, ())
+    )
     train, train_s = score_cases(detector, name, "train", real[0], phantoms[0], progress, cache)
     x, y = _stack(train)
     filt = fit_filter(x, y, feature_names(detector.spec.family, detector.spec.proposals), l2=l2)
@@ -243,8 +278,9 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     # Real normals and real insertions when there are both; else every case but the real scans with findings of
     # their own (the chest CR's masses make each of its cases positive, whatever was inserted).
     basis = is_real if (is_real & labels & ~own).any() and (is_real & ~labels).any() else ~own
-    normal_anatomy = np.array([float(platt(s.normal_anatomy_logit(filt), a, b)) for s in validation
-                               if s.source == "real" and s.own_findings])  # fmt: skip
+    normal_anatomy = np.array(
+        [float(platt(s.normal_anatomy_logit(filt), a, b)) for s in validation if s.source == "real" and s.own_findings]
+    )
     op, rule = operating_point(labels, probs, basis, is_real, target_sensitivity, normal_anatomy)
     phantom = ~is_real
     figures: dict[str, Any] = {}
@@ -253,21 +289,43 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     if phantom.any() and labels[phantom].any() and (~labels[phantom]).any():
         yp, pp = labels[phantom], probs[phantom]
         figures["phantom_validation"] = {
-            "cases": int(phantom.sum()), "positive": int(yp.sum()), "auc": round(auc(yp, pp), 4),
+            "cases": int(phantom.sum()),
+            "positive": int(yp.sum()),
+            "auc": round(auc(yp, pp), 4),
             "sensitivity": round(float((pp[yp] >= op).mean()), 4),
             "specificity": round(float((pp[~yp] < op).mean()), 4),
-        }  # fmt: skip
+        }
     figures["filter_training"] = {
-        "real_cases": real[0], "phantom_cases": phantoms[0], "candidates": int(len(y)), "lesion_candidates": int(y.sum()),
-        "validation_real_cases": real[1], "validation_phantom_cases": phantoms[1], "l2": l2,
-        "target_sensitivity": target_sensitivity, "operating_point_rule": rule,
+        "real_cases": real[0],
+        "phantom_cases": phantoms[0],
+        "candidates": int(len(y)),
+        "lesion_candidates": int(y.sum()),
+        "validation_real_cases": real[1],
+        "validation_phantom_cases": phantoms[1],
+        "l2": l2,
+        "target_sensitivity": target_sensitivity,
+        "operating_point_rule": rule,
         "seconds": round(train_s + validation_s, 1),  # scoring the cases; the fits take well under a second
-        "command": " ".join(["python -m detectors.train_filter", name, f"--real {real[0]} {real[1]}",
-                             f"--phantoms {phantoms[0]} {phantoms[1]}", f"--l2 {l2:g}"]),
-    }  # fmt: skip
-    spec = replace(detector.spec, filter=filt, platt_a=a, platt_b=b, operating_point=op, region_threshold=op,
-                   version=bump_version(detector.spec.version, major=first_filter),
-                   extra={**{k: v for k, v in detector.spec.extra.items() if k not in STALE}, **figures})  # fmt: skip
+        "command": " ".join(
+            [
+                "python -m detectors.train_filter",
+                name,
+                f"--real {real[0]} {real[1]}",
+                f"--phantoms {phantoms[0]} {phantoms[1]}",
+                f"--l2 {l2:g}",
+            ]
+        ),
+    }
+    spec = replace(
+        detector.spec,
+        filter=filt,
+        platt_a=a,
+        platt_b=b,
+        operating_point=op,
+        region_threshold=op,
+        version=bump_version(detector.spec.version, major=first_filter),
+        extra={**{k: v for k, v in detector.spec.extra.items() if k not in STALE}, **figures},
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.toml"
     target.write_text(spec.to_toml())
@@ -279,8 +337,14 @@ def train_filter(name: str, real: tuple[int, int], phantoms: tuple[int, int], ou
     return target
 
 
-def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is_real: np.ndarray,
-                    target_sensitivity: float, normal_anatomy: np.ndarray | None = None) -> tuple[float, str]:  # fmt: skip
+def operating_point(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    basis: np.ndarray,
+    is_real: np.ndarray,
+    target_sensitivity: float,
+    normal_anatomy: np.ndarray | None = None,
+) -> tuple[float, str]:
     """The operating point and the rule that set it.
 
     First the sensitivity rule on the basis cases (sensitivity >= target,
@@ -302,8 +366,10 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, basis: np.ndarray, is
     top = float(normals.max())
     # A margin above the highest real normal: unseen normal heads score a little differently.
     raised = 1 / (1 + np.exp(-(_logit(top) + RAISE_MARGIN_LOGIT)))
-    return float(raised), (f"raised {RAISE_MARGIN_LOGIT:g} logit above the highest real normal case or normal "
-                           "anatomy (the sensitivity rule flagged normal anatomy)")  # fmt: skip
+    return float(raised), (
+        f"raised {RAISE_MARGIN_LOGIT:g} logit above the highest real normal case or normal "
+        "anatomy (the sensitivity rule flagged normal anatomy)"
+    )
 
 
 def _logit(q: float) -> float:
@@ -325,13 +391,16 @@ def bump_version(version: str, major: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m detectors.train_filter", description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(ANATOMY), help="the shipped detector")
-    p.add_argument("--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"),
-                   help="real-anatomy cases (default 120 80)")  # fmt: skip
-    p.add_argument("--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"),
-                   help="phantom cases (default 120 120)")  # fmt: skip
+    p.add_argument(
+        "--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"), help="real-anatomy cases (default 120 80)"
+    )
+    p.add_argument(
+        "--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"), help="phantom cases (default 120 120)"
+    )
     p.add_argument("--out", type=Path, default=MODELS_DIR, help="where the card goes (default: the package's)")
-    p.add_argument("--from", dest="source", type=Path, default=MODELS_DIR,
-                   help="the folder of the network's card and weights (default: the package's)")  # fmt: skip
+    p.add_argument(
+        "--from", dest="source", type=Path, default=MODELS_DIR, help="the folder of the network's card and weights (default: the package's)"
+    )
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument("--l2", type=float, default=1.0, help="ridge penalty of the filter (default 1.0)")
     p.add_argument("--cache", type=Path, help="keep scored candidates here, so that a refit skips the network")
@@ -345,9 +414,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Through the importable module, so that cached candidates pickle as detectors.train_filter.Scored.
     from detectors import train_filter as module
 
-    path = module.train_filter(args.name, tuple(args.real), tuple(args.phantoms), args.out,
-                        target_sensitivity=args.target_sensitivity, l2=args.l2, progress=progress, cache=args.cache,
-                        source_dir=args.source)  # fmt: skip
+    path = module.train_filter(
+        args.name,
+        tuple(args.real),
+        tuple(args.phantoms),
+        args.out,
+        target_sensitivity=args.target_sensitivity,
+        l2=args.l2,
+        progress=progress,
+        cache=args.cache,
+        source_dir=args.source,
+    )
     print(path.read_text())
     return 0
 

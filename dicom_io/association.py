@@ -66,6 +66,8 @@ class Policy:
 # Largest PDU we read when our Maximum PDU Length is 0 (unlimited): a length
 # field is never trusted to allocate gigabytes.
 _PDU_CAP = 64 * 2**20
+# ARTIM for a rejected association (PS3.8 9.1.5): how long the peer has to close after our A-ASSOCIATE-RJ.
+REJECT_CLOSE_WAIT_S = 2.0
 
 
 class _Reader:
@@ -130,8 +132,14 @@ class Association:
         s = self.stats
         log.info(
             "association from %s@%s %s after %.1f s: %d stored, %d duplicate, %d failed",
-            s.calling_ae, s.peer, how, time.monotonic() - s.started, s.stored, s.duplicates, s.failed,
-        )  # fmt: skip
+            s.calling_ae,
+            s.peer,
+            how,
+            time.monotonic() - s.started,
+            s.stored,
+            s.duplicates,
+            s.failed,
+        )
 
     def abort(self) -> None:
         """Abort from another thread (shutdown): the blocked read fails and run() ends."""
@@ -165,6 +173,7 @@ class Association:
         if reason is not None:
             self.sock.sendall(dimse.associate_rj(*rsd))
             log.warning("association from %s@%s rejected: %s", self.stats.calling_ae, self.stats.peer, reason)
+            _await_peer_close(self.sock)
             raise _Rejected
         # Items decoded from the PDU always carry their UID and context ID; pynetdicom types them optional.
         roles = {
@@ -172,9 +181,7 @@ class Association:
             for item in request.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
-        results, role_items = negotiate_as_acceptor(
-            request.presentation_context_definition_list, policy.contexts, roles or None
-        )
+        results, role_items = negotiate_as_acceptor(request.presentation_context_definition_list, policy.contexts, roles or None)
         accept = A_ASSOCIATE()
         accept.application_context_name = UID(APPLICATION_CONTEXT)
         accept.calling_ae_title = request.calling_ae_title
@@ -244,9 +251,7 @@ class Association:
         """Write what was received: file meta for the negotiated transfer syntax + the dataset bytes."""
         stats = self.stats
         payload = dimse.file_meta(sop_class, sop, self.contexts[context_id], stats.calling_ae, self.policy.implementation_version) + data
-        outcome = self.ingestor.ingest(
-            payload, calling_ae=stats.calling_ae, peer_address=self.peer_ip, requested_sop_uid=sop
-        )
+        outcome = self.ingestor.ingest(payload, calling_ae=stats.calling_ae, peer_address=self.peer_ip, requested_sop_uid=sop)
         if outcome.ok:
             if outcome.duplicate or outcome.conflict:
                 stats.duplicates += 1
@@ -254,10 +259,7 @@ class Association:
                 stats.stored += 1
         else:
             stats.failed += 1
-            log.error(
-                "C-STORE from %s@%s refused with 0x%04X: %s",
-                stats.calling_ae, stats.peer, int(outcome.status), outcome.detail,
-            )  # fmt: skip
+            log.error("C-STORE from %s@%s refused with 0x%04X: %s", stats.calling_ae, stats.peer, int(outcome.status), outcome.detail)
         return int(outcome.status)
 
 
@@ -266,6 +268,20 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except OSError:
         pass
+
+
+def _await_peer_close(sock: socket.socket, timeout: float = REJECT_CLOSE_WAIT_S) -> None:
+    """After an A-ASSOCIATE-RJ the requestor closes the connection (PS3.8 state Sta13); wait for that, at most
+    ``timeout`` seconds. Closing first races the peer's reading of the rejection: pynetdicom, seeing the
+    connection end before it has parsed the RJ, reports an abort instead of the reason."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(4096):  # EOF: the peer closed; anything it still sends is dropped
+                return
+    except OSError:  # timed out or reset: close anyway
+        return
 
 
 def _close(sock: socket.socket) -> None:

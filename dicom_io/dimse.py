@@ -121,8 +121,7 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str,
-              implementation_version: str) -> bytes:
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str, implementation_version: str) -> bytes:
     """Preamble, prefix and File Meta Information (explicit VR LE) of a Part 10 file."""
     body = _explicit(0x0001, b"OB", b"\x00\x01")
     body += _explicit(0x0002, b"UI", _uid(sop_class)) + _explicit(0x0003, b"UI", _uid(sop_instance))

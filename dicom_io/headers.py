@@ -17,14 +17,7 @@ from dicom_io.errors import DicomIOError
 
 # Requested Procedure Priority (0040,1003) values (PS3.3 C.4.11) and the
 # retired Study Priority ID (0032,000C) spellings, normalised.
-_PRIORITIES = {
-    "STAT": "STAT",
-    "HIGH": "HIGH",
-    "ROUTINE": "ROUTINE",
-    "MEDIUM": "MEDIUM",
-    "MED": "MEDIUM",
-    "LOW": "LOW",
-}
+_PRIORITIES = {"STAT": "STAT", "HIGH": "HIGH", "ROUTINE": "ROUTINE", "MEDIUM": "MEDIUM", "MED": "MEDIUM", "LOW": "LOW"}
 
 
 class HeaderError(DicomIOError):

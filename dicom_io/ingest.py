@@ -103,12 +103,7 @@ class Ingestor:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def ingest(
-        self,
-        payload: bytes,
-        *,
-        calling_ae: str | None,
-        peer_address: str | None,
-        requested_sop_uid: str | None = None,
+        self, payload: bytes, *, calling_ae: str | None, peer_address: str | None, requested_sop_uid: str | None = None
     ) -> IngestOutcome:
         """Store one Part 10 encoded instance (preamble, file meta, dataset).
 
@@ -132,9 +127,7 @@ class Ingestor:
                 self._inflight -= 1
                 self._idle.notify_all()
 
-    def _ingest(
-        self, payload: bytes, calling_ae: str | None, peer: str | None, requested_sop_uid: str | None
-    ) -> IngestOutcome:
+    def _ingest(self, payload: bytes, calling_ae: str | None, peer: str | None, requested_sop_uid: str | None) -> IngestOutcome:
         try:
             header = read_header(payload)
         except HeaderError as exc:
@@ -200,7 +193,10 @@ class Ingestor:
         log.warning(
             "conflict: SOP Instance UID %s received again from %s with other content (sha256 %s); "
             "first version kept in the index, this one set aside at %s",
-            sop, record.calling_ae, record.sha256[:12], kept,
+            sop,
+            record.calling_ae,
+            record.sha256[:12],
+            kept,
         )
         return IngestOutcome(StoreStatus.SUCCESS, "conflicting payload set aside", sop, conflict=True)
 

@@ -168,10 +168,7 @@ class Listener:
         self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
         self._acceptor.start()
         if shared is None:
-            log.info(
-                "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
-                " (TLS)" if self._tls else "",
-            )  # fmt: skip
+            log.info("listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port, " (TLS)" if self._tls else "")
 
     def _total_active(self) -> int:
         """Active associations of this listener, across all processes sharing the port."""

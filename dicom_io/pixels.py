@@ -196,23 +196,29 @@ def radiograph_spacing(ds: Dataset) -> tuple[tuple[float, float], str, str | Non
         # A DX without Pixel Spacing is the norm (it is Type 1C, present only
         # once calibrated; Imager Pixel Spacing is Type 1, PS3.3 C.8.11.7):
         # nothing to tell. A Pixel Spacing that is there but wrong is worth a note.
-        note = None if raw is None or raw == "" else (
-            f"pixel spacing {_mm(spacing)} from Imager Pixel Spacing (measured at the detector: sizes read "
-            f"about 10% large): {why}"
+        note = (
+            None
+            if raw is None or raw == ""
+            else (f"pixel spacing {_mm(spacing)} from Imager Pixel Spacing (measured at the detector: sizes read about 10% large): {why}")
         )
         return spacing, "ImagerPixelSpacing", note
     why += "; " + _unusable("Imager Pixel Spacing", imager_raw, limits)
     longer = max(int(ds.Rows), int(ds.Columns))
     # Clipped so that a thumbnail-sized image does not get a spacing no detector has.
     estimate = float(np.clip(RADIOGRAPH_ESTIMATE_MM / longer, *limits))
-    return (estimate, estimate), "estimate", (
-        f"pixel spacing estimated as {estimate:.3g} mm (longer side of {longer} pixels taken to span a "
-        f"{RADIOGRAPH_ESTIMATE_MM:.0f} mm detector; sizes approximate): {why}"
+    return (
+        (estimate, estimate),
+        "estimate",
+        (
+            f"pixel spacing estimated as {estimate:.3g} mm (longer side of {longer} pixels taken to span a "
+            f"{RADIOGRAPH_ESTIMATE_MM:.0f} mm detector; sizes approximate): {why}"
+        ),
     )
 
 
-def _ct_spacing(ds: Dataset, measures: Dataset | None, frame: int, enhanced: bool,
-                shape: tuple[int, int]) -> tuple[tuple[float, float], str, str | None]:  # fmt: skip
+def _ct_spacing(
+    ds: Dataset, measures: Dataset | None, frame: int, enhanced: bool, shape: tuple[int, int]
+) -> tuple[tuple[float, float], str, str | None]:
     """A CT/MR frame's (row, col) spacing, its source and a note; see ``load_volume``."""
     # Only CT has a plausible range worth enforcing: NM and PET pixels of 4-10 mm are real.
     limits = CT_SPACING_RANGE_MM if str(ds.get("Modality", "")).upper() == "CT" else None
@@ -233,22 +239,26 @@ def _ct_spacing(ds: Dataset, measures: Dataset | None, frame: int, enhanced: boo
     if diameter is not None and np.isfinite(diameter) and diameter > 0:
         step = diameter / shape[1]
         if limits is None or limits[0] <= step <= limits[1]:
-            return (step, step), "ReconstructionDiameter", (
-                f"in-plane pixel spacing {step:.3g} mm from Reconstruction Diameter {diameter:g} mm / "
-                f"{shape[1]} columns: {why}"
+            return (
+                (step, step),
+                "ReconstructionDiameter",
+                (f"in-plane pixel spacing {step:.3g} mm from Reconstruction Diameter {diameter:g} mm / {shape[1]} columns: {why}"),
             )
     if diameter_raw in (None, ""):
         why += "; Reconstruction Diameter missing"
     else:
         why += f"; Reconstruction Diameter {_shown(diameter_raw)} unusable"
-    texts = " ".join(str(ds.get(k, "") or "") for k in ("BodyPartExamined", "SeriesDescription",
-                                                          "StudyDescription", "ProtocolName"))  # fmt: skip
+    texts = " ".join(str(ds.get(k, "") or "") for k in ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName"))
     head = bool(_HEAD_WORDS & set(re.sub(r"[^A-Z0-9]+", " ", texts.upper()).split()))
     fov = CT_HEAD_FOV_MM if head else CT_BODY_FOV_MM
     step = fov / shape[1]
-    return (step, step), "estimate", (
-        f"in-plane pixel spacing estimated as {step:.3g} mm (a {fov:.0f} mm {'head' if head else 'body'} "
-        f"field of view over {shape[1]} columns; sizes approximate): {why}"
+    return (
+        (step, step),
+        "estimate",
+        (
+            f"in-plane pixel spacing estimated as {step:.3g} mm (a {fov:.0f} mm {'head' if head else 'body'} "
+            f"field of view over {shape[1]} columns; sizes approximate): {why}"
+        ),
     )
 
 
@@ -313,15 +323,11 @@ def _check_consistent(frames: list[_Frame]) -> None:
     first = frames[0]
     for f in frames[1:]:
         if not np.allclose(f.orientation, first.orientation, atol=_ORIENTATION_TOL):
-            raise PixelDataError(
-                f"inconsistent orientation: {f.path} has {f.orientation}, {first.path} has {first.orientation}"
-            )
+            raise PixelDataError(f"inconsistent orientation: {f.path} has {f.orientation}, {first.path} has {first.orientation}")
         if f.shape != first.shape:
             raise PixelDataError(f"inconsistent matrix size: {f.path} is {f.shape}, {first.path} is {first.shape}")
         if not np.allclose(f.pixel_spacing, first.pixel_spacing, rtol=1e-3):
-            raise PixelDataError(
-                f"inconsistent pixel spacing: {f.path} has {f.pixel_spacing}, {first.path} has {first.pixel_spacing}"
-            )
+            raise PixelDataError(f"inconsistent pixel spacing: {f.path} has {f.pixel_spacing}, {first.path} has {first.pixel_spacing}")
 
 
 def _drop_duplicates(frames: list[_Frame], along: np.ndarray, warnings: list[str]) -> list[_Frame]:
@@ -363,9 +369,7 @@ def _slice_spacing(frames: list[_Frame], along: np.ndarray, datasets: dict[Path,
     gaps = np.diff([float(f.position @ along) for f in frames])
     median = float(np.median(gaps))
     if np.any(np.abs(gaps - median) > _GAP_TOL * median):
-        warnings.append(
-            f"inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm; using the median {median:.3f} mm"
-        )
+        warnings.append(f"inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm; using the median {median:.3f} mm")
     return median
 
 

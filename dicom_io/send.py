@@ -211,11 +211,7 @@ def replay(
         for f in members:
             work.put(f)
         workers = [
-            threading.Thread(
-                target=_worker,
-                args=(work, contexts, host, port, called_ae, calling_ae, timeout, pacer, report),
-                daemon=True,
-            )
+            threading.Thread(target=_worker, args=(work, contexts, host, port, called_ae, calling_ae, timeout, pacer, report), daemon=True)
             for _ in range(min(parallel, len(members)))
         ]
         for t in workers:
@@ -327,8 +323,7 @@ def connect_error(host: str, port: int, timeout: float = 5.0) -> str:
         return (exc.strerror or str(exc)).lower()
 
 
-def store_files(peer: Peer, calling_ae: str, files: Sequence[tuple[Path, str]],
-                timeout: float = 30.0) -> list[tuple[bool, str]]:  # fmt: skip
+def store_files(peer: Peer, calling_ae: str, files: Sequence[tuple[Path, str]], timeout: float = 30.0) -> list[tuple[bool, str]]:
     """C-STORE ``files`` (path, SOP Class UID) to ``peer`` on one association.
 
     Never raises for the peer's sake: returns ``(acknowledged, reason)`` per
@@ -346,8 +341,9 @@ def store_files(peer: Peer, calling_ae: str, files: Sequence[tuple[Path, str]],
     where = peer.where
     opened = threading.Event()
     tls_args = (peer.tls, peer.server_name or peer.host) if peer.tls is not None else None
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())], tls_args=tls_args)  # fmt: skip
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.set())], tls_args=tls_args
+    )
     if not assoc.is_established:
         if assoc.is_rejected:
             reason = f"association rejected by {where} (is our AE title {calling_ae} allowed there?)"

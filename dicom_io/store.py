@@ -84,9 +84,7 @@ class InstanceStore:
         probe = self.studies if self.studies.exists() else self.root
         free = shutil.disk_usage(probe).free
         if free - needed < self.min_free_bytes:
-            raise OutOfSpaceError(
-                f"data volume has {free // 2**20} MiB free, below the {self.min_free_bytes // 2**20} MiB reserve"
-            )
+            raise OutOfSpaceError(f"data volume has {free // 2**20} MiB free, below the {self.min_free_bytes // 2**20} MiB reserve")
 
     def _make_dirs(self, directory: Path) -> None:
         """mkdir -p, fsyncing each parent whose entry we created (a new directory

@@ -118,7 +118,7 @@ def _encode(ds: Dataset, transfer_syntax: str) -> None:
     elif transfer_syntax == JPEG2000Lossless:
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif transfer_syntax != ExplicitVRLittleEndian:
-        raise ValueError(f"Argument \"transfer_syntax\" must be Explicit VR LE, RLE or JPEG 2000 lossless, got {transfer_syntax}")
+        raise ValueError(f'Argument "transfer_syntax" must be Explicit VR LE, RLE or JPEG 2000 lossless, got {transfer_syntax}')
 
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

@@ -120,11 +120,16 @@ def test_the_rule_sees_lazy_and_upward_imports(tmp_path: Path) -> None:
 @pytest.mark.parametrize("package", ["dicom_io", "detectors"])
 def test_the_lower_layers_import_without_triage(package: str) -> None:
     # Loaded on their own, they pull in nothing above them.
-    modules = sorted(p.relative_to(REPO_ROOT).with_suffix("").as_posix().replace("/", ".")
-                     for p in (REPO_ROOT / package).rglob("*.py") if p.name != "__main__.py")  # fmt: skip
-    code = ("import importlib, json, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m.removesuffix('.__init__'))\n"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'triage', 'tui'})))")  # fmt: skip
+    modules = sorted(
+        p.relative_to(REPO_ROOT).with_suffix("").as_posix().replace("/", ".")
+        for p in (REPO_ROOT / package).rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m.removesuffix('.__init__'))\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'triage', 'tui'})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
@@ -146,8 +151,9 @@ def test_the_worklist_plugs_into_the_cli() -> None:
     from tui.app import run_worklist
 
     assert worklist_runner() is run_worklist
-    done = subprocess.run([sys.executable, "-m", "triage", "bench", "tui", "--help"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "triage", "bench", "tui", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "--studies" in done.stdout, done.stderr
 
 
@@ -167,8 +173,11 @@ def test_the_stage_rule_sees_a_stage_importing_upward(tmp_path: Path) -> None:
 
 def import_cycles(root: Path = REPO_ROOT) -> list[list[str]]:
     """Groups of project modules that import each other, directly or through others (lazy imports count)."""
-    modules = {p.relative_to(root).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
-               for package in PACKAGES for p in (root / package).rglob("*.py")}  # fmt: skip
+    modules = {
+        p.relative_to(root).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+        for package in PACKAGES
+        for p in (root / package).rglob("*.py")
+    }
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         deps = set()

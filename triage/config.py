@@ -94,9 +94,14 @@ class ListenerSettings(_Section):
 
         tls = self.tls
         return ListenerOptions(
-            ae_title=self.ae_title, host=self.host, port=self.port, max_associations=self.max_associations,
-            max_pdu=self.max_pdu, network_timeout=self.network_timeout,
-            allowed_ae_titles=tuple(self.allowed_ae_titles), allowed_peers=tuple(self.allowed_peers),
+            ae_title=self.ae_title,
+            host=self.host,
+            port=self.port,
+            max_associations=self.max_associations,
+            max_pdu=self.max_pdu,
+            network_timeout=self.network_timeout,
+            allowed_ae_titles=tuple(self.allowed_ae_titles),
+            allowed_peers=tuple(self.allowed_peers),
             shutdown_grace=self.shutdown_grace,
             tls=TLSOptions(cert=tls.cert, key=tls.key, ca=tls.ca, require_client_cert=tls.require_client_cert),
             implementation_version=f"TRIAGE_{__version__}"[:16],
@@ -211,9 +216,7 @@ class PolicySettings(_Section):
     # below the operating point a finding earns at most half of them.
     finding_points: dict[str, float] = Field(default_factory=lambda: {"bleed": 100.0, "fracture": 50.0, "nodule": 30.0})
     # Points per normalised order priority (DICOM Requested Procedure / Scheduled Procedure Step Priority).
-    order_points: dict[str, float] = Field(
-        default_factory=lambda: {"STAT": 60.0, "HIGH": 25.0, "MEDIUM": 0.0, "ROUTINE": 0.0, "LOW": -5.0}
-    )
+    order_points: dict[str, float] = Field(default_factory=lambda: {"STAT": 60.0, "HIGH": 25.0, "MEDIUM": 0.0, "ROUTINE": 0.0, "LOW": -5.0})
     # Points when Current Patient Location or the requesting service names one of these words.
     emergency_words: list[str] = Field(default_factory=lambda: ["EMERGENCY", "ED", "ER", "A&E", "TRAUMA", "RESUS"])
     emergency_points: float = Field(20.0, ge=0)
@@ -352,7 +355,7 @@ class Settings(_Section):
     # index only) or "worker" (score jobs and send results only), for scale-out on PostgreSQL.
     role: Literal["all", "listener", "worker"] = "all"
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("triage")))
-    # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.store.db.
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/triage.db.
     db: str = ""
     log_level: str = "INFO"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
@@ -386,7 +389,7 @@ class Settings(_Section):
 
     @property
     def db_url(self) -> str:
-        return self.db or f"sqlite:///{self.data_dir / 'triage.store.db'}"
+        return self.db or f"sqlite:///{self.data_dir / 'triage.db'}"
 
 
 def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -432,16 +435,19 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Keys whose value is itself a table (not a section): kept whole when flattening.
-_TABLE_VALUED = {"completeness.per_modality", "policy.finding_points", "policy.order_points", "policy.targets_min",
-                 "detectors.operating_points"}  # fmt: skip
+_TABLE_VALUED = {
+    "completeness.per_modality",
+    "policy.finding_points",
+    "policy.order_points",
+    "policy.targets_min",
+    "detectors.operating_points",
+}
 
 
 def _format_error(err: ValidationError, origins: Mapping[str, str]) -> str:
     first = err.errors()[0]
     dotted = ".".join(str(p) for p in first["loc"])
-    origin = origins.get(dotted) or next(
-        (o for k, o in origins.items() if dotted.startswith(k + ".")), "default"
-    )
+    origin = origins.get(dotted) or next((o for k, o in origins.items() if dotted.startswith(k + ".")), "default")
     if first["type"] == "extra_forbidden":
         return f"config: unknown key '{dotted}' (from {origin})"
     msg = first["msg"].removeprefix("Value error, ")
@@ -464,9 +470,7 @@ def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str])
 
 
 def load_settings(
-    config_file: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Build :class:`Settings` from defaults, TOML, environment and CLI overrides.
 

@@ -20,9 +20,18 @@ from dicom_io.errors import (
 )
 
 __all__ = [
-    "USER_ERRORS", "ConfigError", "DatabaseError", "DicomIOError", "DicomNetworkError", "IndexUnreachableError",
-    "InvalidUIDError", "OptionsError", "PixelDataError", "StorageError", "TriageError",
-]  # fmt: skip
+    "USER_ERRORS",
+    "ConfigError",
+    "DatabaseError",
+    "DicomIOError",
+    "DicomNetworkError",
+    "IndexUnreachableError",
+    "InvalidUIDError",
+    "OptionsError",
+    "PixelDataError",
+    "StorageError",
+    "TriageError",
+]
 
 
 class TriageError(Exception):

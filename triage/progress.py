@@ -15,8 +15,7 @@ def progress_bar(total: int, label: str, enabled: bool = True) -> Iterator[Calla
     if not enabled:
         yield lambda: None
         return
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TaskProgressColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(label, total=total)
         yield lambda: progress.advance(task)
@@ -32,8 +31,7 @@ def stage_progress(prefix: str = "", enabled: bool = True) -> Iterator[Callable[
     if not enabled:
         yield lambda _stage, _done, _total: None
         return
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TaskProgressColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         tasks: dict[str, TaskID] = {}
 

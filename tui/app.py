@@ -21,6 +21,7 @@ from triage.store.db import make_engine
 
 log = logging.getLogger(__name__)
 
+
 class WorklistApp(App[None]):
     """The worklist for one reader.
 
@@ -41,13 +42,9 @@ class WorklistApp(App[None]):
     Screen { layers: base overlay; }
     .banner { background: $warning 20%; color: $text; padding: 0 1; height: auto; }
     """
-    BINDINGS = [
-        Binding("question_mark", "help", "Keys", key_display="?"),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    BINDINGS = [Binding("question_mark", "help", "Keys", key_display="?"), Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    def __init__(self, service: WorklistService, user: str, *, display: str = "regions",
-                 poll_interval: float = 0.5) -> None:  # fmt: skip
+    def __init__(self, service: WorklistService, user: str, *, display: str = "regions", poll_interval: float = 0.5) -> None:
         super().__init__()
         self.service = service
         self.user = check_user(user, "use the worklist")
@@ -101,8 +98,7 @@ def default_user(settings: Settings, given: str | None) -> str:
 def build_app(settings: Settings, user: str | None = None, *, poll_interval: float = 0.5) -> WorklistApp:
     """The app on the settings' study index, for ``user`` (see :func:`default_user`)."""
     service = WorklistService(make_engine(settings.db_url), settings)
-    return WorklistApp(service, default_user(settings, user), display=settings.worklist.display,
-                       poll_interval=poll_interval)  # fmt: skip
+    return WorklistApp(service, default_user(settings, user), display=settings.worklist.display, poll_interval=poll_interval)
 
 
 def run_worklist(settings: Settings, user: str | None = None) -> None:

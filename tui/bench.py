@@ -81,33 +81,86 @@ def populate(db_url: str, n: int, seed: int = 0) -> None:
         received = now - timedelta(seconds=rng.uniform(0, 12 * 3600))
         status = rng.choices(["scored", "failed", "not_analysed"], [0.9, 0.05, 0.05])[0]
         modality = rng.choice(["CT", "CT", "CR", "DX"])
-        studies.append(dict(
-            id=i, study_uid=f"1.2.826.0.1.9.{i}", patient_id=f"P{i:06d}", patient_name=f"DOE^PAT{i}",
-            patient_sex=rng.choice("MFO"), patient_age=f"{rng.randint(1, 99):03d}Y", accession_number=f"A{i:07d}",
-            modalities=modality, study_description="CT HEAD" if modality == "CT" else "XR WRIST",
-            order_priority=rng.choice(["STAT", "HIGH", "ROUTINE", "ROUTINE", None]), num_series=1, num_instances=40,
-            first_received=received, last_received=received, status="complete", ai_status=status,
-            read_state="unread",
-        ))  # fmt: skip
-        series.append(dict(id=i, series_uid=f"1.2.826.0.1.9.{i}.1", study_pk=i, modality=modality, num_instances=40,
-                           first_received=received, last_received=received, status="complete", generation=0))  # fmt: skip
+        studies.append(
+            dict(
+                id=i,
+                study_uid=f"1.2.826.0.1.9.{i}",
+                patient_id=f"P{i:06d}",
+                patient_name=f"DOE^PAT{i}",
+                patient_sex=rng.choice("MFO"),
+                patient_age=f"{rng.randint(1, 99):03d}Y",
+                accession_number=f"A{i:07d}",
+                modalities=modality,
+                study_description="CT HEAD" if modality == "CT" else "XR WRIST",
+                order_priority=rng.choice(["STAT", "HIGH", "ROUTINE", "ROUTINE", None]),
+                num_series=1,
+                num_instances=40,
+                first_received=received,
+                last_received=received,
+                status="complete",
+                ai_status=status,
+                read_state="unread",
+            )
+        )
+        series.append(
+            dict(
+                id=i,
+                series_uid=f"1.2.826.0.1.9.{i}.1",
+                study_pk=i,
+                modality=modality,
+                num_instances=40,
+                first_received=received,
+                last_received=received,
+                status="complete",
+                generation=0,
+            )
+        )
         if status != "scored":
             continue
-        results.append(dict(id=i, series_pk=i, study_pk=i, generation=0, analysed=True, reason="head CT",
-                            failures="[]", duration_s=0.4, scored_at=received))  # fmt: skip
+        results.append(
+            dict(
+                id=i,
+                series_pk=i,
+                study_pk=i,
+                generation=0,
+                analysed=True,
+                reason="head CT",
+                failures="[]",
+                duration_s=0.4,
+                scored_at=received,
+            )
+        )
         if rng.random() < 1 / 3:
             kind = "bleed" if modality == "CT" else "fracture"
             p = rng.random()
-            findings.append(dict(result_pk=i, study_pk=i, series_pk=i, kind=kind, probability=p, operating_point=0.5,
-                                 urgent=p >= 0.5, model_name=f"{kind}-x", model_version="1.0.0",
-                                 weights_sha256="ab" * 32, regions="[]", created_at=received))  # fmt: skip
+            findings.append(
+                dict(
+                    result_pk=i,
+                    study_pk=i,
+                    series_pk=i,
+                    kind=kind,
+                    probability=p,
+                    operating_point=0.5,
+                    urgent=p >= 0.5,
+                    model_name=f"{kind}-x",
+                    model_version="1.0.0",
+                    weights_sha256="ab" * 32,
+                    regions="[]",
+                    created_at=received,
+                )
+            )
     engine = make_engine(db_url)
     with engine.begin() as conn:
         for model, rows in ((Study, studies), (Series, series), (SeriesResult, results), (AIFinding, findings)):
             if rows:
                 conn.execute(_table(model).insert(), rows)
-        audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.SERIES_COMPLETE, study_uid=None,
-                     detail={"bench": f"{n} studies inserted in bulk"})  # fmt: skip
+        audit.append(
+            conn,
+            actor=audit.SYSTEM_ACTOR,
+            action=audit.Action.SERIES_COMPLETE,
+            study_uid=None,
+            detail={"bench": f"{n} studies inserted in bulk"},
+        )
     engine.dispose()
 
 
@@ -136,21 +189,70 @@ def _insert_one(db_url: str, i: int) -> str:
     now = utcnow()
     engine = make_engine(db_url, create=False)
     with engine.begin() as conn:
-        pk = _inserted_pk(conn.execute(_table(Study).insert().values(
-            study_uid=uid, patient_id=f"NEW{i}", patient_name="NEW^STUDY", accession_number=f"N{i}", modalities="CT",
-            study_description="CT HEAD", num_series=1, num_instances=40, first_received=now, last_received=now,
-            status="complete", ai_status="scored", read_state="unread")))  # fmt: skip
-        spk = _inserted_pk(conn.execute(_table(Series).insert().values(
-            series_uid=f"{uid}.1", study_pk=pk, modality="CT", num_instances=40, first_received=now,
-            last_received=now, status="complete", generation=0)))  # fmt: skip
-        rpk = _inserted_pk(conn.execute(_table(SeriesResult).insert().values(
-            series_pk=spk, study_pk=pk, generation=0, analysed=True, reason="head CT", failures="[]",
-            scored_at=now)))  # fmt: skip
-        conn.execute(_table(AIFinding).insert().values(
-            result_pk=rpk, study_pk=pk, series_pk=spk, kind="bleed", probability=0.97, operating_point=0.5,
-            urgent=True, model_name="bleed-x", model_version="1.0.0", weights_sha256="ab" * 32, regions="[]"))
-        audit.append(conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=uid,
-                     detail={"series_uid": f"{uid}.1", "bench": True})  # fmt: skip
+        pk = _inserted_pk(
+            conn.execute(
+                _table(Study)
+                .insert()
+                .values(
+                    study_uid=uid,
+                    patient_id=f"NEW{i}",
+                    patient_name="NEW^STUDY",
+                    accession_number=f"N{i}",
+                    modalities="CT",
+                    study_description="CT HEAD",
+                    num_series=1,
+                    num_instances=40,
+                    first_received=now,
+                    last_received=now,
+                    status="complete",
+                    ai_status="scored",
+                    read_state="unread",
+                )
+            )
+        )
+        spk = _inserted_pk(
+            conn.execute(
+                _table(Series)
+                .insert()
+                .values(
+                    series_uid=f"{uid}.1",
+                    study_pk=pk,
+                    modality="CT",
+                    num_instances=40,
+                    first_received=now,
+                    last_received=now,
+                    status="complete",
+                    generation=0,
+                )
+            )
+        )
+        rpk = _inserted_pk(
+            conn.execute(
+                _table(SeriesResult)
+                .insert()
+                .values(series_pk=spk, study_pk=pk, generation=0, analysed=True, reason="head CT", failures="[]", scored_at=now)
+            )
+        )
+        conn.execute(
+            _table(AIFinding)
+            .insert()
+            .values(
+                result_pk=rpk,
+                study_pk=pk,
+                series_pk=spk,
+                kind="bleed",
+                probability=0.97,
+                operating_point=0.5,
+                urgent=True,
+                model_name="bleed-x",
+                model_version="1.0.0",
+                weights_sha256="ab" * 32,
+                regions="[]",
+            )
+        )
+        audit.append(
+            conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=uid, detail={"series_uid": f"{uid}.1", "bench": True}
+        )
     engine.dispose()
     return uid
 
@@ -209,7 +311,7 @@ def run_tui_bench(n: int, refreshes: int) -> TuiBenchResult:
     from triage.store.db import make_engine
 
     with tempfile.TemporaryDirectory(prefix="triage-bench-tui-") as tmp:
-        db_url = f"sqlite:///{Path(tmp) / 'triage.store.db'}"
+        db_url = f"sqlite:///{Path(tmp) / 'triage.db'}"
         populate(db_url, n)
         service = WorklistService(make_engine(db_url), load_settings(overrides={"db": db_url}, environ={}))
         t0 = time.perf_counter()
@@ -233,7 +335,7 @@ def format_report(r: TuiBenchResult) -> str:
         f"{r.refresh_median_s / REFRESH_TARGET_S:.2f}x the {REFRESH_TARGET_S * 1000:.0f} ms target: "
         + ("met" if r.refresh_median_s <= REFRESH_TARGET_S else "NOT met"),
         "(the poll runs every [worklist] poll interval, 0.5 s: a new study appears within that plus this work)",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 

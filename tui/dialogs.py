@@ -203,9 +203,7 @@ class ConfirmSign(DialogBase[bool]):
             with VerticalScroll(id="report-preview"):
                 yield Static(self.preview_text(), id="report-text", markup=False)
             yield Static(
-                "Signing makes this report final under your name; later changes are amendments.",
-                classes="dialog-note",
-                markup=False,
+                "Signing makes this report final under your name; later changes are amendments.", classes="dialog-note", markup=False
             )
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Sign", id="sign", variant="warning")
@@ -246,10 +244,7 @@ class ReportEditor(DialogBase["str | None"]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("escape", "cancel", "Cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "save", "Save", priority=True), Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, text: str = "") -> None:
         super().__init__()
@@ -310,10 +305,7 @@ class ImpressionDialog(DialogBase["tuple[str, tuple[str, ...]] | None"]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("escape", "cancel", "Cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "save", "Save", priority=True), Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with self.dialog_box("Impression"):
@@ -366,10 +358,7 @@ class MissedFindingDialog(DialogBase["tuple[str, str | None] | None"]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("escape", "cancel", "Cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "save", "Save", priority=True), Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with self.dialog_box("Missed finding"):
@@ -471,10 +460,7 @@ class TableDialog(DialogBase[None]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Close"),
-        Binding("q", "cancel", "Close", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Close"), Binding("q", "cancel", "Close", show=False)]
 
     def close_buttons(self) -> Horizontal:
         return Horizontal(Button("Close", id="cancel"), classes="dialog-buttons")
@@ -518,9 +504,7 @@ class HistoryScreen(TableDialog):
     def compose(self) -> ComposeResult:
         with self.dialog_box("History"):
             yield Label(
-                f"History of study {self.study_uid}: {plural(len(self.audit_events), 'event')}",
-                classes="dialog-title",
-                markup=False,
+                f"History of study {self.study_uid}: {plural(len(self.audit_events), 'event')}", classes="dialog-title", markup=False
             )
             yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
             yield self.close_buttons()

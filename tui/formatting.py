@@ -104,9 +104,7 @@ def _models(detail: Mapping[str, Any]) -> str:
 
 def _inference(detail: Mapping[str, Any]) -> str:
     outputs = detail.get("outputs") or []
-    found = ", ".join(
-        f"{o['kind']} {float(o['probability']):.2f}" + (" urgent" if o.get("urgent") else "") for o in outputs
-    )
+    found = ", ".join(f"{o['kind']} {float(o['probability']):.2f}" + (" urgent" if o.get("urgent") else "") for o in outputs)
     if outputs:
         text = found
     elif detail.get("analysed") is False:
@@ -303,12 +301,4 @@ def group_bindings(bindings: Iterable[tuple[str, str, str]]) -> list[tuple[str, 
     return [row for rows in groups.values() for row in rows]
 
 
-__all__ = [
-    "SUMMARY_MAX_CHARS",
-    "format_key",
-    "format_person_name",
-    "format_time",
-    "group_bindings",
-    "summarize_event",
-    "truncate",
-]
+__all__ = ["SUMMARY_MAX_CHARS", "format_key", "format_person_name", "format_time", "group_bindings", "summarize_event", "truncate"]

@@ -10,8 +10,7 @@ from typing import Protocol
 
 from triage.reading.service import WorklistService
 
-BANNER = ("AI output is a suggestion for ordering the worklist, not a diagnosis. "
-          "The radiologist reads every study and signs every report.")  # fmt: skip
+BANNER = "AI output is a suggestion for ordering the worklist, not a diagnosis. The radiologist reads every study and signs every report."
 
 
 class WorklistHost(Protocol):

@@ -224,13 +224,7 @@ class HalfBlockRender:
 
 
 def render_half_block(
-    gray_u8: np.ndarray,
-    boxes: Sequence[Box],
-    cells_w: int,
-    cells_h: int,
-    *,
-    pixel_aspect: float = 1.0,
-    colour: RGB = BOX_COLOUR,
+    gray_u8: np.ndarray, boxes: Sequence[Box], cells_w: int, cells_h: int, *, pixel_aspect: float = 1.0, colour: RGB = BOX_COLOUR
 ) -> HalfBlockRender:
     """Scale a grey slice to the cells, draw the boxes at the scaled size, and make the lines."""
     small = fit(gray_u8, cells_w, cells_h, pixel_aspect)
@@ -332,8 +326,6 @@ def display_slice(pixels: SeriesPixels, index: int, window: str) -> np.ndarray:
         return apply_window(values, *WINDOWS[window])
     lo, hi = pixels.display_range
     return apply_window(values, (lo + hi) / 2.0, max(hi - lo, 1e-6))
-
-
 
 
 __all__ = [

@@ -34,11 +34,7 @@ FINDING_CHOICES = ("any",) + FINDING_KINDS
 RADIOGRAPH = frozenset({"CR", "DX"})  # one modality to a reader: computed and digital radiography
 NON_IMAGE = frozenset({"SR", "KO", "PR", "SEG", "REG", "DOC"})  # objects that ride along with images
 
-_BADGES = {
-    PriorityClass.CRITICAL: "▲ CRIT",
-    PriorityClass.URGENT: "◆ URG",
-    PriorityClass.ROUTINE: "● ROUT",
-}
+_BADGES = {PriorityClass.CRITICAL: "▲ CRIT", PriorityClass.URGENT: "◆ URG", PriorityClass.ROUTINE: "● ROUT"}
 
 
 # --- what a row says (pure) ---------------------------------------------------------------------
@@ -324,8 +320,7 @@ class WorklistModel:
                 return False
         return not self._needle or matches_search(item, self._needle)
 
-    def set_filters(self, *, modality: str | None = _KEEP, status: str | None = _KEEP,
-                    finding: str | None = _KEEP) -> None:  # fmt: skip
+    def set_filters(self, *, modality: str | None = _KEEP, status: str | None = _KEEP, finding: str | None = _KEEP) -> None:
         """Change some filters (an argument left out keeps its filter; None shows all).
 
         Raises

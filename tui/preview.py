@@ -213,8 +213,7 @@ class ImagePreview(Vertical, can_focus=True):
         Give no findings when the AI output must stay hidden (blinded reads).
         """
         self.findings = tuple(findings)
-        changed = series is None or self.series is None or (series.series_uid, series.files) != (
-            self.series.series_uid, self.series.files)  # fmt: skip
+        changed = series is None or self.series is None or (series.series_uid, series.files) != (self.series.series_uid, self.series.files)
         if not changed:
             self._redraw()
             return

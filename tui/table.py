@@ -70,9 +70,7 @@ def layout(width: int, columns: tuple[Column, ...] = COLUMNS) -> list[int]:
         flexed = [i for i, c in enumerate(columns) if c.flex]
         for n, i in enumerate(flexed):
             share = spare * columns[i].flex // flex_total
-            widths[i] += share if n < len(flexed) - 1 else spare - sum(
-                spare * columns[j].flex // flex_total for j in flexed[:-1]
-            )  # fmt: skip
+            widths[i] += share if n < len(flexed) - 1 else spare - sum(spare * columns[j].flex // flex_total for j in flexed[:-1])
     elif spare < 0:
         for i in sorted(range(len(columns)), key=lambda i: columns[i].shrink):
             if spare >= 0:
@@ -173,8 +171,7 @@ class WorklistTable(ScrollView, can_focus=True):
         def control(self) -> WorklistTable:
             return self.table
 
-    def __init__(self, model: WorklistModel, *, name: str | None = None, id: str | None = None,
-                 classes: str | None = None) -> None:  # fmt: skip
+    def __init__(self, model: WorklistModel, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.model = model
         self._cursor = 0
@@ -337,22 +334,28 @@ class WorklistTable(ScrollView, can_focus=True):
         rank = self.model.rank_of(s.study_uid)
         kind = status_kind(item)
         status_style = {
-            "in review": "worklist--review", "signed": "worklist--dim", "AI failed": "worklist--failed",
-            "not analysed": "worklist--dim", "AI pending": "worklist--dim", "AI partial": "worklist--failed",
-        }.get(kind)  # fmt: skip
+            "in review": "worklist--review",
+            "signed": "worklist--dim",
+            "AI failed": "worklist--failed",
+            "not analysed": "worklist--dim",
+            "AI pending": "worklist--dim",
+            "AI partial": "worklist--failed",
+        }.get(kind)
         w = dict(zip((c.key for c in COLUMNS), widths, strict=True))
         cells: list[tuple[str, Style | None] | list[tuple[str, Style | None]]] = [
             (_fit(f" {badge_text(cls)}", w["class"]), self._style(f"worklist--{cls}")),
             (_fit(str(rank) if rank is not None else "—", w["rank"], right=True), None),
-            (_fit(("!" if urgency.overdue else "") + wait_text(urgency.waiting_min), w["wait"], right=True),
-             self._style("worklist--overdue") if urgency.overdue else None),
+            (
+                _fit(("!" if urgency.overdue else "") + wait_text(urgency.waiting_min), w["wait"], right=True),
+                self._style("worklist--overdue") if urgency.overdue else None,
+            ),
             (_fit(patient_text(item), w["patient"]), None),
             (_fit("/".join(modality_labels(s.modality)) or s.modality, w["modality"]), None),
             (_fit(s.description or "", w["description"]), None),
             self._findings_cells(item, w["findings"]),
             (_fit(status_text(item), w["status"]), self._style(status_style) if status_style else None),
             (_fit((s.order_priority or "—").upper(), w["order"]), None),
-        ]  # fmt: skip
+        ]
         return self._strip(cells, widths, width, row_style)
 
     def _findings_cells(self, item: WorklistItem, width: int) -> list[tuple[str, Style | None]]:
@@ -372,8 +375,9 @@ class WorklistTable(ScrollView, can_focus=True):
             out.append((" " * (width - used), None))
         return out
 
-    def _strip(self, cells: Iterable[tuple[str, Style | None] | list[tuple[str, Style | None]]],
-               widths: list[int], width: int, row_style: Style) -> Strip:  # fmt: skip
+    def _strip(
+        self, cells: Iterable[tuple[str, Style | None] | list[tuple[str, Style | None]]], widths: list[int], width: int, row_style: Style
+    ) -> Strip:
         segments: list[Segment] = []
         gap = Segment(" " * GAP, row_style)
         for n, cell in enumerate(cells):

@@ -65,8 +65,7 @@ def check_spacing(spacing_mm: tuple[float, ...], n: int) -> tuple[float, ...]:
 
 def touching_edge(labels: np.ndarray) -> np.ndarray:
     """Label ids (of a (slices, rows, cols) or (rows, cols) labelling) that touch the in-plane edge."""
-    edge = np.concatenate([labels[..., 0, :].ravel(), labels[..., -1, :].ravel(),
-                           labels[..., :, 0].ravel(), labels[..., :, -1].ravel()])  # fmt: skip
+    edge = np.concatenate([labels[..., 0, :].ravel(), labels[..., -1, :].ravel(), labels[..., :, 0].ravel(), labels[..., :, -1].ravel()])
     return np.unique(edge[edge > 0])
 
 

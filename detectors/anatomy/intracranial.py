@@ -49,8 +49,7 @@ def _erode(mask: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
     return ndimage.uniform_filter(mask.astype(np.float32), size=box, mode="constant") > 1 - 1e-3
 
 
-def intracranial_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], *,
-                      bone_margin_mm: float = 1.0) -> np.ndarray:  # fmt: skip
+def intracranial_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], *, bone_margin_mm: float = 1.0) -> np.ndarray:
     """(slices, rows, cols) bool: the intracranial space of a head CT.
 
     Parameters
@@ -136,8 +135,7 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(~mask, structure=in_plane)
     if count == 0:
         return mask
-    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))  # fmt: skip
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     outside = np.zeros(count + 1, dtype=bool)
     outside[border] = True
     outside[0] = False  # label 0 is the mask itself

@@ -310,9 +310,14 @@ def _plausible_pair(labels: np.ndarray, edge: tuple[int, int]) -> list[np.ndarra
         # A lung field is tall (apex to dome), in the upper two thirds, off the midline,
         # and fills a fair part of its bounding box (a leak into the abdomen or the
         # lateral soft tissue is ragged).
-        if not (LUNG_AREA[0] <= area <= LUNG_AREA[1] and height >= 0.25 and height >= 0.8 * width
-                and 0.15 <= r_mid <= 0.65 and 0.08 <= abs(c_mid - 0.5) <= 0.4
-                and area / (height * width) >= 0.4):  # fmt: skip
+        if not (
+            LUNG_AREA[0] <= area <= LUNG_AREA[1]
+            and height >= 0.25
+            and height >= 0.8 * width
+            and 0.15 <= r_mid <= 0.65
+            and 0.08 <= abs(c_mid - 0.5) <= 0.4
+            and area / (height * width) >= 0.4
+        ):
             continue
         found.append((area, c_mid, box[0].start / rows, box[0].stop / rows, k))
     left = [f for f in found if f[1] < 0.5]

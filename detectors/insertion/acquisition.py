@@ -216,9 +216,7 @@ def apply_geometry(volume: np.ndarray, spacing_mm: Sequence[float], variant: Var
     return out, spacing
 
 
-def apply_variant(
-    hu: np.ndarray, spacing_mm: Sequence[float], variant: Variant, rng: np.random.Generator
-) -> tuple[np.ndarray, Spacing]:
+def apply_variant(hu: np.ndarray, spacing_mm: Sequence[float], variant: Variant, rng: np.random.Generator) -> tuple[np.ndarray, Spacing]:
     """A CT volume as ``variant`` acquires it: geometry, then kernel, then noise.
 
     Lesion masks go through :func:`apply_geometry` with the same variant.
@@ -265,5 +263,10 @@ def storage_variants(rng: np.random.Generator) -> dict[str, float | int | str]:
     """
     slope, intercept, signed, bits = _RESCALES[int(rng.integers(len(_RESCALES)))]
     photometric = "MONOCHROME1" if rng.random() < 0.5 else "MONOCHROME2"
-    return {"rescale_slope": slope, "rescale_intercept": intercept, "pixel_representation": signed,
-            "bits_stored": bits, "photometric": photometric}  # fmt: skip
+    return {
+        "rescale_slope": slope,
+        "rescale_intercept": intercept,
+        "pixel_representation": signed,
+        "bits_stored": bits,
+        "photometric": photometric,
+    }

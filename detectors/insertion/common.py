@@ -159,9 +159,7 @@ def blend(old: np.ndarray, frac: np.ndarray, density_hu: float, local: np.ndarra
     return ((1 - frac) * old + frac * (density_hu + noise)).astype(np.float32)
 
 
-def fit_scale(
-    volume_of: Callable[[float], float], target: float, start: float, hi: float, what: str, *, power: float = 1.0
-) -> float:
+def fit_scale(volume_of: Callable[[float], float], target: float, start: float, hi: float, what: str, *, power: float = 1.0) -> float:
     """The scale in (0, hi] at which a monotone ``volume_of(scale)`` meets ``target``.
 
     Secant steps in log-log space (starting as if the volume grew as

@@ -95,13 +95,16 @@ def insert_fracture_radiograph(
         shift_mm = float(rng.uniform(*SHIFT_MM)) * float(rng.choice([-1.0, 1.0]))
         far = np.clip((FRAGMENT_MM[1] - off * px) / (FRAGMENT_MM[1] - FRAGMENT_MM[0]), 0, 1) * (off > 0)
         # The fragment moves with a few mm of soft tissue, fading out so that no seam shows beside the bone.
-        near_bone = ndimage.gaussian_filter(ndimage.binary_dilation(bone, iterations=int(abs(shift_mm) / px) + 1).astype(np.float32),
-                                            3.0 / px)  # fmt: skip
+        near_bone = ndimage.gaussian_filter(
+            ndimage.binary_dilation(bone, iterations=int(abs(shift_mm) / px) + 1).astype(np.float32), 3.0 / px
+        )
         amount = far * near_bone * shift_mm / px  # px
-        out = ndimage.map_coordinates(image.astype(np.float32), [rows - amount * direction[0], cols - amount * direction[1]],
-                                      order=1, mode="nearest").astype(np.float32)  # fmt: skip
-        bone = bone | (ndimage.map_coordinates(bone.astype(np.float32), [rows - amount * direction[0], cols - amount * direction[1]],
-                                               order=1) > 0.5)  # fmt: skip
+        out = ndimage.map_coordinates(
+            image.astype(np.float32), [rows - amount * direction[0], cols - amount * direction[1]], order=1, mode="nearest"
+        ).astype(np.float32)
+        bone = bone | (
+            ndimage.map_coordinates(bone.astype(np.float32), [rows - amount * direction[0], cols - amount * direction[1]], order=1) > 0.5
+        )
 
     # The lucency: the line, wiggling by up to ~0.3 mm, darkened towards the nearby soft tissue.
     width_px = int(rng.integers(LINE_PX[0], LINE_PX[1] + 1))
@@ -123,10 +126,13 @@ def insert_fracture_radiograph(
     where = np.argwhere(mask)
     box = (int(where[:, 0].min()), int(where[:, 1].min()), int(where[:, 0].max()) + 1, int(where[:, 1].max()) + 1)
     params: dict[str, float | str] = {
-        "angle_deg": round(angle, 1), "width_mm": round(width_px * px, 2), "shift_mm": round(shift_mm, 2),
-        "bone_width_mm": round(width_mm, 1), "end0": f"{ends[0][0]:.1f},{ends[0][1]:.1f}",
+        "angle_deg": round(angle, 1),
+        "width_mm": round(width_px * px, 2),
+        "shift_mm": round(shift_mm, 2),
+        "bone_width_mm": round(width_mm, 1),
+        "end0": f"{ends[0][0]:.1f},{ends[0][1]:.1f}",
         "end1": f"{ends[1][0]:.1f},{ends[1][1]:.1f}",
-    }  # fmt: skip
+    }
     logger.debug("inserted fracture at %s: %s", point, params)
     return Inserted2D(np.clip(out, 0.0, 1.0), mask, "fracture", (float(point[0]), float(point[1])), box, depth, None, params)
 

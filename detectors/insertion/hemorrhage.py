@@ -206,8 +206,7 @@ def _head(hu: np.ndarray, spacing: tuple[float, float, float], inside: np.ndarra
     # white matter at 22 HU), so the tissue classes follow the scan's own brain density.
     counts, edges = np.histogram(smooth[inside], bins=np.arange(BRAIN_HU[0] - 15, BRAIN_HU[1] + 1.0, 1.0))
     brain_hu = float(edges[int(np.argmax(counts))] + 0.5)
-    return _Head(hu, spacing, inside, depth, smooth, float(cols.mean()) * spacing[2], brain_hu,
-                 brain_hu - CSF_BELOW_BRAIN_HU)  # fmt: skip
+    return _Head(hu, spacing, inside, depth, smooth, float(cols.mean()) * spacing[2], brain_hu, brain_hu - CSF_BELOW_BRAIN_HU)
 
 
 def _full(head: _Head, crop: Crop, frac_crop: np.ndarray) -> np.ndarray:
@@ -274,8 +273,7 @@ def _intraparenchymal(head: _Head, volume_ml: float, rng: np.random.Generator) -
 
         return occupancy(sd, range(crop[0].start, crop[0].stop), head.spacing) * head.inside[crop]
 
-    scale = fit_scale(lambda s: _volume_ml(frac_at(s), head), volume_ml, r_eq, 1.3 * r_eq,
-                      "the brain around the chosen centre", power=3.0)  # fmt: skip
+    scale = fit_scale(lambda s: _volume_ml(frac_at(s), head), volume_ml, r_eq, 1.3 * r_eq, "the brain around the chosen centre", power=3.0)
     return _full(head, crop, frac_at(scale)), {"radius_mm": round(scale, 2)}
 
 
@@ -327,10 +325,19 @@ def _extra_axial_at(head: _Head, volume_ml: float, rng: np.random.Generator, *, 
     def frac_at(thickness: float) -> np.ndarray:
         return occupancy(along_z(depth - thickness * profile, crop[0].start), range(crop[0].start, crop[0].stop), head.spacing) * keep
 
-    thickness = fit_scale(lambda t: _volume_ml(frac_at(t), head), volume_ml, 0.5 * volume_ml * 1000 / (math.pi * spread**2) + 1,
-                          thick_max, f"the {name} space of one convexity", power=1.0)  # fmt: skip
-    return _full(head, crop, frac_at(thickness)), {"thickness_mm": round(thickness, 2), "spread_mm": round(spread, 1),
-                                                   "side": "left" if side > 0 else "right"}  # fmt: skip
+    thickness = fit_scale(
+        lambda t: _volume_ml(frac_at(t), head),
+        volume_ml,
+        0.5 * volume_ml * 1000 / (math.pi * spread**2) + 1,
+        thick_max,
+        f"the {name} space of one convexity",
+        power=1.0,
+    )
+    return _full(head, crop, frac_at(thickness)), {
+        "thickness_mm": round(thickness, 2),
+        "spread_mm": round(spread, 1),
+        "side": "left" if side > 0 else "right",
+    }
 
 
 def _subdural(head: _Head, volume_ml: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -356,8 +363,10 @@ def _subarachnoid(head: _Head, volume_ml: float, rng: np.random.Generator) -> tu
     candidates = csf & (near_surface | basal)
     if candidates.sum() * np.prod(head.spacing) / 1000 < volume_ml:
         held_ml = candidates.sum() * np.prod(head.spacing) / 1000
-        raise ValueError(f"cannot place {volume_ml:.2f} mL of subarachnoid blood: the sulci and cisterns "
-                         f"(CSF-density voxels near the surface) hold {held_ml:.2f} mL")  # fmt: skip
+        raise ValueError(
+            f"cannot place {volume_ml:.2f} mL of subarachnoid blood: the sulci and cisterns "
+            f"(CSF-density voxels near the surface) hold {held_ml:.2f} mL"
+        )
     start = 6.0 * volume_ml ** (1 / 3) + 3
     # Sulci are sparse in places: a patch that cannot hold the volume moves and grows (up to 70 mm).
     failure = ValueError("unreachable")
@@ -371,8 +380,9 @@ def _subarachnoid(head: _Head, volume_ml: float, rng: np.random.Generator) -> tu
     raise failure
 
 
-def _sulcal_patch(head: _Head, candidates: np.ndarray, centre: np.ndarray, volume_ml: float, start: float,
-                  reach: float) -> tuple[np.ndarray, dict]:  # fmt: skip
+def _sulcal_patch(
+    head: _Head, candidates: np.ndarray, centre: np.ndarray, volume_ml: float, start: float, reach: float
+) -> tuple[np.ndarray, dict]:
     c_mm = centre * np.asarray(head.spacing)
     crop = _ball_crop(head, centre, reach)
     spaces = head.csf(head.smooth[crop]) * ndimage.binary_dilation(candidates[crop])
@@ -384,8 +394,14 @@ def _sulcal_patch(head: _Head, candidates: np.ndarray, centre: np.ndarray, volum
 
         return occupancy(sd, range(crop[0].start, crop[0].stop), head.spacing) * spaces
 
-    radius = fit_scale(lambda s: _volume_ml(frac_at(s), head), volume_ml, min(start, reach), reach,
-                       f"the sulci and cisterns within {reach:.0f} mm", power=2.0)  # fmt: skip
+    radius = fit_scale(
+        lambda s: _volume_ml(frac_at(s), head),
+        volume_ml,
+        min(start, reach),
+        reach,
+        f"the sulci and cisterns within {reach:.0f} mm",
+        power=2.0,
+    )
     return _full(head, crop, frac_at(radius)), {"patch_radius_mm": round(radius, 2)}
 
 
@@ -417,11 +433,16 @@ def _intraventricular(head: _Head, volume_ml: float, rng: np.random.Generator, d
 
     def frac_at(level: float) -> np.ndarray:
         # Blood fills the ventricles up to a fluid level ``level`` mm above their most dependent point.
-        return occupancy(lambda z: np.broadcast_to(deepest - level - along, (len(z), *along.shape[1:])),
-                         range(crop[0].start, crop[0].stop), head.spacing) * spaces  # fmt: skip
+        return (
+            occupancy(
+                lambda z: np.broadcast_to(deepest - level - along, (len(z), *along.shape[1:])),
+                range(crop[0].start, crop[0].stop),
+                head.spacing,
+            )
+            * spaces
+        )
 
-    level = fit_scale(lambda s: _volume_ml(frac_at(s), head), volume_ml, 0.3 * span, span + 2,
-                      "the ventricles", power=1.5)  # fmt: skip
+    level = fit_scale(lambda s: _volume_ml(frac_at(s), head), volume_ml, 0.3 * span, span + 2, "the ventricles", power=1.5)
     return _full(head, crop, frac_at(level)), {"fluid_level_mm": round(level, 2), "sides": sides}
 
 
@@ -442,8 +463,10 @@ def _displace(head: _Head, frac: np.ndarray, volume_ml: float) -> tuple[np.ndarr
     centre = np.array([(g * frac[nz]).sum() / frac[nz].sum() for g in nz], dtype=np.float32)
     vec = (grid - centre[:, None, None, None]) * spacing[:, None, None, None].astype(np.float32)
     dist = np.sqrt((vec**2).sum(axis=0)) + 1e-3
-    weight = ndimage.gaussian_filter(ndimage.binary_erosion(head.inside[crop], iterations=2).astype(np.float32),
-                                     2.0 / spacing) * head.inside[crop]  # fmt: skip
+    weight = (
+        ndimage.gaussian_filter(ndimage.binary_erosion(head.inside[crop], iterations=2).astype(np.float32), 2.0 / spacing)
+        * head.inside[crop]
+    )
     shift_mm = amplitude * np.exp(-0.5 * (np.maximum(dist - r_eq, 0) / falloff) ** 2) * weight
     source = grid - (vec / dist) * shift_mm / spacing[:, None, None, None]
     out = head.hu.astype(np.float32, copy=True)

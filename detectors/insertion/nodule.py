@@ -128,8 +128,9 @@ def insert_nodule_ct(
     depth[crop] = ndimage.distance_transform_edt(np.pad(lungs[crop], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     candidates = np.argwhere(lungs & (depth > reach + 1.5 * max(spacing)))
     if not len(candidates):
-        raise ValueError(f"cannot place a {diameter_mm:.1f} mm nodule: no point of the lung mask lies "
-                         f"{reach + 1.5 * max(spacing):.1f} mm inside it")  # fmt: skip
+        raise ValueError(
+            f"cannot place a {diameter_mm:.1f} mm nodule: no point of the lung mask lies {reach + 1.5 * max(spacing):.1f} mm inside it"
+        )
     centre = candidates[int(rng.integers(len(candidates)))]
     half = np.ceil((reach + 2) / np.asarray(spacing)).astype(int) + 1
     lo, hi = np.maximum(centre - half, 0), np.minimum(centre + half + 1, hu.shape)
@@ -143,8 +144,10 @@ def insert_nodule_ct(
             p = np.stack(np.broadcast_arrays(z[:, None, None] * spacing[0] - c_mm[0], rows, cols))
             q = np.tensordot(rotation.T, p, axes=1) / axes[:, None, None, None]
             rho = np.sqrt((q**2).sum(axis=0)) + 1e-9
-            lobes = 1.0 + sum(a * np.polynomial.chebyshev.chebval(np.tensordot(d, q, axes=1) / rho, [0, 0, 0, 1])
-                              for d, a in zip(lobe_dirs, lobe_amp, strict=True))  # fmt: skip
+            lobes = 1.0 + sum(
+                a * np.polynomial.chebyshev.chebval(np.tensordot(d, q, axes=1) / rho, [0, 0, 0, 1])
+                for d, a in zip(lobe_dirs, lobe_amp, strict=True)
+            )
             dist = rho - scale * lobes
             if with_spikes:
                 for direction, length in zip(spikes, spike_len, strict=True):
@@ -265,5 +268,6 @@ def insert_nodule_radiograph(
     mask[lo[0] : hi[0], lo[1] : hi[1]] = ((rows - r0) * dy) ** 2 + ((cols - c0) * dx) ** 2 <= radius**2
     where = np.argwhere(mask)
     box = (int(where[:, 0].min()), int(where[:, 1].min()), int(where[:, 0].max()) + 1, int(where[:, 1].max()) + 1)
-    return Inserted2D(out, mask, "nodule", (float(r0), float(c0)), box, k * diameter_mm, float(diameter_mm),
-                      {"contrast_per_mm": round(k, 5)})  # fmt: skip
+    return Inserted2D(
+        out, mask, "nodule", (float(r0), float(c0)), box, k * diameter_mm, float(diameter_mm), {"contrast_per_mm": round(k, 5)}
+    )

@@ -55,7 +55,10 @@ def abdomen_ct(seed: int, *, slices: int = 24, matrix: int = 256) -> CTPhantom:
     noise = float(rng.uniform(8, 20))
     hu = blur_inplane(hu, float(rng.uniform(0.4, 1.0))) + rng.normal(0, noise, hu.shape).astype(np.float32)
     return CTPhantom(
-        hu=np.clip(hu, -1024, 3071).astype(np.float32), spacing_mm=(thickness, pixel, pixel), lesions=[],
-        body_part="ABDOMEN", notes={"noise_hu": noise, "pixel_mm": pixel, "thickness_mm": thickness},
+        hu=np.clip(hu, -1024, 3071).astype(np.float32),
+        spacing_mm=(thickness, pixel, pixel),
+        lesions=[],
+        body_part="ABDOMEN",
+        notes={"noise_hu": noise, "pixel_mm": pixel, "thickness_mm": thickness},
         mask=np.zeros(hu.shape, dtype=bool),
-    )  # fmt: skip
+    )

@@ -94,23 +94,30 @@ def chest_ct(
     hu, lung, geo = _anatomy(anat_rng, Z, Y, X, ps)
     geo["dz"] = dz
     vessel_segments = _draw_tubes(anat_rng, hu, lung, zc, yc, xc, geo)
-    lesions, placed, mask = _add_nodules(nod_rng, hu, lung, zc, yc, xc, geo, vessel_segments, nodules,
-                                   nodule_type, nodule_diameter_mm, nodule_placement)
+    lesions, placed, mask = _add_nodules(
+        nod_rng, hu, lung, zc, yc, xc, geo, vessel_segments, nodules, nodule_type, nodule_diameter_mm, nodule_placement
+    )
     hu += _streaks(scan_rng, Y[0], X[0], geo)[None]
     hu = blur_inplane(hu, kernel_px)
     hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
     np.clip(hu, -1024.0, 3071.0, out=hu)
     notes: dict[str, object] = {
-        "matrix": matrix, "pixel_spacing_mm": ps, "slice_thickness_mm": dz, "slices": n,
-        "z_start_mm": z0, "noise_hu": noise_hu, "kernel_sigma_px": kernel_px,
-        **{k: v for k, v in geo.items() if k.endswith("_mm")}, "nodules": placed,
+        "matrix": matrix,
+        "pixel_spacing_mm": ps,
+        "slice_thickness_mm": dz,
+        "slices": n,
+        "z_start_mm": z0,
+        "noise_hu": noise_hu,
+        "kernel_sigma_px": kernel_px,
+        **{k: v for k, v in geo.items() if k.endswith("_mm")},
+        "nodules": placed,
     }
-    return CTPhantom(hu=hu.astype(np.float32), spacing_mm=(dz, ps, ps), lesions=lesions, body_part="CHEST", notes=notes,
-                     mask=mask)
+    return CTPhantom(hu=hu.astype(np.float32), spacing_mm=(dz, ps, ps), lesions=lesions, body_part="CHEST", notes=notes, mask=mask)
 
 
-def _anatomy(rng: np.random.Generator, Z: np.ndarray, Y: np.ndarray, X: np.ndarray,
-             ps: float) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+def _anatomy(
+    rng: np.random.Generator, Z: np.ndarray, Y: np.ndarray, X: np.ndarray, ps: float
+) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Body wall, ribs, spine, mediastinum, heart and lungs; returns (hu, lung mask, geometry)."""
     fov = 2 * abs(float(X[0, 0, 0]))
     a = fov * rng.uniform(0.36, 0.45)  # body semi-axis, left-right, mm
@@ -157,8 +164,18 @@ def _anatomy(rng: np.random.Generator, Z: np.ndarray, Y: np.ndarray, X: np.ndarr
     for offset, thick in ((0.0, rng.uniform(3.0, 6.0)), (rng.uniform(25.0, 40.0), 3.0)):
         shell = (Y[0] >= top + offset) & (Y[0] < top + offset + thick) & (np.abs(X[0]) < 0.45 * fov)
         hu[:, shell] = rng.uniform(150, 400)
-    geo = {"body_a_mm": a, "body_b_mm": b, "body_cx_mm": cx, "body_cy_mm": cy, "fat_mm": fat,
-           "spine_y_mm": sy, "vertebra_r_mm": rv, "ps": ps, "ca": ca, "cb": cb}
+    geo = {
+        "body_a_mm": a,
+        "body_b_mm": b,
+        "body_cx_mm": cx,
+        "body_cy_mm": cy,
+        "fat_mm": fat,
+        "spine_y_mm": sy,
+        "vertebra_r_mm": rv,
+        "ps": ps,
+        "ca": ca,
+        "cb": cb,
+    }
     return hu, lung, geo
 
 
@@ -176,8 +193,16 @@ def _texture(rng: np.random.Generator, shape: tuple[int, ...], cell_px: int) -> 
     return np.einsum("ij,njk,lk->nil", wr, coarse, wc, optimize=True).astype(np.float32)
 
 
-def _grow(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, length: float,
-          radius: float, generations: int, out: list[Segment], gen: int = 0) -> None:
+def _grow(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    direction: np.ndarray,
+    length: float,
+    radius: float,
+    generations: int,
+    out: list[Segment],
+    gen: int = 0,
+) -> None:
     """Recursive branching: each segment splits in two, shorter, thinner, deflected."""
     direction = direction / np.linalg.norm(direction)
     end = start + direction * length
@@ -198,8 +223,9 @@ def _box(lo: np.ndarray, hi: np.ndarray, zc: np.ndarray, yc: np.ndarray, xc: np.
     return z, y, x
 
 
-def _tube_dist(seg: Segment, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray, ps: float,
-               margin: float = 0.0) -> tuple[Box, np.ndarray] | None:
+def _tube_dist(
+    seg: Segment, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray, ps: float, margin: float = 0.0
+) -> tuple[Box, np.ndarray] | None:
     """Distance (mm) to one tube's axis in its bounding box, or None if outside the volume."""
     p0, p1, r, _ = seg
     r = r + margin
@@ -213,8 +239,9 @@ def _tube_dist(seg: Segment, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray, ps:
     return box, dist.astype(np.float32)
 
 
-def _draw_tubes(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: np.ndarray,
-                yc: np.ndarray, xc: np.ndarray, geo: dict) -> list[Segment]:
+def _draw_tubes(
+    rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray, geo: dict
+) -> list[Segment]:
     """Paint pulmonary vessels (+40 HU) and airways (air, thin wall) inside the lungs; return the vessels."""
     cx, cy, ps = geo["body_cx_mm"], geo["body_cy_mm"], geo["ps"]
     hz = _THORAX_MM * rng.uniform(0.4, 0.5)  # hilum level
@@ -224,11 +251,11 @@ def _draw_tubes(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: 
     for side in (-1.0, 1.0):
         hilum = np.array([hz, cy, cx + side * half_w])
         for dz_dir in (-1.2, -0.3, 0.5, 1.2):  # upper, middle and lower lobe trunks
-            _grow(rng, hilum, np.array([dz_dir, rng.normal(0, 0.4), side]), rng.uniform(35, 50),
-                  rng.uniform(4.0, 6.0), 5, vessels)
+            _grow(rng, hilum, np.array([dz_dir, rng.normal(0, 0.4), side]), rng.uniform(35, 50), rng.uniform(4.0, 6.0), 5, vessels)
         for dz_dir in (-0.8, 0.8):
-            _grow(rng, hilum + np.array([0, -6.0, 0]), np.array([dz_dir, -0.2, side]), rng.uniform(30, 40),
-                  rng.uniform(3.5, 5.0), 3, airways)
+            _grow(
+                rng, hilum + np.array([0, -6.0, 0]), np.array([dz_dir, -0.2, side]), rng.uniform(30, 40), rng.uniform(3.5, 5.0), 3, airways
+            )
     vessel_hu, wall_hu = rng.uniform(35, 45), rng.uniform(-50, 20)
     for tubes, layers in ((vessels, ((0.0, vessel_hu),)), (airways, ((1.0, wall_hu), (0.0, -990.0)))):
         for seg in tubes:
@@ -241,9 +268,16 @@ def _draw_tubes(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: 
     return vessels
 
 
-def _ellipsoid_frac(center: np.ndarray, radius: float, shape: tuple[float, float, float], zc: np.ndarray,
-                    yc: np.ndarray, xc: np.ndarray, ps: float,
-                    dz: float) -> tuple[Box, np.ndarray] | None:
+def _ellipsoid_frac(
+    center: np.ndarray,
+    radius: float,
+    shape: tuple[float, float, float],
+    zc: np.ndarray,
+    yc: np.ndarray,
+    xc: np.ndarray,
+    ps: float,
+    dz: float,
+) -> tuple[Box, np.ndarray] | None:
     """Partial-volume occupancy of an ellipsoid (largest semi-axis ``radius`` mm, in-plane), slab-averaged in z."""
     e1, e2, angle = shape
     lo, hi = center - radius - ps - dz, center + radius + ps + dz
@@ -260,10 +294,20 @@ def _ellipsoid_frac(center: np.ndarray, radius: float, shape: tuple[float, float
     return box, f
 
 
-def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc: np.ndarray, yc: np.ndarray,
-                 xc: np.ndarray, geo: dict, vessels: list[Segment], count: int | None, kind: str | None,
-                 diameter: float | None,
-                 placement: str | None) -> tuple[list[Lesion], list[dict[str, object]], np.ndarray]:
+def _add_nodules(
+    rng: np.random.Generator,
+    hu: np.ndarray,
+    lung: np.ndarray,
+    zc: np.ndarray,
+    yc: np.ndarray,
+    xc: np.ndarray,
+    geo: dict,
+    vessels: list[Segment],
+    count: int | None,
+    kind: str | None,
+    diameter: float | None,
+    placement: str | None,
+) -> tuple[list[Lesion], list[dict[str, object]], np.ndarray]:
     """Place nodules in ``hu`` (in place); return their ground truth, placement notes and voxel mask."""
     ps, dz = geo["ps"], geo["dz"]
     count = int(rng.integers(0, 4)) if count is None else count
@@ -271,8 +315,9 @@ def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc:
     nodule_mask = np.zeros(hu.shape, dtype=bool)  # (slices, rows, cols), every nodule's voxels
     lung_idx = np.argwhere(lung)  # (k, 3)
     ca, cb = geo["ca"][:, 0, 0], geo["cb"][:, 0, 0]  # (n,) cavity semi-axes per slice
-    r_cav = np.hypot((xc[lung_idx[:, 2]] - geo["body_cx_mm"]) / ca[lung_idx[:, 0]],
-                     (yc[lung_idx[:, 1]] - geo["body_cy_mm"]) / cb[lung_idx[:, 0]])
+    r_cav = np.hypot(
+        (xc[lung_idx[:, 2]] - geo["body_cx_mm"]) / ca[lung_idx[:, 0]], (yc[lung_idx[:, 1]] - geo["body_cy_mm"]) / cb[lung_idx[:, 0]]
+    )
     pleural_idx = lung_idx[r_cav > 1 - 2.5 * ps / np.minimum(ca, cb)[lung_idx[:, 0]]]
     lesions: list[Lesion] = []
     placed: list[dict[str, object]] = []
@@ -335,11 +380,17 @@ def _add_nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, zc:
         nodule_mask[box] |= mask  # the outer ellipsoid: a part-solid core lies inside its halo
         (s0, s1), (r0, c0, r1, c1) = box_of(mask)
         k0, rr, cc = box[0].start, box[1].start, box[2].start
-        lesions.append(Lesion(kind="nodule", subtype=typ, slices=(s0 + k0, s1 + k0),
-                              box=(r0 + rr, c0 + cc, r1 + rr, c1 + cc), size_mm=float(diam),
-                              volume_ml=float(f.sum() * dz * ps * ps / 1000.0)))
-        placed.append({"type": typ, "placement": where, "diameter_mm": float(diam),
-                       "center_mm": [float(v) for v in center]})
+        lesions.append(
+            Lesion(
+                kind="nodule",
+                subtype=typ,
+                slices=(s0 + k0, s1 + k0),
+                box=(r0 + rr, c0 + cc, r1 + rr, c1 + cc),
+                size_mm=float(diam),
+                volume_ml=float(f.sum() * dz * ps * ps / 1000.0),
+            )
+        )
+        placed.append({"type": typ, "placement": where, "diameter_mm": float(diam), "center_mm": [float(v) for v in center]})
     return lesions, placed, nodule_mask
 
 

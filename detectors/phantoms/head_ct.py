@@ -100,8 +100,9 @@ def head_ct(
     v = -sin_t * xx + cos_t * yy
     z = (z0 + (np.arange(n, dtype=np.float32) + 0.5) * thick)[:, None, None]  # (n, 1, 1) mm
     zm = 0.45 * vertex
-    s = np.where(z < zm, 0.8 + 0.2 * np.sin(np.pi / 2 * np.clip(z, 0, zm) / zm),
-                 np.sqrt(np.clip(1 - ((z - zm) / (vertex - zm)) ** 2, 0, 1))).astype(np.float32)
+    s = np.where(
+        z < zm, 0.8 + 0.2 * np.sin(np.pi / 2 * np.clip(z, 0, zm) / zm), np.sqrt(np.clip(1 - ((z - zm) / (vertex - zm)) ** 2, 0, 1))
+    ).astype(np.float32)
     s = np.where(z < -2, 0.0, s)  # below the base: neck is out of this phantom
     a, b = np.maximum(a_lr * s, 1e-3), np.maximum(b_ap * s, 1e-3)
     rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)  # (n, R, C), 1 on the outer table
@@ -129,7 +130,7 @@ def head_ct(
 
     # Head holder: a curved carbon/plastic cradle under (posterior to) the head.
     r_h, holder_hu = b_ap + scalp + rng.uniform(6, 14), float(rng.uniform(100, 300))
-    rr = np.sqrt(u ** 2 + v ** 2)
+    rr = np.sqrt(u**2 + v**2)
     cradle = frac(2.5 - np.abs(rr - r_h)) * (v > 0.45 * r_h)
     paint(np.broadcast_to(cradle, hu.shape), holder_hu)
     paint(frac(d + scalp), 40.0 + rng.uniform(-5, 5))  # scalp
@@ -150,7 +151,7 @@ def head_ct(
     paint(brain, gm * (1 - w) + wm * w + 2.0 * tex)
     sulci = np.maximum(np.clip((tex - 0.9) / 0.3, 0, 1) * frac(14 - di), frac(1.5 - di))
     cv_c, cz_c = 2.0, 0.30 * vertex  # basal cisterns: a ring around the midbrain
-    ring = np.sqrt(u ** 2 + ((v - cv_c) / 1.2) ** 2)
+    ring = np.sqrt(u**2 + ((v - cv_c) / 1.2) ** 2)
     cistern = frac(np.minimum(2.5 - np.abs(ring - 15), 6 - np.abs(z - cz_c)))
     csf_space = np.maximum(sulci, cistern) * brain  # where subarachnoid blood can go
     paint(csf_space, csf)
@@ -202,9 +203,23 @@ def head_ct(
         subtype = str(rng_bleed.choice(SUBTYPES)) if bleed == "random" else bleed
         cap = 20.0 if subtype in ("subarachnoid", "intraventricular") else 60.0
         target = volume_ml or float(np.exp(rng_bleed.uniform(np.log(0.5), np.log(cap))))
-        ctx = {"u": u, "v": v, "z": z, "di": di, "brain": brain, "csf_space": csf_space, "ventricles": ventricles,
-               "a": a_lr, "b": b_ap, "t": skull_t, "vertex": vertex, "z_lim": (float(z[0, 0, 0]), float(z[-1, 0, 0])),
-               "frac": frac, "voxel_ml": thick * px * px / 1000, "rng": rng_bleed}
+        ctx = {
+            "u": u,
+            "v": v,
+            "z": z,
+            "di": di,
+            "brain": brain,
+            "csf_space": csf_space,
+            "ventricles": ventricles,
+            "a": a_lr,
+            "b": b_ap,
+            "t": skull_t,
+            "vertex": vertex,
+            "z_lim": (float(z[0, 0, 0]), float(z[-1, 0, 0])),
+            "frac": frac,
+            "voxel_ml": thick * px * px / 1000,
+            "rng": rng_bleed,
+        }
         f_blood, f_edema, value = _bleed(subtype, target, ctx)
         if f_edema is not None:
             paint(f_edema, float(rng_bleed.uniform(15, 20)))
@@ -218,8 +233,7 @@ def head_ct(
         (z_first, z_last), box = box_of(mask)
         pts = np.argwhere(mask) * np.array([thick, px, px])
         size = float(np.ptp(pts, axis=0).max() + px) if len(pts) else px
-        lesions.append(Lesion("bleed", subtype, (z_first, z_last), box, round(size, 1),
-                              round(float(mask.sum()) * ctx["voxel_ml"], 3)))
+        lesions.append(Lesion("bleed", subtype, (z_first, z_last), box, round(size, 1), round(float(mask.sum()) * ctx["voxel_ml"], 3)))
         notes_bleed = {"bleed": subtype, "bleed_hu": round(value, 1), "requested_volume_ml": round(target, 3)}
     else:
         notes_bleed = {"bleed": None}
@@ -229,14 +243,31 @@ def head_ct(
     hu += blur_inplane(noise * rng_noise.standard_normal(hu.shape, dtype=np.float32), 0.5 * kernel_sigma_px)
     np.clip(hu, -1024, 3071, out=hu)
     rc = [(matrix - 1) / 2 + off[0] / px, (matrix - 1) / 2 + off[1] / px]
-    notes = {"seed": seed, "matrix": matrix, "pixel_spacing_mm": round(px, 4), "slice_thickness_mm": thick,
-             "slices": n, "slab_start_mm": round(z0, 2), "head_semi_axes_mm": [round(a_lr, 1), round(b_ap, 1)],
-             "scalp_mm": round(scalp, 2), "skull_mm": round(skull_t, 2), "vertex_mm": round(vertex, 1),
-             "offset_mm": [round(o, 2) for o in off], "rotation_deg": round(float(np.rad2deg(theta)), 2),
-             "center_rc_px": rc, "noise_hu": round(noise, 2), "kernel_sigma_px": round(kernel_sigma_px, 3),
-             "grey_hu": round(gm, 1), "white_hu": round(wm, 1), "csf_hu": round(csf, 1),
-             "ventricle_z_mm": round(vent_z, 1), "bone_hu": round(bone_hu), "diploe_hu": round(diploe_hu),
-             "holder_hu": round(holder_hu), **notes_bleed}
+    notes = {
+        "seed": seed,
+        "matrix": matrix,
+        "pixel_spacing_mm": round(px, 4),
+        "slice_thickness_mm": thick,
+        "slices": n,
+        "slab_start_mm": round(z0, 2),
+        "head_semi_axes_mm": [round(a_lr, 1), round(b_ap, 1)],
+        "scalp_mm": round(scalp, 2),
+        "skull_mm": round(skull_t, 2),
+        "vertex_mm": round(vertex, 1),
+        "offset_mm": [round(o, 2) for o in off],
+        "rotation_deg": round(float(np.rad2deg(theta)), 2),
+        "center_rc_px": rc,
+        "noise_hu": round(noise, 2),
+        "kernel_sigma_px": round(kernel_sigma_px, 3),
+        "grey_hu": round(gm, 1),
+        "white_hu": round(wm, 1),
+        "csf_hu": round(csf, 1),
+        "ventricle_z_mm": round(vent_z, 1),
+        "bone_hu": round(bone_hu),
+        "diploe_hu": round(diploe_hu),
+        "holder_hu": round(holder_hu),
+        **notes_bleed,
+    }
     return CTPhantom(hu=hu, spacing_mm=(float(thick), px, px), lesions=lesions, body_part="HEAD", notes=notes, mask=lesion_mask)
 
 
@@ -262,8 +293,10 @@ def _bleed(subtype: str, target_ml: float, c: dict[str, Any]) -> tuple[Frac, Fra
         pu, pv = (c["a"] * sz - c["t"] - depth) * np.cos(psi), (c["b"] * sz - c["t"] - depth) * np.sin(psi)
         r = np.sqrt((u - pu) ** 2 + (v - pv) ** 2 + (z - cz) ** 2)
         power, aspect = (2, 0.4) if subtype == "epidural" else (4, 0.15)
+
         def make_lens(radius: float) -> Frac:
             return frac(aspect * radius * (1 - (r / radius) ** power) - di) * c["brain"]
+
         radius0 = (target_ml * 1000 / (np.pi * aspect * (0.5 if power == 2 else 2 / 3))) ** (1 / 3)
         value = float(rng.uniform(55, 85) if subtype == "epidural" else rng.uniform(50, 75))
         return _fit(make_lens, radius0, target_ml, c["voxel_ml"])[0], None, value
@@ -273,8 +306,10 @@ def _bleed(subtype: str, target_ml: float, c: dict[str, Any]) -> tuple[Frac, Fra
         cu, cv = depth * c["a"] * np.cos(psi), depth * c["b"] * np.sin(psi)
         ax = rng.uniform(0.7, 1.3, size=3)
         r = np.sqrt(((u - cu) / ax[0]) ** 2 + ((v - cv) / ax[1]) ** 2 + ((z - cz) / ax[2]) ** 2)
+
         def make_ball(radius: float) -> Frac:
             return frac((radius - r) * ax.min()) * c["brain"]
+
         radius0 = (target_ml * 1000 * 3 / (4 * np.pi * ax.prod())) ** (1 / 3)
         blood, radius = _fit(make_ball, radius0, target_ml, c["voxel_ml"])
         edema = frac((radius + rng.uniform(2, 4) / ax.min() - r) * ax.min()) * c["brain"]
@@ -285,14 +320,17 @@ def _bleed(subtype: str, target_ml: float, c: dict[str, Any]) -> tuple[Frac, Fra
     else:
         cu, cv, cz = 0.0, 2.0, float(np.clip(0.30 * c["vertex"], lo, hi))
     r = np.sqrt((u - cu) ** 2 + (v - cv) ** 2 + (z - cz) ** 2)
+
     def make_sah(radius: float) -> Frac:
         return frac(radius - r) * c["csf_space"]
+
     radius0 = (target_ml * 1000 * 3 / (4 * np.pi * 0.3)) ** (1 / 3)
     return _fit(make_sah, radius0, target_ml, c["voxel_ml"])[0], None, float(rng.uniform(50, 70))
 
 
 def _fit(make: Callable[[float], Frac], radius: float, target_ml: float, voxel_ml: float) -> tuple[Frac, float]:
     """Bisect ``radius`` (volume grows with it) until the measured volume (voxels >= half) nears ``target_ml``."""
+
     def volume(r: float) -> float:
         return float((make(r) >= 0.5).sum()) * voxel_ml
 

@@ -206,13 +206,10 @@ def chest_radiograph(
         disc[0, r0:r1, c0:c1] = dist <= radius
         lesions.append(Lesion(kind="nodule", subtype="solid", slices=(0, 0), box=box_of(disc)[1], size_mm=diam))
     image, sigma = _add_noise(image, base, rng_noise)
-    notes: dict[str, object] = {
-        "patient_scale": s, "shift": (dy, cx), "breast_shadows": breasts, "noise_sigma": sigma, **exposure,
-    }
+    notes: dict[str, object] = {"patient_scale": s, "shift": (dy, cx), "breast_shadows": breasts, "noise_sigma": sigma, **exposure}
     if want:
         notes["nodule_contrast"] = amp
-    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part="CHEST", notes=notes,
-                     mask=disc[0])
+    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part="CHEST", notes=notes, mask=disc[0])
 
 
 # --------------------------------------------------------------------------- long bones
@@ -339,8 +336,13 @@ def extremity_radiograph(
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     r = cols * (0.11 if bone == "femur" else 0.085) * rng.uniform(0.85, 1.1)
     main = _Bone(
-        xc=cols * rng.uniform(0.42, 0.5), yc=rows * rng.uniform(0.48, 0.52), theta=np.radians(rng.uniform(-4, 4)),
-        half_len=rows * rng.uniform(0.36, 0.4), radius=r, cortex=r * rng.uniform(0.3, 0.45), widen=rng.uniform(1.5, 1.9),
+        xc=cols * rng.uniform(0.42, 0.5),
+        yc=rows * rng.uniform(0.48, 0.52),
+        theta=np.radians(rng.uniform(-4, 4)),
+        half_len=rows * rng.uniform(0.36, 0.4),
+        radius=r,
+        cortex=r * rng.uniform(0.3, 0.45),
+        widen=rng.uniform(1.5, 1.9),
     )
     age = int(rng.integers(4, 90))
     mimics: list[dict[str, object]] = []
@@ -350,15 +352,32 @@ def extremity_radiograph(
         r2 = r * rng.uniform(0.45, 0.6)
         off = r + r2 + r * rng.uniform(0.3, 0.6)
         tilt = np.arctan(2.2 * off / (2 * main.half_len)) if overlap else 0.0
-        second = replace(main, xc=main.xc + off * (0.0 if overlap else 1.0), radius=r2, cortex=r2 * 0.4,
-                         theta=main.theta + tilt, half_len=main.half_len * 0.97, widen=1.4)
+        second = replace(
+            main,
+            xc=main.xc + off * (0.0 if overlap else 1.0),
+            radius=r2,
+            cortex=r2 * 0.4,
+            theta=main.theta + tilt,
+            half_len=main.half_len * 0.97,
+            widen=1.4,
+        )
         if overlap:
-            mimics.append({"kind": "overlapping_bones",
-                           "box": (int(rows * 0.35), int(main.xc - 2 * r), int(rows * 0.65), int(main.xc + 2 * r))})  # fmt: skip
+            mimics.append(
+                {"kind": "overlapping_bones", "box": (int(rows * 0.35), int(main.xc - 2 * r), int(rows * 0.65), int(main.xc + 2 * r))}
+            )
         bones.append(second)
     gap = r * rng.uniform(0.15, 0.3)  # joint space
-    ends = [replace(main, yc=main.yc + sign * (2 * main.half_len + gap), xc=main.xc + (r if bone != "femur" else 0.0),
-                    radius=r * 1.8, widen=1.1, cortex=r * 0.25) for sign in (-1.0, 1.0)]
+    ends = [
+        replace(
+            main,
+            yc=main.yc + sign * (2 * main.half_len + gap),
+            xc=main.xc + (r if bone != "femur" else 0.0),
+            radius=r * 1.8,
+            widen=1.1,
+            cortex=r * 0.25,
+        )
+        for sign in (-1.0, 1.0)
+    ]
     soft_r = (2.6 if bone != "femur" else 2.8) * r * rng.uniform(0.95, 1.15)
     u0, v0 = main.frame(yy, xx)
     density = 0.1 * 2 * soft_r * _chord(((v0 - 0.6 * r) / soft_r) ** 2 / (1.0 + 0.15 * np.cos(np.pi * u0 / rows)))
@@ -409,7 +428,7 @@ def extremity_radiograph(
         dist = np.full(u0.shape, np.inf, dtype=np.float32)
         for f, lo, hi in lines:
             vv = np.clip(v0, lo, hi)
-            slope = (f(vv + 0.5) - f(vv - 0.5))
+            slope = f(vv + 0.5) - f(vv - 0.5)
             d = np.abs(u0 - f(vv)) / np.sqrt(1.0 + slope**2) + np.abs(v0 - vv)
             dist = np.minimum(dist, d)
         bone_density = main.density(u0, v0)
@@ -435,13 +454,16 @@ def extremity_radiograph(
     exposure = _exposure(rng)
     base = _window(intact, intact, exposure)
     image, sigma = _add_noise(_window(full, intact, exposure), base, rng_noise)
-    notes: dict[str, object] = {"bone": bone, "age": age, "mimics": [{k: v for k, v in m.items() if k != "u"} for m in mimics],
-                                "noise_sigma": sigma, **exposure}
+    notes: dict[str, object] = {
+        "bone": bone,
+        "age": age,
+        "mimics": [{k: v for k, v in m.items() if k != "u"} for m in mimics],
+        "noise_sigma": sigma,
+        **exposure,
+    }
     if fracture is not None:
         notes["displaced"] = shift
         if shift:
             notes["displacement_mm"] = float(np.hypot(dv, du) * spacing)
             notes["angulation_deg"] = float(np.degrees(ang))
-    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=STUDY[bone][0], notes=notes,
-                     mask=lesion_mask)
-
+    return XRPhantom(image=image, pixel_spacing_mm=spacing, lesions=lesions, body_part=STUDY[bone][0], notes=notes, mask=lesion_mask)

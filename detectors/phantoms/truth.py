@@ -69,6 +69,6 @@ def box_of(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int, int, int]
     """``(first, last slice), (row0, col0, row1, col1)`` of a (slices, rows, cols) mask."""
     where = np.argwhere(mask)
     if where.size == 0:
-        raise ValueError("Argument \"mask\" must have at least one voxel set")
+        raise ValueError('Argument "mask" must have at least one voxel set')
     lo, hi = where.min(axis=0), where.max(axis=0)
     return (int(lo[0]), int(hi[0])), (int(lo[1]), int(lo[2]), int(hi[1]) + 1, int(hi[2]) + 1)

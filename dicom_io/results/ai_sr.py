@@ -105,15 +105,10 @@ def build_ai_sr(
         serial_number=software_version or None,
     )
     context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
+        observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
     )
     report = hd.sr.MeasurementReport(
-        observation_context=context,
-        procedure_reported=PROCEDURE,
-        imaging_measurements=groups,
-        title=codes.DCM.ImagingMeasurementReport,
+        observation_context=context, procedure_reported=PROCEDURE, imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport
     )
     evidence = [stub(study, uid, src) for uid, src in sorted(images.items())]
     with names_as_received():
@@ -139,9 +134,7 @@ def _finding_groups(finding: FindingLike, images: Mapping[str, SourceImage], sr_
     if code is None:
         raise ResultBuildError(f'finding {finding.id}: kind "{finding.kind}" has no code ({", ".join(FINDING_CODES)})')
     algorithm = hd.sr.AlgorithmIdentification(
-        name=finding.model_name,
-        version=finding.model_version,
-        parameters=[f"weights sha256 {finding.weights_sha256}", AI_LABEL],
+        name=finding.model_name, version=finding.model_version, parameters=[f"weights sha256 {finding.weights_sha256}", AI_LABEL]
     )
     at_or_above = finding.probability >= finding.operating_point
 
@@ -155,9 +148,7 @@ def _finding_groups(finding: FindingLike, images: Mapping[str, SourceImage], sr_
             "finding_type": code,
             "algorithm_id": algorithm,
             "measurements": measurements,
-            "qualitative_evaluations": [
-                hd.sr.QualitativeEvaluation(name=DECISION, value=AT_OR_ABOVE if at_or_above else BELOW)
-            ],
+            "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=DECISION, value=AT_OR_ABOVE if at_or_above else BELOW)],
         }
 
     # One tracking UID per finding: its regions are groups that share it (TID 4108).
@@ -168,18 +159,14 @@ def _finding_groups(finding: FindingLike, images: Mapping[str, SourceImage], sr_
         sources = [hd.sr.SourceImageForMeasurementGroup(images[uid].sop_class_uid, uid) for uid in series_images]
         return [
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=label),
-                source_images=sources or None,
-                **common(),
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=label), source_images=sources or None, **common()
             )
         ]
     groups = []
     for number, region in enumerate(finding.regions, start=1):
         sop_uid = str(region.get("sop_instance_uid") or "")
         if sop_uid not in images:
-            raise ResultBuildError(
-                f"finding {finding.id}: region {number} references image {sop_uid!r}, not one of the source images"
-            )
+            raise ResultBuildError(f"finding {finding.id}: region {number} references image {sop_uid!r}, not one of the source images")
         extra = []
         if region.get("diameter_mm") is not None:
             extra.append(hd.sr.Measurement(name=DIAMETER, value=float(region["diameter_mm"]), unit=MILLIMETER))
@@ -230,12 +217,20 @@ def parse_ai_sr(ds: Dataset | str | Path) -> list[dict[str, Any]]:
     for group in groups:
         key = str(group.tracking_uid)
         code = group.finding_type
-        entry = found.setdefault(key, {
-            "kind": KIND_BY_CODE.get((code.value, code.scheme_designator)) if code else None,
-            "finding_code": (code.value, code.scheme_designator) if code else None,
-            "probability": None, "operating_point": None, "at_or_above": None, "algorithm": None,
-            "referenced_sop_instance_uids": [], "boxes": [], "diameters_mm": [],
-        })  # fmt: skip
+        entry = found.setdefault(
+            key,
+            {
+                "kind": KIND_BY_CODE.get((code.value, code.scheme_designator)) if code else None,
+                "finding_code": (code.value, code.scheme_designator) if code else None,
+                "probability": None,
+                "operating_point": None,
+                "at_or_above": None,
+                "algorithm": None,
+                "referenced_sop_instance_uids": [],
+                "boxes": [],
+                "diameters_mm": [],
+            },
+        )
         for m in group.get_measurements():
             if m.name == PROBABILITY:
                 entry["probability"] = float(m.value)
@@ -254,8 +249,9 @@ def parse_ai_sr(ds: Dataset | str | Path) -> list[dict[str, Any]]:
             source = roi.ContentSequence[0]
             entry["referenced_sop_instance_uids"].append(str(source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
             points = np.asarray(roi.value)
-            entry["boxes"].append((float(points[:, 1].min()), float(points[:, 0].min()),
-                                   float(points[:, 1].max()), float(points[:, 0].max())))  # fmt: skip
+            entry["boxes"].append(
+                (float(points[:, 1].min()), float(points[:, 0].min()), float(points[:, 1].max()), float(points[:, 0].max()))
+            )
     return list(found.values())
 
 

@@ -103,10 +103,10 @@ def burn_in(image: np.ndarray, box: Sequence[int] | None, lines: Sequence[str]) 
         r0, c0, r1, c1 = (int(v) for v in box)
         top, left = max(0, r0 - thick), max(0, c0 - thick)
         bottom, right = min(rows, r1 + thick), min(cols, c1 + thick)
-        out[top:min(rows, max(0, r0)), left:right] = 255
-        out[max(0, min(rows, r1)):bottom, left:right] = 255
-        out[top:bottom, left:min(cols, max(0, c0))] = 255
-        out[top:bottom, max(0, min(cols, c1)):right] = 255
+        out[top : min(rows, max(0, r0)), left:right] = 255
+        out[max(0, min(rows, r1)) : bottom, left:right] = 255
+        out[top:bottom, left : min(cols, max(0, c0))] = 255
+        out[top:bottom, max(0, min(cols, c1)) : right] = 255
     scale = max(1, cols // 256)
     pad = 2 * scale
     y = pad
@@ -116,8 +116,8 @@ def burn_in(image: np.ndarray, box: Sequence[int] | None, lines: Sequence[str]) 
         w = min(w, cols - 2 * pad)
         if y + h + pad > rows or w <= 0:
             break
-        out[y - scale:y + h + scale, pad - scale:pad + w + scale] = 0
-        region = out[y:y + h, pad:pad + w]
+        out[y - scale : y + h + scale, pad - scale : pad + w + scale] = 0
+        region = out[y : y + h, pad : pad + w]
         region[mask[:, :w]] = 255
         y += h + 3 * scale
     return out
@@ -188,9 +188,13 @@ def key_image_source(path: str | Path, kind: str, slice_index: int | None = None
         pixels = (np.clip(radiograph.image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         spacing = radiograph.pixel_spacing_mm
     return KeyImageSource(
-        pixels=pixels, sop_class_uid=str(header.SOPClassUID), sop_instance_uid=str(header.SOPInstanceUID),
-        series_uid=str(header.SeriesInstanceUID), pixel_spacing=spacing, patient_orientation=_orientation(header),
-    )  # fmt: skip
+        pixels=pixels,
+        sop_class_uid=str(header.SOPClassUID),
+        sop_instance_uid=str(header.SOPInstanceUID),
+        series_uid=str(header.SeriesInstanceUID),
+        pixel_spacing=spacing,
+        patient_orientation=_orientation(header),
+    )
 
 
 def key_image_lines(finding: FindingLike) -> list[str]:
@@ -244,8 +248,15 @@ def build_key_image(
     return finish(sc, KEY_IMAGE_SERIES_DESCRIPTION, content_time or datetime.now(UTC))
 
 
-def _sc_image(study: Mapping[str, Any], pixels: np.ndarray, source: KeyImageSource, sop_instance_uid: str,
-              series_instance_uid: str, instance_number: int, manufacturer: str) -> Dataset:  # fmt: skip
+def _sc_image(
+    study: Mapping[str, Any],
+    pixels: np.ndarray,
+    source: KeyImageSource,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    instance_number: int,
+    manufacturer: str,
+) -> Dataset:
     return hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
@@ -269,4 +280,4 @@ def _sc_image(study: Mapping[str, Any], pixels: np.ndarray, source: KeyImageSour
         pixel_spacing=source.pixel_spacing,
         # highdicom wants an orientation for patient coordinates; an unknown one is written empty after.
         patient_orientation=source.patient_orientation or ("L", "P"),
-    )  # fmt: skip
+    )

@@ -98,8 +98,7 @@ def build_report_sr(
     signer = person_name(author)
     observer = hd.sr.ObservationContext(
         observer_person_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Person,
-            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=signer),
+            observer_type=codes.DCM.Person, observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=signer)
         )
     )
     findings = hd.sr.ContainerContentItem(name=codes.DCM.Findings, relationship_type="CONTAINS")

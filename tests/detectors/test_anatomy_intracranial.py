@@ -56,11 +56,11 @@ def test_real_head_mask_is_the_intracranial_space(head) -> None:
     assert per_slice[:3].max() < 10  # at most the foramen magnum and upper cervical canal
 
 
-@pytest.mark.parametrize("variant", [
-    Variant(thickness_mm=5.0),
-    Variant(thickness_mm=7.0, tilt_deg=18.5),
-    Variant(matrix=512, noise_hu=8.0, sharpness=0.8),
-], ids=["5mm", "7mm-tilt18.5", "512-noisy-sharp"])  # fmt: skip
+@pytest.mark.parametrize(
+    "variant",
+    [Variant(thickness_mm=5.0), Variant(thickness_mm=7.0, tilt_deg=18.5), Variant(matrix=512, noise_hu=8.0, sharpness=0.8)],
+    ids=["5mm", "7mm-tilt18.5", "512-noisy-sharp"],
+)
 def test_mask_holds_under_acquisition_variants(head, variant: Variant) -> None:
     hu, spacing = head
     base = _volume_ml(intracranial_mask(hu, spacing), spacing)

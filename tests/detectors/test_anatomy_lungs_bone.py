@@ -102,8 +102,11 @@ def test_chest_ct_nodules_inside_lung_mask(seed: int) -> None:
     assert not mask[:, :, : phantom.hu.shape[2] // 10].any()  # nor the outside air
 
 
-@pytest.mark.xfail(reason="a juxtapleural nodule over 20 mm where the pleura curves sharply (posterior gutter, "
-                          "heart border) opens a bay wider than the per-slice closing fills", strict=False)
+@pytest.mark.xfail(
+    reason="a juxtapleural nodule over 20 mm where the pleura curves sharply (posterior gutter, "
+    "heart border) opens a bay wider than the per-slice closing fills",
+    strict=False,
+)
 def test_chest_ct_large_juxtapleural_nodules_inside_lung_mask() -> None:
     phantom = chest_ct(2, nodules=3, slices=24)  # 29 and 23 mm juxtapleural nodules
     mask = lung_mask_ct(phantom.hu, phantom.spacing_mm)

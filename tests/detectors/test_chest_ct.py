@@ -90,7 +90,7 @@ def test_vessel_mimics_in_lung_without_lesions() -> None:
     outside = mimics.copy()
     for lesion in with_nodules.lesions:
         r0, c0, r1, c1 = lesion.box
-        outside[lesion.slices[0]: lesion.slices[1] + 1, r0:r1, c0:c1] = False
+        outside[lesion.slices[0] : lesion.slices[1] + 1, r0:r1, c0:c1] = False
     assert outside.sum() > 50  # the mimics are not the lesions
     # The mask is the union of the nodules: every voxel in some box, every box holding some.
     assert with_nodules.mask is not None
@@ -120,7 +120,7 @@ def test_nodule_type_changes_its_box_only_with_typed_hu(kind: str) -> None:
     assert (diff[inbox] > 50).any()
     # Outside a margin (partial volume plus kernel blur) the two phantoms are identical.
     outside = np.ones(p.hu.shape, dtype=bool)
-    outside[max(s0 - 1, 0): s1 + 2, max(r0 - 6, 0): r1 + 6, max(c0 - 6, 0): c1 + 6] = False
+    outside[max(s0 - 1, 0) : s1 + 2, max(r0 - 6, 0) : r1 + 6, max(c0 - 6, 0) : c1 + 6] = False
     assert np.all(diff[outside] == 0)
     core = diff > 0.6 * diff.max()
     values = p.hu[core]

@@ -81,9 +81,7 @@ class ToyDetector(Detector):
             self.prepared -= 1
         uid = prepared.series.series_uid
         uids = prepared.series.sop_instance_uids
-        regions = tuple(
-            Region(uid, uids[i], i, (i, i), (0, 0, 1, 1), float(logits[i].mean())) for i in range(len(logits))
-        )
+        regions = tuple(Region(uid, uids[i], i, (i, i), (0, 0, 1, 1), float(logits[i].mean())) for i in range(len(logits)))
         return Finding(
             kind=self.kind,
             series_uid=uid,
@@ -150,8 +148,13 @@ def test_batches_fill_across_series_up_to_max_batch() -> None:
     assert det.recorder.batch_sizes == [4, 2]
     assert [f.series_uid for f in findings] == ["s0", "s1", "s2"]
     assert stats == EngineStats(
-        batches=2, items=6, series_ok=3, series_failed=0, batch_sizes={2: 1, 4: 1},
-        peak_queued_items=stats.peak_queued_items, compute_s=stats.compute_s,
+        batches=2,
+        items=6,
+        series_ok=3,
+        series_failed=0,
+        batch_sizes={2: 1, 4: 1},
+        peak_queued_items=stats.peak_queued_items,
+        compute_s=stats.compute_s,
     )
     assert stats.mean_batch_size == 3.0
     assert 4 <= stats.peak_queued_items <= 6
@@ -253,10 +256,7 @@ def test_submit_and_producers_block_when_the_engine_is_full() -> None:
 
 def test_two_detectors_interleave_without_mixing_batches() -> None:
     small, large = ToyDetector("small"), ToyDetector("large", gain=2.0, size=6)
-    pairs = [
-        (small, series(f"a{i}", [float(i)] * 2)) if i % 2 else (large, series(f"b{i}", [float(i)], size=6))
-        for i in range(10)
-    ]
+    pairs = [(small, series(f"a{i}", [float(i)] * 2)) if i % 2 else (large, series(f"b{i}", [float(i)], size=6)) for i in range(10)]
     with engine(max_batch=4, max_wait_ms=5) as eng:
         results = eng.score_many(pairs)
     for (det, s), finding in zip(pairs, results, strict=True):

@@ -133,9 +133,7 @@ def test_inconsistent_urgent_flags_and_operating_points_are_noted() -> None:
 
 
 def test_study_outcome_validates_and_normalises() -> None:
-    o = StudyOutcome(
-        "bleed-ct", "x", 1, 0.5, 1, 0.5, regions=[([1, 2, 3, 4], [0, 1], 0.5)], truth=[([1, 2, 3, 4], [0, 0])]
-    )
+    o = StudyOutcome("bleed-ct", "x", 1, 0.5, 1, 0.5, regions=[([1, 2, 3, 4], [0, 1], 0.5)], truth=[([1, 2, 3, 4], [0, 0])])
     assert o.regions == (((1, 2, 3, 4), (0, 1), 0.5),) and o.label is True
     with pytest.raises(ValueError, match='Argument "probability"'):
         StudyOutcome("bleed-ct", "x", True, float("nan"), True, 0.5)

@@ -60,15 +60,19 @@ def test_card_with_anatomy_and_filter_round_trips(tmp_path) -> None:
 
 
 def test_bad_anatomy_and_filter_are_named() -> None:
-    base = {"name": "x", "kind": "bleed", "family": "CT", "weights": "x.pt",
-            "input": {"spacing_mm": 1.0, "height": 32, "width": 32, "windows": [[40, 80]]}}  # fmt: skip
+    base = {
+        "name": "x",
+        "kind": "bleed",
+        "family": "CT",
+        "weights": "x.pt",
+        "input": {"spacing_mm": 1.0, "height": 32, "width": 32, "windows": [[40, 80]]},
+    }
     with pytest.raises(CardError, match="anatomy.mask"):
         parse_card(base | {"anatomy": {"mask": "kidney"}})
     with pytest.raises(CardError, match="filter.bias is missing"):
         parse_card(base | {"filter": {"features": ["peak_logit"], "weights": [1.0], "mean": [0.0], "scale": [1.0]}})
     with pytest.raises(CardError, match="unknown names"):
-        parse_card(base | {"filter": {"features": ["colour"], "weights": [1.0], "bias": 0.0, "mean": [0.0],
-                                      "scale": [1.0]}})  # fmt: skip
+        parse_card(base | {"filter": {"features": ["colour"], "weights": [1.0], "bias": 0.0, "mean": [0.0], "scale": [1.0]}})
 
 
 def test_operating_point_keeps_real_normals_below_it() -> None:
@@ -89,9 +93,10 @@ def test_operating_point_keeps_real_normals_below_it() -> None:
     assert op <= 0.40 and rule.startswith("sensitivity")
 
 
-@pytest.mark.parametrize(("version", "first_filter", "bumped"),
-                         [("1.0.0", True, "2.0.0"), ("2.0.0", False, "2.1.0"), ("2.1.0", False, "2.2.0"),
-                          ("2", False, "2.1.0"), ("site", True, "2.0.0")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("version", "first_filter", "bumped"),
+    [("1.0.0", True, "2.0.0"), ("2.0.0", False, "2.1.0"), ("2.1.0", False, "2.2.0"), ("2", False, "2.1.0"), ("site", True, "2.0.0")],
+)
 def test_a_refit_changes_the_version_a_finding_records(version: str, first_filter: bool, bumped: str) -> None:
     # Findings and the audit name the model by name, version and SHA-256; a refit filter keeps the
     # weights (same SHA-256) but changes what the detector says, so the version must move.
@@ -105,11 +110,13 @@ def test_an_inserted_lesion_is_found_per_lesion_on_a_scan_with_findings_of_its_o
     from detectors.train_filter import Scored, real_figures
 
     filt = LogisticFilter(("x",), (1.0,), 0.0, (0.0,), (1.0,))
-    found = Scored(np.array([[3.0], [-2.0]]), np.array([True, False]), True, "real", {"diameter_mm": 14.0},
-                   inserted=True, own_findings=True)  # fmt: skip
+    found = Scored(
+        np.array([[3.0], [-2.0]]), np.array([True, False]), True, "real", {"diameter_mm": 14.0}, inserted=True, own_findings=True
+    )
     # The study scores high (a candidate elsewhere, on a mass), but the inserted nodule's own candidate does not.
-    missed = Scored(np.array([[-3.0], [4.0]]), np.array([True, False]), True, "real", {"diameter_mm": 12.0},
-                    inserted=True, own_findings=True)  # fmt: skip
+    missed = Scored(
+        np.array([[-3.0], [4.0]]), np.array([True, False]), True, "real", {"diameter_mm": 12.0}, inserted=True, own_findings=True
+    )
     figures = real_figures([found, missed], np.array([0.95, 0.98]), 0.5, filt)
     assert figures["inserted_found"] == 0.5 and figures["inserted_found_ge_10mm"] == 0.5
     assert figures["own_findings_cases"] == 2 and figures["own_findings_flagged"] == 2

@@ -67,15 +67,15 @@ region = 0.5
 """
 
 
-def write_external(tmp_path: Path, module: nn.Module | None = None, sha256: str | None = None,
-                   name: str = "site-bleed") -> tuple[Path, str]:  # fmt: skip
+def write_external(
+    tmp_path: Path, module: nn.Module | None = None, sha256: str | None = None, name: str = "site-bleed"
+) -> tuple[Path, str]:
     """Script ``module`` (default: Bright), save it and its card; returns (card, file digest)."""
     weights = tmp_path / f"{name}.pt"
     torch.jit.save(torch.jit.script((module or Bright()).eval()), str(weights))
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = tmp_path / f"{name}.toml"
-    card.write_text(CARD.format(weights=weights.name, sha256=digest if sha256 is None else sha256)
-                    .replace('"site-bleed"', f'"{name}"'))  # fmt: skip
+    card.write_text(CARD.format(weights=weights.name, sha256=digest if sha256 is None else sha256).replace('"site-bleed"', f'"{name}"'))
     return card, digest
 
 
@@ -167,9 +167,16 @@ def test_missing_weights_file_is_a_card_error(tmp_path: Path) -> None:
 
 
 def state_dict_spec(width: int = 2) -> DetectorSpec:
-    return DetectorSpec(name="tiny-xr", version="1.0.0", kind=FindingKind.FRACTURE, family=Family.RADIOGRAPH,
-                        input=InputSpec(1.0, 32, 32), stride=4, weights="tiny-xr.pt",
-                        network={"arch": "heatmap-unet", "width": width})  # fmt: skip
+    return DetectorSpec(
+        name="tiny-xr",
+        version="1.0.0",
+        kind=FindingKind.FRACTURE,
+        family=Family.RADIOGRAPH,
+        input=InputSpec(1.0, 32, 32),
+        stride=4,
+        weights="tiny-xr.pt",
+        network={"arch": "heatmap-unet", "width": width},
+    )
 
 
 def write_state_dict(tmp_path: Path, state: object, spec: DetectorSpec) -> Path:

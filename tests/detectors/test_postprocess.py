@@ -31,9 +31,18 @@ GEOMETRY = Geometry(scale=(0.5, 0.5), origin=(4, 6), source_shape=(64, 64))
 
 
 def spec(kind: FindingKind = FindingKind.NODULE, region: float = 0.5) -> DetectorSpec:
-    return DetectorSpec(name="tiny-nodule", version="1.2.3", kind=kind, family=Family.CT,
-                        input=InputSpec(1.0, 32, 32, 0, (Window(-600, 1500),)), stride=2,
-                        region_threshold=region, platt_a=A, platt_b=B, operating_point=0.9)  # fmt: skip
+    return DetectorSpec(
+        name="tiny-nodule",
+        version="1.2.3",
+        kind=kind,
+        family=Family.CT,
+        input=InputSpec(1.0, 32, 32, 0, (Window(-600, 1500),)),
+        stride=2,
+        region_threshold=region,
+        platt_a=A,
+        platt_b=B,
+        operating_point=0.9,
+    )
 
 
 def prepared(slices: int = SLICES) -> Prepared:
@@ -67,8 +76,7 @@ def test_one_blob_over_three_slices_is_one_region() -> None:
     assert finding.probability == pytest.approx(platt(4.0, A, B))  # the 3x3 mean at the blob centre is 4
     assert finding.probability == pytest.approx(1 / (1 + math.exp(-7.0)))
     assert finding.urgent  # sigmoid(7) >= 0.9
-    assert (finding.kind, finding.series_uid, finding.detector, finding.model) == (
-        FindingKind.NODULE, "2.25.9", "tiny-nodule", IDENTITY)  # fmt: skip
+    assert (finding.kind, finding.series_uid, finding.detector, finding.model) == (FindingKind.NODULE, "2.25.9", "tiny-nodule", IDENTITY)
     (region,) = finding.regions
     assert region.slices == (3, 5)
     assert region.slice_index == 4

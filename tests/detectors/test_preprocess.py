@@ -11,15 +11,28 @@ from detectors.routing import FindingKind
 from detectors.spec import DetectorSpec, InputSpec, Window
 
 
-def ct_spec(spacing_mm: float = 1.0, size: int = 32, windows: tuple[Window, ...] = (Window(500, 1000),),
-            context: int = 0, stride: int = 2) -> DetectorSpec:  # fmt: skip
-    return DetectorSpec(name="tiny-ct", version="1", kind=FindingKind.BLEED, family=Family.CT,
-                        input=InputSpec(spacing_mm, size, size, context, windows), stride=stride)  # fmt: skip
+def ct_spec(
+    spacing_mm: float = 1.0, size: int = 32, windows: tuple[Window, ...] = (Window(500, 1000),), context: int = 0, stride: int = 2
+) -> DetectorSpec:
+    return DetectorSpec(
+        name="tiny-ct",
+        version="1",
+        kind=FindingKind.BLEED,
+        family=Family.CT,
+        input=InputSpec(spacing_mm, size, size, context, windows),
+        stride=stride,
+    )
 
 
 def xr_spec(spacing_mm: float = 1.0, size: int = 32, stride: int = 4) -> DetectorSpec:
-    return DetectorSpec(name="tiny-xr", version="1", kind=FindingKind.FRACTURE, family=Family.RADIOGRAPH,
-                        input=InputSpec(spacing_mm, size, size), stride=stride)  # fmt: skip
+    return DetectorSpec(
+        name="tiny-xr",
+        version="1",
+        kind=FindingKind.FRACTURE,
+        family=Family.RADIOGRAPH,
+        input=InputSpec(spacing_mm, size, size),
+        stride=stride,
+    )
 
 
 def ct_series(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> SeriesArrays:
@@ -28,8 +41,7 @@ def ct_series(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> SeriesA
 
 
 def xr_series(image: np.ndarray, spacing_mm: float) -> SeriesArrays:
-    return SeriesArrays("2.25.2", Family.RADIOGRAPH, image[None].astype(np.float32), (0.0, spacing_mm, spacing_mm),
-                        ("2.25.2.1",))  # fmt: skip
+    return SeriesArrays("2.25.2", Family.RADIOGRAPH, image[None].astype(np.float32), (0.0, spacing_mm, spacing_mm), ("2.25.2.1",))
 
 
 def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -105,11 +117,13 @@ def test_window_channels_are_slice_major_with_edges_replicated() -> None:
     # window 1: 0 -> 0, 100 -> 0.5, 200 -> 1; window 2: 0 -> 0.5, 100 -> 0.75, 200 -> 1.
     out = window_channels(hu, spec)
     assert out.shape == (3, 6, 2, 2)
-    expected = np.array([
-        [0.0, 0.5, 0.0, 0.5, 0.5, 0.75],  # slice 0: neighbours (0, 0, 1), slice 0 stands in for slice -1
-        [0.0, 0.5, 0.5, 0.75, 1.0, 1.0],  # slice 1: neighbours (0, 1, 2)
-        [0.5, 0.75, 1.0, 1.0, 1.0, 1.0],  # slice 2: neighbours (1, 2, 2)
-    ])  # fmt: skip
+    expected = np.array(
+        [
+            [0.0, 0.5, 0.0, 0.5, 0.5, 0.75],  # slice 0: neighbours (0, 0, 1), slice 0 stands in for slice -1
+            [0.0, 0.5, 0.5, 0.75, 1.0, 1.0],  # slice 1: neighbours (0, 1, 2)
+            [0.5, 0.75, 1.0, 1.0, 1.0, 1.0],  # slice 2: neighbours (1, 2, 2)
+        ]
+    )
     np.testing.assert_allclose(out[:, :, 0, 0], expected)
     assert out.dtype == np.float32
 

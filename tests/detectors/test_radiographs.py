@@ -13,7 +13,7 @@ from detectors.phantoms.truth import XRPhantom, box_of
 def _dilated(shape: tuple[int, int], box: tuple[int, int, int, int], pad: int) -> np.ndarray:
     r0, c0, r1, c1 = box
     mask = np.zeros(shape, dtype=bool)
-    mask[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad] = True
+    mask[max(r0 - pad, 0) : r1 + pad, max(c0 - pad, 0) : c1 + pad] = True
     return mask
 
 
@@ -39,8 +39,8 @@ def test_chest_values_spacing_and_body_part(seed: int) -> None:
     assert 768 <= p.image.shape[0] <= 1024
     # Lungs are dark against the mediastinum and the abdomen below the diaphragm.
     rows, cols = p.image.shape
-    lungs = np.median(p.image[rows * 3 // 10:rows // 2, cols // 6:cols // 3])
-    assert lungs < np.median(p.image[rows * 9 // 10:, cols // 3:cols * 2 // 3]) - 0.1
+    lungs = np.median(p.image[rows * 3 // 10 : rows // 2, cols // 6 : cols // 3])
+    assert lungs < np.median(p.image[rows * 9 // 10 :, cols // 3 : cols * 2 // 3]) - 0.1
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -144,5 +144,3 @@ def test_bad_arguments_are_named() -> None:
         extremity_radiograph(0, bone="skull")
     with pytest.raises(ValueError, match='"fracture"'):
         extremity_radiograph(0, fracture="greenstick")
-
-

@@ -36,11 +36,14 @@ def test_ece_is_zero_when_calibrated_and_none_without_studies() -> None:
 def test_report_carries_ece_and_writes_the_reliability_diagram(tmp_path: Path) -> None:
     from detectors.evaluation import format_reports, reports_as_json
 
-    outcomes = [StudyOutcome(kind="bleed-ct", study_folder=str(i), label=i % 2 == 0, probability=p, urgent=p >= 0.5,
-                             operating_point=0.5) for i, p in enumerate([0.95, 0.9, 0.8, 0.2, 0.7, 0.1])]  # fmt: skip
+    outcomes = [
+        StudyOutcome(kind="bleed-ct", study_folder=str(i), label=i % 2 == 0, probability=p, urgent=p >= 0.5, operating_point=0.5)
+        for i, p in enumerate([0.95, 0.9, 0.8, 0.2, 0.7, 0.1])
+    ]
     [report] = evaluate(outcomes, tmp_path, n_boot=50)
-    assert report.ece == pytest.approx(expected_calibration_error(reliability_bins(
-        [o.label for o in outcomes], [o.probability for o in outcomes])))  # fmt: skip
+    assert report.ece == pytest.approx(
+        expected_calibration_error(reliability_bins([o.label for o in outcomes], [o.probability for o in outcomes]))
+    )
     doc = reports_as_json([report])["detectors"][0]["calibration"]
     assert doc["expected_calibration_error"] == report.ece and len(doc["bins"]) == 10
     assert "ECE" in format_reports([report]).splitlines()[0]
@@ -53,8 +56,7 @@ def test_plot_reliability_checks_its_bins(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match='"bins" item 0'):
         plot_reliability(tmp_path / "r.png", [(0.5, 0.2, 1, 0.3, 0.0)])
-    path = plot_reliability(tmp_path / "r.png", [(0.0, 0.5, 0, None, None), (0.5, 1.0, 3, 0.8, 2 / 3)], ece=0.13,
-                            footer="test footer")  # fmt: skip
+    path = plot_reliability(tmp_path / "r.png", [(0.0, 0.5, 0, None, None), (0.5, 1.0, 3, 0.8, 2 / 3)], ece=0.13, footer="test footer")
     assert path.stat().st_size > 1000
 
 

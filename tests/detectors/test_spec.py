@@ -21,8 +21,13 @@ def full_spec() -> DetectorSpec:
         version="2.1.0",
         kind=FindingKind.BLEED,
         family=Family.CT,
-        input=InputSpec(spacing_mm=0.9, height=96, width=64, context_slices=2,
-                        windows=(Window(40.0, 80.0), Window(-600.5, 1500.25), Window(1 / 3, 2 / 3))),  # fmt: skip
+        input=InputSpec(
+            spacing_mm=0.9,
+            height=96,
+            width=64,
+            context_slices=2,
+            windows=(Window(40.0, 80.0), Window(-600.5, 1500.25), Window(1 / 3, 2 / 3)),
+        ),
         stride=4,
         operating_point=0.123456789,
         region_threshold=0.7,

@@ -27,8 +27,9 @@ def slab() -> SeriesArrays:
 
 
 def _spec(anatomy: str = "intracranial", with_filter: bool = True):
-    spec = replace(load_card(MODELS_DIR / "bleed-ct.toml"), anatomy=anatomy, region_threshold=0.5,
-                   platt_a=1.0, platt_b=0.0, operating_point=0.5)  # fmt: skip
+    spec = replace(
+        load_card(MODELS_DIR / "bleed-ct.toml"), anatomy=anatomy, region_threshold=0.5, platt_a=1.0, platt_b=0.0, operating_point=0.5
+    )
     if with_filter:
         n = len(CT_FEATURES)
         weights = tuple(1.0 if f == "peak_logit" else 0.0 for f in CT_FEATURES)  # the filter logit is the peak logit

@@ -15,8 +15,7 @@ from dicom_io.send import echo
 
 def test_file_meta_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "meta.dcm"
-    path.write_bytes(dimse.file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.4.90", "ODDAE",
-                                     "TRIAGE_1.2.3_AND_MORE"))
+    path.write_bytes(dimse.file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.4.90", "ODDAE", "TRIAGE_1.2.3_AND_MORE"))
     meta = read_file_meta_info(path)
     assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"  # odd length, padded with NUL

@@ -6,7 +6,6 @@ import random
 import shutil
 import sqlite3
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dicom_io.send import echo
 from dicom_io.writer import StudyMeta
 from tests.scu import store
-from tests.support import bundled_file
+from tests.support import bundled_file, self_signed_cert
 from triage.errors import DicomNetworkError
 
 HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
@@ -49,7 +48,7 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def index_rows(data_dir: Path, sql: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(data_dir / "triage.store.db") as conn:
+    with sqlite3.connect(data_dir / "triage.db") as conn:
         return conn.execute(sql, args).fetchall()
 
 
@@ -210,7 +209,7 @@ def test_unwritable_store_is_refused(server, make_ct_series) -> None:
 
 
 def test_index_failure_is_refused_and_leaves_no_file(server, make_ct_series) -> None:
-    with sqlite3.connect(server.settings.data_dir / "triage.store.db") as conn:
+    with sqlite3.connect(server.settings.data_dir / "triage.db") as conn:
         conn.execute("drop table instance")
     [path] = make_ct_series(slices=1)
     assert store(server.port, [path]) == [0xA701]
@@ -266,22 +265,10 @@ def test_association_limit_rejects_the_extra_one(make_server) -> None:
         holder.release()
 
 
-def _make_cert(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls(make_server, tmp_path: Path, make_ct_series) -> None:
-    cert, key = _make_cert(tmp_path)
-    server = make_server(
-        **{"listener.tls.cert": str(cert), "listener.tls.key": str(key), "listener.tls.ca": str(cert)}
-    )
+    cert, key = self_signed_cert(tmp_path)
+    server = make_server(**{"listener.tls.cert": str(cert), "listener.tls.key": str(key), "listener.tls.ca": str(cert)})
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
     client_ctx.load_cert_chain(str(cert), str(key))  # the same self-signed pair serves as client cert
     ae = AE(ae_title="TLSSCU")

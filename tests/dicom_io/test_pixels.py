@@ -74,9 +74,7 @@ def test_rle_series_equals_uncompressed(make_ct_series: MakeSeries) -> None:
     assert -1100 < plain.hu.min() and plain.hu.max() < 1300
 
 
-@pytest.mark.parametrize(
-    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
-)
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"])
 def test_mr_small_transfer_syntaxes_decode_identically(name: str) -> None:
     reference = load_volume([bundled_file("MR_small.dcm")]).hu
     np.testing.assert_array_equal(load_volume([bundled_file(name)]).hu, reference)
@@ -248,10 +246,9 @@ def test_phantom_round_trip_through_dicom(tmp_path: Path, transfer_syntax: str) 
     """A head CT phantom written as DICOM (shuffled) reads back as the same HU volume."""
     ph = head_ct(7, bleed="subdural", matrix=256, slices=10)
     paths = write_datasets(
-        ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0],
-                    transfer_syntax=transfer_syntax),
+        ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0], transfer_syntax=transfer_syntax),
         tmp_path,
-    )  # fmt: skip
+    )
     vol = load_volume(list(reversed(paths)))
     assert vol.spacing_mm == pytest.approx(ph.spacing_mm)
     np.testing.assert_allclose(vol.hu, np.clip(np.rint(ph.hu), -1024, 3071), atol=1)
@@ -294,9 +291,7 @@ def test_radiograph_pixel_spacing_is_used_without_a_note(tmp_path: Path) -> None
     ],
     ids=["zero", "missing", "negative", "too-large", "nan"],
 )
-def test_unusable_pixel_spacing_falls_back_to_imager_pixel_spacing(
-    tmp_path: Path, pixel_spacing: list[object] | None, why: str
-) -> None:
+def test_unusable_pixel_spacing_falls_back_to_imager_pixel_spacing(tmp_path: Path, pixel_spacing: list[object] | None, why: str) -> None:
     attrs: dict[str, object] = {"ImagerPixelSpacing": [0.143, 0.143]}
     drop = ("PixelSpacing",) if pixel_spacing is None else ()
     if pixel_spacing is not None:
@@ -413,8 +408,11 @@ def test_ct_pixel_spacing_is_used_without_a_note(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("spacing", "why"),
-    [([0, 0], r"Pixel Spacing 0.0\0.0 unusable"), (None, "Pixel Spacing missing"),
-     ([0.01, 0.01], r"Pixel Spacing 0.01\0.01 unusable, must be 0.1-5 mm")],  # fmt: skip
+    [
+        ([0, 0], r"Pixel Spacing 0.0\0.0 unusable"),
+        (None, "Pixel Spacing missing"),
+        ([0.01, 0.01], r"Pixel Spacing 0.01\0.01 unusable, must be 0.1-5 mm"),
+    ],
     ids=["zero", "missing", "implausible"],
 )
 def test_ct_spacing_falls_back_to_reconstruction_diameter(tmp_path: Path, spacing: object, why: str) -> None:
@@ -429,14 +427,11 @@ def test_ct_spacing_falls_back_to_reconstruction_diameter(tmp_path: Path, spacin
     assert "Reconstruction Diameter 320 mm / 64 columns" in note and why in note
 
 
-@pytest.mark.parametrize(
-    ("description", "fov", "word"), [("CT HEAD WO", 250.0, "head"), ("CT ABDOMEN", 350.0, "body")]
-)
-def test_ct_spacing_is_estimated_from_a_head_or_body_field_of_view(
-    tmp_path: Path, description: str, fov: float, word: str
-) -> None:
-    paths = _ct_slices(tmp_path, word, drop=("PixelSpacing", "BodyPartExamined"), StudyDescription=description,
-                       SeriesDescription="AXIAL 5MM")  # fmt: skip
+@pytest.mark.parametrize(("description", "fov", "word"), [("CT HEAD WO", 250.0, "head"), ("CT ABDOMEN", 350.0, "body")])
+def test_ct_spacing_is_estimated_from_a_head_or_body_field_of_view(tmp_path: Path, description: str, fov: float, word: str) -> None:
+    paths = _ct_slices(
+        tmp_path, word, drop=("PixelSpacing", "BodyPartExamined"), StudyDescription=description, SeriesDescription="AXIAL 5MM"
+    )
     volume = load_volume(paths)
     assert volume.spacing_source == "estimate"
     assert volume.spacing_mm[1:] == pytest.approx((fov / 64, fov / 64))
@@ -446,7 +441,6 @@ def test_ct_spacing_is_estimated_from_a_head_or_body_field_of_view(
 
 
 def test_ct_with_a_wrong_reconstruction_diameter_is_estimated(tmp_path: Path) -> None:
-    volume = load_volume(_ct_slices(tmp_path, "bad", PixelSpacing=[0, 0], ReconstructionDiameter=0,
-                                    BodyPartExamined="HEAD"))  # fmt: skip
+    volume = load_volume(_ct_slices(tmp_path, "bad", PixelSpacing=[0, 0], ReconstructionDiameter=0, BodyPartExamined="HEAD"))
     assert volume.spacing_source == "estimate" and volume.spacing_mm[1] == pytest.approx(250 / 64)
     assert "Reconstruction Diameter 0.0 unusable" in volume.notes[0]

@@ -33,8 +33,7 @@ from triage.flow.cases import FindingRow
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_studies" / "05_head_ct"
-TRUTH = next(s for s in json.loads((REPO / "sample_studies" / "manifest.json").read_text())["studies"]
-             if s["folder"] == "05_head_ct")  # fmt: skip
+TRUTH = next(s for s in json.loads((REPO / "sample_studies" / "manifest.json").read_text())["studies"] if s["folder"] == "05_head_ct")
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +49,19 @@ def sample() -> tuple[dict[str, Any], dict[str, SourceImage], dict[str, Path], D
         paths[ds.SOPInstanceUID] = path
     assert header is not None
     study = {
-        "study_uid": header.StudyInstanceUID, "patient_id": header.PatientID, "patient_name": str(header.PatientName),
-        "patient_sex": header.PatientSex, "patient_birth_date": header.get("PatientBirthDate"),
-        "patient_age": header.get("PatientAge"), "accession_number": header.AccessionNumber,
-        "study_id": header.StudyID, "study_date": header.StudyDate, "study_time": header.StudyTime,
-        "referring_physician": None, "study_description": header.StudyDescription,
-    }  # fmt: skip
+        "study_uid": header.StudyInstanceUID,
+        "patient_id": header.PatientID,
+        "patient_name": str(header.PatientName),
+        "patient_sex": header.PatientSex,
+        "patient_birth_date": header.get("PatientBirthDate"),
+        "patient_age": header.get("PatientAge"),
+        "accession_number": header.AccessionNumber,
+        "study_id": header.StudyID,
+        "study_date": header.StudyDate,
+        "study_time": header.StudyTime,
+        "referring_physician": None,
+        "study_description": header.StudyDescription,
+    }
     return study, images, paths, header
 
 
@@ -63,26 +69,76 @@ def _bleed(series_uid: str) -> FindingRow:
     finding = TRUTH["findings"][0]
     sop = finding["sop_instance_uids"][1]
     return FindingRow(
-        id=11, study_pk=1, series_uid=series_uid, kind="bleed", probability=0.93, operating_point=0.35, urgent=True,
-        model_name="bleed-ct", model_version="1.2.0", weights_sha256="a" * 64,
-        regions=({"series_uid": series_uid, "sop_instance_uid": sop, "slice_index": 15, "slices": [14, 17],
-                  "box": finding["box"], "probability": 0.91, "diameter_mm": None},),
-    )  # fmt: skip
+        id=11,
+        study_pk=1,
+        series_uid=series_uid,
+        kind="bleed",
+        probability=0.93,
+        operating_point=0.35,
+        urgent=True,
+        model_name="bleed-ct",
+        model_version="1.2.0",
+        weights_sha256="a" * 64,
+        regions=(
+            {
+                "series_uid": series_uid,
+                "sop_instance_uid": sop,
+                "slice_index": 15,
+                "slices": [14, 17],
+                "box": finding["box"],
+                "probability": 0.91,
+                "diameter_mm": None,
+            },
+        ),
+    )
 
 
 def _others(series_uid: str, sop_uids: list[str]) -> list[FindingRow]:
     nodule = FindingRow(
-        id=12, study_pk=1, series_uid=series_uid, kind="nodule", probability=0.2, operating_point=0.4, urgent=False,
-        model_name="nodule-ct", model_version="0.9", weights_sha256="b" * 64,
-        regions=({"series_uid": series_uid, "sop_instance_uid": sop_uids[3], "slice_index": 3, "slices": [3, 3],
-                  "box": [10, 20, 18, 30], "probability": 0.2, "diameter_mm": 6.5},
-                 {"series_uid": series_uid, "sop_instance_uid": sop_uids[5], "slice_index": 5, "slices": [5, 6],
-                  "box": [40, 40, 50, 52], "probability": 0.1, "diameter_mm": 4.0}),
-    )  # fmt: skip
+        id=12,
+        study_pk=1,
+        series_uid=series_uid,
+        kind="nodule",
+        probability=0.2,
+        operating_point=0.4,
+        urgent=False,
+        model_name="nodule-ct",
+        model_version="0.9",
+        weights_sha256="b" * 64,
+        regions=(
+            {
+                "series_uid": series_uid,
+                "sop_instance_uid": sop_uids[3],
+                "slice_index": 3,
+                "slices": [3, 3],
+                "box": [10, 20, 18, 30],
+                "probability": 0.2,
+                "diameter_mm": 6.5,
+            },
+            {
+                "series_uid": series_uid,
+                "sop_instance_uid": sop_uids[5],
+                "slice_index": 5,
+                "slices": [5, 6],
+                "box": [40, 40, 50, 52],
+                "probability": 0.1,
+                "diameter_mm": 4.0,
+            },
+        ),
+    )
     fracture = FindingRow(
-        id=13, study_pk=1, series_uid=series_uid, kind="fracture", probability=0.05, operating_point=0.5,
-        urgent=False, model_name="fracture-ct", model_version="0.1", weights_sha256="c" * 64, regions=(),
-    )  # fmt: skip
+        id=13,
+        study_pk=1,
+        series_uid=series_uid,
+        kind="fracture",
+        probability=0.05,
+        operating_point=0.5,
+        urgent=False,
+        model_name="fracture-ct",
+        model_version="0.1",
+        weights_sha256="c" * 64,
+        regions=(),
+    )
     return [nodule, fracture]
 
 
@@ -111,16 +167,13 @@ def test_the_ai_sr_reads_back_to_the_same_findings(sample, tmp_path: Path) -> No
     sop_uids = sorted(images)
     findings = [_bleed(header.SeriesInstanceUID), *_others(header.SeriesInstanceUID, sop_uids)]
     sr_uid, series_uid = object_uid("test", "sr"), object_uid("test", "series")
-    ds = build_ai_sr(study, findings, images, sop_instance_uid=sr_uid, series_instance_uid=series_uid,
-                     software_version="0.1.0")  # fmt: skip
+    ds = build_ai_sr(study, findings, images, sop_instance_uid=sr_uid, series_instance_uid=series_uid, software_version="0.1.0")
     back = _round_trip(ds)
 
-    assert (back.SOPClassUID, back.SOPInstanceUID, back.SeriesInstanceUID) == (ComprehensiveSRStorage, sr_uid,
-                                                                               series_uid)  # fmt: skip
+    assert (back.SOPClassUID, back.SOPInstanceUID, back.SeriesInstanceUID) == (ComprehensiveSRStorage, sr_uid, series_uid)
     assert back.Modality == "SR" and back.SeriesDescription == AI_SR_SERIES_DESCRIPTION
     assert back.SeriesInstanceUID != header.SeriesInstanceUID
-    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED",
-                                                                                  "PRELIMINARY")  # fmt: skip
+    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
     parsed = {f["kind"]: f for f in parse_ai_sr(back)}
     assert set(parsed) == {"bleed", "nodule", "fracture"}
     bleed, nodule, fracture = parsed["bleed"], parsed["nodule"], parsed["fracture"]
@@ -138,11 +191,25 @@ def test_the_ai_sr_reads_back_to_the_same_findings(sample, tmp_path: Path) -> No
     assert parsed["bleed"]["finding_code"] == ("1386000", "SCT")
 
     # The SR joins the study: the patient and study attributes are the images'.
-    for keyword in ("PatientID", "PatientName", "PatientSex", "PatientAge", "StudyInstanceUID", "AccessionNumber",
-                    "StudyID", "StudyDate", "StudyTime", "StudyDescription"):  # fmt: skip
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientSex",
+        "PatientAge",
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+    ):
         assert back.get(keyword) == header.get(keyword), keyword
-    evidence = {i.ReferencedSOPInstanceUID for s in back.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}  # fmt: skip
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in back.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
     assert evidence == set(images)
 
     # The observer is the AI, a device, and the report calls itself a suggestion.
@@ -160,8 +227,7 @@ def test_sr_uids_and_errors(sample) -> None:
         build_ai_sr(study, [], images, **kwargs)
     bad = _bleed(header.SeriesInstanceUID)
     with pytest.raises(ResultBuildError, match="not one of the source images"):
-        build_ai_sr(study, [bad], {k: v for k, v in images.items() if k != bad.regions[0]["sop_instance_uid"]},
-                    **kwargs)  # fmt: skip
+        build_ai_sr(study, [bad], {k: v for k, v in images.items() if k != bad.regions[0]["sop_instance_uid"]}, **kwargs)
     with pytest.raises(ResultBuildError, match='kind "edema" has no code'):
         build_ai_sr(study, [FindingRow(**{**bad.__dict__, "kind": "edema"})], images, **kwargs)
 
@@ -171,12 +237,10 @@ def test_a_key_image_has_the_box_and_the_label_burned_in(sample) -> None:
     finding = _bleed(header.SeriesInstanceUID)
     region = finding.regions[0]
     source = key_image_source(paths[region["sop_instance_uid"]], "bleed", region["slice_index"])
-    ds = _round_trip(build_key_image(study, finding, source, sop_instance_uid=object_uid("k"),
-                                     series_instance_uid=object_uid("ks")))  # fmt: skip
+    ds = _round_trip(build_key_image(study, finding, source, sop_instance_uid=object_uid("k"), series_instance_uid=object_uid("ks")))
 
     assert ds.SOPClassUID == SecondaryCaptureImageStorage and ds.BurnedInAnnotation == "YES"
-    assert (ds.StudyInstanceUID, ds.PatientID, ds.AccessionNumber) == (header.StudyInstanceUID, header.PatientID,
-                                                                       header.AccessionNumber)  # fmt: skip
+    assert (ds.StudyInstanceUID, ds.PatientID, ds.AccessionNumber) == (header.StudyInstanceUID, header.PatientID, header.AccessionNumber)
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == region["sop_instance_uid"]
     assert AI_LABEL in ds.ImageComments
     pixels = ds.pixel_array
@@ -209,9 +273,19 @@ def test_the_report_sr_has_the_signer_as_author_and_only_the_signed_text(sample,
     text = "CT head: acute intraparenchymal haemorrhage, right.\nImpression: bleed."
     signed_at = datetime(2026, 1, 5, 4, 10, 30, tzinfo=UTC)
     first = object_uid("report", 1)
-    ds = _round_trip(build_report_sr(study, text, "dr.jones", signed_at, 2, images,
-                                     sop_instance_uid=object_uid("report", 2), series_instance_uid=object_uid("rs"),
-                                     amends=first))  # fmt: skip
+    ds = _round_trip(
+        build_report_sr(
+            study,
+            text,
+            "dr.jones",
+            signed_at,
+            2,
+            images,
+            sop_instance_uid=object_uid("report", 2),
+            series_instance_uid=object_uid("rs"),
+            amends=first,
+        )
+    )
 
     assert ds.SOPClassUID == BasicTextSRStorage and ds.Modality == "SR"
     assert (ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag) == ("COMPLETE", "VERIFIED", "FINAL")
@@ -221,28 +295,42 @@ def test_the_report_sr_has_the_signer_as_author_and_only_the_signed_text(sample,
     assert str(ds.AuthorObserverSequence[0].PersonName) == "dr.jones^"
     assert report_text(ds) == text  # the signed text, nothing else
     assert ds.InstanceNumber == 2
-    assert ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
-        .ReferencedSOPInstanceUID == first  # fmt: skip
+    assert ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first
     assert (ds.StudyInstanceUID, ds.PatientID) == (header.StudyInstanceUID, header.PatientID)
     dump = _dsrdump(ds, tmp_path)
     assert 'PNAME:(,,"Person Observer Name")="dr.jones^"' in dump
     with pytest.raises(ResultBuildError, match="text is empty"):
-        build_report_sr(study, "  ", "dr.jones", signed_at, 1, images, sop_instance_uid="1.2.3",
-                        series_instance_uid="1.2.4")  # fmt: skip
+        build_report_sr(study, "  ", "dr.jones", signed_at, 1, images, sop_instance_uid="1.2.3", series_instance_uid="1.2.4")
 
 
 def test_a_radiograph_key_image_keeps_its_orientation_and_an_unknown_one_is_left_empty() -> None:
-    xr = next(s for s in json.loads((REPO / "sample_studies" / "manifest.json").read_text())["studies"]
-              if s["folder"] == "08_extremity_xr")  # fmt: skip
+    xr = next(s for s in json.loads((REPO / "sample_studies" / "manifest.json").read_text())["studies"] if s["folder"] == "08_extremity_xr")
     path = REPO / "sample_studies" / "08_extremity_xr" / "0001.dcm"
     header = dcmread(path, stop_before_pixels=True)
     box = xr["findings"][0]["box"]
     finding = FindingRow(
-        id=5, study_pk=1, series_uid=header.SeriesInstanceUID, kind="fracture", probability=0.8, operating_point=0.3,
-        urgent=True, model_name="fracture-xr", model_version="1.0", weights_sha256="d" * 64,
-        regions=({"series_uid": header.SeriesInstanceUID, "sop_instance_uid": header.SOPInstanceUID,
-                  "slice_index": 0, "slices": [0, 0], "box": box, "probability": 0.8, "diameter_mm": None},),
-    )  # fmt: skip
+        id=5,
+        study_pk=1,
+        series_uid=header.SeriesInstanceUID,
+        kind="fracture",
+        probability=0.8,
+        operating_point=0.3,
+        urgent=True,
+        model_name="fracture-xr",
+        model_version="1.0",
+        weights_sha256="d" * 64,
+        regions=(
+            {
+                "series_uid": header.SeriesInstanceUID,
+                "sop_instance_uid": header.SOPInstanceUID,
+                "slice_index": 0,
+                "slices": [0, 0],
+                "box": box,
+                "probability": 0.8,
+                "diameter_mm": None,
+            },
+        ),
+    )
     study = {"study_uid": header.StudyInstanceUID, "patient_id": header.PatientID}
     source = key_image_source(path, "fracture")
     assert source.pixels.shape == (header.Rows, header.Columns)
@@ -253,5 +341,10 @@ def test_a_radiograph_key_image_keeps_its_orientation_and_an_unknown_one_is_left
     ds = build_key_image(study, finding, unknown, sop_instance_uid=object_uid("xr2"), series_instance_uid=object_uid("s"))
     assert ds.PatientOrientation == ""
     with pytest.raises(ResultBuildError, match="not on the image given"):
-        build_key_image(study, finding, dataclasses.replace(source, sop_instance_uid="1.2.3"),
-                        sop_instance_uid=object_uid("xr3"), series_instance_uid=object_uid("s"))  # fmt: skip
+        build_key_image(
+            study,
+            finding,
+            dataclasses.replace(source, sop_instance_uid="1.2.3"),
+            sop_instance_uid=object_uid("xr3"),
+            series_instance_uid=object_uid("s"),
+        )

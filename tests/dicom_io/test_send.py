@@ -31,8 +31,15 @@ def test_replay_resends_after_the_peer_aborts(make_ct_series) -> None:
     try:
         files, _ = find_dicom_files([paths[0].parent])
         results: list[tuple[Path, bool]] = []
-        summary = replay(files, "127.0.0.1", server.server_address[1], parallel=2, rate=4, timeout=5,
-                         on_result=lambda f, ok: results.append((f.path, ok)))  # fmt: skip
+        summary = replay(
+            files,
+            "127.0.0.1",
+            server.server_address[1],
+            parallel=2,
+            rate=4,
+            timeout=5,
+            on_result=lambda f, ok: results.append((f.path, ok)),
+        )
     finally:
         server.shutdown()
     assert (summary.sent, summary.failed) == (6, 0)
@@ -72,7 +79,7 @@ def test_store_files_sends_the_bytes_on_disk_and_says_what_each_peer_answered(ma
     assert outcomes == [(True, ""), (True, ""), (False, f"{where} answered status 0xA700")]  # a warning is acknowledged
     first = dcmread(paths[0])
     # The dataset arrives as the file holds it.
-    assert received[str(first.SOPInstanceUID)] == paths[0].read_bytes()[-len(received[str(first.SOPInstanceUID)]):]
+    assert received[str(first.SOPInstanceUID)] == paths[0].read_bytes()[-len(received[str(first.SOPInstanceUID)]) :]
 
 
 def test_store_files_to_nobody_says_why_for_every_file(make_ct_series) -> None:

@@ -129,8 +129,7 @@ def write_ct_series(out_dir: Path, *, slices: int, size: int = 64, seed: int = 0
     # A head-sized field of view (about 190 mm whatever the matrix): the bleed detector assesses a
     # series only where it finds a skull enclosing an intracranial space, and a 32 mm "head" has none.
     spacing = 192.0 / size
-    paths = write_datasets(ct_datasets(volume, pixel_spacing_mm=(spacing, spacing), meta=StudyMeta(**meta)),
-                           out_dir)  # fmt: skip
+    paths = write_datasets(ct_datasets(volume, pixel_spacing_mm=(spacing, spacing), meta=StudyMeta(**meta)), out_dir)
     return {sop_uid_of(p): p for p in paths}
 
 
@@ -170,8 +169,13 @@ def run_triage(*args: str, env: Mapping[str, str] | None = None, timeout: float 
     """``python -m triage ARGS`` from the repository root; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "triage", *args],
-        cwd=REPO_ROOT, env=clean_env(env), capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def studies_json(data_dir: Path) -> dict[str, dict[str, object]]:
@@ -196,12 +200,12 @@ class IndexedInstance:
 
 def _connect(data_dir: Path) -> sqlite3.Connection:
     # A plain reader beside the server's writer (the index is in WAL mode).
-    return sqlite3.connect(data_dir / "triage.store.db", timeout=30)
+    return sqlite3.connect(data_dir / "triage.db", timeout=30)
 
 
 def count_indexed(data_dir: Path) -> int:
     """Rows in the instance table (0 while the database does not exist yet)."""
-    if not (data_dir / "triage.store.db").exists():
+    if not (data_dir / "triage.db").exists():
         return 0
     conn = _connect(data_dir)
     try:
@@ -255,9 +259,7 @@ def assert_stored(data_dir: Path, expected: Mapping[str, Path], *, calling_ae: s
     rows = indexed_instances(data_dir)
     by_sop = {r.sop_instance_uid: r for r in rows}
     assert len(by_sop) == len(rows), "an SOP Instance UID is indexed twice"
-    assert set(by_sop) == set(expected), (
-        f"missing {sorted(set(expected) - set(by_sop))}, unexpected {sorted(set(by_sop) - set(expected))}"
-    )
+    assert set(by_sop) == set(expected), f"missing {sorted(set(expected) - set(by_sop))}, unexpected {sorted(set(by_sop) - set(expected))}"
     on_disk = sorted(p.relative_to(data_dir).as_posix() for p in (data_dir / "studies").rglob("*.dcm"))
     assert on_disk == sorted(r.path for r in rows), "files under studies/ are not exactly the indexed ones"
     for sop, row in by_sop.items():
@@ -311,9 +313,12 @@ class ServeProcess:
 
         wait_for(
             lambda: echo(LOCALHOST, self.port, calling_ae=self.calling_ae, timeout=5) >= 0,
-            timeout=timeout, what=f"C-ECHO to triage serve on {self.address}",
-            interval=0.2, ignore=(DicomNetworkError, OSError), abort=self.died,
-        )  # fmt: skip
+            timeout=timeout,
+            what=f"C-ECHO to triage serve on {self.address}",
+            interval=0.2,
+            ignore=(DicomNetworkError, OSError),
+            abort=self.died,
+        )
 
     def stop(self, timeout: float = SERVE_STOP_TIMEOUT) -> int:
         """SIGTERM, wait up to ``timeout`` s, and return the exit code; a server
@@ -325,9 +330,7 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(
-                f"triage serve did not stop within {timeout:.0f} s of SIGTERM; log:\n{self.log_text()[-4000:]}"
-            ) from None
+            raise AssertionError(f"triage serve did not stop within {timeout:.0f} s of SIGTERM; log:\n{self.log_text()[-4000:]}") from None
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown code runs."""
@@ -367,14 +370,29 @@ class ServeFactory:
             port = free_port()
             log_path = self.tmp_path / f"serve-{len(self.started)}.log"
             cmd = [
-                sys.executable, "-m", "triage", "serve", "--data-dir", str(data_dir),
-                "--port", str(port), "--host", LOCALHOST, "--config", str(config), *args,
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "triage",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--host",
+                LOCALHOST,
+                "--config",
+                str(config),
+                *args,
+            ]
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
-                    cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cmd,
+                    cwd=REPO_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     env=clean_env({"TRIAGE_COMPLETENESS__STABLE_AFTER": "1", **(env or {})}),
-                )  # fmt: skip
+                )
             server = ServeProcess(data_dir, port, log_path, proc, calling_ae)
             self.started.append(server)
             if not wait:

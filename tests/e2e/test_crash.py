@@ -42,8 +42,9 @@ def _generate(root: Path) -> dict[str, Path]:
     study_a = generate_uid(UID_ROOT)
     files: dict[str, Path] = {}
     files |= write_ct_series(root / "a1", slices=120, size=128, seed=1, study_uid=study_a, accession_number="A")
-    files |= write_ct_series(root / "a2", slices=90, size=128, seed=2, study_uid=study_a, accession_number="A",
-                             series_description="AXIAL 1MM")  # fmt: skip
+    files |= write_ct_series(
+        root / "a2", slices=90, size=128, seed=2, study_uid=study_a, accession_number="A", series_description="AXIAL 1MM"
+    )
     files |= write_ct_series(root / "b1", slices=90, size=128, seed=3, accession_number="B", patient_id="P2")
     return files
 
@@ -51,9 +52,12 @@ def _generate(root: Path) -> dict[str, Path]:
 def _replay_in_thread(files: list[DicomFile], port: int, on_result: Callable[[DicomFile, bool], None]) -> threading.Thread:
     """Start replaying ``files`` (product SCU, per-file outcomes to ``on_result``)."""
     thread = threading.Thread(
-        target=replay, args=(files, LOCALHOST, port), name="replay", daemon=True,
+        target=replay,
+        args=(files, LOCALHOST, port),
+        name="replay",
+        daemon=True,
         kwargs=dict(parallel=PARALLEL, timeout=FIRST_REPLAY_TIMEOUT, on_result=on_result),
-    )  # fmt: skip
+    )
     thread.start()
     return thread
 
@@ -75,8 +79,13 @@ def test_kill_9_mid_replay_then_restart_and_resend(triage_serve: ServeFactory, t
 
     first = triage_serve.start(data)
     thread = _replay_in_thread(files, first.port, on_result)
-    wait_for(lambda: count_indexed(data) > KILL_AFTER, timeout=60, interval=0.02,
-             what=f"more than {KILL_AFTER} indexed instances", abort=first.died)  # fmt: skip
+    wait_for(
+        lambda: count_indexed(data) > KILL_AFTER,
+        timeout=60,
+        interval=0.02,
+        what=f"more than {KILL_AFTER} indexed instances",
+        abort=first.died,
+    )
     first.kill()
     thread.join(timeout=60)
     assert not thread.is_alive(), "replay did not give up after the server was killed"

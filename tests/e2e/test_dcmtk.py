@@ -54,9 +54,8 @@ def _dcmtk_installed() -> None:
 
 def _dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [require_binary(tool), *args], env=clean_env(_DCMTK_ENV),
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        [require_binary(tool), *args], env=clean_env(_DCMTK_ENV), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _echoscu(port: int, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
@@ -69,10 +68,7 @@ def _storescu(port: int, files: Sequence[Path], calling_ae: str = "DCMTKSCU") ->
     for f in files:
         groups.setdefault(str(read_file_meta_info(f).TransferSyntaxUID), []).append(f)
     for ts, members in groups.items():
-        done = _dcmtk(
-            STORESCU, *_PROPOSAL[ts], *_TIMEOUTS, "-aec", "TRIAGE", "-aet", calling_ae,
-            LOCALHOST, str(port), *map(str, members),
-        )  # fmt: skip
+        done = _dcmtk(STORESCU, *_PROPOSAL[ts], *_TIMEOUTS, "-aec", "TRIAGE", "-aet", calling_ae, LOCALHOST, str(port), *map(str, members))
         assert done.returncode == 0, f"storescu ({ts}) exited {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
@@ -111,8 +107,10 @@ def test_storescu_series_and_compressed_files_arrive_intact(triage_serve: ServeF
     # Series become complete from the DB's timestamps (stable_after = 1 s).
     wait_for(
         lambda: all(s["status"] == "complete" for s in studies_json(data).values()),
-        timeout=30, interval=0.5, what="every study to be complete",
-    )  # fmt: skip
+        timeout=30,
+        interval=0.5,
+        what="every study to be complete",
+    )
 
 
 def test_calling_ae_outside_allow_list_is_rejected(triage_serve: ServeFactory, tmp_path: Path) -> None:
@@ -124,8 +122,9 @@ def test_calling_ae_outside_allow_list_is_rejected(triage_serve: ServeFactory, t
     assert "reject" in (bad.stdout + bad.stderr).lower(), bad.stdout + bad.stderr
     wait_for(
         lambda: "BADAE" in server.log_text() and "not in listener.allowed_ae_titles" in server.log_text(),
-        timeout=10, what="the rejection to be logged",
-    )  # fmt: skip
+        timeout=10,
+        what="the rejection to be logged",
+    )
 
     good = _echoscu(server.port, calling_ae="GOODAE")
     assert good.returncode == 0, good.stdout + good.stderr

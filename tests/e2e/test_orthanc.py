@@ -86,14 +86,21 @@ def start_orthanc(tmp_path: Path, triage_port: int) -> Orthanc:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [require_binary(ORTHANC), str(config_path)],
-            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
-        )  # fmt: skip
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
     orthanc = Orthanc(http_port, proc, log_path)
     wait_for(
         lambda: orthanc.request("GET", "/system", timeout=5).get("DicomAet") == "ORTHANC",
-        timeout=60, interval=0.2, what=f"Orthanc's REST API on port {http_port}",
-        ignore=(urllib.error.URLError, ConnectionError, TimeoutError), abort=orthanc.died,
-    )  # fmt: skip
+        timeout=60,
+        interval=0.2,
+        what=f"Orthanc's REST API on port {http_port}",
+        ignore=(urllib.error.URLError, ConnectionError, TimeoutError),
+        abort=orthanc.died,
+    )
     return orthanc
 
 
@@ -138,9 +145,8 @@ def test_orthanc_pushes_a_study_to_triage(triage_serve: ServeFactory, orthanc_fo
 
     assert orthanc.request("POST", "/modalities/triage/echo", b"{}") == {}
     job = orthanc.request(
-        "POST", "/modalities/triage/store",
-        json.dumps({"Resources": orthanc_ids, "Synchronous": True}).encode(), timeout=120,
-    )  # fmt: skip
+        "POST", "/modalities/triage/store", json.dumps({"Resources": orthanc_ids, "Synchronous": True}).encode(), timeout=120
+    )
     assert (job["InstancesCount"], job["FailedInstancesCount"], job["RemoteAet"]) == (len(expected), 0, "TRIAGE"), job
 
     # Orthanc got a success for each instance, given only once it was stored and indexed.

@@ -112,8 +112,18 @@ def test_a_read_is_audited_and_the_trail_detects_tampering(ranked) -> None:
     exported = run_triage("audit", "export", "--data-dir", str(data), "--study", top)
     events = [json.loads(line) for line in exported.stdout.splitlines()]
     actions = [e["action"] for e in events]
-    for action in ("instances_received", "series_complete", "inference", "rank_changed", "claim", "view",
-                   "impression", "feedback", "draft", "sign"):  # fmt: skip
+    for action in (
+        "instances_received",
+        "series_complete",
+        "inference",
+        "rank_changed",
+        "claim",
+        "view",
+        "impression",
+        "feedback",
+        "draft",
+        "sign",
+    ):
         assert action in actions, f"no {action} event for the study"
     received = next(e for e in events if e["action"] == "instances_received")
     assert received["actor"] == "listener" and received["detail"]["calling_ae"] == "E2EPACS"
@@ -123,7 +133,7 @@ def test_a_read_is_audited_and_the_trail_detects_tampering(ranked) -> None:
 
     # An edit of one event's content is found, and named.
     victim = inference["seq"]
-    with sqlite3.connect(data / "triage.store.db") as conn:
+    with sqlite3.connect(data / "triage.db") as conn:
         conn.execute("UPDATE audit_event SET detail = replace(detail, 'triage-ai', 'someone') WHERE seq = ?", (victim,))
         conn.execute("UPDATE audit_event SET actor = 'someone' WHERE seq = ?", (victim,))
     broken = run_triage("audit", "verify", "--data-dir", str(data))

@@ -71,14 +71,21 @@ class Pacs:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [require_binary(ORTHANC), str(config_path)],
-                cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
-            )  # fmt: skip
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+            )
         orthanc = Orthanc(self.http_port, proc, log_path)
         wait_for(
             lambda: orthanc.request("GET", "/system", timeout=5).get("DicomAet") == "ORTHANC",
-            timeout=60, interval=0.2, what=f"Orthanc's REST API on port {self.http_port}",
-            ignore=(urllib.error.URLError, ConnectionError, TimeoutError), abort=orthanc.died,
-        )  # fmt: skip
+            timeout=60,
+            interval=0.2,
+            what=f"Orthanc's REST API on port {self.http_port}",
+            ignore=(urllib.error.URLError, ConnectionError, TimeoutError),
+            abort=orthanc.died,
+        )
         self.orthanc = orthanc
         return orthanc
 
@@ -104,9 +111,8 @@ class Pacs:
             assert answer["Status"] in ("Success", "AlreadyStored"), answer
             ids.append(answer["ID"])
         job = self.api.request(
-            "POST", "/modalities/triage/store",
-            json.dumps({"Resources": ids, "Synchronous": True}).encode(), timeout=120,
-        )  # fmt: skip
+            "POST", "/modalities/triage/store", json.dumps({"Resources": ids, "Synchronous": True}).encode(), timeout=120
+        )
         assert (job["InstancesCount"], job["FailedInstancesCount"]) == (len(ids), 0), job
         return str(MANIFEST[folder]["study_uid"])
 
@@ -129,14 +135,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pacs, Serv
     http_port, dicom_port = free_port(), free_port()
     factory = ServeFactory(root)
     destination = {"name": "ORTHANC", "ae_title": "ORTHANC", "host": LOCALHOST, "port": dicom_port}
-    server = factory.start(root / "data", env={
-        "TRIAGE_COMPLETENESS__STABLE_AFTER": "2",
-        "TRIAGE_RESULTS__DESTINATIONS": json.dumps([destination]),
-        "TRIAGE_RESULTS__KEY_IMAGES": "true",
-        "TRIAGE_RESULTS__RETRY_MIN_SECONDS": "0.5",
-        "TRIAGE_RESULTS__RETRY_MAX_SECONDS": "2",
-        "TRIAGE_RESULTS__SEND_INTERVAL": "0.2",
-    })  # fmt: skip
+    server = factory.start(
+        root / "data",
+        env={
+            "TRIAGE_COMPLETENESS__STABLE_AFTER": "2",
+            "TRIAGE_RESULTS__DESTINATIONS": json.dumps([destination]),
+            "TRIAGE_RESULTS__KEY_IMAGES": "true",
+            "TRIAGE_RESULTS__RETRY_MIN_SECONDS": "0.5",
+            "TRIAGE_RESULTS__RETRY_MAX_SECONDS": "2",
+            "TRIAGE_RESULTS__SEND_INTERVAL": "0.2",
+        },
+    )
     pacs = Pacs(root, http_port, dicom_port, server.port)
     pacs.start()
     try:
@@ -149,12 +158,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pacs, Serv
 
 def outbox(data_dir: Path, study_uid: str) -> list[tuple[str, str, int, str | None]]:
     """(kind, status, attempts, last_error) of the study's outbox rows, read beside the server."""
-    conn = sqlite3.connect(data_dir / "triage.store.db", timeout=30)
+    conn = sqlite3.connect(data_dir / "triage.db", timeout=30)
     try:
         return conn.execute(
             "SELECT o.kind, o.status, o.attempts, o.last_error FROM outbox o JOIN study s ON s.id = o.study_pk"
-            " WHERE s.study_uid = ? ORDER BY o.id", (study_uid,)
-        ).fetchall()  # fmt: skip
+            " WHERE s.study_uid = ? ORDER BY o.id",
+            (study_uid,),
+        ).fetchall()
     except sqlite3.OperationalError:  # the table is being created
         return []
     finally:
@@ -166,8 +176,9 @@ def test_the_sr_comes_back_into_the_same_study_in_orthanc(setup) -> None:
     started = time.monotonic()
     study_uid = pacs.push_to_triage("05_head_ct")
 
-    sr_series = wait_for(lambda: pacs.sr_of(study_uid), timeout=SCORED_TIMEOUT, interval=0.5,
-                         what="the AI SR in Orthanc's study", abort=server.died)  # fmt: skip
+    sr_series = wait_for(
+        lambda: pacs.sr_of(study_uid), timeout=SCORED_TIMEOUT, interval=0.5, what="the AI SR in Orthanc's study", abort=server.died
+    )
     print(f"SR in Orthanc {time.monotonic() - started:.1f} s after Orthanc's store job")
     assert sr_series["MainDicomTags"]["SeriesDescription"] == "AI triage results (suggestion)"
     modalities = {s["MainDicomTags"].get("Modality") for s in pacs.series_of(study_uid)}
@@ -182,10 +193,18 @@ def test_the_sr_comes_back_into_the_same_study_in_orthanc(setup) -> None:
     assert bleed["at_or_above"] is True and bleed["probability"] >= bleed["operating_point"]
     assert set(bleed["referenced_sop_instance_uids"]) & set(truth["sop_instance_uids"]), bleed
     # The key image of the bleed follows into the same study (Secondary Capture, modality OT).
-    wait_for(lambda: any(s["MainDicomTags"].get("Modality") == "OT" for s in pacs.series_of(study_uid)),
-             timeout=60, interval=0.5, what="the key image in Orthanc", abort=server.died)  # fmt: skip
-    rows = wait_for(lambda: (r := outbox(server.data_dir, study_uid)) and all(x[1] == "sent" for x in r) and r,
-                    timeout=30, what="the outbox rows marked sent")  # fmt: skip
+    wait_for(
+        lambda: any(s["MainDicomTags"].get("Modality") == "OT" for s in pacs.series_of(study_uid)),
+        timeout=60,
+        interval=0.5,
+        what="the key image in Orthanc",
+        abort=server.died,
+    )
+    rows = wait_for(
+        lambda: (r := outbox(server.data_dir, study_uid)) and all(x[1] == "sent" for x in r) and r,
+        timeout=30,
+        what="the outbox rows marked sent",
+    )
     assert sorted(r[0] for r in rows) == ["ai_sr", "key_image"]
 
 
@@ -197,18 +216,24 @@ def test_orthanc_down_while_the_result_is_pending_then_back_gets_it(setup) -> No
     pacs.stop()
     failed = wait_for(
         lambda: [r for r in outbox(server.data_dir, study_uid) if r[0] == "ai_sr" and r[2] >= 2],
-        timeout=SCORED_TIMEOUT, interval=0.5, what="failed attempts to send the SR to the stopped Orthanc",
+        timeout=SCORED_TIMEOUT,
+        interval=0.5,
+        what="failed attempts to send the SR to the stopped Orthanc",
         abort=server.died,
-    )  # fmt: skip
+    )
     (kind, status, attempts, last_error) = failed[0]
     assert status == "pending" and last_error is not None and "connection refused" in last_error, failed
 
     pacs.start()
-    sr_series = wait_for(lambda: pacs.sr_of(study_uid), timeout=60, interval=0.5,
-                         what="the SR in Orthanc after its restart", abort=server.died)  # fmt: skip
+    sr_series = wait_for(
+        lambda: pacs.sr_of(study_uid), timeout=60, interval=0.5, what="the SR in Orthanc after its restart", abort=server.died
+    )
     (instance_id,) = sr_series["Instances"]
     findings = parse_ai_sr(dcmread(BytesIO(pacs.download(instance_id))))
     assert [f["kind"] for f in findings] == ["fracture"]
-    rows = wait_for(lambda: [r for r in outbox(server.data_dir, study_uid) if r[0] == "ai_sr" and r[1] == "sent"],
-                    timeout=30, what="the SR's outbox row marked sent")  # fmt: skip
+    rows = wait_for(
+        lambda: [r for r in outbox(server.data_dir, study_uid) if r[0] == "ai_sr" and r[1] == "sent"],
+        timeout=30,
+        what="the SR's outbox row marked sent",
+    )
     assert rows[0][2] > attempts  # the attempts while Orthanc was down are kept

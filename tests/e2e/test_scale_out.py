@@ -62,8 +62,13 @@ def start_role(factory: ServeFactory, data: Path, url: str, role: str, env: dict
 
 
 def wait_worker_ready(worker: ServeProcess) -> None:
-    wait_for(lambda: WORKER_READY in worker.log_text(), timeout=180, interval=0.2,
-             what=f"the scoring worker's startup line in {worker.log_path.name}", abort=worker.died)  # fmt: skip
+    wait_for(
+        lambda: WORKER_READY in worker.log_text(),
+        timeout=180,
+        interval=0.2,
+        what=f"the scoring worker's startup line in {worker.log_path.name}",
+        abort=worker.died,
+    )
 
 
 def replay_together(batches: Sequence[tuple[list[DicomFile], int]]) -> list[ReplaySummary]:
@@ -90,8 +95,7 @@ def scalar(engine: Engine, query) -> int:
 
 def inference_events(engine: Engine) -> Counter[tuple[str, int]]:
     """``inference`` audit events per (series UID, generation)."""
-    return Counter((e["detail"]["series_uid"], e["detail"]["generation"])
-                   for e in audit.export(engine) if e["action"] == "inference")  # fmt: skip
+    return Counter((e["detail"]["series_uid"], e["detail"]["generation"]) for e in audit.export(engine) if e["action"] == "inference")
 
 
 def test_two_listeners_two_workers_score_every_study_exactly_once(
@@ -101,10 +105,11 @@ def test_two_listeners_two_workers_score_every_study_exactly_once(
     shared = tmp_path / "shared"  # the storage volume every server mounts
     src = tmp_path / "src"
     studies = [
-        write_ct_series(src / f"s{i:03d}", slices=SLICES, size=64, seed=i, body_part="HEAD",
-                        patient_id=f"P{i:03d}", accession_number=f"A{i:03d}")
+        write_ct_series(
+            src / f"s{i:03d}", slices=SLICES, size=64, seed=i, body_part="HEAD", patient_id=f"P{i:03d}", accession_number=f"A{i:03d}"
+        )
         for i in range(STUDIES)
-    ]  # fmt: skip
+    ]
     expected = {sop: path for study in studies for sop, path in study.items()}
     files = {f.path: f for f in find_dicom_files([src])[0]}
     assert len(files) == STUDIES * SLICES
@@ -133,15 +138,20 @@ def test_two_listeners_two_workers_score_every_study_exactly_once(
         return scored == STUDIES and unfinished == 0
 
     everyone = [*listeners, *workers]
-    wait_for(all_scored, timeout=300, interval=1.0, what=f"{STUDIES} studies scored",
-             abort=lambda: next((m for s in everyone if (m := s.died())), None))  # fmt: skip
+    wait_for(
+        all_scored,
+        timeout=300,
+        interval=1.0,
+        what=f"{STUDIES} studies scored",
+        abort=lambda: next((m for s in everyone if (m := s.died())), None),
+    )
 
     with engine.connect() as conn:
         instances = conn.execute(select(INSTANCE.c.sop_instance_uid, INSTANCE.c.path, INSTANCE.c.sha256)).all()
-        series = conn.execute(select(SERIES.c.id, SERIES.c.series_uid, SERIES.c.status, SERIES.c.generation,
-                                     SERIES.c.num_instances)).all()  # fmt: skip
-        jobs = conn.execute(select(JOB.c.series_pk, JOB.c.generation, JOB.c.status, JOB.c.attempts,
-                                   JOB.c.num_instances, JOB.c.worker)).all()  # fmt: skip
+        series = conn.execute(select(SERIES.c.id, SERIES.c.series_uid, SERIES.c.status, SERIES.c.generation, SERIES.c.num_instances)).all()
+        jobs = conn.execute(
+            select(JOB.c.series_pk, JOB.c.generation, JOB.c.status, JOB.c.attempts, JOB.c.num_instances, JOB.c.worker)
+        ).all()
         study_rows = conn.execute(select(STUDY.c.num_instances, STUDY.c.num_series, STUDY.c.ai_status)).all()
     # None lost, none doubled: every instance indexed once, its file on the shared volume.
     assert sorted(r.sop_instance_uid for r in instances) == sorted(expected)
@@ -171,16 +181,13 @@ def test_two_listeners_two_workers_score_every_study_exactly_once(
     assert listed.stdout.count('"ai_status": "scored"') == STUDIES
 
 
-def test_a_killed_workers_job_is_leased_again_and_finished(
-    triage_serve: ServeFactory, db: tuple[str, Engine], tmp_path: Path
-) -> None:
+def test_a_killed_workers_job_is_leased_again_and_finished(triage_serve: ServeFactory, db: tuple[str, Engine], tmp_path: Path) -> None:
     url, engine = db
     shared = tmp_path / "shared"
     # Long enough to score (about a second on a CPU) that the job is seen running before it is done.
     study = write_ct_series(tmp_path / "src", slices=96, size=256, seed=7, body_part="HEAD")
     files, _ = find_dicom_files([tmp_path / "src"])
-    lease = {"TRIAGE_PIPELINE__LEASE_SECONDS": "6", "TRIAGE_PIPELINE__HEARTBEAT_SECONDS": "2",
-             "TRIAGE_COMPLETENESS__STABLE_AFTER": "2"}  # fmt: skip
+    lease = {"TRIAGE_PIPELINE__LEASE_SECONDS": "6", "TRIAGE_PIPELINE__HEARTBEAT_SECONDS": "2", "TRIAGE_COMPLETENESS__STABLE_AFTER": "2"}
 
     workers = [start_role(triage_serve, shared, url, "worker", lease) for _ in range(2)]
     listener = start_role(triage_serve, shared, url, "listener", lease)
@@ -196,8 +203,7 @@ def test_a_killed_workers_job_is_leased_again_and_finished(
             pytest.fail("the job finished before the test could kill its worker")
         return (row.id, row.worker) if row is not None and row.status == "running" else None
 
-    job_id, holder = wait_for(running_job, timeout=120, interval=0.02, what="a running job",
-                              abort=listener.died)  # fmt: skip
+    job_id, holder = wait_for(running_job, timeout=120, interval=0.02, what="a running job", abort=listener.died)
     pids = {w.proc.pid: w for w in workers}
     victim = pids[int(holder.rsplit(":", 1)[1])]
     victim.kill()
@@ -208,8 +214,9 @@ def test_a_killed_workers_job_is_leased_again_and_finished(
             row = conn.execute(select(JOB.c.status, JOB.c.attempts, JOB.c.worker).where(JOB.c.id == job_id)).one()
         return tuple(row) if row.status == "done" else None
 
-    status, attempts, worker = wait_for(finished, timeout=120, interval=0.2, what="the job finished by the other worker",
-                                        abort=survivor.died)  # fmt: skip
+    status, attempts, worker = wait_for(
+        finished, timeout=120, interval=0.2, what="the job finished by the other worker", abort=survivor.died
+    )
     assert (status, attempts) == ("done", 2)
     assert int(worker.rsplit(":", 1)[1]) == survivor.proc.pid
     with engine.connect() as conn:

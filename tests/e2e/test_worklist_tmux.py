@@ -27,7 +27,7 @@ def _tmux(*args: str) -> str:
 def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
     require_binary(TMUX)
     data = tmp_path / "data"
-    engine = make_engine(f"sqlite:///{data / 'triage.store.db'}")
+    engine = make_engine(f"sqlite:///{data / 'triage.db'}")
     add_study(engine, findings=(("bleed", 0.93, 0.1),), description="CT HEAD BLEED CASE")
     add_study(engine, findings=(("fracture", 0.02, 0.6),), modality="DX", description="XR WRIST")
     engine.dispose()
@@ -35,9 +35,11 @@ def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
     session = f"triage-{uuid.uuid4().hex[:8]}"
     env = clean_env({"TERM": "xterm-256color"})
     command = shlex.join([sys.executable, "-m", "triage", "worklist", "--data-dir", str(data), "--user", "dr.tmux"])
-    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "-c", str(REPO_ROOT), command],
-                   check=True, env=env, timeout=10)  # fmt: skip
+    subprocess.run(
+        [TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "-c", str(REPO_ROOT), command], check=True, env=env, timeout=10
+    )
     try:
+
         def painted() -> str | None:
             text = _tmux("capture-pane", "-p", "-t", session)
             return text if "CT HEAD BLEED CASE" in text else None
@@ -51,8 +53,11 @@ def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
         assert top < next(i for i, line in enumerate(lines) if "XR WRIST" in line)  # urgency order
 
         _tmux("send-keys", "-t", session, "C-q")
-        wait_for(lambda: session not in _tmux("list-sessions", "-F", "#{session_name}") if _server_up() else True,
-                 timeout=20, what="the worklist to quit on ctrl+q")  # fmt: skip
+        wait_for(
+            lambda: session not in _tmux("list-sessions", "-F", "#{session_name}") if _server_up() else True,
+            timeout=20,
+            what="the worklist to quit on ctrl+q",
+        )
     finally:
         subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True, timeout=10)
 

@@ -30,8 +30,12 @@ def write_card(name: str, out_dir: Path, *, version: str = "0.0.1", bias: float 
     """Write ``<name>.pt`` and ``<name>.toml`` into ``out_dir``; returns the card's path."""
     spacing, height, width = _SMALL[name]
     base = TASKS[name].spec
-    spec = replace(base, version=version, input=replace(base.input, spacing_mm=spacing, height=height, width=width),
-                   network={"arch": "heatmap-unet", "width": 4})  # fmt: skip
+    spec = replace(
+        base,
+        version=version,
+        input=replace(base.input, spacing_mm=spacing, height=height, width=width),
+        network={"arch": "heatmap-unet", "width": 4},
+    )
     torch.manual_seed(seed)
     module = build_module(spec)
     with torch.no_grad():

@@ -19,9 +19,14 @@ T0 = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
 
 def header(study: str = "1.2.3", series: str = "1.2.3.1", sop: str = "1.2.3.1.1", **kw) -> InstanceHeader:
     return InstanceHeader(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=sop, study_uid=study, series_uid=series,
-        transfer_syntax="1.2.840.10008.1.2.1", modality=kw.pop("modality", "CT"), **kw,
-    )  # fmt: skip
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=sop,
+        study_uid=study,
+        series_uid=series,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        modality=kw.pop("modality", "CT"),
+        **kw,
+    )
 
 
 def record(h: InstanceHeader) -> IndexRecord:
@@ -52,14 +57,25 @@ def add_study(
     n = next(_counter)
     with Session(engine) as s:
         study = Study(
-            study_uid=uid, patient_id=f"P{n}", patient_name=f"Doe^Pat{n}", accession_number=f"ACC{n}",
-            modalities="CT", study_description="CT HEAD", order_priority=order_priority, num_series=1,
-            num_instances=3, first_received=received, last_received=received, status="complete", ai_status=ai_status,
-        )  # fmt: skip
+            study_uid=uid,
+            patient_id=f"P{n}",
+            patient_name=f"Doe^Pat{n}",
+            accession_number=f"ACC{n}",
+            modalities="CT",
+            study_description="CT HEAD",
+            order_priority=order_priority,
+            num_series=1,
+            num_instances=3,
+            first_received=received,
+            last_received=received,
+            status="complete",
+            ai_status=ai_status,
+        )
         s.add(study)
         s.flush()
-        series = Series(series_uid=f"{uid}.1", study_pk=study.id, modality="CT", num_instances=3,
-                        first_received=received, last_received=received)  # fmt: skip
+        series = Series(
+            series_uid=f"{uid}.1", study_pk=study.id, modality="CT", num_instances=3, first_received=received, last_received=received
+        )
         s.add(series)
         s.flush()
         ids = add_result(s, study.id, series.id, 0, findings)
@@ -67,20 +83,26 @@ def add_study(
         return Added(uid, study.id, series.id, ids)
 
 
-def add_result(
-    s: Session, study_pk: int, series_pk: int, generation: int, findings: tuple[tuple[str, float, float], ...]
-) -> list[int]:
+def add_result(s: Session, study_pk: int, series_pk: int, generation: int, findings: tuple[tuple[str, float, float], ...]) -> list[int]:
     result = SeriesResult(series_pk=series_pk, study_pk=study_pk, generation=generation, analysed=True)
     s.add(result)
     s.flush()
     rows = [
         AIFinding(
-            result_pk=result.id, study_pk=study_pk, series_pk=series_pk, kind=kind, probability=p, operating_point=op,
-            urgent=p >= op, model_name=f"{kind}-ct", model_version="1.0", weights_sha256="ab" * 32,
+            result_pk=result.id,
+            study_pk=study_pk,
+            series_pk=series_pk,
+            kind=kind,
+            probability=p,
+            operating_point=op,
+            urgent=p >= op,
+            model_name=f"{kind}-ct",
+            model_version="1.0",
+            weights_sha256="ab" * 32,
             regions=json.dumps([{"instance": f"1.2.9.{generation}", "box": [1, 2, 30, 40]}]),
         )
         for kind, p, op in findings
-    ]  # fmt: skip
+    ]
     s.add_all(rows)
     s.flush()
     return [r.id for r in rows]

@@ -53,15 +53,33 @@ def add_study(
     received = received or utcnow() - timedelta(minutes=n)
     with Session(engine) as s:
         study = Study(
-            study_uid=uid, patient_id=f"P{n:05d}", patient_name=f"DOE^PAT{n}", patient_sex="F", patient_age="064Y",
-            accession_number=f"ACC{n:05d}", modalities=modality, study_description=description,
-            order_priority=order_priority, num_series=1, num_instances=3, first_received=received,
-            last_received=received, status="complete", ai_status=ai_status,
-        )  # fmt: skip
+            study_uid=uid,
+            patient_id=f"P{n:05d}",
+            patient_name=f"DOE^PAT{n}",
+            patient_sex="F",
+            patient_age="064Y",
+            accession_number=f"ACC{n:05d}",
+            modalities=modality,
+            study_description=description,
+            order_priority=order_priority,
+            num_series=1,
+            num_instances=3,
+            first_received=received,
+            last_received=received,
+            status="complete",
+            ai_status=ai_status,
+        )
         s.add(study)
         s.flush()
-        series = Series(series_uid=f"{uid}.1", study_pk=study.id, modality=modality, num_instances=3,
-                        first_received=received, last_received=received, status="complete")  # fmt: skip
+        series = Series(
+            series_uid=f"{uid}.1",
+            study_pk=study.id,
+            modality=modality,
+            num_instances=3,
+            first_received=received,
+            last_received=received,
+            status="complete",
+        )
         s.add(series)
         s.flush()
         ids: list[int] = []
@@ -70,21 +88,45 @@ def add_study(
             s.add(result)
             s.flush()
             rows = [
-                AIFinding(result_pk=result.id, study_pk=study.id, series_pk=series.id, kind=kind, probability=p,
-                          operating_point=op, urgent=p >= op, model_name=f"{kind}-ct", model_version="1.0.0",
-                          weights_sha256="ab" * 32,
-                          regions=json.dumps(regions if regions is not None else
-                                             [{"series_uid": f"{uid}.1", "sop_instance_uid": f"{uid}.1.1",
-                                               "slice_index": 1, "slices": [1, 1], "box": [10, 10, 20, 20],
-                                               "probability": p}]))
+                AIFinding(
+                    result_pk=result.id,
+                    study_pk=study.id,
+                    series_pk=series.id,
+                    kind=kind,
+                    probability=p,
+                    operating_point=op,
+                    urgent=p >= op,
+                    model_name=f"{kind}-ct",
+                    model_version="1.0.0",
+                    weights_sha256="ab" * 32,
+                    regions=json.dumps(
+                        regions
+                        if regions is not None
+                        else [
+                            {
+                                "series_uid": f"{uid}.1",
+                                "sop_instance_uid": f"{uid}.1.1",
+                                "slice_index": 1,
+                                "slices": [1, 1],
+                                "box": [10, 10, 20, 20],
+                                "probability": p,
+                            }
+                        ]
+                    ),
+                )
                 for kind, p, op in findings
-            ]  # fmt: skip
+            ]
             s.add_all(rows)
             s.flush()
             ids = [r.id for r in rows]
         # As the listener and the pipeline do: every change is an audit event (live views watch them).
-        audit.append(s.connection(), actor=audit.LISTENER_ACTOR, action=audit.Action.INSTANCES_RECEIVED,
-                     study_uid=uid, detail={"series_uid": f"{uid}.1", "instances": 3})  # fmt: skip
+        audit.append(
+            s.connection(),
+            actor=audit.LISTENER_ACTOR,
+            action=audit.Action.INSTANCES_RECEIVED,
+            study_uid=uid,
+            detail={"series_uid": f"{uid}.1", "instances": 3},
+        )
         s.commit()
         return Added(uid, study.id, series.id, ids)
 
@@ -96,7 +138,8 @@ class RecordingApp(WorklistApp):
         super().__init__(*args, **kwargs)
         self.notices: list[tuple[str, str]] = []  # (severity, message), in the order shown
 
-    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
-               timeout: float | None = None, markup: bool = True) -> None:  # fmt: skip
+    def notify(
+        self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None, markup: bool = True
+    ) -> None:
         self.notices.append((severity, str(message)))
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)

@@ -324,20 +324,37 @@ def _real_history(engine: Engine, settings: Settings) -> tuple[str, list[dict[st
     added = add_study(engine, findings=(("bleed", 0.93, 0.5),))
     with engine.begin() as conn:
         audit.append(
-            conn, actor=audit.LISTENER_ACTOR, action=audit.Action.INSTANCES_RECEIVED, study_uid=added.uid,
-            detail={"series_uid": f"{added.uid}.1", "calling_ae": "PACS1", "peer": "10.0.0.5",
-                    "found_by_recovery": False,
-                    "instances": [{"sop_instance_uid": f"{added.uid}.1.{i}", "sha256": "0" * 64} for i in range(24)]},
-        )  # fmt: skip
+            conn,
+            actor=audit.LISTENER_ACTOR,
+            action=audit.Action.INSTANCES_RECEIVED,
+            study_uid=added.uid,
+            detail={
+                "series_uid": f"{added.uid}.1",
+                "calling_ae": "PACS1",
+                "peer": "10.0.0.5",
+                "found_by_recovery": False,
+                "instances": [{"sop_instance_uid": f"{added.uid}.1.{i}", "sha256": "0" * 64} for i in range(24)],
+            },
+        )
         audit.append(
-            conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=added.uid,
-            detail={"series_uid": f"{added.uid}.1", "generation": 0, "job": 1, "route": "bleed-ct",
-                    "analysed": True, "device": "cpu", "duration_s": 1.234, "inputs": [],
-                    "models": ['{"name": "bleed-ct", "sha256": "abab", "version": "1.0.0"}'],
-                    "outputs": [{"kind": "bleed", "probability": 0.9312, "operating_point": 0.5, "urgent": True,
-                                 "regions": []}],
-                    "failures": []},
-        )  # fmt: skip
+            conn,
+            actor=audit.AI_ACTOR,
+            action=audit.Action.INFERENCE,
+            study_uid=added.uid,
+            detail={
+                "series_uid": f"{added.uid}.1",
+                "generation": 0,
+                "job": 1,
+                "route": "bleed-ct",
+                "analysed": True,
+                "device": "cpu",
+                "duration_s": 1.234,
+                "inputs": [],
+                "models": ['{"name": "bleed-ct", "sha256": "abab", "version": "1.0.0"}'],
+                "outputs": [{"kind": "bleed", "probability": 0.9312, "operating_point": 0.5, "urgent": True, "regions": []}],
+                "failures": [],
+            },
+        )
     service = WorklistService(engine, settings)
     service.claim(added.uid, "dr.ada")
     service.record_impression(added.uid, "dr.ada", "left SDH", ["bleed"])
@@ -350,8 +367,14 @@ def test_history_screen_lists_every_event_with_a_summary(engine: Engine, setting
     uid, events = _real_history(engine, settings)
     # add_study's own arrival event first, then the ones written here.
     assert [e["action"] for e in events] == [
-        "instances_received", "instances_received", "inference", "claim", "impression", "draft", "sign",
-    ]  # fmt: skip
+        "instances_received",
+        "instances_received",
+        "inference",
+        "claim",
+        "impression",
+        "draft",
+        "sign",
+    ]
     dialog = HistoryScreen(uid, events)
     rows: list[list[str]] = []
 
@@ -377,8 +400,15 @@ def test_history_screen_lists_every_event_with_a_summary(engine: Engine, setting
 
 
 def test_history_screen_escape_and_close_button() -> None:
-    events = [{"seq": 1, "at": "2024-03-01T10:20:30.123456+00:00", "actor": "system", "action": "weird",
-               "detail": {"a": 1, "b": [1, 2], "c": {"x": 1}, "d": 0.123456, "e": "more"}}]  # fmt: skip
+    events = [
+        {
+            "seq": 1,
+            "at": "2024-03-01T10:20:30.123456+00:00",
+            "actor": "system",
+            "action": "weird",
+            "detail": {"a": 1, "b": [1, 2], "c": {"x": 1}, "d": 0.123456, "e": "more"},
+        }
+    ]
 
     async def escape(pilot: Pilot[None], app: Host) -> None:
         await pilot.press("escape")
@@ -388,17 +418,13 @@ def test_history_screen_escape_and_close_button() -> None:
 
     assert drive(HistoryScreen("1.2.3", events), escape) is None
     assert drive(HistoryScreen("1.2.3", []), close) is None
-    assert HistoryScreen("1.2.3", events).rows() == [
-        ("1", "2024-03-01 10:20:30", "system", "weird", "a=1 b=[2] c={…} d=0.123 (+1 more)")
-    ]
+    assert HistoryScreen("1.2.3", events).rows() == [("1", "2024-03-01 10:20:30", "system", "weird", "a=1 b=[2] c={…} d=0.123 (+1 more)")]
 
 
 def test_summaries_of_other_actions_and_odd_details() -> None:
     assert summarize_event("sign", {"version": 2, "report_id": 5}) == "version 2"
     assert summarize_event("amend", {"version": 2, "amends_version": 1}) == "version 2 amends version 1"
-    assert summarize_event("feedback", {"verdict": "confirm", "kind": "bleed", "finding_id": 4}) == (
-        "confirm bleed (finding 4)"
-    )
+    assert summarize_event("feedback", {"verdict": "confirm", "kind": "bleed", "finding_id": 4}) == ("confirm bleed (finding 4)")
     assert summarize_event("view", {"ai_hidden": True, "findings_shown": []}) == "opened, AI output hidden"
     recovered = {"instances": [{}], "calling_ae": None, "peer": None, "found_by_recovery": True}
     assert summarize_event("instances_received", recovered) == "1 instance found in storage (recovery)"
@@ -448,12 +474,7 @@ def test_help_screen_lists_the_bindings_given_grouped() -> None:
         await pilot.press("question_mark")  # ? closes it again
 
     assert drive(dialog, steps) is None
-    assert rows == [
-        ["StudyScreen", "c", "Claim"],
-        ["", "esc", "Back"],
-        ["app", "?", "Keys"],
-        ["", "ctrl+q", "Quit"],
-    ]
+    assert rows == [["StudyScreen", "c", "Claim"], ["", "esc", "Back"], ["app", "?", "Keys"], ["", "ctrl+q", "Quit"]]
 
 
 def test_help_screen_closes_on_escape_and_q() -> None:

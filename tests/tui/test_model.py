@@ -18,9 +18,19 @@ T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def finding(kind: str, p: float, op: float = 0.5, fid: int = 1) -> FindingRow:
-    return FindingRow(id=fid, study_pk=1, series_uid="s", kind=kind, probability=p, operating_point=op,
-                      urgent=p >= op, model_name=f"{kind}-ct", model_version="1", weights_sha256="ab" * 32,
-                      regions=())  # fmt: skip
+    return FindingRow(
+        id=fid,
+        study_pk=1,
+        series_uid="s",
+        kind=kind,
+        probability=p,
+        operating_point=op,
+        urgent=p >= op,
+        model_name=f"{kind}-ct",
+        model_version="1",
+        weights_sha256="ab" * 32,
+        regions=(),
+    )
 
 
 def item(
@@ -42,16 +52,31 @@ def item(
     """A row received ``minutes`` after T0 with urgency ``score``."""
     received = T0 + timedelta(minutes=minutes)
     study = StudyFacts(
-        study_uid=uid, patient_id=pid, patient_name=name, patient_sex="F", patient_age="064Y",
-        accession_number=accession, study_date=None, modality=modality, description="CT HEAD",
-        order_priority="ROUTINE", patient_location=None, requesting_service=None, num_series=1, num_instances=1,
-        first_received=received, receive_status="complete", ai_status=ai_status, ai_reason=ai_reason,
-        scored_at=None, read_state=read_state, claimed_by=claimed_by,
+        study_uid=uid,
+        patient_id=pid,
+        patient_name=name,
+        patient_sex="F",
+        patient_age="064Y",
+        accession_number=accession,
+        study_date=None,
+        modality=modality,
+        description="CT HEAD",
+        order_priority="ROUTINE",
+        patient_location=None,
+        requesting_service=None,
+        num_series=1,
+        num_instances=1,
+        first_received=received,
+        receive_status="complete",
+        ai_status=ai_status,
+        ai_reason=ai_reason,
+        scored_at=None,
+        read_state=read_state,
+        claimed_by=claimed_by,
         claim_expires=T0 + timedelta(hours=1) if claimed_by else None,
-    )  # fmt: skip
+    )
     cls = PriorityClass.CRITICAL if score >= 100 else PriorityClass.URGENT if score >= 50 else PriorityClass.ROUTINE
-    urgency = Urgency(priority_class=cls, score=score, base_score=score, waiting_min=5.0, target_min=60.0,
-                      overdue=False, reasons=())  # fmt: skip
+    urgency = Urgency(priority_class=cls, score=score, base_score=score, waiting_min=5.0, target_min=60.0, overdue=False, reasons=())
     return WorklistItem(rank=0, study=study, urgency=urgency, findings=findings, ai_hidden=hidden)
 
 
@@ -85,8 +110,9 @@ def test_unknown_sort_mode_is_refused() -> None:
 
 def test_rank_is_urgency_position_among_unsigned_whatever_the_view() -> None:
     m = WorklistModel()
-    m.load([item("a", 10, 0, modality="DX"), item("b", 90, 5), item("c", 200, 9, read_state=ReadState.SIGNED),
-            item("d", 50, 1, modality="DX")])  # fmt: skip
+    m.load(
+        [item("a", 10, 0, modality="DX"), item("b", 90, 5), item("c", 200, 9, read_state=ReadState.SIGNED), item("d", 50, 1, modality="DX")]
+    )
     expected = {"b": 1, "d": 2, "a": 3, "c": None}
     assert {u: m.rank_of(u) for u in "abcd"} == expected
     m.toggle_sort()
@@ -116,8 +142,13 @@ def test_apply_matches_a_full_sort_after_many_random_updates() -> None:
     uids = [f"u{i}" for i in range(60)]
 
     def rand(uid: str) -> WorklistItem:
-        return item(uid, round(rng.uniform(0, 300), 1), rng.randrange(0, 50), modality=rng.choice(["CT", "DX"]),
-                    read_state=rng.choice(list(ReadState)))  # fmt: skip
+        return item(
+            uid,
+            round(rng.uniform(0, 300), 1),
+            rng.randrange(0, 50),
+            modality=rng.choice(["CT", "DX"]),
+            read_state=rng.choice(list(ReadState)),
+        )
 
     m = WorklistModel()
     m.load(rand(u) for u in uids[:30])
@@ -152,8 +183,7 @@ def test_modality_filter_groups_radiographs_and_ignores_sr() -> None:
     assert modality_labels("CR\\DX") == ("CR/DX",)
     assert modality_labels("SR") == ("SR",)
     m = WorklistModel()
-    m.load([item("a", 10, modality="CT\\SR"), item("b", 20, modality="CR"), item("c", 30, modality="DX"),
-            item("d", 40, modality="MR")])  # fmt: skip
+    m.load([item("a", 10, modality="CT\\SR"), item("b", 20, modality="CR"), item("c", 30, modality="DX"), item("d", 40, modality="MR")])
     assert m.modality_choices() == ["CR/DX", "CT", "MR"]
     m.set_filters(modality="CR/DX")
     assert list(m.visible) == ["c", "b"]
@@ -176,14 +206,26 @@ def test_status_filter_and_text() -> None:
     ]
     texts = {r.study.study_uid: status_text(r) for r in rows}
     assert texts == {
-        "new": "new", "mine": "in review by dr.ada", "lapsed": "in review (claim lapsed)", "signed": "signed",
-        "failed": "AI failed", "na": "not analysed", "pending": "AI pending", "partial": "AI partial",
-    }  # fmt: skip
+        "new": "new",
+        "mine": "in review by dr.ada",
+        "lapsed": "in review (claim lapsed)",
+        "signed": "signed",
+        "failed": "AI failed",
+        "na": "not analysed",
+        "pending": "AI pending",
+        "partial": "AI partial",
+    }
     m = WorklistModel()
     m.load(rows)
-    for status, want in [("new", ["new"]), ("in review", ["lapsed", "mine"]), ("signed", ["signed"]),
-                         ("AI failed", ["failed"]), ("not analysed", ["na"]), ("AI pending", ["pending"]),
-                         ("AI partial", ["partial"])]:  # fmt: skip
+    for status, want in [
+        ("new", ["new"]),
+        ("in review", ["lapsed", "mine"]),
+        ("signed", ["signed"]),
+        ("AI failed", ["failed"]),
+        ("not analysed", ["na"]),
+        ("AI pending", ["pending"]),
+        ("AI partial", ["partial"]),
+    ]:
         m.set_filters(status=status)
         assert list(m.visible) == want, status
     m.set_filters(status="unsigned")
@@ -194,12 +236,14 @@ def test_status_filter_and_text() -> None:
 
 def test_finding_filter_counts_only_flagged_findings() -> None:
     m = WorklistModel()
-    m.load([
-        item("bleed", 10, findings=(finding("bleed", 0.93),)),
-        item("low", 20, findings=(finding("bleed", 0.10),)),
-        item("frac", 30, findings=(finding("fracture", 0.7), finding("nodule", 0.2, fid=2))),
-        item("none", 40),
-    ])  # fmt: skip
+    m.load(
+        [
+            item("bleed", 10, findings=(finding("bleed", 0.93),)),
+            item("low", 20, findings=(finding("bleed", 0.10),)),
+            item("frac", 30, findings=(finding("fracture", 0.7), finding("nodule", 0.2, fid=2))),
+            item("none", 40),
+        ]
+    )
     m.set_filters(finding="bleed")
     assert list(m.visible) == ["bleed"]
     m.set_filters(finding="any")
@@ -212,9 +256,13 @@ def test_finding_filter_counts_only_flagged_findings() -> None:
 
 def test_search_by_patient_id_name_or_accession_any_case() -> None:
     m = WorklistModel()
-    m.load([item("a", 10, pid="MRN123", name="SMITH^JOHN", accession="ACC9"),
+    m.load(
+        [
+            item("a", 10, pid="MRN123", name="SMITH^JOHN", accession="ACC9"),
             item("b", 20, pid="MRN456", name="JONES^ANN", accession="XYZ123"),
-            item("c", 30, pid="Q1", name=None, accession=None)])  # fmt: skip
+            item("c", 30, pid="Q1", name=None, accession=None),
+        ]
+    )
     m.set_search("mrn")
     assert list(m.visible) == ["b", "a"]
     m.set_search("smith")
@@ -241,8 +289,7 @@ def test_apply_respects_filters_when_a_study_changes() -> None:
 
 def test_badges_carry_a_symbol_and_a_word() -> None:
     badges = {c: badge_text(c) for c in PriorityClass}
-    assert badges == {PriorityClass.CRITICAL: "▲ CRIT", PriorityClass.URGENT: "◆ URG",
-                      PriorityClass.ROUTINE: "● ROUT"}  # fmt: skip
+    assert badges == {PriorityClass.CRITICAL: "▲ CRIT", PriorityClass.URGENT: "◆ URG", PriorityClass.ROUTINE: "● ROUT"}
     assert badge_text("critical") == "▲ CRIT"
 
 
@@ -258,5 +305,12 @@ def test_findings_summary_flagged_first_with_probability() -> None:
 def test_wait_and_patient_text() -> None:
     assert [wait_text(m) for m in (0, 7.9, 65, 24 * 60 + 61)] == ["0m", "7m", "1h05", "1d01"]
     assert patient_text(item("a", pid="P9", name="DOE^JANE^Q")) == "DOE, JANE Q  P9 F 64Y"
-    assert patient_text(dataclasses.replace(item("b"), study=dataclasses.replace(
-        item("b").study, patient_name=None, patient_id=None, patient_sex=None, patient_age=None))) == "(no patient)"
+    assert (
+        patient_text(
+            dataclasses.replace(
+                item("b"),
+                study=dataclasses.replace(item("b").study, patient_name=None, patient_id=None, patient_sex=None, patient_age=None),
+            )
+        )
+        == "(no patient)"
+    )

@@ -50,18 +50,25 @@ def cell(strip: Strip, x: int) -> tuple[str, tuple[int, int, int], tuple[int, in
 
 def finding(series_uid: str, regions: list[dict], probability: float = 0.9, fid: int = 1) -> FindingRow:
     return FindingRow(
-        id=fid, study_pk=1, series_uid=series_uid, kind="bleed", probability=probability, operating_point=0.5,
-        urgent=True, model_name="bleed-ct", model_version="1.0.0", weights_sha256="ab" * 32, regions=tuple(regions),
-    )  # fmt: skip
+        id=fid,
+        study_pk=1,
+        series_uid=series_uid,
+        kind="bleed",
+        probability=probability,
+        operating_point=0.5,
+        urgent=True,
+        model_name="bleed-ct",
+        model_version="1.0.0",
+        weights_sha256="ab" * 32,
+        regions=tuple(regions),
+    )
 
 
 # --- windows ------------------------------------------------------------------------------------
 
 
 def test_window_presets_are_the_usual_ct_windows() -> None:
-    assert WINDOWS == {
-        "brain": (40, 80), "subdural": (75, 215), "bone": (600, 2800), "lung": (-600, 1500), "soft tissue": (40, 400),
-    }  # fmt: skip
+    assert WINDOWS == {"brain": (40, 80), "subdural": (75, 215), "bone": (600, 2800), "lung": (-600, 1500), "soft tissue": (40, 400)}
 
 
 def test_apply_window_maps_the_window_linearly_to_0_255_and_clips_outside() -> None:
@@ -159,11 +166,15 @@ def test_render_half_block_draws_the_box_after_scaling() -> None:
 
 def test_regions_cover_their_slice_range_inclusive_and_only_their_series() -> None:
     findings = [
-        finding("S1", [{"series_uid": "S1", "slice_index": 15, "slices": [14, 17], "box": [1, 2, 3, 4]},
-                       {"series_uid": "S1", "slice_index": 2, "slices": [2, 2], "box": [5, 6, 7, 8],
-                        "probability": 0.95}]),
+        finding(
+            "S1",
+            [
+                {"series_uid": "S1", "slice_index": 15, "slices": [14, 17], "box": [1, 2, 3, 4]},
+                {"series_uid": "S1", "slice_index": 2, "slices": [2, 2], "box": [5, 6, 7, 8], "probability": 0.95},
+            ],
+        ),
         finding("S2", [{"series_uid": "S2", "slice_index": 15, "slices": [15, 15], "box": [9, 9, 10, 10]}], fid=2),
-    ]  # fmt: skip
+    ]
     assert regions_for_slice(findings, "S1", 13) == []
     assert regions_for_slice(findings, "S1", 14) == [(1, 2, 3, 4)]
     assert regions_for_slice(findings, "S1", 17) == [(1, 2, 3, 4)]
@@ -196,10 +207,15 @@ def _sample_series(folder: str) -> tuple[SeriesImages, dict]:
     headers = [dcmread(p, stop_before_pixels=True) for p in paths]
     order = sorted(range(len(paths)), key=lambda i: int(headers[i].InstanceNumber))
     series = SeriesImages(
-        series_uid=entry["series_uid"], modality=entry["modality"], description=None, body_part=entry["body_part"],
-        manufacturer=None, series_number=1, files=tuple(paths[i] for i in order),
+        series_uid=entry["series_uid"],
+        modality=entry["modality"],
+        description=None,
+        body_part=entry["body_part"],
+        manufacturer=None,
+        series_number=1,
+        files=tuple(paths[i] for i in order),
         sop_instance_uids=tuple(str(headers[i].SOPInstanceUID) for i in order),
-    )  # fmt: skip
+    )
     return series, entry
 
 
@@ -226,6 +242,7 @@ def test_a_real_head_ct_renders_the_bleed_box_at_its_scaled_place() -> None:
     for x in (c0, (c0 + c1) // 2, c1 - 1):  # along the top edge
         _, fg, bg = cell(top_line, x)
         assert (fg if r0 % 2 == 0 else bg) == BOX_COLOUR
+
     # Inside the box the blood is shown in grey, brighter than the brain above the box.
     def pixel(row: int, col: int) -> tuple[int, int, int]:
         _, fg, bg = cell(out.lines[row // 2], col)
@@ -256,7 +273,6 @@ def test_loading_a_series_without_files_or_images_is_a_pixel_data_error() -> Non
         read_series_pixels(SeriesImages("1.2.3", "SR", None, None, None, 1, (Path("a"), Path("b")), ("1", "2")))
     with pytest.raises(PixelDataError, match="not a readable DICOM file"):
         read_series_pixels(SeriesImages("1.2.3", "CT", None, None, None, 1, (REPO / "README.md",), ("1",)))
-
 
 
 def test_the_graphics_probe_is_not_run_in_tmux_or_when_not_allowed(monkeypatch) -> None:

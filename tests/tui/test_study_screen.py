@@ -103,9 +103,13 @@ def place_head_ct(settings: Settings, engine: Engine, *, probability: float = 0.
     truth = entry["findings"][0]
     first, last = truth["slices"]
     region = {
-        "series_uid": entry["series_uid"], "sop_instance_uid": truth["sop_instance_uids"][1],
-        "slice_index": first + 1, "slices": [first, last], "box": truth["box"], "probability": probability,
-    }  # fmt: skip
+        "series_uid": entry["series_uid"],
+        "sop_instance_uid": truth["sop_instance_uids"][1],
+        "slice_index": first + 1,
+        "slices": [first, last],
+        "box": truth["box"],
+        "probability": probability,
+    }
     with engine.connect() as conn:
         study_pk = conn.execute(select(STUDY.c.id).where(STUDY.c.study_uid == entry["study_uid"])).scalar_one()
         series_pk = conn.execute(select(SERIES.c.id).where(SERIES.c.series_uid == entry["series_uid"])).scalar_one()
@@ -113,9 +117,21 @@ def place_head_ct(settings: Settings, engine: Engine, *, probability: float = 0.
         result = SeriesResult(series_pk=series_pk, study_pk=study_pk, generation=0, analysed=True)
         s.add(result)
         s.flush()
-        s.add(AIFinding(result_pk=result.id, study_pk=study_pk, series_pk=series_pk, kind="bleed",
-                        probability=probability, operating_point=0.5, urgent=True, model_name="bleed-ct",
-                        model_version="1.0.0", weights_sha256="cd" * 32, regions=json.dumps([region])))  # fmt: skip
+        s.add(
+            AIFinding(
+                result_pk=result.id,
+                study_pk=study_pk,
+                series_pk=series_pk,
+                kind="bleed",
+                probability=probability,
+                operating_point=0.5,
+                urgent=True,
+                model_name="bleed-ct",
+                model_version="1.0.0",
+                weights_sha256="cd" * 32,
+                regions=json.dumps([region]),
+            )
+        )
         s.commit()
     with engine.begin() as conn:  # scored, as the pipeline leaves it
         conn.execute(update(STUDY).where(STUDY.c.id == study_pk).values(ai_status="scored"))
@@ -558,9 +574,24 @@ def test_help_lists_the_study_keys_with_their_descriptions(make_app, engine: Eng
             dialog = app.screen
             assert isinstance(dialog, HelpScreen)
             described = {description for _, _, description in dialog.key_bindings}
-            for expected in ("Back", "Claim", "Release", "Agree", "Disagree", "Unsure", "AI missed", "Impression",
-                             "Report", "Sign", "Amend", "History", "Next slice", "Next flagged slice",
-                             "Window preset", "Regions on/off"):  # fmt: skip
+            for expected in (
+                "Back",
+                "Claim",
+                "Release",
+                "Agree",
+                "Disagree",
+                "Unsure",
+                "AI missed",
+                "Impression",
+                "Report",
+                "Sign",
+                "Amend",
+                "History",
+                "Next slice",
+                "Next flagged slice",
+                "Window preset",
+                "Regions on/off",
+            ):
                 assert expected in described
 
     run(scenario)

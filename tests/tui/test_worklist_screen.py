@@ -61,8 +61,9 @@ def line(app: WorklistApp, uid: str) -> str:
 def announce(engine: Engine, uid: str) -> None:
     """What the pipeline does after a new AI result: an audit event, which live views poll for."""
     with engine.begin() as conn:
-        audit.append(conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=uid,
-                     detail={"series_uid": f"{uid}.1", "generation": 1})  # fmt: skip
+        audit.append(
+            conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=uid, detail={"series_uid": f"{uid}.1", "generation": 1}
+        )
 
 
 def notifications(app: RecordingApp) -> list[tuple[str, str]]:
@@ -73,15 +74,14 @@ def ranked(engine: Engine) -> dict[str, str]:
     """Three studies of known urgency, received in the opposite order: name -> uid."""
     return {
         "low": add_study(engine, findings=(("bleed", 0.1, 0.5),), received=NOW - timedelta(minutes=30)).uid,
-        "fracture": add_study(engine, findings=(("fracture", 0.8, 0.5),), modality="DX", description="XR WRIST",
-                              received=NOW - timedelta(minutes=20)).uid,  # fmt: skip
-        "bleed": add_study(engine, findings=(("bleed", 0.95, 0.5),), order_priority="STAT",
-                           received=NOW - timedelta(minutes=10)).uid,  # fmt: skip
+        "fracture": add_study(
+            engine, findings=(("fracture", 0.8, 0.5),), modality="DX", description="XR WRIST", received=NOW - timedelta(minutes=20)
+        ).uid,
+        "bleed": add_study(engine, findings=(("bleed", 0.95, 0.5),), order_priority="STAT", received=NOW - timedelta(minutes=10)).uid,
     }
 
 
-def test_opens_in_urgency_order_with_badges_banner_and_user(engine: Engine,
-                                                            make_app: Callable[..., WorklistApp]) -> None:
+def test_opens_in_urgency_order_with_badges_banner_and_user(engine: Engine, make_app: Callable[..., WorklistApp]) -> None:
     s = ranked(engine)
     app = make_app()
 
@@ -153,8 +153,7 @@ def test_modality_status_and_finding_filters_cycle(engine: Engine, make_app: Cal
     run(app, scenario)
 
 
-def test_search_by_id_name_and_accession_then_escape_clears(engine: Engine,
-                                                            make_app: Callable[..., WorklistApp]) -> None:
+def test_search_by_id_name_and_accession_then_escape_clears(engine: Engine, make_app: Callable[..., WorklistApp]) -> None:
     s = ranked(engine)
     app = make_app()
 
@@ -233,8 +232,9 @@ def test_enter_click_and_double_click_open(engine: Engine, make_app: Callable[..
     run(app, scenario)
 
 
-def test_live_insert_and_rescore_keep_the_cursor_on_its_study(engine: Engine, make_app: Callable[..., WorklistApp],
-                                                              settings: Settings) -> None:  # fmt: skip
+def test_live_insert_and_rescore_keep_the_cursor_on_its_study(
+    engine: Engine, make_app: Callable[..., WorklistApp], settings: Settings
+) -> None:
     s = ranked(engine)
     app = make_app()
 
@@ -243,8 +243,7 @@ def test_live_insert_and_rescore_keep_the_cursor_on_its_study(engine: Engine, ma
         await pilot.press("j")
         assert table.cursor_uid == s["fracture"]
         # Another process receives a critical study and a routine one while the app runs.
-        hot = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT",
-                        received=NOW - timedelta(minutes=60)).uid
+        hot = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT", received=NOW - timedelta(minutes=60)).uid
         cold = add_study(engine, findings=(("nodule", 0.05, 0.5),), received=NOW - timedelta(minutes=1)).uid
         await pilot.pause(0.5)
         assert shown(app) == [hot, s["bleed"], s["fracture"], s["low"], cold]
@@ -258,9 +257,21 @@ def test_live_insert_and_rescore_keep_the_cursor_on_its_study(engine: Engine, ma
             session.add(result)
             session.flush()
             series_pk = result.series_pk
-            session.add(AIFinding(result_pk=result.id, study_pk=low.id, series_pk=series_pk, kind="bleed",
-                                  probability=0.97, operating_point=0.5, urgent=True, model_name="bleed-ct",
-                                  model_version="1.0.0", weights_sha256="ab" * 32, regions="[]"))  # fmt: skip
+            session.add(
+                AIFinding(
+                    result_pk=result.id,
+                    study_pk=low.id,
+                    series_pk=series_pk,
+                    kind="bleed",
+                    probability=0.97,
+                    operating_point=0.5,
+                    urgent=True,
+                    model_name="bleed-ct",
+                    model_version="1.0.0",
+                    weights_sha256="ab" * 32,
+                    regions="[]",
+                )
+            )
             session.commit()
         announce(engine, s["low"])
         await pilot.pause(0.5)
@@ -271,8 +282,7 @@ def test_live_insert_and_rescore_keep_the_cursor_on_its_study(engine: Engine, ma
     run(app, scenario)
 
 
-def test_live_insert_at_the_top_shows_and_scrolled_view_holds_still(engine: Engine,
-                                                                     make_app: Callable[..., WorklistApp]) -> None:
+def test_live_insert_at_the_top_shows_and_scrolled_view_holds_still(engine: Engine, make_app: Callable[..., WorklistApp]) -> None:
     for n in range(60):
         add_study(engine, findings=(("bleed", n / 100, 0.5),), received=NOW - timedelta(minutes=n))
     app = make_app()
@@ -281,8 +291,7 @@ def test_live_insert_at_the_top_shows_and_scrolled_view_holds_still(engine: Engi
         table = table_of(app)
         await pilot.press("j", "j")
         was = table.cursor_uid
-        hot = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT",
-                        received=NOW - timedelta(minutes=120)).uid
+        hot = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT", received=NOW - timedelta(minutes=120)).uid
         await pilot.pause(0.5)
         # At the top of the list a new critical study is in view, and the cursor kept its study.
         assert shown(app)[0] == hot and table.scroll_y == 0 and "bleed 0.99" in line(app, hot)
@@ -291,16 +300,14 @@ def test_live_insert_at_the_top_shows_and_scrolled_view_holds_still(engine: Engi
         await pilot.press("pagedown", "pagedown")
         assert table.scroll_y > 0
         was, screen_row = table.cursor_uid, table.cursor_index - table.scroll_y
-        add_study(engine, findings=(("bleed", 0.98, 0.5),), order_priority="STAT",
-                  received=NOW - timedelta(minutes=119))
+        add_study(engine, findings=(("bleed", 0.98, 0.5),), order_priority="STAT", received=NOW - timedelta(minutes=119))
         await pilot.pause(0.5)
         assert table.cursor_uid == was and table.cursor_index - table.scroll_y == screen_row
 
     run(app, scenario)
 
 
-def test_claim_and_release_from_the_list(engine: Engine, make_app: Callable[..., WorklistApp],
-                                         settings: Settings) -> None:  # fmt: skip
+def test_claim_and_release_from_the_list(engine: Engine, make_app: Callable[..., WorklistApp], settings: Settings) -> None:
     s = ranked(engine)
     app = make_app()
     service = WorklistService(engine, settings)
@@ -316,8 +323,7 @@ def test_claim_and_release_from_the_list(engine: Engine, make_app: Callable[...,
     run(app, scenario)
 
 
-def test_claim_conflict_is_a_notification_not_a_crash(engine: Engine, make_app: Callable[..., WorklistApp],
-                                                      settings: Settings) -> None:  # fmt: skip
+def test_claim_conflict_is_a_notification_not_a_crash(engine: Engine, make_app: Callable[..., WorklistApp], settings: Settings) -> None:
     s = ranked(engine)
     app = make_app()
     other = WorklistService(engine, settings)
@@ -348,8 +354,9 @@ def test_blinded_reader_sees_no_findings_but_the_class(engine: Engine, make_app:
     run(app, scenario)
 
 
-def test_back_from_another_screen_shows_what_changed_meanwhile(engine: Engine, make_app: Callable[..., WorklistApp],
-                                                               settings: Settings) -> None:  # fmt: skip
+def test_back_from_another_screen_shows_what_changed_meanwhile(
+    engine: Engine, make_app: Callable[..., WorklistApp], settings: Settings
+) -> None:
     s = ranked(engine)
     app = make_app()
 
@@ -381,28 +388,62 @@ def bulk_add(engine: Engine, n: int, prefix: str = "9.9") -> None:
     """``n`` scored CT/DX studies in one transaction (add_study's one commit each is too slow here)."""
     with Session(engine) as s:
         studies = [
-            Study(study_uid=f"{prefix}.{i}", patient_id=f"B{i:06d}", patient_name=f"BULK^PAT{i}", patient_sex="M",
-                  patient_age="050Y", accession_number=f"BACC{i:06d}", modalities="CT" if i % 3 else "DX",
-                  study_description="BULK", order_priority="ROUTINE", num_series=1, num_instances=1,
-                  first_received=NOW - timedelta(minutes=i % 600, seconds=i), last_received=NOW,
-                  status="complete", ai_status="scored")
+            Study(
+                study_uid=f"{prefix}.{i}",
+                patient_id=f"B{i:06d}",
+                patient_name=f"BULK^PAT{i}",
+                patient_sex="M",
+                patient_age="050Y",
+                accession_number=f"BACC{i:06d}",
+                modalities="CT" if i % 3 else "DX",
+                study_description="BULK",
+                order_priority="ROUTINE",
+                num_series=1,
+                num_instances=1,
+                first_received=NOW - timedelta(minutes=i % 600, seconds=i),
+                last_received=NOW,
+                status="complete",
+                ai_status="scored",
+            )
             for i in range(n)
-        ]  # fmt: skip
+        ]
         s.add_all(studies)
         s.flush()
-        series = [Series(series_uid=f"{st.study_uid}.1", study_pk=st.id, modality=st.modalities, num_instances=1,
-                         first_received=NOW, last_received=NOW, status="complete") for st in studies]  # fmt: skip
+        series = [
+            Series(
+                series_uid=f"{st.study_uid}.1",
+                study_pk=st.id,
+                modality=st.modalities,
+                num_instances=1,
+                first_received=NOW,
+                last_received=NOW,
+                status="complete",
+            )
+            for st in studies
+        ]
         s.add_all(series)
         s.flush()
         results = [SeriesResult(series_pk=se.id, study_pk=se.study_pk, analysed=True) for se in series]
         s.add_all(results)
         s.flush()
-        s.add_all([
-            AIFinding(result_pk=r.id, study_pk=r.study_pk, series_pk=r.series_pk, kind="bleed",
-                      probability=(i * 37 % 100) / 100, operating_point=0.5, urgent=(i * 37 % 100) >= 50,
-                      model_name="bleed-ct", model_version="1", weights_sha256="ab" * 32, regions="[]")
-            for i, r in enumerate(results)
-        ])  # fmt: skip
+        s.add_all(
+            [
+                AIFinding(
+                    result_pk=r.id,
+                    study_pk=r.study_pk,
+                    series_pk=r.series_pk,
+                    kind="bleed",
+                    probability=(i * 37 % 100) / 100,
+                    operating_point=0.5,
+                    urgent=(i * 37 % 100) >= 50,
+                    model_name="bleed-ct",
+                    model_version="1",
+                    weights_sha256="ab" * 32,
+                    regions="[]",
+                )
+                for i, r in enumerate(results)
+            ]
+        )
         s.commit()
 
 
@@ -418,8 +459,7 @@ def test_two_thousand_studies_load_and_update_live(engine: Engine, settings: Set
         assert screen.model.total == 2000 and shown(app) == expected
         await pilot.press("end")
         assert table.cursor_uid == expected[-1]
-        uid = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT",
-                        received=NOW - timedelta(minutes=600)).uid
+        uid = add_study(engine, findings=(("bleed", 0.99, 0.5),), order_priority="STAT", received=NOW - timedelta(minutes=600)).uid
         screen.poll()  # what the timer does: one small read, one incremental apply (`triage bench tui` times it)
         assert shown(app)[0] == uid and table.cursor_uid == expected[-1]
 

@@ -78,9 +78,14 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: [detectors] device, auto)")
-    p.add_argument("--model", action="append", default=[], metavar="CARD",
-                   help="an external model card (TOML beside its TorchScript weights); repeat for several; "
-                        "replaces the shipped detector of the same finding kind and image family")  # fmt: skip
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="CARD",
+        help="an external model card (TOML beside its TorchScript weights); repeat for several; "
+        "replaces the shipped detector of the same finding kind and image family",
+    )
     _add_config_args(p)
 
 
@@ -137,13 +142,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from triage.app.server import serve
 
     settings = _settings(
-        args,
-        **{
-            "listener.port": args.port,
-            "listener.ae_title": args.ae_title,
-            "listener.host": args.host,
-            "role": args.role,
-        },
+        args, **{"listener.port": args.port, "listener.ae_title": args.ae_title, "listener.host": args.host, "role": args.role}
     )
     return serve(settings)
 
@@ -169,10 +168,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise TriageError(f"no DICOM files found in {', '.join(args.paths)}")
     with progress_bar(len(files), "sending", enabled=not args.no_progress) as advance:
         summary = replay(
-            files, host, port, called_ae=args.called_ae, calling_ae=args.calling_ae,
-            parallel=args.parallel, rate=args.rate, timeout=args.timeout,
+            files,
+            host,
+            port,
+            called_ae=args.called_ae,
+            calling_ae=args.calling_ae,
+            parallel=args.parallel,
+            rate=args.rate,
+            timeout=args.timeout,
             on_result=lambda _f, _ok: advance(),
-        )  # fmt: skip
+        )
     for path, reason in summary.failures[:20]:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     if len(summary.failures) > 20:
@@ -188,7 +193,7 @@ def _open_index(settings: Settings):
     """The engine of an existing study index; a clear error if there is none."""
     from triage.store.db import make_engine
 
-    if not settings.db and not (settings.data_dir / "triage.store.db").exists():
+    if not settings.db and not (settings.data_dir / "triage.db").exists():
         raise TriageError(f"no study index in {settings.data_dir} (has `triage serve` run with this --data-dir?)")
     return make_engine(settings.db_url)
 
@@ -347,8 +352,7 @@ def _cmd_samples_real(args: argparse.Namespace) -> int:
     except RealDataError as exc:
         raise TriageError(str(exc)) from None
     inserted = sum(1 for s in manifest["studies"] if any(f.get("origin") == "inserted" for f in s["findings"]))
-    print(f"wrote {len(manifest['studies'])} real-anatomy studies ({inserted} with an inserted finding) "
-          f"and {out / 'manifest.json'}")  # fmt: skip
+    print(f"wrote {len(manifest['studies'])} real-anatomy studies ({inserted} with an inserted finding) and {out / 'manifest.json'}")
     return 0
 
 
@@ -364,8 +368,10 @@ def _cmd_realdata(args: argparse.Namespace) -> int:
         return 0
     for case in realdata.CASES:
         cached = (realdata.cache_dir() / case.name).is_file()
-        print(f"{case.name}  [{case.package.registry} {case.package.name} {case.package.version}, {case.package.licence}]"
-              f"{'  cached' if cached else ''}\n    {case.shows}")  # fmt: skip
+        print(
+            f"{case.name}  [{case.package.registry} {case.package.name} {case.package.version}, {case.package.licence}]"
+            f"{'  cached' if cached else ''}\n    {case.shows}"
+        )
     print(f"cache: {realdata.cache_dir()} (${realdata.ENV_DIR})")
     return 0
 
@@ -395,9 +401,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         doc = report.as_json()
         doc["detectors"] = [
-            {"name": d.name, "kind": d.kind.value, "family": d.family.value, "version": d.identity.version,
-             "sha256": d.identity.sha256} for d in detectors
-        ]  # fmt: skip
+            {"name": d.name, "kind": d.kind.value, "family": d.family.value, "version": d.identity.version, "sha256": d.identity.sha256}
+            for d in detectors
+        ]
         print(json.dumps(doc, indent=2))
     else:
         print(format_scores(report))
@@ -415,14 +421,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from detectors.evaluation import DISCLAIMER, evaluate, format_reports, reports_as_json
     from detectors.plots import REAL_FOOTER as REAL_DISCLAIMER
     from triage.progress import progress_bar
-    from triage.research.evaluate import (
-        acquisition_strata,
-        lesions_found,
-        not_scored_line,
-        read_manifest,
-        score_manifest,
-        update_cards,  # fmt: skip
-    )
+    from triage.research.evaluate import acquisition_strata, lesions_found, not_scored_line, read_manifest, score_manifest, update_cards
 
     if args.labels:
         return _cmd_evaluate_labels(args)
@@ -438,8 +437,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         detail = not_scored_line(result) or f"{len(result.failures)} failures"
         raise TriageError(f"no study in {folder} was scored by a detector ({detail})")
     # A real-anatomy set (`triage samples real`) is not synthetic phantoms: its plots and text say so.
-    disclaimer = (REAL_DISCLAIMER if read_manifest(folder).get("generator") == "triage samples real"
-                  else DISCLAIMER)  # fmt: skip
+    disclaimer = REAL_DISCLAIMER if read_manifest(folder).get("generator") == "triage samples real" else DISCLAIMER
     reports = evaluate(result.outcomes, Path(args.plots) if args.plots else None, footer=disclaimer)
     strata = {name: evaluate(group) for name, group in acquisition_strata(folder, result.outcomes).items()}
     found = lesions_found(folder, result.outcomes)
@@ -460,14 +458,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             for detector, groups in found.items():
                 for origin, (k, n) in groups.items():
                     by_stratum.setdefault(detector, {})[f"found_{_figure_key(origin)}"] = f"{k}/{n}"
-            updated, notes = update_cards(reports, result.models, registry.MODELS_DIR, _command_line(args), result.seed,
-                                          table="real_test" if real else "test", extra_figures=by_stratum)  # fmt: skip
+            updated, notes = update_cards(
+                reports,
+                result.models,
+                registry.MODELS_DIR,
+                _command_line(args),
+                result.seed,
+                table="real_test" if real else "test",
+                extra_figures=by_stratum,
+            )
     if args.json:
         doc = reports_as_json(reports, disclaimer) | result.as_json()
         doc["cards_updated"] = [str(p) for p in updated]
         doc["strata"] = {name: reports_as_json(group, disclaimer) for name, group in strata.items()}
-        doc["lesions_found"] = {det: {g: {"found": k, "lesions": n} for g, (k, n) in groups.items()}
-                                for det, groups in found.items()}  # fmt: skip
+        doc["lesions_found"] = {det: {g: {"found": k, "lesions": n} for g, (k, n) in groups.items()} for det, groups in found.items()}
         print(json.dumps(doc, indent=2))
     else:
         print(format_reports(reports, disclaimer))
@@ -503,8 +507,9 @@ def _cmd_evaluate_labels(args: argparse.Namespace) -> int:
     from triage.research.evaluate import not_scored_line
 
     if args.update_cards:
-        raise UsageError("--update-cards takes a sample folder: a site's figures never go into the shipped cards "
-                         "(use --set-operating-point)")  # fmt: skip
+        raise UsageError(
+            "--update-cards takes a sample folder: a site's figures never go into the shipped cards (use --set-operating-point)"
+        )
     min_n = 5 if args.min_n is None else args.min_n
     if min_n < 1:
         raise UsageError(f"--min-n must be at least 1, got {min_n}")
@@ -542,12 +547,21 @@ def _cmd_evaluate_labels(args: argparse.Namespace) -> int:
         doc["subgroups"] = [g.as_json() for g in groups]
         if config_path is not None:
             doc["operating_points"] = {
-                "config": str(config_path), "written": sorted(chosen) if refusal is None else [],
-                "target_sensitivity": args.target_sensitivity, "refused": refusal,
-                "detectors": [{"detector": c.detector, "previous_site": previous.get(c.detector),
-                               "previous_scored": c.previous, "value": c.value, "refused": c.refused}
-                              for c in choices],
-            }  # fmt: skip
+                "config": str(config_path),
+                "written": sorted(chosen) if refusal is None else [],
+                "target_sensitivity": args.target_sensitivity,
+                "refused": refusal,
+                "detectors": [
+                    {
+                        "detector": c.detector,
+                        "previous_site": previous.get(c.detector),
+                        "previous_scored": c.previous,
+                        "value": c.value,
+                        "refused": c.refused,
+                    }
+                    for c in choices
+                ],
+            }
         print(json.dumps(doc, indent=2))
     else:
         print(format_reports(reports, LOCAL_DISCLAIMER))
@@ -602,8 +616,7 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="triage",
-        description="Radiology triage worklist prioritizer (AI suggestions only; not a medical device).",
+        prog="triage", description="Radiology triage worklist prioritizer (AI suggestions only; not a medical device)."
     )
     parser.add_argument("--version", action="version", version=f"triage {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -612,11 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     # Not exclusive here, unlike the other commands: a scale-out server names both the
     # shared storage volume and the shared database.
     p.add_argument("--data-dir", metavar="DIR", help="data directory: the stored instances (default: the user's data home)")
-    p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL, e.g. postgresql+psycopg://... "
-                                               "(default: SQLite in the data directory)")  # fmt: skip
-    p.add_argument("--role", choices=["all", "listener", "worker"],
-                   help="all (default): everything; listener: receive, index, decide completeness; "
-                        "worker: score jobs from the database (no listening)")  # fmt: skip
+    p.add_argument(
+        "--db", metavar="URL", help="SQLAlchemy database URL, e.g. postgresql+psycopg://... (default: SQLite in the data directory)"
+    )
+    p.add_argument(
+        "--role",
+        choices=["all", "listener", "worker"],
+        help="all (default): everything; listener: receive, index, decide completeness; "
+        "worker: score jobs from the database (no listening)",
+    )
     p.add_argument("--port", type=int, help="TCP port (default 11112)")
     p.add_argument("--ae-title", help="our AE title (default TRIAGE)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
@@ -682,8 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="serve on a throw-away data directory, replay the sample studies, show them ranked")
     p.add_argument("--samples", default=str(SAMPLE_STUDIES), help="folder to replay (default: sample_studies/)")
     p.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
-    p.add_argument("--once", action="store_true",
-                   help="print the ranked list and exit once every study is ranked (no terminal worklist)")
+    p.add_argument("--once", action="store_true", help="print the ranked list and exit once every study is ranked (no terminal worklist)")
     p.add_argument("--user", help="the reader shown in the worklist (default demo.reader)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_demo)
@@ -695,14 +711,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=13, help="number of studies (default 13)")
     p.add_argument("--seed", type=int, default=1, help="seed; the same seed gives the same files (default 1)")
     p.add_argument("--kinds", nargs="+", metavar="KIND", help="head_ct chest_ct chest_xr extremity_xr abdomen_ct (default all)")
-    p.add_argument("--acquisition", choices=("fixed", "varied"), default="fixed",
-                   help="CT geometry: fixed (24 slices, 256 matrix; small) or varied "
-                        "(matrix, thickness and slices drawn as scanners vary; large)")
+    p.add_argument(
+        "--acquisition",
+        choices=("fixed", "varied"),
+        default="fixed",
+        help="CT geometry: fixed (24 slices, 256 matrix; small) or varied (matrix, thickness and slices drawn as scanners vary; large)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_samples_generate)
 
-    p = ssub.add_parser("real", help="write real-anatomy studies (real scans, inserted lesions, drawn acquisitions) "
-                                     "as DICOM plus manifest.json, for `triage evaluate`")  # fmt: skip
+    p = ssub.add_parser(
+        "real",
+        help="write real-anatomy studies (real scans, inserted lesions, drawn acquisitions) "
+        "as DICOM plus manifest.json, for `triage evaluate`",
+    )
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--head-ct", type=int, default=80, help="head CTs, normal or with a haemorrhage (default 80)")
     p.add_argument("--chest-xr", type=int, default=40, help="chest radiographs, normal or with a nodule (default 40)")
@@ -717,10 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-filter", help="fit a shipped detector's false-positive filter and calibrate it on real anatomy")
     p.add_argument("name", choices=("bleed-ct", "nodule-ct", "nodule-xr", "fracture-xr"), help="the shipped detector")
-    p.add_argument("--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"),
-                   help="real-anatomy cases (default 120 80)")  # fmt: skip
-    p.add_argument("--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"),
-                   help="phantom cases (default 120 120)")  # fmt: skip
+    p.add_argument(
+        "--real", type=int, nargs=2, default=(120, 80), metavar=("TRAIN", "VALIDATION"), help="real-anatomy cases (default 120 80)"
+    )
+    p.add_argument(
+        "--phantoms", type=int, nargs=2, default=(120, 120), metavar=("TRAIN", "VALIDATION"), help="phantom cases (default 120 120)"
+    )
     p.add_argument("--l2", type=float, default=1.0, help="ridge penalty of the filter (default 1.0; bleed-ct ships with 10)")
     p.add_argument("--out", help="write the card here instead of the package's detectors/models/")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -732,38 +756,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_args(p)
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("evaluate", help="score a sample folder (manifest.json) or a site's labelled studies "
-                                        "(--labels) and report AUC, sensitivity, FROC, calibration",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LABELS_HELP)  # fmt: skip
-    p.add_argument("path", metavar="PATH",
-                   help="a folder written by `triage samples generate`, or with --labels any folder of DICOM")  # fmt: skip
+    p = sub.add_parser(
+        "evaluate",
+        help="score a sample folder (manifest.json) or a site's labelled studies (--labels) and report AUC, sensitivity, FROC, calibration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=LABELS_HELP,
+    )
+    p.add_argument("path", metavar="PATH", help="a folder written by `triage samples generate`, or with --labels any folder of DICOM")
     p.add_argument("--labels", metavar="CSV", help="the site's labels of the studies in PATH (format below)")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, froc-<detector>.png and reliability-<detector>.png here")
     p.add_argument("--json", action="store_true", help="a JSON document instead of text")
-    p.add_argument("--min-n", type=int,
-                   help="with --labels: fewest studies of a class for a subgroup's rate to be given (default 5)")  # fmt: skip
-    p.add_argument("--set-operating-point", action="store_true",
-                   help="with --labels: choose each detector's operating point on these studies and write it into "
-                        "the site's settings ([detectors.operating_points] of --config, else $TRIAGE_CONFIG, "
-                        "else ./triage.toml, created if absent); never into the shipped cards")  # fmt: skip
-    p.add_argument("--target-sensitivity", type=float, default=0.95,
-                   help="sensitivity the chosen operating point keeps on the labelled studies (default 0.95)")  # fmt: skip
-    p.add_argument("--update-cards", action="store_true",
-                   help="write the test figures into the shipped detectors' cards (detectors/models/)")  # fmt: skip
+    p.add_argument("--min-n", type=int, help="with --labels: fewest studies of a class for a subgroup's rate to be given (default 5)")
+    p.add_argument(
+        "--set-operating-point",
+        action="store_true",
+        help="with --labels: choose each detector's operating point on these studies and write it into "
+        "the site's settings ([detectors.operating_points] of --config, else $TRIAGE_CONFIG, "
+        "else ./triage.toml, created if absent); never into the shipped cards",
+    )
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        help="sensitivity the chosen operating point keeps on the labelled studies (default 0.95)",
+    )
+    p.add_argument(
+        "--update-cards", action="store_true", help="write the test figures into the shipped detectors' cards (detectors/models/)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_detector_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train, calibrate and write the shipped detectors of one finding kind")
-    p.add_argument("kind", choices=FINDING_KINDS,
-                   help="bleed (head CT), fracture (radiographs) or nodule (CT and radiographs)")  # fmt: skip
+    p.add_argument("kind", choices=FINDING_KINDS, help="bleed (head CT), fracture (radiographs) or nodule (CT and radiographs)")
     p.add_argument("--epochs", type=int, help="passes over the training examples (default 8)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed; the same seed, flags, device and torch give the same weights (default 0)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed; the same seed, flags, device and torch give the same weights (default 0)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: [detectors] device, auto)")
     p.add_argument("--phantoms", type=int, help="training phantoms per detector (default 300)")
-    p.add_argument("--validation", type=int,
-                   help="validation phantoms, for calibration and the operating point (default 200)")  # fmt: skip
+    p.add_argument("--validation", type=int, help="validation phantoms, for calibration and the operating point (default 200)")
     p.add_argument("--workers", type=int, help="phantom generation processes (default 0: one per core)")
     p.add_argument("--out", metavar="DIR", help="where weights and cards go (default: the package's detectors/models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -65,18 +65,19 @@ def _show(view: Any) -> str:
         f"study {s.study_uid}",
         f"  patient {s.patient_id or '-'} {s.patient_name or ''}  sex {s.patient_sex or '-'}  age {s.patient_age or '-'}",
         f"  accession {s.accession_number or '-'}  {s.modality}  {s.description or ''}  order {s.order_priority or '-'}",
-        f"  read state {s.read_state.value}" + (f", claimed by {s.claimed_by} until {s.claim_expires:%H:%M} UTC"
-                                                 if s.claimed_by and s.claim_expires else ""),
-        f"  priority {u.priority_class.value} (score {u.score:.1f}); AI {s.ai_status}"
-        + (f": {s.ai_reason}" if s.ai_reason else ""),
+        f"  read state {s.read_state.value}"
+        + (f", claimed by {s.claimed_by} until {s.claim_expires:%H:%M} UTC" if s.claimed_by and s.claim_expires else ""),
+        f"  priority {u.priority_class.value} (score {u.score:.1f}); AI {s.ai_status}" + (f": {s.ai_reason}" if s.ai_reason else ""),
         *[f"    why: {r}" for r in u.reasons],
-    ]  # fmt: skip
+    ]
     if view.ai_hidden:
         lines.append("  AI findings hidden until you record your impression (blinded read)")
     for f in view.findings:
         mark = "at/above" if f.urgent else "below"
-        lines.append(f"  AI suggestion #{f.id}: {f.kind} {f.probability:.2f} ({mark} operating point "
-                     f"{f.operating_point:.2f}); model {f.model_name} {f.model_version} ({f.weights_sha256[:12]})")  # fmt: skip
+        lines.append(
+            f"  AI suggestion #{f.id}: {f.kind} {f.probability:.2f} ({mark} operating point "
+            f"{f.operating_point:.2f}); model {f.model_name} {f.model_version} ({f.weights_sha256[:12]})"
+        )
         for r in f.regions[:5]:
             where = f"slice {r.get('slice_index')}, box {tuple(r.get('box', ()))}"
             size = f", {r['diameter_mm']:.0f} mm" if r.get("diameter_mm") else ""
@@ -132,8 +133,7 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
     return 0
 
 
-def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None],
-               open_worklist: Callable[[argparse.Namespace], Any]) -> None:  # fmt: skip
+def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None], open_worklist: Callable[[argparse.Namespace], Any]) -> None:
     """Add ``case`` and its actions to the CLI; ``add_common`` adds the data-dir/config flags."""
     wl = sub.add_parser("case", help="a reader's actions on one study: show, claim, impression, feedback, draft, sign, amend")
     wsub = wl.add_subparsers(dest="case", metavar="ACTION", required=True)

@@ -36,8 +36,7 @@ def _signature(items: list[WorklistItem]) -> tuple[tuple[str, str, str], ...]:
     return tuple((i.study.study_uid, i.urgency.priority_class.value, i.study.ai_status) for i in items)
 
 
-def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False,
-             user: str | None = None) -> int:  # fmt: skip
+def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: bool = False, user: str | None = None) -> int:
     """Run the demo; returns the exit code (non-zero if a sample could not be sent or scored)."""
     files, _ = find_dicom_files([samples]) if samples.exists() else ([], [])
     if not files:
@@ -63,15 +62,16 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: boo
             print(f"listening as {settings.listener.ae_title} on 127.0.0.1:{server.port}, data in {tmp}")
             print(f"replaying {len(files)} instances from {samples} ...")
             with progress_bar(len(files), "replay") as advance:
-                summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title,
-                                 on_result=lambda *_: advance())  # fmt: skip
+                summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title, on_result=lambda *_: advance())
             print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
             if not once and sys.stdin.isatty() and sys.stdout.isatty():
                 _open_worklist(server, user)
                 return 0 if summary.failed == 0 else 1
             failed = _watch(WorklistService(server.engine, settings), stop)
-            print("Not a medical device: AI findings are suggestions for ordering the worklist; a radiologist reads "
-                  "every study and signs every report.")  # fmt: skip
+            print(
+                "Not a medical device: AI findings are suggestions for ordering the worklist; a radiologist reads "
+                "every study and signs every report."
+            )
             print(f"Send more with: triage replay PATH --to 127.0.0.1:{server.port}")
             if not once:
                 print("Ctrl-C to stop.")
@@ -112,8 +112,7 @@ def _watch(worklist: WorklistService, stop: threading.Event) -> bool:
         if _signature(items) != shown and (not pending or time.monotonic() > deadline - RANKED_TIMEOUT_S + 5):
             shown = _signature(items)
             print()
-            print(f"-- worklist at {time.strftime('%H:%M:%S')}: {len(items) - len(pending)} of {len(items)} "
-                  "studies scored --")  # fmt: skip
+            print(f"-- worklist at {time.strftime('%H:%M:%S')}: {len(items) - len(pending)} of {len(items)} studies scored --")
             print(format_table(items))
         if items and not pending:
             return any(i.study.ai_status == AIStatus.FAILED.value for i in items)

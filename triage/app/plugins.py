@@ -22,7 +22,7 @@ from triage.errors import TriageError
 if TYPE_CHECKING:
     from triage.config import Settings
 
-WORKLIST_GROUP = "triage.reading.service"
+WORKLIST_GROUP = "triage.worklist"
 BENCH_GROUP = "triage.bench"
 
 WorklistRunner = Callable[["Settings", "str | None"], None]
@@ -32,8 +32,9 @@ def worklist_runner() -> WorklistRunner:
     """The installed terminal worklist; :class:`TriageError` when none is installed."""
     found = entry_points(group=WORKLIST_GROUP, name="terminal")
     if not found:
-        raise TriageError(f"no terminal worklist is installed (entry point {WORKLIST_GROUP}:terminal); "
-                          "reinstall the package: pip install -e .")  # fmt: skip
+        raise TriageError(
+            f"no terminal worklist is installed (entry point {WORKLIST_GROUP}:terminal); reinstall the package: pip install -e ."
+        )
     runner: WorklistRunner = next(iter(found)).load()
     return runner
 

@@ -38,8 +38,7 @@ def _series(s: SeriesScore) -> list[str]:
     description = f' "{s.description}"' if s.description else ""
     # The reason ends with the notes (for the server's records); here each gets its own line.
     route = s.reason.split(NOTE_SEPARATOR)[0] if s.notes else s.reason
-    lines = [f"series {s.series_uid} {s.modality or '?'}{description}, {_plural(s.instances, 'image')}",
-             f"  route: {route}"]  # fmt: skip
+    lines = [f"series {s.series_uid} {s.modality or '?'}{description}, {_plural(s.instances, 'image')}", f"  route: {route}"]
     lines += [f"  note: {text}" for text in s.notes]
     for f in s.findings:
         lines += [f"  {line}" for line in _finding(f)]
@@ -49,9 +48,13 @@ def _series(s: SeriesScore) -> list[str]:
 
 def _study(st: StudyScore) -> list[str]:
     about = ", ".join(
-        x for x in (f"patient {st.patient_id}" if st.patient_id else "",
-                    f"accession {st.accession}" if st.accession else "",
-                    f'"{st.description}"' if st.description else "") if x  # fmt: skip
+        x
+        for x in (
+            f"patient {st.patient_id}" if st.patient_id else "",
+            f"accession {st.accession}" if st.accession else "",
+            f'"{st.description}"' if st.description else "",
+        )
+        if x
     )
     lines = [f"study {st.study_uid} ({st.folder})"] + ([f"  {about}"] if about else [])
     for s in st.series:

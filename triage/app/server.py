@@ -69,12 +69,14 @@ class TriageServer:
         self.outbox: OutboxSender | None = OutboxSender(self.engine, settings) if sends else None
         # Scoring: torch and the detectors load in start(), not here. A scored study's results
         # are queued for the PACS as its last series is recorded.
-        self.scoring: ScoringWorker | None = ScoringWorker(
-            self.engine, settings,
-            on_recorded=on_recorded_hook(self.engine, settings, self.outbox.wake if self.outbox else None),
-        ) if scores else None  # fmt: skip
-        self.monitor = CompletenessMonitor(self.engine, settings.completeness,
-                                           on_complete=self.scoring.wake if self.scoring else None)  # fmt: skip
+        self.scoring: ScoringWorker | None = (
+            ScoringWorker(
+                self.engine, settings, on_recorded=on_recorded_hook(self.engine, settings, self.outbox.wake if self.outbox else None)
+            )
+            if scores
+            else None
+        )
+        self.monitor = CompletenessMonitor(self.engine, settings.completeness, on_complete=self.scoring.wake if self.scoring else None)
         self.listener: Listener | None = None
         self._socket: socket.socket | None = None
         self._children: list[_Child] = []
@@ -103,8 +105,10 @@ class TriageServer:
         report = recover(self.store, self.index, self.engine)
         log.info(
             "data in %s, index %s; %d series still receiving",
-            self.settings.data_dir, self.engine.url.render_as_string(hide_password=True), report.series_receiving,
-        )  # fmt: skip
+            self.settings.data_dir,
+            self.engine.url.render_as_string(hide_password=True),
+            report.series_receiving,
+        )
         self.index.start()
         self.monitor.start()
         if self.processes == 1:
@@ -119,9 +123,12 @@ class TriageServer:
         self._start_scoring(stopping)
         log.info(
             "listening as %s on %s:%d with %d listener processes%s",
-            self.settings.listener.ae_title, self.settings.listener.host, self.port, self.processes,
+            self.settings.listener.ae_title,
+            self.settings.listener.host,
+            self.port,
+            self.processes,
             " (TLS)" if self.settings.listener.tls.enabled else "",
-        )  # fmt: skip
+        )
 
     def _start_scoring(self, stopping: Callable[[], bool]) -> None:
         # After the listener: PACS can send while torch and the detectors load

@@ -77,15 +77,16 @@ def _findings_text(item: WorklistItem) -> str:
     return ", ".join(flagged) or {"scored": "none", "pending": "pending"}.get(item.study.ai_status, item.study.ai_status)
 
 
-def format_table(items: list[WorklistItem], reasons: bool = True,
-                 results: Mapping[str, Sequence[ResultState]] | None = None) -> str:  # fmt: skip
+def format_table(items: list[WorklistItem], reasons: bool = True, results: Mapping[str, Sequence[ResultState]] | None = None) -> str:
     """Plain text, most urgent first; each study's reasons on the lines under it.
 
     ``results`` (by Study UID, ``WorklistService.results_by_study``) adds a
     ``results:`` line under the reasons of each study that has result objects.
     """
-    header = (f"{'#':>3}  {'CLASS':8}  {'SCORE':>6}  {'WAIT':>6}  {'MOD':5}  {'PRIO':7}  {'PATIENT ID':12}  "
-              f"{'ACCESSION':12}  {'READ':8}  {'AI FINDINGS':24}  DESCRIPTION")  # fmt: skip
+    header = (
+        f"{'#':>3}  {'CLASS':8}  {'SCORE':>6}  {'WAIT':>6}  {'MOD':5}  {'PRIO':7}  {'PATIENT ID':12}  "
+        f"{'ACCESSION':12}  {'READ':8}  {'AI FINDINGS':24}  DESCRIPTION"
+    )
     lines = [header]
     for item in items:
         s, u = item.study, item.urgency
@@ -94,7 +95,7 @@ def format_table(items: list[WorklistItem], reasons: bool = True,
             f"{s.modality or '-':5.5}  {s.order_priority or '-':7}  {s.patient_id or '-':12.12}  "
             f"{s.accession_number or '-':12.12}  {s.read_state.value:8}  {_findings_text(item):24.24}  "
             f"{s.description or ''}"
-        )  # fmt: skip
+        )
         if reasons:
             lines.append(f"{'':5}why: {'; '.join(u.reasons)}")
         if results and results.get(s.study_uid):
@@ -102,6 +103,7 @@ def format_table(items: list[WorklistItem], reasons: bool = True,
     if not items:
         lines.append("(no studies received yet)")
     else:
-        lines.append(f"AI findings are suggestions for ordering the worklist ({AI_LABEL}); '!' = at or above the "
-                     "detector's operating point.")  # fmt: skip
+        lines.append(
+            f"AI findings are suggestions for ordering the worklist ({AI_LABEL}); '!' = at or above the detector's operating point."
+        )
     return "\n".join(lines)

@@ -57,8 +57,9 @@ def check_space(root: Path, needed: int, lower: str) -> None:
     """Refuse to start a bench that would fill the disk; ``lower`` names the options that shrink it."""
     free = shutil.disk_usage(root).free
     if free < needed:
-        raise TriageError(f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only "
-                          f"{free / 2**30:.1f} GiB free (lower {lower})")  # fmt: skip
+        raise TriageError(
+            f"the bench needs about {needed / 2**30:.1f} GiB in {root.parent}, only {free / 2**30:.1f} GiB free (lower {lower})"
+        )
 
 
 @contextmanager

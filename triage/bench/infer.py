@@ -209,30 +209,36 @@ class InferBenchResult:
             runs.append({**asdict(r), "items_per_s": r.items_per_s, "device_busy": r.device_busy})
         latency = None
         if self.latency is not None:
-            latency = {**asdict(self.latency), "median_s": self.latency.median_s,
-                       "budget_ratio": self.latency.budget_ratio}  # fmt: skip
+            latency = {**asdict(self.latency), "median_s": self.latency.median_s, "budget_ratio": self.latency.budget_ratio}
         return {
             "device": self.device,
             "dtype": self.dtype,
             "torch_threads": self.torch_threads,
             "cpus": self.cpus,
-            "detector": {"name": self.detector, "weights": self.weights, "item_shape": list(self.item_shape),
-                         "gflop_per_item": self.flops_per_item / 1e9},  # fmt: skip
+            "detector": {
+                "name": self.detector,
+                "weights": self.weights,
+                "item_shape": list(self.item_shape),
+                "gflop_per_item": self.flops_per_item / 1e9,
+            },
             "throughput": runs,
             "batching_speedup": self.batching_speedup,
             "overlap_speedup": self.overlap_speedup,
-            "network": {"gflops": self.network_gflops, "peak_gflops": self.peak.gflops,
-                        "peak_fraction": self.peak_fraction, "matmul_n": self.peak.n, "matmul_dtype": self.peak.dtype},
+            "network": {
+                "gflops": self.network_gflops,
+                "peak_gflops": self.peak.gflops,
+                "peak_fraction": self.peak_fraction,
+                "matmul_n": self.peak.n,
+                "matmul_dtype": self.peak.dtype,
+            },
             "latency": latency,
             "notes": list(self.notes),
             "errors": list(self.errors),
-        }  # fmt: skip
+        }
 
 
 # -- the bench ----------------------------------------------------------------------------------
-def run_infer_bench(
-    config: BenchConfig, detector: Detector | None = None, progress: Progress | None = None
-) -> InferBenchResult:
+def run_infer_bench(config: BenchConfig, detector: Detector | None = None, progress: Progress | None = None) -> InferBenchResult:
     """Measure throughput, network efficiency and (for bleed-ct) latency; see the module docstring.
 
     Parameters
@@ -265,8 +271,7 @@ def run_infer_bench(
     load = load_average()
     if device.type == "cpu" and load > 0.5:
         # Read before we start, so it is other processes' load, not ours.
-        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); "
-                     "figures are noisy")  # fmt: skip
+        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); figures are noisy")
     if detector is None:
         detector, weights = _detector(config.detector, notes)
     else:
@@ -296,15 +301,27 @@ def run_infer_bench(
         if detector.name == LATENCY_DETECTOR:
             latency = _latency(engine, detector, config, say, errors)
             if device.type != "cpu" or available_cores() != 2:
-                notes.append(f"latency: the target is for 2 CPU cores; this run had {device} and {available_cores()} CPUs "
-                             "(`taskset -c 0,1 triage bench infer --device cpu` measures the target's setting)")
+                notes.append(
+                    f"latency: the target is for 2 CPU cores; this run had {device} and {available_cores()} CPUs "
+                    "(`taskset -c 0,1 triage bench infer --device cpu` measures the target's setting)"
+                )
         else:
             notes.append(f"latency: only measured for {LATENCY_DETECTOR} (the issue's head CT target)")
     return InferBenchResult(
-        device=str(device), dtype=_dtype_name(dtype), torch_threads=torch.get_num_threads(), cpus=available_cores(),
-        detector=detector.name, weights=weights, item_shape=cast(tuple[int, int, int], tuple(detector.item_shape)),
-        flops_per_item=flops, runs=tuple(runs), peak=peak, latency=latency, notes=tuple(notes), errors=tuple(errors),
-    )  # fmt: skip
+        device=str(device),
+        dtype=_dtype_name(dtype),
+        torch_threads=torch.get_num_threads(),
+        cpus=available_cores(),
+        detector=detector.name,
+        weights=weights,
+        item_shape=cast(tuple[int, int, int], tuple(detector.item_shape)),
+        flops_per_item=flops,
+        runs=tuple(runs),
+        peak=peak,
+        latency=latency,
+        notes=tuple(notes),
+        errors=tuple(errors),
+    )
 
 
 def _detector(name: str, notes: list[str]) -> tuple[Detector, str]:
@@ -399,9 +416,8 @@ def _anatomy_radiograph(detector: Detector, seed: int, rows: int, cols: int) -> 
 
 
 def _throughput(
-    engine: InferenceEngine, detector: Detector, series: Sequence[SeriesArrays], warmup: SeriesArrays,
-    mode: str, errors: list[str],
-) -> Throughput:  # fmt: skip
+    engine: InferenceEngine, detector: Detector, series: Sequence[SeriesArrays], warmup: SeriesArrays, mode: str, errors: list[str]
+) -> Throughput:
     # Warm-up: the first calls pay for module placement and (oneDNN, cuDNN) kernel selection.
     _collect([engine.submit(detector, warmup)], errors)
     before = engine.stats()
@@ -414,9 +430,16 @@ def _throughput(
     seconds = time.perf_counter() - started
     d = _stats_delta(before, engine.stats())
     return Throughput(
-        mode=mode, max_batch=engine.max_batch, series=len(series), items=d.items, seconds=seconds,
-        batches=d.batches, mean_batch=d.mean_batch_size, compute_s=d.compute_s, failed=failed,
-    )  # fmt: skip
+        mode=mode,
+        max_batch=engine.max_batch,
+        series=len(series),
+        items=d.items,
+        seconds=seconds,
+        batches=d.batches,
+        mean_batch=d.mean_batch_size,
+        compute_s=d.compute_s,
+        failed=failed,
+    )
 
 
 def _collect(futures: Sequence[Future[Finding]], errors: list[str]) -> int:
@@ -438,15 +461,17 @@ def _stats_delta(before: EngineStats, after: EngineStats) -> EngineStats:
 
     sizes = {k: v - before.batch_sizes.get(k, 0) for k, v in after.batch_sizes.items()}
     return EngineStats(
-        batches=after.batches - before.batches, items=after.items - before.items,
-        series_ok=after.series_ok - before.series_ok, series_failed=after.series_failed - before.series_failed,
-        batch_sizes={k: v for k, v in sizes.items() if v}, peak_queued_items=after.peak_queued_items,
+        batches=after.batches - before.batches,
+        items=after.items - before.items,
+        series_ok=after.series_ok - before.series_ok,
+        series_failed=after.series_failed - before.series_failed,
+        batch_sizes={k: v for k, v in sizes.items() if v},
+        peak_queued_items=after.peak_queued_items,
         compute_s=after.compute_s - before.compute_s,
-    )  # fmt: skip
+    )
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None,
-                min_seconds: float = PEAK_MIN_SECONDS) -> MatmulPeak:  # fmt: skip
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, min_seconds: float = PEAK_MIN_SECONDS) -> MatmulPeak:
     """GFLOP/s of the best of repeated ``n x n @ n x n`` matmuls on ``device`` in ``dtype``.
 
     The best repeat, not the mean: this is the ceiling the network is compared
@@ -475,9 +500,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None,
     return MatmulPeak(n=n, dtype=_dtype_name(dtype), gflops=best)
 
 
-def _latency(
-    engine: InferenceEngine, detector: Detector, config: BenchConfig, say: Progress, errors: list[str]
-) -> Latency | None:
+def _latency(engine: InferenceEngine, detector: Detector, config: BenchConfig, say: Progress, errors: list[str]) -> Latency | None:
     """Median end-to-end time of one head CT from DICOM files through ``engine``."""
     import torch
 
@@ -491,8 +514,7 @@ def _latency(
     folder = Path(tempfile.mkdtemp(prefix="triage-bench-infer-"))
     try:
         ph = head_ct(config.seed, slices=s, matrix=m)
-        paths = write_datasets(ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:],
-                                           slice_thickness_mm=ph.spacing_mm[0]), folder)  # fmt: skip
+        paths = write_datasets(ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0]), folder)
 
         def load() -> SeriesArrays:
             return SeriesArrays.from_volume(load_volume(paths))
@@ -508,8 +530,7 @@ def _latency(
                 runs.append(time.perf_counter() - started)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return Latency(slices=s, matrix=m, runs_s=tuple(runs), budget_s=LATENCY_BUDGET_S,
-                   torch_threads=torch.get_num_threads())  # fmt: skip
+    return Latency(slices=s, matrix=m, runs_s=tuple(runs), budget_s=LATENCY_BUDGET_S, torch_threads=torch.get_num_threads())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -527,13 +548,23 @@ def format_report(result: InferBenchResult) -> str:
         "",
     ]
     base = r.run(SEQUENTIAL).items_per_s
-    header = ("mode", "max batch", "series", "slices", "seconds", "slices/s", "vs baseline", "mean batch",
-              "device busy")  # fmt: skip
+    header = ("mode", "max batch", "series", "slices", "seconds", "slices/s", "vs baseline", "mean batch", "device busy")
     rows = [header]
     for t in r.runs:
         ratio = f"{t.items_per_s / base:.2f}x" if base > 0 else "-"
-        rows.append((t.mode, str(t.max_batch), str(t.series), str(t.items), f"{t.seconds:.2f}",
-                     f"{t.items_per_s:.1f}", ratio, f"{t.mean_batch:.1f}", f"{t.device_busy:.0%}"))  # fmt: skip
+        rows.append(
+            (
+                t.mode,
+                str(t.max_batch),
+                str(t.series),
+                str(t.items),
+                f"{t.seconds:.2f}",
+                f"{t.items_per_s:.1f}",
+                ratio,
+                f"{t.mean_batch:.1f}",
+                f"{t.device_busy:.0%}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join([row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:], strict=False)]))
@@ -571,9 +602,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the bench from parsed arguments; 0 when every series was scored, 1 otherwise."""
     config = BenchConfig(
-        device=args.device, detector=args.detector, series=args.series, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, latency_runs=args.latency_runs,
-    )  # fmt: skip
+        device=args.device,
+        detector=args.detector,
+        series=args.series,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        threads=args.threads,
+        latency_runs=args.latency_runs,
+    )
     result = run_infer_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result.as_json(), indent=2) if args.json else "\n" + format_report(result))
     for error in result.errors[:10]:

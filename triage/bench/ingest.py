@@ -46,7 +46,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
-from triage.bench.common import check_space, free_port, quiet_pynetdicom
+from triage.bench.common import HOST, check_space, free_port, quiet_pynetdicom
 from triage.config import ListenerSettings
 from triage.errors import USER_ERRORS, DicomNetworkError, TriageError
 from triage.progress import progress_bar
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-HOST = "127.0.0.1"
 STORESCU = Path("/usr/bin/storescu")  # full path: pynetdicom installs a `storescu` of its own
 DCMTK_STORESCP = Path("/usr/bin/storescp")
 CALLING_AE = "BENCHSCU"
@@ -205,9 +204,7 @@ def _slices_per_series(size: int) -> int:
     return max(1, min(MAX_SERIES_SLICES, GENERATION_BUDGET_BYTES // (size * size * 8)))
 
 
-def _write_series(
-    folder: Path, count: int, size: int, per_series: int, advance: Callable[[], None], first_seed: int
-) -> list[Path]:
+def _write_series(folder: Path, count: int, size: int, per_series: int, advance: Callable[[], None], first_seed: int) -> list[Path]:
     paths: list[Path] = []
     for i, start in enumerate(range(0, count, per_series)):
         slices = min(per_series, count - start)
@@ -245,14 +242,25 @@ def _triage_receiver(workdir: Path) -> Receiver:
     argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(data), "--port", str(port), "--host", HOST]
     pdu = env.get("TRIAGE_LISTENER__MAX_PDU") or ListenerSettings.model_fields["max_pdu"].default
     note = f"fsync file + dir, SQLite index commit; max PDU {pdu}"
-    return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.store.db")
+    return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.db")
 
 
 def _pynetdicom_receiver(workdir: Path) -> Receiver:
     out = workdir / "out"
     port = free_port()
-    argv = [sys.executable, "-m", "pynetdicom", "storescp", str(port), "--output-directory", str(out),
-            "--ae-title", "PYNETDICOM", "--bind-address", HOST]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pynetdicom",
+        "storescp",
+        str(port),
+        "--output-directory",
+        str(out),
+        "--ae-title",
+        "PYNETDICOM",
+        "--bind-address",
+        HOST,
+    ]
     note = "decode + re-encode to a file, no fsync; max PDU 16382 (its default)"
     return Receiver(PYNETDICOM, "PYNETDICOM", port, argv, dict(os.environ), workdir, out, note)
 
@@ -275,9 +283,14 @@ def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResu
     print(f"{receiver.name}: starting on port {port} ...", flush=True)
     with open(receiver.log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            receiver.argv, env=receiver.env, cwd=receiver.workdir, stdin=subprocess.DEVNULL,
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            receiver.argv,
+            env=receiver.env,
+            cwd=receiver.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     sent = ready = False
     try:
         _wait_ready(proc, receiver, port)
@@ -298,8 +311,7 @@ def _run_receiver(receiver: Receiver, inputs: Inputs, sender: Sender) -> RunResu
     if sent:
         _check_stored(result, len(inputs.warmup) + len(inputs.timed))
     if result.ok:
-        print(f"{receiver.name}: {result.expected} images in {result.seconds:.2f} s, "
-              f"{result.images_per_s:.0f} images/s", flush=True)  # fmt: skip
+        print(f"{receiver.name}: {result.expected} images in {result.seconds:.2f} s, {result.images_per_s:.0f} images/s", flush=True)
     else:
         print(f"{receiver.name}: FAILED: {result.problems[0]}", flush=True)
     return result
@@ -384,8 +396,10 @@ def _pick_sender(parallel: int, have_dcmtk: bool) -> tuple[Sender, str]:
     if have_dcmtk:
         text = f"dcmtk storescu x{parallel} processes (TCP_NODELAY=1)"
         return (lambda files, port, ae, logs: _send_storescu(files, port, ae, parallel, logs)), text
-    text = (f"dicom_io.send.replay, {parallel} associations (dcmtk not installed: "
-            "the sender shares this process and may limit the fastest receiver)")  # fmt: skip
+    text = (
+        f"dicom_io.send.replay, {parallel} associations (dcmtk not installed: "
+        "the sender shares this process and may limit the fastest receiver)"
+    )
     return (lambda files, port, ae, _logs: _send_replay(files, port, ae, parallel)), text
 
 
@@ -405,8 +419,9 @@ def send_storescu(targets: Sequence[tuple[list[Path], int]], called_ae: str, log
         for i, (chunk, port) in enumerate(targets):
             log_path = logs / f"storescu{i}.log"
             with open(log_path, "wb") as out:
-                proc = subprocess.Popen(_storescu_argv(chunk, port, called_ae), env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                proc = subprocess.Popen(
+                    _storescu_argv(chunk, port, called_ae), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
             procs.append((proc, log_path))
         return [p for p in (_storescu_problem(proc, log_path) for proc, log_path in procs) if p]
     finally:
@@ -419,8 +434,7 @@ def send_storescu(targets: Sequence[tuple[list[Path], int]], called_ae: str, log
 def _storescu_argv(files: list[Path], port: int, called_ae: str) -> list[str]:
     # -R: propose only the contexts the files need; -nh: go on after a failed store.
     timeouts = ["-to", str(NETWORK_TIMEOUT_S), "-ts", str(NETWORK_TIMEOUT_S)]
-    return [str(STORESCU), "-R", "-nh", "-aet", CALLING_AE, "-aec", called_ae, *timeouts, HOST, str(port),
-            *map(str, files)]  # fmt: skip
+    return [str(STORESCU), "-R", "-nh", "-aet", CALLING_AE, "-aec", called_ae, *timeouts, HOST, str(port), *map(str, files)]
 
 
 def _storescu_problem(proc: subprocess.Popen[bytes], log_path: Path) -> str | None:
@@ -433,8 +447,7 @@ def _storescu_problem(proc: subprocess.Popen[bytes], log_path: Path) -> str | No
 def _send_replay(files: list[Path], port: int, called_ae: str, parallel: int) -> list[str]:
     # The inputs are ours (CT Image Storage, Explicit VR Little Endian): no need to read their meta.
     dicom_files = [DicomFile(f, str(CTImageStorage), str(ExplicitVRLittleEndian)) for f in files]
-    summary = replay(dicom_files, HOST, port, called_ae=called_ae, calling_ae=CALLING_AE,
-                     parallel=parallel, timeout=NETWORK_TIMEOUT_S)  # fmt: skip
+    summary = replay(dicom_files, HOST, port, called_ae=called_ae, calling_ae=CALLING_AE, parallel=parallel, timeout=NETWORK_TIMEOUT_S)
     if summary.failed:
         return [f"{summary.failed} instances not acknowledged (first: {summary.failures[0][1]})"]
     return []
@@ -443,10 +456,14 @@ def _send_replay(files: list[Path], port: int, called_ae: str, parallel: int) ->
 # -- report -----------------------------------------------------------------
 def _print_header(n: int, parallel: int, size: int, warmup_n: int, root: Path, sender: str) -> None:
     slice_kib = (size * size * 2 + HEADER_BYTES) / 1024
-    print(f"ingest bench: {n} CT slices {size}x{size} (~{slice_kib:.0f} KiB each), "
-          f"{parallel} parallel associations, {warmup_n} untimed warm-up instances first")  # fmt: skip
-    print(f"machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}, temp on {_filesystem(root)} ({root})")  # fmt: skip
+    print(
+        f"ingest bench: {n} CT slices {size}x{size} (~{slice_kib:.0f} KiB each), "
+        f"{parallel} parallel associations, {warmup_n} untimed warm-up instances first"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, temp on {_filesystem(root)} ({root})"
+    )
     print(f"sender: {sender}")
     print()
 
@@ -458,8 +475,9 @@ def _filesystem(path: Path) -> str:
     except OSError:
         return "unknown filesystem"
     resolved = str(path.resolve())
-    best = max((m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")),
-               key=lambda m: len(m[0]), default=None)  # fmt: skip
+    best = max(
+        (m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")), key=lambda m: len(m[0]), default=None
+    )
     return best[1] if best else "unknown filesystem"
 
 

@@ -57,8 +57,7 @@ def find_bin_dir(root: Path = DEBIAN_PG_ROOT) -> Path:
                 found.append((tuple(int(p) for p in child.name.split(".")), child / "bin"))
     if not found:
         raise PostgresClusterError(
-            f"no PostgreSQL server binaries under {root}/*/bin: "
-            "install Debian's postgresql package (scripts/install-test-deps)"
+            f"no PostgreSQL server binaries under {root}/*/bin: install Debian's postgresql package (scripts/install-test-deps)"
         )
     return max(found)[1]
 
@@ -84,15 +83,14 @@ class PostgresCluster:
     ...     engine = make_engine(pg.url)
     """
 
-    def __init__(self, *, bin_dir: Path | None = None, database: str = DEFAULT_DATABASE,
-                 max_connections: int = 300, fsync: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, *, bin_dir: Path | None = None, database: str = DEFAULT_DATABASE, max_connections: int = 300, fsync: bool = False
+    ) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
             raise PostgresClusterError(f"database name {database!r} must be a lower-case SQL identifier")
         self.bin_dir = bin_dir if bin_dir is not None else find_bin_dir()
         if not (self.bin_dir / "initdb").is_file():
-            raise PostgresClusterError(
-                f"no initdb in {self.bin_dir}: install Debian's postgresql package (scripts/install-test-deps)"
-            )
+            raise PostgresClusterError(f"no initdb in {self.bin_dir}: install Debian's postgresql package (scripts/install-test-deps)")
         self.database = database
         self.max_connections = max_connections
         self.fsync = fsync
@@ -143,8 +141,7 @@ class PostgresCluster:
         # From here on stop() cleans up, even if the interpreter exits without calling it.
         self._finalizer = weakref.finalize(self, _shutdown, self._as_user, self.bin_dir, self.root)
         try:
-            self._run(["initdb", "-D", str(self._data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                       "--locale=C", "--no-sync"])  # fmt: skip
+            self._run(["initdb", "-D", str(self._data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
             self._start_server()
             self._create_database(self.database)
         except BaseException:
@@ -171,8 +168,7 @@ class PostgresCluster:
     def __enter__(self) -> PostgresCluster:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     # -- internals -------------------------------------------------------------
@@ -200,8 +196,9 @@ class PostgresCluster:
     def _run(self, argv: Sequence[str], timeout: float = _START_TIMEOUT_S) -> str:
         cmd = [*self._as_user, str(self.bin_dir / argv[0]), *argv[1:]]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.socket_dir,
-                                  env={**os.environ, "LC_ALL": "C"}, check=False)  # fmt: skip
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, cwd=self.socket_dir, env={**os.environ, "LC_ALL": "C"}, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise PostgresClusterError(f"{argv[0]} failed: {exc}") from None
         if done.returncode != 0:
@@ -214,14 +211,29 @@ class PostgresCluster:
         for attempt in range(_PORT_ATTEMPTS):
             port = free_port(self.host)
             options = [
-                f"-c listen_addresses={self.host}", f"-p {port}", f"-k {self.socket_dir}",
+                f"-c listen_addresses={self.host}",
+                f"-p {port}",
+                f"-k {self.socket_dir}",
                 f"-c max_connections={self.max_connections}",
-            ]  # fmt: skip
+            ]
             if not self.fsync:
                 options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
             try:
-                self._run(["pg_ctl", "-D", str(self._data), "-l", str(self.log_path), "-o", " ".join(options),
-                           "-w", "-t", str(_START_TIMEOUT_S), "start"])  # fmt: skip
+                self._run(
+                    [
+                        "pg_ctl",
+                        "-D",
+                        str(self._data),
+                        "-l",
+                        str(self.log_path),
+                        "-o",
+                        " ".join(options),
+                        "-w",
+                        "-t",
+                        str(_START_TIMEOUT_S),
+                        "start",
+                    ]
+                )
             except PostgresClusterError as exc:
                 tail = self._log_tail()
                 if attempt + 1 < _PORT_ATTEMPTS and "could not bind" in tail:
@@ -241,8 +253,9 @@ class PostgresCluster:
         import psycopg
 
         try:
-            with psycopg.connect(host=self.host, port=self.port, user=SUPERUSER, dbname="postgres",
-                                 autocommit=True, connect_timeout=10) as conn:  # fmt: skip
+            with psycopg.connect(
+                host=self.host, port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True, connect_timeout=10
+            ) as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
         except psycopg.Error as exc:
             raise PostgresClusterError(f"cannot create database {name}: {str(exc).strip().splitlines()[0]}") from None
@@ -252,8 +265,13 @@ def _shutdown(as_user: list[str], bin_dir: Path, root: Path) -> None:
     """Stop the server in ``root`` if it runs, then delete ``root`` (also run at interpreter exit)."""
     data = root / "data"
     if (data / "postmaster.pid").exists():
-        done = subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                              capture_output=True, text=True, timeout=_START_TIMEOUT_S, check=False)  # fmt: skip
+        done = subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            text=True,
+            timeout=_START_TIMEOUT_S,
+            check=False,
+        )
         if done.returncode != 0:
             log.error("pg_ctl stop failed: %s", (done.stderr or done.stdout).strip())
     shutil.rmtree(root, ignore_errors=True)

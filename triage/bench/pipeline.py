@@ -37,9 +37,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +48,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.bench.common import BenchFailure, check_space, free_port, load_average, machine, quiet_pynetdicom, ratio, times
+from triage.bench.common import HOST, BenchFailure, check_space, load_average, machine, ratio, times
+from triage.bench.served import CALLING_AE, SERVE_AE, ServedProcess
 from triage.clock import as_utc
 from triage.config import available_cores
 from triage.errors import TriageError
@@ -62,9 +61,6 @@ if TYPE_CHECKING:
 
     from triage.config import Settings
 
-HOST = "127.0.0.1"
-SERVE_AE = "TRIAGE"  # triage serve's default AE title
-CALLING_AE = "BENCHSCU"
 
 MIN_SIZE, MAX_SIZE = 32, 1024
 MAX_SLICES = 400
@@ -77,11 +73,9 @@ FLAT_GROWTH = 1.10  # "memory flat": the last tenth's median within 10% of the f
 TARGET_MEMORY_STUDIES = 500  # "memory flat over 500 studies"
 SEND_BOUND = 0.8  # sending took at least this share of the throughput time: sending and receiving bound it
 
-READY_TIMEOUT_S = 60.0  # until the listener answers C-ECHO
 WARMUP_TIMEOUT_S = 300.0  # the first study waits for torch and the detectors to load
 STUDY_TIMEOUT_S = 120.0  # beyond the stability wait, for one study to be ranked when idle
 PER_STUDY_BACKLOG_S = 10.0  # throughput wait: this much per study (or 10x offline scoring, if more)
-STOP_TIMEOUT_S = 90.0  # serve's own shutdown waits for listener processes (grace + 30 s)
 NETWORK_TIMEOUT_S = 60
 POLL_S = 0.05  # reading the index for one study's rank
 SAMPLE_S = 0.5  # memory samples (and index reads) while waiting for a backlog
@@ -239,33 +233,51 @@ class PipelineBenchResult:
         mib = 2**20
         return {
             "machine": {"cpus": self.cpus, "platform": self.machine},
-            "config": {**{k: v for k, v in asdict(c).items() if k != "keep"},
-                       "check_interval_s": self.check_interval},  # fmt: skip
+            "config": {**{k: v for k, v in asdict(c).items() if k != "keep"}, "check_interval_s": self.check_interval},
             "baseline": {
                 "what": "the same study scored offline from its files in this process (triage.flow.scoring.score_series)",
-                "runs_s": list(self.offline_runs_s), "median_s": self.offline_s,
+                "runs_s": list(self.offline_runs_s),
+                "median_s": self.offline_s,
                 "studies_per_hour": self.offline_per_hour,
-            },  # fmt: skip
+            },
             "latency": {
-                "studies": len(self.latency_s), "time_to_triage_s": list(self.latency_s),
-                "p50_s": self.p50_s, "p95_s": self.p95_s, "target_s": TARGET_BEYOND_STABLE_S,
-                "p95_vs_target": self.p95_vs_target, "p50_vs_offline": self.p50_vs_offline,
-            },  # fmt: skip
+                "studies": len(self.latency_s),
+                "time_to_triage_s": list(self.latency_s),
+                "p50_s": self.p50_s,
+                "p95_s": self.p95_s,
+                "target_s": TARGET_BEYOND_STABLE_S,
+                "p95_vs_target": self.p95_vs_target,
+                "p50_vs_offline": self.p50_vs_offline,
+            },
             "throughput": {
-                "studies": self.throughput_studies, "seconds": self.throughput_s, "send_s": self.send_s,
-                "studies_per_hour": self.studies_per_hour, "vs_offline": self.throughput_vs_offline,
+                "studies": self.throughput_studies,
+                "seconds": self.throughput_s,
+                "send_s": self.send_s,
+                "studies_per_hour": self.studies_per_hour,
+                "vs_offline": self.throughput_vs_offline,
                 "time_to_triage_p50_s": percentile(self.loaded_latency_s, 50),
                 "time_to_triage_p95_s": percentile(self.loaded_latency_s, 95),
-            },  # fmt: skip
-            "memory": None if mem is None else {
-                "samples": len(mem.samples), "peak_mib": mem.peak / mib, "start_mib": mem.start / mib,
-                "end_mib": mem.end / mib, "growth": mem.growth, "flat_limit": FLAT_GROWTH, "flat": mem.flat,
-            },  # fmt: skip
+            },
+            "memory": None
+            if mem is None
+            else {
+                "samples": len(mem.samples),
+                "peak_mib": mem.peak / mib,
+                "start_mib": mem.start / mib,
+                "end_mib": mem.end / mib,
+                "growth": mem.growth,
+                "flat_limit": FLAT_GROWTH,
+                "flat": mem.flat,
+            },
             "targets": {
                 "p95_beyond_stable_s": {"limit_s": TARGET_BEYOND_STABLE_S, "met": self.latency_met},
-                "memory_flat": {"limit_growth": FLAT_GROWTH, "studies": self.throughput_studies,
-                                "target_studies": TARGET_MEMORY_STUDIES, "met": self.memory_met},
-            },  # fmt: skip
+                "memory_flat": {
+                    "limit_growth": FLAT_GROWTH,
+                    "studies": self.throughput_studies,
+                    "target_studies": TARGET_MEMORY_STUDIES,
+                    "met": self.memory_met,
+                },
+            },
             "serve_exit_code": self.serve_exit_code,
             "ok": self.ok,
             "notes": list(self.notes),
@@ -373,8 +385,7 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
     notes: list[str] = []
     load = load_average()
     if load > 0.5:  # read before we start: other processes' load, not ours
-        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); "
-                     "figures are noisy")  # fmt: skip
+        notes.append(f"other work on the CPUs: load average {load:.1f} before the run ({available_cores()} CPUs); figures are noisy")
     root = Path(tempfile.mkdtemp(prefix="triage-bench-pipeline-"))
     try:
         _check_space(root, config)
@@ -384,8 +395,9 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
         settings = _serve_settings(empty_toml, env, root / "serve" / "data")
         say(f"generating a {config.slices}-slice {config.size}x{config.size} head CT")
         datasets = _head_ct(config)
-        result = PipelineBenchResult(config=config, cpus=available_cores(), machine=machine(),
-                                     check_interval=settings.completeness.check_interval)  # fmt: skip
+        result = PipelineBenchResult(
+            config=config, cpus=available_cores(), machine=machine(), check_interval=settings.completeness.check_interval
+        )
         fields: dict[str, Any] = {}
         problems: list[str] = []
         try:
@@ -394,20 +406,25 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
                 try:
                     _measure(server, datasets, config, fields, say)
                 finally:
-                    fields["serve_exit_code"], stop_problem = server.stop()
+                    stop_problem = server.stop()
+                    fields["serve_exit_code"] = server.returncode
                     if stop_problem:
                         problems.append(stop_problem)
         except BenchFailure as exc:
             problems.insert(0, str(exc))
         send_s, throughput_s = fields.get("send_s"), fields.get("throughput_s")
         if send_s and throughput_s and send_s >= SEND_BOUND * throughput_s:
-            notes.append(f"sending took {send_s / throughput_s:.0%} of the throughput time: with one association "
-                         "at a time, sending and receiving, not scoring, bound studies/hour")  # fmt: skip
+            notes.append(
+                f"sending took {send_s / throughput_s:.0%} of the throughput time: with one association "
+                "at a time, sending and receiving, not scoring, bound studies/hour"
+            )
         if config.keep:
             notes.append(f"kept {root} (the server's data, index and log are in {root / 'serve'})")
         if available_cores() != TARGET_CPUS:
-            notes.append(f"the targets are for {TARGET_CPUS} CPU cores; this run had {available_cores()} "
-                         f"(`taskset -c 0,1 triage bench triage` measures the target's setting)")  # fmt: skip
+            notes.append(
+                f"the targets are for {TARGET_CPUS} CPU cores; this run had {available_cores()} "
+                f"(`taskset -c 0,1 triage bench triage` measures the target's setting)"
+            )
         # A server that died is reported by the wait that noticed and again by stop(): once is enough.
         return replace(result, **fields, notes=tuple(notes), problems=tuple(dict.fromkeys(problems)))
     finally:
@@ -415,8 +432,7 @@ def run_pipeline_bench(config: PipelineBenchConfig, progress: Progress | None = 
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _measure(server: _Server, datasets: list[Dataset], config: PipelineBenchConfig, fields: dict[str, Any],
-             say: Progress) -> None:  # fmt: skip
+def _measure(server: _Server, datasets: list[Dataset], config: PipelineBenchConfig, fields: dict[str, Any], say: Progress) -> None:
     """The warm-up, latency and throughput phases; fills ``fields`` as each phase ends."""
     stable = config.stable_after
     with _Index(server.db_path) as index:
@@ -458,8 +474,7 @@ def _measure(server: _Server, datasets: list[Dataset], config: PipelineBenchConf
         fields["throughput_studies"] = n
         last_ranked = max(r.scored_at for r in rows if r.scored_at is not None)
         fields["throughput_s"] = (last_ranked - min(r.first_received for r in rows)).total_seconds()
-        fields["loaded_latency_s"] = tuple(time_to_triage(r.last_received, r.scored_at, stable)
-                                           for r in rows if r.scored_at is not None)  # fmt: skip
+        fields["loaded_latency_s"] = tuple(time_to_triage(r.last_received, r.scored_at, stable) for r in rows if r.scored_at is not None)
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -467,8 +482,7 @@ def _head_ct(config: PipelineBenchConfig) -> list[Dataset]:
     """The study replayed throughout: CT Image Storage, Explicit VR Little Endian, body part HEAD."""
     from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume
 
-    meta = StudyMeta(patient_id="BENCHPIPE", patient_name="BENCH^PIPELINE", accession_number="BENCH",
-                     body_part="HEAD")  # fmt: skip
+    meta = StudyMeta(patient_id="BENCHPIPE", patient_name="BENCH^PIPELINE", accession_number="BENCH", body_part="HEAD")
     # 0.5 mm pixels at 512, as scanners do for a head; the field of view stays ~25 cm at other sizes.
     spacing = 256.0 / config.size
     volume = simple_head_volume(config.slices, config.size, seed=0)  # (slices, rows, cols), HU
@@ -502,8 +516,9 @@ def _check_space(root: Path, config: PipelineBenchConfig) -> None:
 
 
 # -- baseline ---------------------------------------------------------------------------------
-def _offline_baseline(datasets: list[Dataset], folder: Path, config: PipelineBenchConfig, settings: Settings,
-                      say: Progress) -> tuple[float, ...]:  # fmt: skip
+def _offline_baseline(
+    datasets: list[Dataset], folder: Path, config: PipelineBenchConfig, settings: Settings, say: Progress
+) -> tuple[float, ...]:
     """Seconds to score the study from its files in this process, ``config.baseline_runs`` times after a warm-up.
 
     The engine has the server's settings (``[detectors]`` and ``TRIAGE_DETECTORS__*``)
@@ -565,58 +580,15 @@ def _serve_settings(config_file: Path, env: dict[str, str], data_dir: Path) -> S
     return load_settings(config_file, overrides={"data_dir": str(data_dir)}, environ=env)
 
 
-class _Server:
-    """A ``triage serve`` subprocess, and the waits that read its index."""
+class _Server(ServedProcess):
+    """The bench's ``triage serve``, and the wait that reads its index."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: Path, data_dir: Path,
-                 stable_after: float) -> None:  # fmt: skip
-        self.proc = proc
-        self.port = port
-        self.workdir = workdir
-        self.db_path = data_dir / "triage.store.db"
+    def __init__(self, workdir: Path, config_file: Path, env: dict[str, str], data_dir: Path, stable_after: float) -> None:
+        super().__init__(workdir, config_file, env, data_dir=data_dir)
+        self.db_path = data_dir / "triage.db"
         self.stable_after = stable_after
-        self._exit: tuple[int | None, str | None] | None = None
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "serve.log"
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return (": " + " | ".join(text[-lines:])) if text else ""
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchFailure(f"triage serve exited with code {self.proc.returncode}{self.tail()}")
-
-    def wait_ready(self) -> None:
-        """Return once the server answers C-ECHO; raise if it exits or never does."""
-
-        from dicom_io.send import echo
-        from triage.errors import DicomNetworkError
-
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with quiet_pynetdicom():  # "connection refused" until it listens is expected
-            while True:
-                self.check_alive()
-                try:
-                    echo(HOST, self.port, called_ae=SERVE_AE, calling_ae=CALLING_AE, timeout=5)
-                    return
-                except DicomNetworkError:
-                    if time.monotonic() > deadline:
-                        raise BenchFailure(f"triage serve: no C-ECHO answer within {READY_TIMEOUT_S:.0f} s"
-                                           f"{self.tail()}") from None  # fmt: skip
-                    time.sleep(POLL_S)  # polling a condition (listening yet?), not a guess at a duration
-
-    def wait_ranked(self, index: _Index, uids: Sequence[str], timeout: float,
-                    on_wait: Callable[[], None] | None = None) -> list[StudyRow]:  # fmt: skip
+    def wait_ranked(self, index: _Index, uids: Sequence[str], timeout: float, on_wait: Callable[[], None] | None = None) -> list[StudyRow]:
         """Wait until every study in ``uids`` is ranked; its rows, in the order of ``uids``.
 
         Raises :class:`BenchFailure` when one is ranked with an AI status other
@@ -638,45 +610,17 @@ class _Server:
             self.check_alive()
             if time.monotonic() > deadline:
                 waiting = len(wanted) - sum(1 for r in rows.values() if r.ranked)
-                raise BenchFailure(f"{waiting} of {len(wanted)} studies not ranked within {timeout:.0f} s"
-                                   f"{self.tail()}")  # fmt: skip
+                raise BenchFailure(f"{waiting} of {len(wanted)} studies not ranked within {timeout:.0f} s{self.tail()}")
             if on_wait is not None:
                 on_wait()
             time.sleep(SAMPLE_S if on_wait is not None else POLL_S)
 
-    def stop(self) -> tuple[int | None, str | None]:
-        """SIGTERM the server (it stops its listener processes itself) and wait; (exit code, problem or None)."""
-        if self._exit is not None:
-            return self._exit
-        problem = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the listener processes too
-                self.proc.wait()
-                problem = f"triage serve did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; killed"
-        code = self.proc.returncode
-        if problem is None and code != 0:
-            problem = f"triage serve exited with code {code}{self.tail()}"
-        self._exit = (code, problem)
-        return self._exit
-
 
 @contextmanager
-def _served(workdir: Path, config_file: Path, env: dict[str, str], settings: Settings,
-            say: Progress) -> Iterator[_Server]:  # fmt: skip
+def _served(workdir: Path, config_file: Path, env: dict[str, str], settings: Settings, say: Progress) -> Iterator[_Server]:
     """Start ``triage serve`` on a throw-away data directory; stopped (SIGKILL if need be) on the way out."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(settings.data_dir), "--port", str(port),
-            "--host", HOST, "--config", str(config_file), "--log-level", "INFO"]  # fmt: skip
-    say(f"starting triage serve on {HOST}:{port} (stable wait {settings.completeness.stable_after:g} s)")
-    with open(workdir / "serve.log", "wb") as log_file:
-        proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    server = _Server(proc, port, workdir, settings.data_dir, settings.completeness.stable_after)
+    server = _Server(workdir, config_file, env, settings.data_dir, settings.completeness.stable_after)
+    say(f"started triage serve on {HOST}:{server.port} (stable wait {settings.completeness.stable_after:g} s)")
     try:
         server.wait_ready()
         yield server
@@ -719,8 +663,9 @@ class _Index:
             raise BenchFailure(f"cannot read the server's index {self.path}: {exc}") from None
         out = {}
         for uid, status, reason, first, last, scored in found:
-            out[uid] = StudyRow(uid, status, reason, parse_db_time(first), parse_db_time(last),
-                                parse_db_time(scored) if scored is not None else None)  # fmt: skip
+            out[uid] = StudyRow(
+                uid, status, reason, parse_db_time(first), parse_db_time(last), parse_db_time(scored) if scored is not None else None
+            )
         return out
 
 
@@ -774,26 +719,31 @@ def format_report(result: PipelineBenchResult) -> str:
     ]
     runs = ", ".join(f"{s:.2f}" for s in r.offline_runs_s)
     per_hour = f"{r.offline_per_hour:,.0f} studies/hour" if r.offline_per_hour else "-"
-    lines.append(f"baseline, the study scored offline from its files in this process: {_s(r.offline_s)} median "
-                 f"({runs or '-'} s) = {per_hour}")  # fmt: skip
-    lines.append(f"time to triage (last instance received -> ranked, minus the {stable} wait), "
-                 f"{len(r.latency_s)} studies one at a time:")  # fmt: skip
+    lines.append(
+        f"baseline, the study scored offline from its files in this process: {_s(r.offline_s)} median ({runs or '-'} s) = {per_hour}"
+    )
+    lines.append(f"time to triage (last instance received -> ranked, minus the {stable} wait), {len(r.latency_s)} studies one at a time:")
     lines.append(f"  p50 {_s(r.p50_s)} = {times(r.p50_vs_offline)} offline scoring")
     lines.append(f"  p95 {_s(r.p95_s)} = {times(r.p95_vs_target)} the {TARGET_BEYOND_STABLE_S:g} s target")
     if r.studies_per_hour is not None:
-        lines.append(f"throughput, {r.throughput_studies} studies back to back (sent in {_s(r.send_s, 1)}): "
-                     f"{_s(r.throughput_s, 1)} from the first instance received to the last study ranked "
-                     f"= {r.studies_per_hour:,.0f} studies/hour = {times(r.throughput_vs_offline)} offline scoring")
-        lines.append(f"  time to triage under that load: p50 {_s(percentile(r.loaded_latency_s, 50))}, "
-                     f"p95 {_s(percentile(r.loaded_latency_s, 95))}")  # fmt: skip
+        lines.append(
+            f"throughput, {r.throughput_studies} studies back to back (sent in {_s(r.send_s, 1)}): "
+            f"{_s(r.throughput_s, 1)} from the first instance received to the last study ranked "
+            f"= {r.studies_per_hour:,.0f} studies/hour = {times(r.throughput_vs_offline)} offline scoring"
+        )
+        lines.append(
+            f"  time to triage under that load: p50 {_s(percentile(r.loaded_latency_s, 50))}, p95 {_s(percentile(r.loaded_latency_s, 95))}"
+        )
     else:
         lines.append("throughput: not measured")
     mem = r.memory
     if mem is not None and mem.samples:
         mib = 2**20
-        lines.append(f"memory, triage serve + its listener processes (RSS summed, {len(mem.samples)} samples): "
-                     f"peak {mem.peak / mib:.0f} MiB; first tenth {mem.start / mib:.0f} MiB, last tenth "
-                     f"{mem.end / mib:.0f} MiB: growth {times(mem.growth)} ({'flat' if mem.flat else 'GROWING'})")
+        lines.append(
+            f"memory, triage serve + its listener processes (RSS summed, {len(mem.samples)} samples): "
+            f"peak {mem.peak / mib:.0f} MiB; first tenth {mem.start / mib:.0f} MiB, last tenth "
+            f"{mem.end / mib:.0f} MiB: growth {times(mem.growth)} ({'flat' if mem.flat else 'GROWING'})"
+        )
     else:
         lines.append("memory: not measured")
     lines.append("")
@@ -802,12 +752,16 @@ def format_report(result: PipelineBenchResult) -> str:
         setting.append(f"the target is for {TARGET_SLICES} slices, this run had {c.slices}")
     if r.cpus != TARGET_CPUS:
         setting.append(f"the target is for {TARGET_CPUS} cores, this run had {r.cpus}")
-    lines.append(f"target: p95 time to triage <= {TARGET_BEYOND_STABLE_S:g} s beyond the stable wait: "
-                 f"{_verdict(r.latency_met)} ({_s(r.p95_s)}{'; ' + '; '.join(setting) if setting else ''})")
+    lines.append(
+        f"target: p95 time to triage <= {TARGET_BEYOND_STABLE_S:g} s beyond the stable wait: "
+        f"{_verdict(r.latency_met)} ({_s(r.p95_s)}{'; ' + '; '.join(setting) if setting else ''})"
+    )
     over = "" if r.throughput_studies >= TARGET_MEMORY_STUDIES else f"; the target is over {TARGET_MEMORY_STUDIES}"
-    lines.append(f"target: memory flat (growth <= {FLAT_GROWTH:.2f}x) over {TARGET_MEMORY_STUDIES} studies: "
-                 f"{_verdict(r.memory_met)} ({times(mem.growth if mem else None)} over {r.throughput_studies} "
-                 f"studies{over})")  # fmt: skip
+    lines.append(
+        f"target: memory flat (growth <= {FLAT_GROWTH:.2f}x) over {TARGET_MEMORY_STUDIES} studies: "
+        f"{_verdict(r.memory_met)} ({times(mem.growth if mem else None)} over {r.throughput_studies} "
+        f"studies{over})"
+    )
     lines += [f"note: {note}" for note in r.notes]
     return "\n".join(lines)
 
@@ -816,18 +770,28 @@ def format_report(result: PipelineBenchResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``triage bench triage``."""
     d = PipelineBenchConfig()
-    parser.add_argument("--studies", type=int, default=d.studies,
-                        help=f"studies sent back to back for throughput and memory (default {d.studies})")  # fmt: skip
-    parser.add_argument("--latency-studies", type=int, default=d.latency_studies,
-                        help=f"studies sent one at a time for time to triage (default {d.latency_studies})")  # fmt: skip
+    parser.add_argument(
+        "--studies", type=int, default=d.studies, help=f"studies sent back to back for throughput and memory (default {d.studies})"
+    )
+    parser.add_argument(
+        "--latency-studies",
+        type=int,
+        default=d.latency_studies,
+        help=f"studies sent one at a time for time to triage (default {d.latency_studies})",
+    )
     parser.add_argument("--size", type=int, default=d.size, help=f"CT rows and columns (default {d.size})")
     parser.add_argument("--slices", type=int, default=d.slices, help=f"slices per study (default {d.slices})")
-    parser.add_argument("--stable-after", type=float, default=d.stable_after, metavar="SECONDS",
-                        help=f"the server's series stability wait (default {d.stable_after:g})")  # fmt: skip
-    parser.add_argument("--device", default=d.device,
-                        help=f"the detectors' device, for the baseline and the server (default {d.device})")  # fmt: skip
-    parser.add_argument("--baseline-runs", type=int, default=d.baseline_runs,
-                        help=f"timed offline scorings of the study (default {d.baseline_runs})")  # fmt: skip
+    parser.add_argument(
+        "--stable-after",
+        type=float,
+        default=d.stable_after,
+        metavar="SECONDS",
+        help=f"the server's series stability wait (default {d.stable_after:g})",
+    )
+    parser.add_argument("--device", default=d.device, help=f"the detectors' device, for the baseline and the server (default {d.device})")
+    parser.add_argument(
+        "--baseline-runs", type=int, default=d.baseline_runs, help=f"timed offline scorings of the study (default {d.baseline_runs})"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server data, index, log)")
     parser.add_argument("--json", action="store_true", help="JSON instead of the report")
 
@@ -835,9 +799,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the bench from parsed arguments; 0 when every study was ranked as scored and the server stopped cleanly."""
     config = PipelineBenchConfig(
-        studies=args.studies, latency_studies=args.latency_studies, size=args.size, slices=args.slices,
-        stable_after=args.stable_after, device=args.device, baseline_runs=args.baseline_runs, keep=args.keep,
-    )  # fmt: skip
+        studies=args.studies,
+        latency_studies=args.latency_studies,
+        size=args.size,
+        slices=args.slices,
+        stable_after=args.stable_after,
+        device=args.device,
+        baseline_runs=args.baseline_runs,
+        keep=args.keep,
+    )
     result = run_pipeline_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result.as_json(), indent=2) if args.json else "\n" + format_report(result))
     for problem in result.problems:

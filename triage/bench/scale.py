@@ -41,8 +41,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,7 +52,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.bench.common import BenchFailure, check_space, free_port, machine, quiet_pynetdicom, ratio, times
+from triage.bench.common import HOST, BenchFailure, check_space, machine, ratio, times
+from triage.bench.served import CALLING_AE, SERVE_AE, ServedProcess
 from triage.clock import as_utc
 from triage.config import available_cores
 from triage.errors import USER_ERRORS, TriageError
@@ -64,9 +63,6 @@ from triage.errors import USER_ERRORS, TriageError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-HOST = "127.0.0.1"
-SERVE_AE = "TRIAGE"
-CALLING_AE = "BENCHSCU"
 
 MIN_SIZE, MAX_SIZE = 16, 2048  # ingest slices, as `bench ingest`
 MIN_STUDY_SIZE, MAX_STUDY_SIZE = 32, 1024  # scored studies, as `bench triage`
@@ -74,20 +70,12 @@ MAX_STUDY_SLICES = 400
 MAX_PARALLEL = 64
 HEADER_BYTES = 2048  # rough size of file meta + CT header per instance
 
-READY_TIMEOUT_S = 60.0  # a listener answers C-ECHO
-WORKER_READY_TIMEOUT_S = 300.0  # a worker has imported torch and loaded its detectors
 JOBS_TIMEOUT_S = 120.0  # beyond the stable wait, until every received series has its job
 PER_STUDY_TIMEOUT_S = 60.0  # scoring wait: this much per study, plus the above
-STOP_TIMEOUT_S = 90.0  # serve's own shutdown waits for its listener processes and the series in flight
 POLL_S = 0.1
 HOLD = timedelta(days=1)  # a held job's lease: far beyond the run
 HOLDER = "bench-scale-hold"
 
-# ScoringWorker.start logs this once torch and the detectors are loaded (triage.flow.pipeline).
-_WORKER_READY = re.compile(r"scoring worker \S+: \d+ detectors on ")
-# TriageServer.start logs this once every listener process has started (triage.app.server); the first one
-# answers C-ECHO before the others are up.
-_LISTENERS_UP = re.compile(r"listening as \S+ on \S+ with \d+ listener processes")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # TRIAGE_* variables the bench sets itself for each served process.
 _OWN_ENV = ("TRIAGE_DB", "TRIAGE_CONFIG", "TRIAGE_ROLE", "TRIAGE_DATA_DIR")
@@ -120,8 +108,9 @@ class ScaleBenchConfig:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
             raise TriageError(f"--size must be between {MIN_SIZE} and {MAX_SIZE}, got {self.size}")
         if not 2 <= self.parallel <= MAX_PARALLEL or self.parallel % 2:
-            raise TriageError(f"--parallel must be an even number between 2 and {MAX_PARALLEL} "
-                              f"(split evenly between 2 listeners), got {self.parallel}")  # fmt: skip
+            raise TriageError(
+                f"--parallel must be an even number between 2 and {MAX_PARALLEL} (split evenly between 2 listeners), got {self.parallel}"
+            )
         if self.parallel > self.n:
             raise TriageError(f"--parallel ({self.parallel}) must not exceed --n ({self.n})")
         if self.studies < 2:
@@ -129,8 +118,7 @@ class ScaleBenchConfig:
         if not 1 <= self.study_slices <= MAX_STUDY_SLICES:
             raise TriageError(f"--study-slices must be between 1 and {MAX_STUDY_SLICES}, got {self.study_slices}")
         if not MIN_STUDY_SIZE <= self.study_size <= MAX_STUDY_SIZE:
-            raise TriageError(f"--study-size must be between {MIN_STUDY_SIZE} and {MAX_STUDY_SIZE}, "
-                              f"got {self.study_size}")  # fmt: skip
+            raise TriageError(f"--study-size must be between {MIN_STUDY_SIZE} and {MAX_STUDY_SIZE}, got {self.study_size}")
         if not (self.stable_after > 0 and math.isfinite(self.stable_after)):  # also refuses NaN
             raise TriageError(f"--stable-after must be a positive number of seconds, got {self.stable_after}")
         if not _DEVICE.match(self.device):
@@ -146,8 +134,7 @@ def _check_postgres_url(url: str) -> None:
     except ArgumentError:
         raise TriageError(f"--db is not a database URL: {url!r}") from None
     if parsed.get_backend_name() != "postgresql":
-        raise TriageError(f"--db must be a PostgreSQL URL (postgresql+psycopg://user@host/database), "
-                          f"got a {parsed.get_backend_name()} one")  # fmt: skip
+        raise TriageError(f"--db must be a PostgreSQL URL (postgresql+psycopg://user@host/database), got a {parsed.get_backend_name()} one")
 
 
 @dataclass(frozen=True)
@@ -217,23 +204,30 @@ class ScaleBenchResult:
             "database": self.database,
             "databases": list(self.databases),
             "ingest": {
-                "instances": self.config.n, "size": self.config.size, "parallel": self.config.parallel,
-                "warmup_instances": self.warmup_instances, "sender": self.sender,
+                "instances": self.config.n,
+                "size": self.config.size,
+                "parallel": self.config.parallel,
+                "warmup_instances": self.warmup_instances,
+                "sender": self.sender,
                 "listener_processes": self.listener_processes,
                 "runs": [{**asdict(r), "images_per_s": r.images_per_s} for r in self.ingest],
                 "ratio_2_vs_1": self.ingest_ratio,
             },
             "scoring": {
-                "studies": self.config.studies, "slices": self.config.study_slices, "size": self.config.study_size,
-                "device": self.config.device, "fresh_state": "a copy of the received database per run",
-                "runs": [{**asdict(r), "jobs_by_worker": list(r.jobs_by_worker),
-                          "studies_per_hour": r.studies_per_hour} for r in self.scoring],
+                "studies": self.config.studies,
+                "slices": self.config.study_slices,
+                "size": self.config.study_size,
+                "device": self.config.device,
+                "fresh_state": "a copy of the received database per run",
+                "runs": [
+                    {**asdict(r), "jobs_by_worker": list(r.jobs_by_worker), "studies_per_hour": r.studies_per_hour} for r in self.scoring
+                ],
                 "ratio_2_vs_1": self.scoring_ratio,
             },
             "notes": list(self.notes),
             "problems": list(self.problems),
             "ok": self.ok,
-        }  # fmt: skip
+        }
 
 
 def _second_over_first(rates: Sequence[float]) -> float | None:
@@ -284,8 +278,14 @@ def run_scale_bench(config: ScaleBenchConfig, progress: Progress | None = None) 
         with _postgres(config, say) as (server_url, database):
             # A throw-away server goes with its databases; on a given one they are dropped unless kept.
             dbs = _Databases(server_url, f"triage_bench_scale_{os.getpid()}", keep=config.keep or config.db is None)
-            result = ScaleBenchResult(config=config, cpus=available_cores(), machine=machine(), database=database,
-                                      sender=sender, listener_processes=listener_processes)  # fmt: skip
+            result = ScaleBenchResult(
+                config=config,
+                cpus=available_cores(),
+                machine=machine(),
+                database=database,
+                sender=sender,
+                listener_processes=listener_processes,
+            )
             ingest: list[IngestRun] = []
             scoring: list[ScoringRun] = []
             warmup_n = min(config.parallel, 8) * 2
@@ -306,8 +306,15 @@ def run_scale_bench(config: ScaleBenchConfig, progress: Progress | None = None) 
         notes += _notes(config, result.cpus, scoring)
         if config.keep:
             notes.append(f"kept {root} (data directories, inputs and every server's log)")
-        return replace(result, warmup_instances=warmup_n, databases=made, ingest=tuple(ingest), scoring=tuple(scoring),
-                       notes=tuple(notes), problems=tuple(dict.fromkeys(problems)))  # fmt: skip
+        return replace(
+            result,
+            warmup_instances=warmup_n,
+            databases=made,
+            ingest=tuple(ingest),
+            scoring=tuple(scoring),
+            notes=tuple(notes),
+            problems=tuple(dict.fromkeys(problems)),
+        )
     finally:
         if not config.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -316,12 +323,16 @@ def run_scale_bench(config: ScaleBenchConfig, progress: Progress | None = None) 
 def _notes(config: ScaleBenchConfig, cpus: int, scoring: Sequence[ScoringRun]) -> list[str]:
     notes = []
     if config.device == "cpu" or config.device == "auto":
-        notes.append(f"this machine has {cpus} CPU cores and the workers score on the CPU: 2 workers share the "
-                     "cores 1 worker already uses, so the scoring ratio shows what coordinating through "
-                     "PostgreSQL costs (or saves, by overlapping one worker's I/O with the other's compute), "
-                     "not added capacity; workers on separate GPU hosts each bring their own")  # fmt: skip
-    notes.append(f"the listeners share the same {cpus} cores (and the sender runs beside them), so the ingest "
-                 "ratio shows whether two listeners on one database contend, not what a second host adds")
+        notes.append(
+            f"this machine has {cpus} CPU cores and the workers score on the CPU: 2 workers share the "
+            "cores 1 worker already uses, so the scoring ratio shows what coordinating through "
+            "PostgreSQL costs (or saves, by overlapping one worker's I/O with the other's compute), "
+            "not added capacity; workers on separate GPU hosts each bring their own"
+        )
+    notes.append(
+        f"the listeners share the same {cpus} cores (and the sender runs beside them), so the ingest "
+        "ratio shows whether two listeners on one database contend, not what a second host adds"
+    )
     if len(scoring) == 2 and min(scoring[1].jobs_by_worker, default=0) == 0:
         notes.append("one of the 2 workers scored no study: the other claimed every job first")
     return notes
@@ -409,8 +420,9 @@ def _engine(url: str) -> Engine:
 
 
 # -- phase 1: ingest ------------------------------------------------------------------------------
-def _ingest_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _Databases, warmup_n: int,
-                  say: Progress, runs: list[IngestRun]) -> None:  # fmt: skip
+def _ingest_phase(
+    config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _Databases, warmup_n: int, say: Progress, runs: list[IngestRun]
+) -> None:
     from triage.bench.ingest import generate_inputs
 
     say(f"ingest: generating {config.n} + {warmup_n} warm-up CT slices {config.size}x{config.size}")
@@ -420,8 +432,7 @@ def _ingest_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _
         workdir = root / f"ingest{listeners}"
         data = workdir / "data"
         env = _serve_env(role="listener", db_url=dbs.url(db), data_dir=data)
-        say(f"ingest: {listeners} listener{'s' if listeners > 1 else ''}, {config.n} slices over "
-            f"{config.parallel} associations")  # fmt: skip
+        say(f"ingest: {listeners} listener{'s' if listeners > 1 else ''}, {config.n} slices over {config.parallel} associations")
         with _served_many(listeners, "listener", workdir, empty_toml, env) as servers:
             ports = [s.port for s in servers]
             _send(inputs.warmup, ports, config.parallel, workdir / "warmup")
@@ -433,8 +444,7 @@ def _ingest_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _
         total = len(inputs.warmup) + len(inputs.timed)
         files, rows = _count_stored(data, dbs.url(db))
         if files != total or rows != total:
-            raise BenchFailure(f"{listeners} listener(s): {files} files stored and {rows} instances indexed, "
-                               f"expected {total} of each")  # fmt: skip
+            raise BenchFailure(f"{listeners} listener(s): {files} files stored and {rows} instances indexed, expected {total} of each")
         run = IngestRun(listeners, config.n, seconds, files, rows)
         say(f"ingest: {listeners} listener(s): {run.images_per_s:.0f} images/s")
         runs.append(run)
@@ -497,12 +507,10 @@ def _send_replay(targets: Sequence[tuple[list[Path], int]]) -> list[str]:
 
 
 # -- phase 2: scoring -----------------------------------------------------------------------------
-def _scoring_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _Databases, say: Progress,
-                   runs: list[ScoringRun]) -> None:  # fmt: skip
+def _scoring_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: _Databases, say: Progress, runs: list[ScoringRun]) -> None:
     workdir = root / "scoring"
     data = workdir / "data"  # one store for every run: the workers only read it
-    say(f"scoring: generating {config.studies} head CTs of {config.study_slices} slices "
-        f"{config.study_size}x{config.study_size}")  # fmt: skip
+    say(f"scoring: generating {config.studies} head CTs of {config.study_slices} slices {config.study_size}x{config.study_size}")
     files = _head_cts(config, root / "studies")
     received = dbs.create("received")
     say(f"scoring: 1 listener receives them (stable wait {config.stable_after:g} s) until every series has its job")
@@ -516,19 +524,22 @@ def _scoring_phase(config: ScaleBenchConfig, root: Path, empty_toml: Path, dbs: 
         url = dbs.url(copy)
         _hold_jobs(url)
         env = _serve_env(role="worker", db_url=url, data_dir=data, device=config.device)
-        say(f"scoring: {workers} worker{'s' if workers > 1 else ''} on {config.device}: starting (jobs held "
-            "until every worker has loaded its detectors)")  # fmt: skip
+        say(
+            f"scoring: {workers} worker{'s' if workers > 1 else ''} on {config.device}: starting (jobs held "
+            "until every worker has loaded its detectors)"
+        )
         with _served_many(workers, "worker", workdir / f"workers{workers}", empty_toml, env) as servers:
             released = _release_jobs(url)
             timeout = JOBS_TIMEOUT_S + config.studies * PER_STUDY_TIMEOUT_S
             last_scored = _wait_scored(url, config.studies, timeout, servers)
             _stop_all(servers)
-        run = ScoringRun(workers, config.studies, (last_scored - released).total_seconds(),
-                         *_check_scored(url, workers))  # fmt: skip
+        run = ScoringRun(workers, config.studies, (last_scored - released).total_seconds(), *_check_scored(url, workers))
         if not run.scored_once:
             raise BenchFailure(f"{workers} worker(s): a series was scored more than once or not at all")
-        say(f"scoring: {workers} worker(s): {run.studies_per_hour:,.0f} studies/hour "
-            f"(jobs per worker: {', '.join(map(str, run.jobs_by_worker))})")  # fmt: skip
+        say(
+            f"scoring: {workers} worker(s): {run.studies_per_hour:,.0f} studies/hour "
+            f"(jobs per worker: {', '.join(map(str, run.jobs_by_worker))})"
+        )
         runs.append(run)
 
 
@@ -539,15 +550,14 @@ def _head_cts(config: ScaleBenchConfig, folder: Path) -> list[Path]:
     spacing = 256.0 / config.study_size  # a ~25 cm field of view at any matrix, as `bench triage`
     paths: list[Path] = []
     for i in range(config.studies):
-        meta = StudyMeta(patient_id=f"SCALE{i:05d}", patient_name="BENCH^SCALE", accession_number=f"SCALE{i:05d}",
-                         body_part="HEAD")  # fmt: skip
+        meta = StudyMeta(patient_id=f"SCALE{i:05d}", patient_name="BENCH^SCALE", accession_number=f"SCALE{i:05d}", body_part="HEAD")
         volume = simple_head_volume(config.study_slices, config.study_size, seed=i)  # (slices, rows, cols), HU
         datasets = ct_datasets(volume, meta=meta, pixel_spacing_mm=(spacing, spacing))
         paths.extend(write_datasets(datasets, folder / f"study{i:05d}"))
     return paths
 
 
-def _wait_jobs(url: str, expected: int, timeout: float, server: _Serve) -> None:
+def _wait_jobs(url: str, expected: int, timeout: float, server: ServedProcess) -> None:
     """Until the index has ``expected`` series, each complete with one pending job."""
     from sqlalchemy import func, select
 
@@ -563,14 +573,15 @@ def _wait_jobs(url: str, expected: int, timeout: float, server: _Serve) -> None:
                 n_jobs = conn.execute(select(func.count()).select_from(job)).scalar_one()
                 n_with = conn.execute(select(func.count(func.distinct(job.c.series_pk)))).scalar_one()
             if n_series > expected or n_jobs > n_with:
-                raise BenchFailure(f"the listener made {n_series} series and {n_jobs} jobs for {n_with} of them; "
-                                   f"expected {expected} series with one job each")  # fmt: skip
+                raise BenchFailure(
+                    f"the listener made {n_series} series and {n_jobs} jobs for {n_with} of them; "
+                    f"expected {expected} series with one job each"
+                )
             if n_series == expected and n_jobs == expected:
                 return
             server.check_alive()
             if time.monotonic() > deadline:
-                raise BenchFailure(f"{n_jobs} of {expected} series complete with a job within {timeout:.0f} s"
-                                   f"{server.tail()}")  # fmt: skip
+                raise BenchFailure(f"{n_jobs} of {expected} series complete with a job within {timeout:.0f} s{server.tail()}")
             time.sleep(POLL_S)  # polling a condition (series complete?), not a guess at a duration
     finally:
         engine.dispose()
@@ -587,8 +598,11 @@ def _hold_jobs(url: str) -> None:
     engine = _engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(update(job).where(job.c.status == JobStatus.PENDING.value)
-                         .values(status=JobStatus.RUNNING.value, worker=HOLDER, lease_until=utcnow() + HOLD))  # fmt: skip
+            conn.execute(
+                update(job)
+                .where(job.c.status == JobStatus.PENDING.value)
+                .values(status=JobStatus.RUNNING.value, worker=HOLDER, lease_until=utcnow() + HOLD)
+            )
     finally:
         engine.dispose()
 
@@ -605,14 +619,13 @@ def _release_jobs(url: str) -> datetime:
     try:
         released = utcnow()
         with engine.begin() as conn:
-            conn.execute(update(job).where(job.c.worker == HOLDER)
-                         .values(status=JobStatus.PENDING.value, worker=None, lease_until=None))  # fmt: skip
+            conn.execute(update(job).where(job.c.worker == HOLDER).values(status=JobStatus.PENDING.value, worker=None, lease_until=None))
         return released
     finally:
         engine.dispose()
 
 
-def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Serve]) -> datetime:
+def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[ServedProcess]) -> datetime:
     """Until every study has been scored; the last one's ``scored_at``. Any other AI status fails."""
     from sqlalchemy import func, select
 
@@ -625,9 +638,10 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
         while True:
             with engine.connect() as conn:
                 done = conn.execute(
-                    select(study.c.study_uid, study.c.ai_status, study.c.ai_reason, study.c.scored_at)
-                    .where(study.c.scored_at.is_not(None), study.c.ai_status != AIStatus.PENDING.value)
-                ).all()  # fmt: skip
+                    select(study.c.study_uid, study.c.ai_status, study.c.ai_reason, study.c.scored_at).where(
+                        study.c.scored_at.is_not(None), study.c.ai_status != AIStatus.PENDING.value
+                    )
+                ).all()
                 last = conn.execute(select(func.max(study.c.scored_at))).scalar_one()
             for row in done:
                 if row.ai_status != AIStatus.SCORED.value:
@@ -637,8 +651,7 @@ def _wait_scored(url: str, expected: int, timeout: float, servers: Sequence[_Ser
             for server in servers:
                 server.check_alive()
             if time.monotonic() > deadline:
-                raise BenchFailure(f"{expected - len(done)} of {expected} studies not scored within {timeout:.0f} s"
-                                   f"{servers[0].tail()}")  # fmt: skip
+                raise BenchFailure(f"{expected - len(done)} of {expected} studies not scored within {timeout:.0f} s{servers[0].tail()}")
             time.sleep(POLL_S)
     finally:
         engine.dispose()
@@ -664,23 +677,20 @@ def _check_scored(url: str, workers: int) -> tuple[tuple[int, ...], bool]:
         with engine.connect() as conn:
             n_series = conn.execute(select(func.count()).select_from(series)).scalar_one()
             statuses: dict[str, int] = dict(conn.execute(select(job.c.status, func.count()).group_by(job.c.status)).all())
-            per_worker = conn.execute(select(job.c.worker, func.count()).where(job.c.status == JobStatus.DONE.value)
-                                      .group_by(job.c.worker)).all()  # fmt: skip
+            per_worker = conn.execute(
+                select(job.c.worker, func.count()).where(job.c.status == JobStatus.DONE.value).group_by(job.c.worker)
+            ).all()
             results = conn.execute(select(func.count(), func.count(func.distinct(result.c.series_pk)))).one()
-            inferences = conn.execute(
-                select(func.count()).select_from(event).where(event.c.action == "inference")
-            ).scalar_one()  # fmt: skip
+            inferences = conn.execute(select(func.count()).select_from(event).where(event.c.action == "inference")).scalar_one()
     finally:
         engine.dispose()
-    once = (statuses == {JobStatus.DONE.value: n_series} and tuple(results) == (n_series, n_series)
-            and inferences == n_series)  # fmt: skip
+    once = statuses == {JobStatus.DONE.value: n_series} and tuple(results) == (n_series, n_series) and inferences == n_series
     done = sorted((int(n) for _w, n in per_worker), reverse=True)
     return tuple(done + [0] * (workers - len(done))), once
 
 
 # -- the served processes -------------------------------------------------------------------------
-def _serve_env(*, role: str, db_url: str, data_dir: Path, stable_after: float | None = None,
-               device: str | None = None) -> dict[str, str]:  # fmt: skip
+def _serve_env(*, role: str, db_url: str, data_dir: Path, stable_after: float | None = None, device: str | None = None) -> dict[str, str]:
     """The environment of a served process: ours, with its role, database and data directory.
 
     Other ``TRIAGE_*`` variables pass through, so settings can be compared
@@ -707,98 +717,14 @@ def _served_settings(config_file: Path, env: dict[str, str] | None = None) -> An
     return load_settings(config_file, environ=env)
 
 
-class _Serve:
-    """One ``triage serve`` subprocess in its own session (its listener processes go with it)."""
-
-    def __init__(self, role: str, workdir: Path, config_file: Path, env: dict[str, str], name: str,
-                 processes: int) -> None:  # fmt: skip
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.role = role
-        self.processes = processes  # listener processes (``listener.processes``)
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self.port = free_port() if role == "listener" else 0
-        argv = [sys.executable, "-m", "triage", "serve", "--config", str(config_file), "--log-level", "INFO"]
-        if role == "listener":
-            argv += ["--host", HOST, "--port", str(self.port)]
-        with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file,
-                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        self._stopped = False
-        self._stop_problem: str | None = None  # what stop() found, once stopped
-        self._terminated = False
-
-    def terminate(self) -> None:
-        """SIGTERM, once: a second one could reach serve after it has put back the default handler, and kill it."""
-        if not self._terminated and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self._terminated = True
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return (": " + " | ".join(text[-lines:])) if text else ""
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchFailure(f"triage serve ({self.name}) exited with code {self.proc.returncode}{self.tail()}")
-
-    def wait_ready(self) -> None:
-        """A listener: until it answers C-ECHO with all its listener processes up. A worker: until it says its
-        detectors are loaded."""
-
-        from dicom_io.send import echo
-        from triage.errors import DicomNetworkError
-
-        timeout = READY_TIMEOUT_S if self.role == "listener" else WORKER_READY_TIMEOUT_S
-        deadline = time.monotonic() + timeout
-        with quiet_pynetdicom():  # "connection refused" until it listens is expected
-            while True:
-                self.check_alive()
-                if self.role == "listener":
-                    try:
-                        echo(HOST, self.port, called_ae=SERVE_AE, calling_ae=CALLING_AE, timeout=5)
-                        if self.processes == 1 or _LISTENERS_UP.search(self.log_path.read_text(errors="replace")):
-                            return
-                    except DicomNetworkError:
-                        pass
-                elif _WORKER_READY.search(self.log_path.read_text(errors="replace")):
-                    return
-                if time.monotonic() > deadline:
-                    what = "no C-ECHO answer" if self.role == "listener" else "detectors not loaded"
-                    raise BenchFailure(f"triage serve ({self.name}): {what} within {timeout:.0f} s{self.tail()}")
-                time.sleep(POLL_S)  # polling a condition (ready yet?), not a guess at a duration
-
-    def stop(self) -> str | None:
-        """SIGTERM, wait (SIGKILL the session after :data:`STOP_TIMEOUT_S`); the problem, or None."""
-        if self._stopped:
-            return self._stop_problem
-        problem = None
-        if self.proc.poll() is None:
-            self.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                problem = f"triage serve ({self.name}) did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; killed"
-        if problem is None and self.proc.returncode != 0:
-            problem = f"triage serve ({self.name}) exited with code {self.proc.returncode}{self.tail()}"
-        self._stopped, self._stop_problem = True, problem
-        return problem
-
-
 @contextmanager
-def _served_many(count: int, role: str, workdir: Path, config_file: Path,
-                 env: dict[str, str]) -> Iterator[list[_Serve]]:  # fmt: skip
+def _served_many(count: int, role: str, workdir: Path, config_file: Path, env: dict[str, str]) -> Iterator[list[ServedProcess]]:
     """``count`` servers of one role, started together and each waited for; all stopped on the way out."""
     processes = _served_settings(config_file, env).listener.process_count
-    servers: list[_Serve] = []
+    servers: list[ServedProcess] = []
     try:
         for i in range(count):
-            servers.append(_Serve(role, workdir, config_file, env, f"{role}{i + 1}", processes))
+            servers.append(ServedProcess(workdir, config_file, env, name=f"{role}{i + 1}", role=role, processes=processes))
         for server in servers:
             server.wait_ready()
         yield servers
@@ -809,7 +735,7 @@ def _served_many(count: int, role: str, workdir: Path, config_file: Path,
             server.stop()
 
 
-def _stop_all(servers: Sequence[_Serve]) -> None:
+def _stop_all(servers: Sequence[ServedProcess]) -> None:
     """Stop them all (at once); a server that failed to stop cleanly fails the run."""
     for server in servers:
         server.terminate()
@@ -842,9 +768,11 @@ def format_report(result: ScaleBenchResult) -> str:
     ]
     for run in r.ingest:
         per = c.parallel // run.listeners
-        lines.append(f"  {run.listeners} listener{'s' if run.listeners > 1 else ' '}: {run.instances} images in "
-                     f"{run.seconds:.2f} s = {run.images_per_s:,.0f} images/s ({per} associations each; "
-                     f"{run.stored_files} files stored, {run.indexed_rows} indexed)")  # fmt: skip
+        lines.append(
+            f"  {run.listeners} listener{'s' if run.listeners > 1 else ' '}: {run.instances} images in "
+            f"{run.seconds:.2f} s = {run.images_per_s:,.0f} images/s ({per} associations each; "
+            f"{run.stored_files} files stored, {run.indexed_rows} indexed)"
+        )
     lines.append(f"  2 listeners vs 1: {times(r.ingest_ratio)}")
     lines += [
         "",
@@ -854,9 +782,11 @@ def format_report(result: ScaleBenchResult) -> str:
     ]
     for scoring in r.scoring:
         split = " + ".join(map(str, scoring.jobs_by_worker))
-        lines.append(f"  {scoring.workers} worker{'s' if scoring.workers > 1 else ' '}: {scoring.studies} studies in "
-                     f"{scoring.seconds:.2f} s = {scoring.studies_per_hour:,.0f} studies/hour (jobs per worker: {split}; "
-                     f"{'each series scored exactly once' if scoring.scored_once else 'NOT scored exactly once'})")  # fmt: skip
+        lines.append(
+            f"  {scoring.workers} worker{'s' if scoring.workers > 1 else ' '}: {scoring.studies} studies in "
+            f"{scoring.seconds:.2f} s = {scoring.studies_per_hour:,.0f} studies/hour (jobs per worker: {split}; "
+            f"{'each series scored exactly once' if scoring.scored_once else 'NOT scored exactly once'})"
+        )
     lines.append(f"  2 workers vs 1: {times(r.scoring_ratio)}")
     lines.append("")
     lines += [f"note: {note}" for note in r.notes]
@@ -867,34 +797,50 @@ def format_report(result: ScaleBenchResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``triage bench scale``."""
     d = ScaleBenchConfig()
-    parser.add_argument("--db", metavar="URL",
-                        help="a PostgreSQL server to use (postgresql+psycopg://user@host/database; the bench creates "
-                             "and drops its own databases there, so the role needs CREATEDB); default: a "
-                             "throw-away server from Debian's binaries")  # fmt: skip
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="a PostgreSQL server to use (postgresql+psycopg://user@host/database; the bench creates "
+        "and drops its own databases there, so the role needs CREATEDB); default: a "
+        "throw-away server from Debian's binaries",
+    )
     parser.add_argument("--n", type=int, default=d.n, help=f"ingest: CT slices sent per run (default {d.n})")
     parser.add_argument("--size", type=int, default=d.size, help=f"ingest: slice rows and columns (default {d.size})")
-    parser.add_argument("--parallel", type=int, default=d.parallel,
-                        help=f"ingest: associations in all, split evenly between the listeners (default {d.parallel})")  # fmt: skip
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=d.parallel,
+        help=f"ingest: associations in all, split evenly between the listeners (default {d.parallel})",
+    )
     parser.add_argument("--studies", type=int, default=d.studies, help=f"scoring: head CTs (default {d.studies})")
-    parser.add_argument("--study-slices", type=int, default=d.study_slices,
-                        help=f"scoring: slices per study (default {d.study_slices})")  # fmt: skip
-    parser.add_argument("--study-size", type=int, default=d.study_size,
-                        help=f"scoring: slice rows and columns (default {d.study_size})")  # fmt: skip
-    parser.add_argument("--stable-after", type=float, default=d.stable_after, metavar="SECONDS",
-                        help=f"scoring: the receiving listener's series stability wait (default {d.stable_after:g})")  # fmt: skip
+    parser.add_argument("--study-slices", type=int, default=d.study_slices, help=f"scoring: slices per study (default {d.study_slices})")
+    parser.add_argument("--study-size", type=int, default=d.study_size, help=f"scoring: slice rows and columns (default {d.study_size})")
+    parser.add_argument(
+        "--stable-after",
+        type=float,
+        default=d.stable_after,
+        metavar="SECONDS",
+        help=f"scoring: the receiving listener's series stability wait (default {d.stable_after:g})",
+    )
     parser.add_argument("--device", default=d.device, help=f"the workers' detectors' device (default {d.device})")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary folder (data, inputs, logs) and, with --db, the databases")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (data, inputs, logs) and, with --db, the databases")
     parser.add_argument("--json", action="store_true", help="JSON instead of the report")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the bench from parsed arguments; 0 when every instance and study was handled exactly once."""
     config = ScaleBenchConfig(
-        db=args.db, n=args.n, size=args.size, parallel=args.parallel, studies=args.studies,
-        study_slices=args.study_slices, study_size=args.study_size, stable_after=args.stable_after,
-        device=args.device, keep=args.keep,
-    )  # fmt: skip
+        db=args.db,
+        n=args.n,
+        size=args.size,
+        parallel=args.parallel,
+        studies=args.studies,
+        study_slices=args.study_slices,
+        study_size=args.study_size,
+        stable_after=args.stable_after,
+        device=args.device,
+        keep=args.keep,
+    )
     result = run_scale_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result.as_json(), indent=2) if args.json else "\n" + format_report(result))
     for problem in result.problems:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from triage.clock import as_utc
 from triage.flow.policy import CaseInput, FindingInput
@@ -46,17 +46,39 @@ class FindingRow:
     regions: tuple[dict[str, Any], ...]
     notes: tuple[str, ...] = ()  # how the series was read (an estimated pixel spacing, ...)
 
+    @classmethod
+    def from_row(cls, row: RowMapping, notes: tuple[str, ...] = ()) -> FindingRow:
+        """From an AI finding row joined with its series' UID (``series_uid``)."""
+        return cls(
+            id=row["id"],
+            study_pk=row["study_pk"],
+            series_uid=row["series_uid"],
+            kind=row["kind"],
+            probability=row["probability"],
+            operating_point=row["operating_point"],
+            urgent=bool(row["urgent"]),
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            weights_sha256=row["weights_sha256"],
+            regions=tuple(json.loads(row["regions"] or "[]")),
+            notes=notes,
+        )
+
     def as_input(self) -> FindingInput:
         return FindingInput(kind=self.kind, probability=self.probability, operating_point=self.operating_point)
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "series_uid": self.series_uid,
-            "probability": round(self.probability, 4), "operating_point": round(self.operating_point, 4),
+            "id": self.id,
+            "kind": self.kind,
+            "series_uid": self.series_uid,
+            "probability": round(self.probability, 4),
+            "operating_point": round(self.operating_point, 4),
             "urgent": self.urgent,
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.weights_sha256},
-            "regions": list(self.regions), "notes": list(self.notes),
-        }  # fmt: skip
+            "regions": list(self.regions),
+            "notes": list(self.notes),
+        }
 
 
 def reason_notes(reason: str | None) -> tuple[str, ...]:
@@ -84,15 +106,7 @@ def current_findings(conn: Connection, study_pks: Collection[int] | None = None)
         query = query.where(FINDING.c.study_pk.in_(list(study_pks)))
     out: dict[int, list[FindingRow]] = defaultdict(list)
     for row in conn.execute(query).mappings():
-        out[row["study_pk"]].append(
-            FindingRow(
-                id=row["id"], study_pk=row["study_pk"], series_uid=row["series_uid"], kind=row["kind"],
-                probability=row["probability"], operating_point=row["operating_point"], urgent=bool(row["urgent"]),
-                model_name=row["model_name"], model_version=row["model_version"],
-                weights_sha256=row["weights_sha256"], regions=tuple(json.loads(row["regions"] or "[]")),
-                notes=reason_notes(row["result_reason"]),
-            )
-        )  # fmt: skip
+        out[row["study_pk"]].append(FindingRow.from_row(row, reason_notes(row["result_reason"])))
     return dict(out)
 
 

@@ -39,12 +39,20 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
     completed: list[int] = []
     with engine.begin() as conn:
         candidates = conn.execute(
-            select(SERIES.c.id, SERIES.c.study_pk, SERIES.c.modality, SERIES.c.last_received, SERIES.c.generation,
-                   SERIES.c.num_instances, SERIES.c.series_uid, STUDY.c.study_uid)
+            select(
+                SERIES.c.id,
+                SERIES.c.study_pk,
+                SERIES.c.modality,
+                SERIES.c.last_received,
+                SERIES.c.generation,
+                SERIES.c.num_instances,
+                SERIES.c.series_uid,
+                STUDY.c.study_uid,
+            )
             .join(STUDY, STUDY.c.id == SERIES.c.study_pk)
             .where(SERIES.c.status == ReceiveStatus.RECEIVING.value)
             .where(SERIES.c.last_received <= now - timedelta(seconds=shortest))
-        ).all()  # fmt: skip
+        ).all()
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         if candidates:
             # Before any row lock (audit.lock_chain). On PostgreSQL this also makes
@@ -58,29 +66,40 @@ def complete_stable_series(engine: Engine, settings: CompletenessSettings, now: 
             # arrived since the SELECT keeps the series open.
             changed = conn.execute(
                 update(SERIES)
-                .where(and_(SERIES.c.id == pk, SERIES.c.status == ReceiveStatus.RECEIVING.value,
-                            SERIES.c.last_received == last, SERIES.c.generation == generation))
+                .where(
+                    and_(
+                        SERIES.c.id == pk,
+                        SERIES.c.status == ReceiveStatus.RECEIVING.value,
+                        SERIES.c.last_received == last,
+                        SERIES.c.generation == generation,
+                    )
+                )
                 .values(status=ReceiveStatus.COMPLETE.value, completed_at=now)
-            ).rowcount  # fmt: skip
+            ).rowcount
             if not changed:
                 continue
             conn.execute(
                 insert(JOB)
-                .values(series_pk=pk, generation=generation, num_instances=count, created_at=now,
-                        status=JobStatus.PENDING.value)
+                .values(series_pk=pk, generation=generation, num_instances=count, created_at=now, status=JobStatus.PENDING.value)
                 .on_conflict_do_nothing(index_elements=["series_pk", "generation"])
-            )  # fmt: skip
-            completed.append(pk)
-            audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.SERIES_COMPLETE, study_uid=study_uid, at=now,
-                         detail={"series_uid": series_uid, "generation": generation, "instances": count,
-                                 "modality": modality, "stable_after_s": settings.stable_after_for(modality)})  # fmt: skip
-            still_receiving = exists().where(
-                and_(SERIES.c.study_pk == study_pk, SERIES.c.status != ReceiveStatus.COMPLETE.value)
             )
-            conn.execute(
-                update(STUDY).where(and_(STUDY.c.id == study_pk, ~still_receiving))
-                .values(status=ReceiveStatus.COMPLETE.value)
-            )  # fmt: skip
+            completed.append(pk)
+            audit.append(
+                conn,
+                actor=audit.SYSTEM_ACTOR,
+                action=audit.Action.SERIES_COMPLETE,
+                study_uid=study_uid,
+                at=now,
+                detail={
+                    "series_uid": series_uid,
+                    "generation": generation,
+                    "instances": count,
+                    "modality": modality,
+                    "stable_after_s": settings.stable_after_for(modality),
+                },
+            )
+            still_receiving = exists().where(and_(SERIES.c.study_pk == study_pk, SERIES.c.status != ReceiveStatus.COMPLETE.value))
+            conn.execute(update(STUDY).where(and_(STUDY.c.id == study_pk, ~still_receiving)).values(status=ReceiveStatus.COMPLETE.value))
     if completed:
         log.info("%d series complete, scoring jobs queued", len(completed))
     return completed
@@ -93,8 +112,7 @@ class CompletenessMonitor:
     worker of the same process wakes at once instead of at its next poll).
     """
 
-    def __init__(self, engine: Engine, settings: CompletenessSettings,
-                 on_complete: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(self, engine: Engine, settings: CompletenessSettings, on_complete: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.on_complete = on_complete

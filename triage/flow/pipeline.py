@@ -84,8 +84,7 @@ def default_worker_id() -> str:
 # -- the queue ---------------------------------------------------------------------
 
 
-def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings,
-               now: datetime | None = None) -> list[ClaimedJob]:  # fmt: skip
+def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings, now: datetime | None = None) -> list[ClaimedJob]:
     """Claim up to ``limit`` jobs for ``worker``: pending ones, and running ones whose lease ran out.
 
     A job whose lease ran out ``pipeline.max_attempts`` times is not claimed
@@ -100,9 +99,12 @@ def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings,
     )
     with engine.begin() as conn:
         candidates = (
-            select(JOB.c.id).where(claimable).order_by(JOB.c.id).limit(limit)
+            select(JOB.c.id)
+            .where(claimable)
+            .order_by(JOB.c.id)
+            .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer and ignores it
-        )  # fmt: skip
+        )
         if conn.dialect.name == "postgresql":
             # Lock the candidates in a statement of their own. As a subquery of the
             # UPDATE it can run again (PostgreSQL re-checks a row that a concurrent
@@ -117,10 +119,15 @@ def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings,
         claimed = conn.execute(
             update(JOB)
             .where(chosen, claimable)  # re-checked under the write lock
-            .values(status=JobStatus.RUNNING.value, worker=worker, attempts=JOB.c.attempts + 1,
-                    lease_until=now + timedelta(seconds=lease_seconds), started_at=now)
+            .values(
+                status=JobStatus.RUNNING.value,
+                worker=worker,
+                attempts=JOB.c.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                started_at=now,
+            )
             .returning(JOB.c.id, JOB.c.series_pk, JOB.c.generation, JOB.c.attempts)
-        ).all()  # fmt: skip
+        ).all()
         if not claimed:
             return []
         info = {
@@ -132,10 +139,17 @@ def claim_jobs(engine: Engine, worker: str, limit: int, settings: Settings,
             )
         }
     return [
-        ClaimedJob(c.id, c.series_pk, info[c.series_pk].study_pk, c.generation, c.attempts,
-                   info[c.series_pk].series_uid, info[c.series_pk].study_uid)
+        ClaimedJob(
+            c.id,
+            c.series_pk,
+            info[c.series_pk].study_pk,
+            c.generation,
+            c.attempts,
+            info[c.series_pk].series_uid,
+            info[c.series_pk].study_uid,
+        )
         for c in sorted(claimed, key=lambda c: c.id)
-    ]  # fmt: skip
+    ]
 
 
 def fail_exhausted(engine: Engine, settings: Settings, now: datetime | None = None) -> int:
@@ -144,31 +158,40 @@ def fail_exhausted(engine: Engine, settings: Settings, now: datetime | None = No
     max_attempts = settings.pipeline.max_attempts
     with engine.begin() as conn:
         stale = conn.execute(
-            select(JOB.c.id, JOB.c.series_pk, JOB.c.generation, JOB.c.attempts, JOB.c.error, SERIES.c.series_uid,
-                   SERIES.c.study_pk, STUDY.c.study_uid)
-            .join(SERIES, SERIES.c.id == JOB.c.series_pk).join(STUDY, STUDY.c.id == SERIES.c.study_pk)
+            select(
+                JOB.c.id,
+                JOB.c.series_pk,
+                JOB.c.generation,
+                JOB.c.attempts,
+                JOB.c.error,
+                SERIES.c.series_uid,
+                SERIES.c.study_pk,
+                STUDY.c.study_uid,
+            )
+            .join(SERIES, SERIES.c.id == JOB.c.series_pk)
+            .join(STUDY, STUDY.c.id == SERIES.c.study_pk)
             .where(JOB.c.status == JobStatus.RUNNING.value, JOB.c.lease_until < now, JOB.c.attempts >= max_attempts)
-        ).all()  # fmt: skip
+        ).all()
     for row in stale:
-        job = ClaimedJob(row.id, row.series_pk, row.study_pk, row.generation, row.attempts, row.series_uid,
-                         row.study_uid)  # fmt: skip
+        job = ClaimedJob(row.id, row.series_pk, row.study_pk, row.generation, row.attempts, row.series_uid, row.study_uid)
         why = f"scoring did not finish in {row.attempts} attempts" + (f" (last error: {row.error})" if row.error else "")
         _finish_failed(engine, job, None, why, now, settings.policy)
     return len(stale)
 
 
-def renew_leases(engine: Engine, worker: str, job_ids: list[int], lease_seconds: float,
-                 now: datetime | None = None) -> int:  # fmt: skip
+def renew_leases(engine: Engine, worker: str, job_ids: list[int], lease_seconds: float, now: datetime | None = None) -> int:
     """Extend the leases of ``worker``'s running jobs (its heartbeat); returns how many are still its own."""
     if not job_ids:
         return 0
     now = now or utcnow()
     with engine.begin() as conn:
-        return int(conn.execute(
-            update(JOB)
-            .where(JOB.c.id.in_(job_ids), JOB.c.worker == worker, JOB.c.status == JobStatus.RUNNING.value)
-            .values(lease_until=now + timedelta(seconds=lease_seconds))
-        ).rowcount)  # fmt: skip
+        return int(
+            conn.execute(
+                update(JOB)
+                .where(JOB.c.id.in_(job_ids), JOB.c.worker == worker, JOB.c.status == JobStatus.RUNNING.value)
+                .values(lease_until=now + timedelta(seconds=lease_seconds))
+            ).rowcount
+        )
 
 
 def stored_instances(engine: Engine, series_pk: int, data_dir: Path) -> list[StoredInstance]:
@@ -178,15 +201,14 @@ def stored_instances(engine: Engine, series_pk: int, data_dir: Path) -> list[Sto
             select(INSTANCE.c.sop_instance_uid, INSTANCE.c.path, INSTANCE.c.sha256)
             .where(INSTANCE.c.series_pk == series_pk)
             .order_by(INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
-        ).all()  # fmt: skip
+        ).all()
     return [StoredInstance(uid, data_dir / path, sha) for uid, path, sha in rows]
 
 
 # -- recording results -------------------------------------------------------------
 
 
-def _own(conn: Connection, job: ClaimedJob, worker: str | None, status: JobStatus, now: datetime,
-         error: str | None = None) -> bool:  # fmt: skip
+def _own(conn: Connection, job: ClaimedJob, worker: str | None, status: JobStatus, now: datetime, error: str | None = None) -> bool:
     """Compare-and-set the job from running (held by ``worker``) to ``status``; False if it is no longer ours."""
     held = [JOB.c.id == job.id, JOB.c.status == JobStatus.RUNNING.value, JOB.c.attempts == job.attempts]
     if worker is not None:
@@ -197,8 +219,17 @@ def _own(conn: Connection, job: ClaimedJob, worker: str | None, status: JobStatu
     return bool(conn.execute(update(JOB).where(*held).values(**values)).rowcount)
 
 
-def record_result(engine: Engine, job: ClaimedJob, worker: str, score: SeriesScore, instances: list[StoredInstance],
-                  device: str, duration_s: float, policy: PolicySettings, now: datetime | None = None) -> bool:  # fmt: skip
+def record_result(
+    engine: Engine,
+    job: ClaimedJob,
+    worker: str,
+    score: SeriesScore,
+    instances: list[StoredInstance],
+    device: str,
+    duration_s: float,
+    policy: PolicySettings,
+    now: datetime | None = None,
+) -> bool:
     """Store a scored series, its audit event and the study's new state in one transaction.
 
     Returns False (and stores nothing) when the job is no longer this worker's.
@@ -209,44 +240,68 @@ def record_result(engine: Engine, job: ClaimedJob, worker: str, score: SeriesSco
         if not _own(conn, job, worker, JobStatus.DONE, now):
             log.warning("job %d (series %s) was taken over by another worker; result dropped", job.id, job.series_uid)
             return False
-        result_pk = inserted_pk(conn.execute(
-            RESULT.insert().values(
-                series_pk=job.series_pk, study_pk=job.study_pk, generation=job.generation, job_pk=job.id,
-                analysed=score.analysed, reason=score.reason, failures=json.dumps(list(score.failures)),
-                device=device, duration_s=duration_s, scored_at=now,
+        result_pk = inserted_pk(
+            conn.execute(
+                RESULT.insert().values(
+                    series_pk=job.series_pk,
+                    study_pk=job.study_pk,
+                    generation=job.generation,
+                    job_pk=job.id,
+                    analysed=score.analysed,
+                    reason=score.reason,
+                    failures=json.dumps(list(score.failures)),
+                    device=device,
+                    duration_s=duration_s,
+                    scored_at=now,
+                )
             )
-        ))  # fmt: skip
+        )
         outputs = [f.as_json() for f in score.findings]
         for finding, out in zip(score.findings, outputs, strict=True):
             conn.execute(
                 FINDING.insert().values(
-                    result_pk=result_pk, study_pk=job.study_pk, series_pk=job.series_pk, kind=finding.kind.value,
-                    probability=finding.probability, operating_point=finding.operating_point,
-                    urgent=finding.urgent, model_name=finding.model.name, model_version=finding.model.version,
-                    weights_sha256=finding.model.sha256, regions=json.dumps(out["regions"]), created_at=now,
+                    result_pk=result_pk,
+                    study_pk=job.study_pk,
+                    series_pk=job.series_pk,
+                    kind=finding.kind.value,
+                    probability=finding.probability,
+                    operating_point=finding.operating_point,
+                    urgent=finding.urgent,
+                    model_name=finding.model.name,
+                    model_version=finding.model.version,
+                    weights_sha256=finding.model.sha256,
+                    regions=json.dumps(out["regions"]),
+                    created_at=now,
                 )
-            )  # fmt: skip
+            )
         failed = bool(score.failures) and not score.findings
         audit.append(
-            conn, actor=audit.AI_ACTOR,
+            conn,
+            actor=audit.AI_ACTOR,
             action=audit.Action.INFERENCE_FAILED if failed else audit.Action.INFERENCE,
-            study_uid=job.study_uid, at=now,
+            study_uid=job.study_uid,
+            at=now,
             detail={
-                "series_uid": job.series_uid, "generation": job.generation, "job": job.id, "route": score.reason,
-                "analysed": score.analysed, "device": device, "duration_s": round(duration_s, 3),
+                "series_uid": job.series_uid,
+                "generation": job.generation,
+                "job": job.id,
+                "route": score.reason,
+                "analysed": score.analysed,
+                "device": device,
+                "duration_s": round(duration_s, 3),
                 "inputs": [{"sop_instance_uid": i.sop_instance_uid, "sha256": i.sha256} for i in instances],
                 "models": sorted({json.dumps(o["model"], sort_keys=True) for o in outputs}),
-                "outputs": [{k: o[k] for k in ("kind", "probability", "operating_point", "urgent", "regions")}
-                            for o in outputs],
+                "outputs": [{k: o[k] for k in ("kind", "probability", "operating_point", "urgent", "regions")} for o in outputs],
                 "failures": list(score.failures),
             },
-        )  # fmt: skip
+        )
         refresh_study(conn, job.study_pk, policy, now)
     return True
 
 
-def record_failure(engine: Engine, job: ClaimedJob, worker: str, error: str, max_attempts: int,
-                   policy: PolicySettings, now: datetime | None = None) -> bool:  # fmt: skip
+def record_failure(
+    engine: Engine, job: ClaimedJob, worker: str, error: str, max_attempts: int, policy: PolicySettings, now: datetime | None = None
+) -> bool:
     """A scoring attempt raised: try again later, or, on the last attempt, record the series as failed.
 
     Returns True if the failure is final.
@@ -255,27 +310,44 @@ def record_failure(engine: Engine, job: ClaimedJob, worker: str, error: str, max
     if job.attempts < max_attempts:
         with engine.begin() as conn:
             _own(conn, job, worker, JobStatus.PENDING, now, error=error)
-        log.warning("series %s: attempt %d of %d failed (%s); will retry", job.series_uid, job.attempts,
-                    max_attempts, error)  # fmt: skip
+        log.warning("series %s: attempt %d of %d failed (%s); will retry", job.series_uid, job.attempts, max_attempts, error)
         return False
     _finish_failed(engine, job, worker, error, now, policy)
     return True
 
 
-def _finish_failed(engine: Engine, job: ClaimedJob, worker: str | None, error: str, now: datetime,
-                   policy: PolicySettings) -> None:  # fmt: skip
+def _finish_failed(engine: Engine, job: ClaimedJob, worker: str | None, error: str, now: datetime, policy: PolicySettings) -> None:
     with engine.begin() as conn:
         audit.lock_chain(conn)  # see record_result
         if not _own(conn, job, worker, JobStatus.FAILED, now, error=error):
             return
         conn.execute(
-            RESULT.insert().values(series_pk=job.series_pk, study_pk=job.study_pk, generation=job.generation,
-                                   job_pk=job.id, analysed=True, reason="scoring failed",
-                                   failures=json.dumps([error]), duration_s=0.0, scored_at=now)
-        )  # fmt: skip
-        audit.append(conn, actor=audit.AI_ACTOR, action=audit.Action.INFERENCE_FAILED, study_uid=job.study_uid,
-                     at=now, detail={"series_uid": job.series_uid, "generation": job.generation, "job": job.id,
-                                     "attempts": job.attempts, "failures": [error]})  # fmt: skip
+            RESULT.insert().values(
+                series_pk=job.series_pk,
+                study_pk=job.study_pk,
+                generation=job.generation,
+                job_pk=job.id,
+                analysed=True,
+                reason="scoring failed",
+                failures=json.dumps([error]),
+                duration_s=0.0,
+                scored_at=now,
+            )
+        )
+        audit.append(
+            conn,
+            actor=audit.AI_ACTOR,
+            action=audit.Action.INFERENCE_FAILED,
+            study_uid=job.study_uid,
+            at=now,
+            detail={
+                "series_uid": job.series_uid,
+                "generation": job.generation,
+                "job": job.id,
+                "attempts": job.attempts,
+                "failures": [error],
+            },
+        )
         refresh_study(conn, job.study_pk, policy, now)
     log.error("series %s: AI failed: %s", job.series_uid, error)
 
@@ -313,22 +385,28 @@ def refresh_study(conn: Connection, study_pk: int, policy: PolicySettings, now: 
     """Recompute a study's AI status from its series' newest results, then its class; audit a class change."""
     newest = (
         select(RESULT.c.series_pk, func.max(RESULT.c.generation).label("generation"))
-        .where(RESULT.c.study_pk == study_pk).group_by(RESULT.c.series_pk).subquery()
-    )  # fmt: skip
+        .where(RESULT.c.study_pk == study_pk)
+        .group_by(RESULT.c.series_pk)
+        .subquery()
+    )
     has_findings = select(func.count()).where(FINDING.c.result_pk == RESULT.c.id).scalar_subquery() > 0
     results = conn.execute(
-        select(RESULT.c.series_pk, RESULT.c.generation, RESULT.c.analysed, RESULT.c.reason, RESULT.c.failures,
-               has_findings.label("has_findings"))
-        .join(newest, and_(newest.c.series_pk == RESULT.c.series_pk, newest.c.generation == RESULT.c.generation))
-    ).all()  # fmt: skip
+        select(
+            RESULT.c.series_pk,
+            RESULT.c.generation,
+            RESULT.c.analysed,
+            RESULT.c.reason,
+            RESULT.c.failures,
+            has_findings.label("has_findings"),
+        ).join(newest, and_(newest.c.series_pk == RESULT.c.series_pk, newest.c.generation == RESULT.c.generation))
+    ).all()
     scored = {(r.series_pk, r.generation) for r in results}
     series = conn.execute(select(SERIES.c.id, SERIES.c.generation).where(SERIES.c.study_pk == study_pk)).all()
     waiting = sum(1 for s in series if (s.id, s.generation) not in scored)
     status, reason = study_ai_state(list(results), waiting)
     conn.execute(
-        update(STUDY).where(STUDY.c.id == study_pk)
-        .values(ai_status=status.value, ai_reason=reason, scored_at=now if results else None)
-    )  # fmt: skip
+        update(STUDY).where(STUDY.c.id == study_pk).values(ai_status=status.value, ai_reason=reason, scored_at=now if results else None)
+    )
     reassess(conn, policy, now, [study_pk])
 
 
@@ -357,9 +435,14 @@ def reassess(conn: Connection, policy: PolicySettings, now: datetime, study_pks:
         ).rowcount
         if not moved:
             continue
-        audit.append(conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.RANK_CHANGED, study_uid=study["study_uid"], at=now,
-                     detail={"from": study["priority_class"], "to": new, "score": round(urgency.score, 2),
-                             "reasons": list(urgency.reasons)})  # fmt: skip
+        audit.append(
+            conn,
+            actor=audit.SYSTEM_ACTOR,
+            action=audit.Action.RANK_CHANGED,
+            study_uid=study["study_uid"],
+            at=now,
+            detail={"from": study["priority_class"], "to": new, "score": round(urgency.score, 2), "reasons": list(urgency.reasons)},
+        )
         changes += 1
     return changes
 
@@ -413,18 +496,15 @@ class ScoringWorker:
 
             cfg = self.settings.detectors
             if self.inference is None:
-                self.inference = InferenceEngine(cfg.device, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                                 workers=cfg.workers)  # fmt: skip
+                self.inference = InferenceEngine(cfg.device, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, workers=cfg.workers)
             if self.detectors is None:
                 try:
-                    self.detectors = load_detectors(cfg.external, device=str(self.inference.device),
-                                                    operating_points=cfg.operating_points)  # fmt: skip
+                    self.detectors = load_detectors(cfg.external, device=str(self.inference.device), operating_points=cfg.operating_points)
                 except OperatingPointError as exc:
                     if self._owns_inference:  # not started: nothing else would close its threads
                         self.inference.close()
                     raise ConfigError(f"config: detectors.operating_points.{exc.name}: {exc}") from None
-        log.info("scoring worker %s: %d detectors on %s", self.worker_id, len(self.detectors),
-                 self.inference.device)  # fmt: skip
+        log.info("scoring worker %s: %d detectors on %s", self.worker_id, len(self.detectors), self.inference.device)
         self._thread.start()
 
     def wake(self) -> None:
@@ -494,18 +574,35 @@ class ScoringWorker:
             except DetectionError as exc:  # the series itself cannot be scored: its result says why
                 from triage.flow.scoring import SeriesScore
 
-                score = SeriesScore(series_uid=job.series_uid, modality="", description="", instances=len(instances),
-                                    reason="scoring failed", analysed=True, failures=(str(exc),))  # fmt: skip
-            recorded = record_result(self.engine, job, self.worker_id, score, instances, str(self.inference.device),
-                                     time.perf_counter() - started, self.settings.policy, self.clock())  # fmt: skip
+                score = SeriesScore(
+                    series_uid=job.series_uid,
+                    modality="",
+                    description="",
+                    instances=len(instances),
+                    reason="scoring failed",
+                    analysed=True,
+                    failures=(str(exc),),
+                )
+            recorded = record_result(
+                self.engine,
+                job,
+                self.worker_id,
+                score,
+                instances,
+                str(self.inference.device),
+                time.perf_counter() - started,
+                self.settings.policy,
+                self.clock(),
+            )
             self.jobs_done += 1
             if recorded and self.on_recorded is not None:
                 self.on_recorded(job)
         except Exception as exc:  # anything else may be passing (DB busy, a bug): retry up to max_attempts
             log.exception("scoring series %s failed", job.series_uid)
             try:
-                record_failure(self.engine, job, self.worker_id, f"{type(exc).__name__}: {exc}", cfg.max_attempts,
-                               self.settings.policy, self.clock())  # fmt: skip
+                record_failure(
+                    self.engine, job, self.worker_id, f"{type(exc).__name__}: {exc}", cfg.max_attempts, self.settings.policy, self.clock()
+                )
             except SQLAlchemyError:
                 log.exception("could not record the failure of job %d; its lease will run out", job.id)
         finally:

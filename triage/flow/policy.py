@@ -229,8 +229,7 @@ def _status_reason(status: AIStatus, reason: str | None) -> str | None:
         return None
     if status is AIStatus.PENDING:
         return "AI result pending"
-    prefix = {AIStatus.FAILED: "AI failed", AIStatus.NOT_ANALYSED: "not analysed by AI",
-              AIStatus.PARTIAL: "AI partially failed"}[status]  # fmt: skip
+    prefix = {AIStatus.FAILED: "AI failed", AIStatus.NOT_ANALYSED: "not analysed by AI", AIStatus.PARTIAL: "AI partially failed"}[status]
     return f"{prefix}: {reason}" if reason else prefix
 
 
@@ -298,10 +297,11 @@ def assess(case: CaseInput, now: datetime, settings: PolicySettings) -> Urgency:
     # Findings count only when the AI finished (at least partly); otherwise the
     # case is ranked without them and the status note says why.
     findings = case.findings if status in (AIStatus.SCORED, AIStatus.PARTIAL) else ()
-    scored = sorted(
-        ((_finding_points(f, settings), f) for f in findings),
-        key=lambda pf: (-pf[0], -pf[1].probability, pf[1].kind),
-    ) if findings else []  # fmt: skip
+    scored = (
+        sorted(((_finding_points(f, settings), f) for f in findings), key=lambda pf: (-pf[0], -pf[1].probability, pf[1].kind))
+        if findings
+        else []
+    )
     finding_total = _study_finding_points([pts for pts, _ in scored])
     above = [_finding_reason(f, settings) for _, f in scored if f.probability >= f.operating_point]
     below = [_finding_reason(f, settings) for _, f in scored if f.probability < f.operating_point]

@@ -189,8 +189,14 @@ def _read_header(path: Path) -> _Header:
     # pydicom parses lazily: a damaged element raises on first access, so
     # everything needed is read here, inside the caller's try.
     ds = dcmread(path, stop_before_pixels=True)
-    return _Header(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"), _text(ds, "PatientID"),
-                   _text(ds, "AccessionNumber"), _text(ds, "StudyDescription"), SeriesInfo.from_dataset(ds))  # fmt: skip
+    return _Header(
+        _text(ds, "StudyInstanceUID"),
+        _text(ds, "SeriesInstanceUID"),
+        _text(ds, "PatientID"),
+        _text(ds, "AccessionNumber"),
+        _text(ds, "StudyDescription"),
+        SeriesInfo.from_dataset(ds),
+    )
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -209,8 +215,7 @@ def _group_headers(paths: Iterable[str | Path]) -> tuple[list[_Study], list[Unre
     files, skipped = find_dicom_files(paths)
     # A Part 10 preamble with unreadable file meta is a damaged DICOM file, worth
     # listing; anything else without the preamble is not DICOM (notes, manifests).
-    unreadable = [UnreadableFile(p, "DICOM file meta information unreadable")
-                  for p in skipped if _has_dicom_magic(p)]  # fmt: skip
+    unreadable = [UnreadableFile(p, "DICOM file meta information unreadable") for p in skipped if _has_dicom_magic(p)]
     not_dicom = len(skipped) - len(unreadable)
     studies: dict[str, _Study] = {}
     for f in files:
@@ -226,8 +231,7 @@ def _group_headers(paths: Iterable[str | Path]) -> tuple[list[_Study], list[Unre
             continue
         study = studies.get(header.study_uid)
         if study is None:
-            study = studies[header.study_uid] = _Study(header.study_uid, header.patient_id, header.accession,
-                                                       header.study_description)  # fmt: skip
+            study = studies[header.study_uid] = _Study(header.study_uid, header.patient_id, header.accession, header.study_description)
         series = study.series.get(header.series_uid)
         if series is None:
             series = study.series[header.series_uid] = _Series(header.series_uid, header.info)
@@ -346,10 +350,7 @@ def _folder(files: Iterable[Path]) -> Path:
 
 
 def score_paths(
-    paths: Iterable[str | Path],
-    detectors: DetectorSet,
-    engine: InferenceEngine,
-    on_study: Callable[[StudyScore], None] | None = None,
+    paths: Iterable[str | Path], detectors: DetectorSet, engine: InferenceEngine, on_study: Callable[[StudyScore], None] | None = None
 ) -> ScoreReport:
     """Score every DICOM study found in ``paths`` (files and folders).
 
@@ -398,9 +399,7 @@ def score_paths(
     return ScoreReport(studies, unreadable, skipped)
 
 
-def score_series(
-    series_uid: str, files: Sequence[Path], detectors: DetectorSet, engine: InferenceEngine
-) -> SeriesScore:
+def score_series(series_uid: str, files: Sequence[Path], detectors: DetectorSet, engine: InferenceEngine) -> SeriesScore:
     """Score one series from its stored files (what ``triage serve`` does for each scoring job).
 
     The series is routed from the header of its first file, like

@@ -62,27 +62,41 @@ def load(engine: Engine) -> MonitorInput:
         with engine.connect() as conn:
             detector_rows = conn.execute(
                 select(
-                    col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.model_version),
-                    func.count(), func.sum(case((col(AIFinding.urgent), 1), else_=0)),
+                    col(AIFinding.model_name),
+                    col(AIFinding.kind),
+                    col(AIFinding.model_version),
+                    func.count(),
+                    func.sum(case((col(AIFinding.urgent), 1), else_=0)),
                 ).group_by(col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.model_version))
-            ).all()  # fmt: skip
+            ).all()
             finding_rows = conn.execute(
                 select(
-                    col(Feedback.id), col(Feedback.finding_pk), col(Feedback.user), col(Feedback.verdict),
-                    col(Feedback.created_at), col(AIFinding.model_name), col(AIFinding.kind), col(AIFinding.urgent),
-                    col(AIFinding.study_pk), col(Study.patient_sex), col(Study.patient_age),
-                    col(Study.patient_birth_date), col(Study.study_date), col(Study.modalities),
-                    col(Series.manufacturer), col(Series.modality),
+                    col(Feedback.id),
+                    col(Feedback.finding_pk),
+                    col(Feedback.user),
+                    col(Feedback.verdict),
+                    col(Feedback.created_at),
+                    col(AIFinding.model_name),
+                    col(AIFinding.kind),
+                    col(AIFinding.urgent),
+                    col(AIFinding.study_pk),
+                    col(Study.patient_sex),
+                    col(Study.patient_age),
+                    col(Study.patient_birth_date),
+                    col(Study.study_date),
+                    col(Study.modalities),
+                    col(Series.manufacturer),
+                    col(Series.modality),
                 )
                 .join(AIFinding, col(AIFinding.id) == col(Feedback.finding_pk))
                 .join(Study, col(Study.id) == col(AIFinding.study_pk))
                 .join(Series, col(Series.id) == col(AIFinding.series_pk))
-            ).all()  # fmt: skip
+            ).all()
             miss_rows = conn.execute(
-                select(col(Feedback.id), col(Feedback.study_pk), col(Feedback.kind), col(Feedback.user),
-                       col(Feedback.created_at))
-                .where(col(Feedback.verdict) == Verdict.MISSED.value, col(Feedback.finding_pk).is_(None))
-            ).all()  # fmt: skip
+                select(col(Feedback.id), col(Feedback.study_pk), col(Feedback.kind), col(Feedback.user), col(Feedback.created_at)).where(
+                    col(Feedback.verdict) == Verdict.MISSED.value, col(Feedback.finding_pk).is_(None)
+                )
+            ).all()
             # Only the studies with a miss, by subquery (no long IN list of parameters).
             missed_studies = select(col(Feedback.study_pk)).where(col(Feedback.verdict) == Verdict.MISSED.value)
             scored_rows = conn.execute(
@@ -98,12 +112,14 @@ def load(engine: Engine) -> MonitorInput:
         per_detector[(row[0], row[1])].append(row)
     detectors = tuple(
         DetectorFindings(
-            model_name=name, kind=kind,
+            model_name=name,
+            kind=kind,
             versions=tuple(sorted({r[2] for r in rows})),
-            findings=sum(int(r[3]) for r in rows), urgent=sum(int(r[4] or 0) for r in rows),
+            findings=sum(int(r[3]) for r in rows),
+            urgent=sum(int(r[4] or 0) for r in rows),
         )
         for (name, kind), rows in sorted(per_detector.items())
-    )  # fmt: skip
+    )
 
     # Newest row per (finding, user) first, whatever its verdict: a later row
     # always replaces an earlier one, even one this version cannot use.
@@ -123,10 +139,19 @@ def load(engine: Engine) -> MonitorInput:
             "manufacturer": text_stratum(r.manufacturer),
             "modality": text_stratum(modality),
         }
-        reviews_list.append(Review(
-            finding_pk=r.finding_pk, user=r.user, verdict=r.verdict, at=as_utc(r.created_at),
-            model_name=r.model_name, kind=r.kind, urgent=bool(r.urgent), study_pk=r.study_pk, strata=strata,
-        ))  # fmt: skip
+        reviews_list.append(
+            Review(
+                finding_pk=r.finding_pk,
+                user=r.user,
+                verdict=r.verdict,
+                at=as_utc(r.created_at),
+                model_name=r.model_name,
+                kind=r.kind,
+                urgent=bool(r.urgent),
+                study_pk=r.study_pk,
+                strata=strata,
+            )
+        )
     reviews = tuple(sorted(reviews_list, key=lambda rv: (rv.at, rv.finding_pk, rv.user)))
 
     misses = tuple(
@@ -142,9 +167,12 @@ def load(engine: Engine) -> MonitorInput:
     for r in scored_rows:
         study_detectors[(r[0], r[1])].add(r[2])
     return MonitorInput(
-        detectors=detectors, reviews=reviews, misses=misses,
-        study_detectors={k: frozenset(v) for k, v in study_detectors.items()}, ignored_feedback=ignored,
-    )  # fmt: skip
+        detectors=detectors,
+        reviews=reviews,
+        misses=misses,
+        study_detectors={k: frozenset(v) for k, v in study_detectors.items()},
+        ignored_feedback=ignored,
+    )
 
 
 def monitor_report(engine: Engine, now: datetime | None = None, min_n: int = 5) -> MonitorReport:

@@ -102,8 +102,9 @@ def _trend_figure(fig: Any, report: MonitorReport) -> Any:
         done = {w.start: w.complete for d in report.detectors for w in d.weeks}
         step = max(1, math.ceil(len(mondays) / MAX_WEEK_TICKS))
         shown = mondays[::step]
-        labels = [iso_week(datetime(m.year, m.month, m.day, tzinfo=UTC))[0]
-                  + ("" if done.get(m, True) else " (in progress)") for m in shown]  # fmt: skip
+        labels = [
+            iso_week(datetime(m.year, m.month, m.day, tzinfo=UTC))[0] + ("" if done.get(m, True) else " (in progress)") for m in shown
+        ]
         ax_p.set_xticks([position[m] for m in shown], labels, rotation=45, ha="right", fontsize=8)
     if drawn:
         ax_a.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
@@ -120,21 +121,31 @@ def _strata_figure(fig: Any, d: DetectorMonitor) -> Any:
     ax = fig.add_subplot()
     shown = [s for s in d.strata if s.agreement.n]
     colours = {
-        StratumStatus.LOWER: "tab:red", StratumStatus.HIGHER: "tab:orange", StratumStatus.TOO_FEW: "0.6",
-        StratumStatus.NO_COMPARISON: "0.4", StratumStatus.OK: "tab:blue",
-    }  # fmt: skip
+        StratumStatus.LOWER: "tab:red",
+        StratumStatus.HIGHER: "tab:orange",
+        StratumStatus.TOO_FEW: "0.6",
+        StratumStatus.NO_COMPARISON: "0.4",
+        StratumStatus.OK: "tab:blue",
+    }
     for status, colour in colours.items():
         chosen = [(i, s) for i, s in enumerate(shown) if s.status is status]
         if chosen:
             # Hollow markers for strata too small to judge: visible, but not to be read as findings.
             face = "none" if status is StratumStatus.TOO_FEW else colour
-            _errorbar(ax, [i for i, _ in chosen], [s.agreement for _, s in chosen], marker="o", linestyle="none",
-                      color=colour, markerfacecolor=face, label=STATUS_TEXT[status])  # fmt: skip
+            _errorbar(
+                ax,
+                [i for i, _ in chosen],
+                [s.agreement for _, s in chosen],
+                marker="o",
+                linestyle="none",
+                color=colour,
+                markerfacecolor=face,
+                label=STATUS_TEXT[status],
+            )
     overall = d.agreement.value
     if overall is not None:
         ax.axhline(overall, linestyle="--", color="0.3", linewidth=1, label=f"overall {overall:.2f}")
-    ax.set_xticks(range(len(shown)), [f"{s.dimension}: {s.value} (n={s.agreement.n})" for s in shown],
-                  rotation=45, ha="right", fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(shown)), [f"{s.dimension}: {s.value} (n={s.agreement.n})" for s in shown], rotation=45, ha="right", fontsize=8)
     ax.set(ylim=(-0.02, 1.02), ylabel="agreement", title=f"Agreement per stratum: {d.label} (Wilson 95%)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)

@@ -42,10 +42,7 @@ from triage.vocabulary import Verdict
 
 logger = logging.getLogger(__name__)
 
-NOTE = (
-    "Figures come from radiologists' feedback on the AI's suggestions; "
-    "they are monitoring, not a clinical validation."
-)
+NOTE = "Figures come from radiologists' feedback on the AI's suggestions; they are monitoring, not a clinical validation."
 EMPTY = "no feedback recorded yet"
 UNKNOWN = "unknown"
 
@@ -290,10 +287,15 @@ class StratumStats:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "dimension": self.dimension, "stratum": self.value, "n": self.agreement.n,
-            "verdicts": self.counts.as_json(), "agreement": self.agreement.as_json(),
-            "rest_agreement": self.rest.agreement.as_json(), "status": self.status.value, "flagged": self.flagged,
-        }  # fmt: skip
+            "dimension": self.dimension,
+            "stratum": self.value,
+            "n": self.agreement.n,
+            "verdicts": self.counts.as_json(),
+            "agreement": self.agreement.as_json(),
+            "rest_agreement": self.rest.agreement.as_json(),
+            "status": self.status.value,
+            "flagged": self.flagged,
+        }
 
 
 @dataclass(frozen=True)
@@ -316,10 +318,14 @@ class WeekStats:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "week": self.week, "start": self.start.isoformat(), "complete": self.complete,
-            "n": self.agreement.n, "verdicts": self.counts.as_json(),
-            "agreement": self.agreement.as_json(), "ppv": self.ppv.as_json(),
-        }  # fmt: skip
+            "week": self.week,
+            "start": self.start.isoformat(),
+            "complete": self.complete,
+            "n": self.agreement.n,
+            "verdicts": self.counts.as_json(),
+            "agreement": self.agreement.as_json(),
+            "ppv": self.ppv.as_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -331,9 +337,11 @@ class DriftCheck:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "status": self.status.value, "week": self.week,
-            "agreement": None if self.agreement is None else self.agreement.as_json(), "overall": self.overall,
-        }  # fmt: skip
+            "status": self.status.value,
+            "week": self.week,
+            "agreement": None if self.agreement is None else self.agreement.as_json(),
+            "overall": self.overall,
+        }
 
 
 @dataclass(frozen=True)
@@ -374,19 +382,25 @@ class DetectorMonitor:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "model_name": self.model_name, "kind": self.kind, "versions": list(self.versions),
-            "findings": self.findings, "urgent_findings": self.urgent_findings,
-            "findings_reviewed": self.findings_reviewed, "verdicts": self.counts.as_json(),
-            "urgent_verdicts": self.urgent.as_json(), "agreement": self.agreement.as_json(),
-            "ppv_urgent": self.ppv.as_json(), "misses": self.misses, "misses_shared": self.misses_shared,
+            "model_name": self.model_name,
+            "kind": self.kind,
+            "versions": list(self.versions),
+            "findings": self.findings,
+            "urgent_findings": self.urgent_findings,
+            "findings_reviewed": self.findings_reviewed,
+            "verdicts": self.counts.as_json(),
+            "urgent_verdicts": self.urgent.as_json(),
+            "agreement": self.agreement.as_json(),
+            "ppv_urgent": self.ppv.as_json(),
+            "misses": self.misses,
+            "misses_shared": self.misses_shared,
             "sensitivity_estimate": self.sensitivity.as_json(),
             "strata": [s.as_json() for s in self.strata],
             "bias_flags": [s.as_json() for s in self.strata if s.flagged],
-            "too_few_to_judge": [
-                f"{s.dimension}={s.value}" for s in self.strata if s.status is StratumStatus.TOO_FEW
-            ],
-            "weeks": [w.as_json() for w in self.weeks], "drift": self.drift.as_json(),
-        }  # fmt: skip
+            "too_few_to_judge": [f"{s.dimension}={s.value}" for s in self.strata if s.status is StratumStatus.TOO_FEW],
+            "weeks": [w.as_json() for w in self.weeks],
+            "drift": self.drift.as_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -416,15 +430,20 @@ class MonitorReport:
     def as_json(self) -> dict[str, Any]:
         """A plain dict (``json.dumps`` takes it as it is)."""
         return {
-            "generated_at": self.generated_at.isoformat(), "note": NOTE, "empty": self.empty,
-            "message": EMPTY if self.empty else None, "min_n": self.min_n,
+            "generated_at": self.generated_at.isoformat(),
+            "note": NOTE,
+            "empty": self.empty,
+            "message": EMPTY if self.empty else None,
+            "min_n": self.min_n,
             "detectors": [d.as_json() for d in self.detectors],
             "unattributed_misses": dict(sorted(self.unattributed_misses.items())),
             "ignored_feedback": self.ignored_feedback,
-            "bias_flags": [{"detector": d.model_name, "kind": d.kind, "dimension": s.dimension, "stratum": s.value,
-                            "status": s.status.value} for d, s in self.bias_flags],
+            "bias_flags": [
+                {"detector": d.model_name, "kind": d.kind, "dimension": s.dimension, "stratum": s.value, "status": s.status.value}
+                for d, s in self.bias_flags
+            ],
             "drift_flags": [{"detector": d.model_name, "kind": d.kind, "week": d.drift.week} for d in self.drift_flags],
-        }  # fmt: skip
+        }
 
 
 def stratum_status(stratum: VerdictCounts, rest: VerdictCounts, min_n: int) -> StratumStatus:
@@ -485,16 +504,19 @@ def _weeks(reviews: Sequence[Review], now: datetime) -> tuple[WeekStats, ...]:
     out = []
     for (label, monday), rows in sorted(groups.items(), key=lambda item: item[0][1]):
         end = datetime(monday.year, monday.month, monday.day, tzinfo=UTC) + timedelta(days=7)
-        out.append(WeekStats(
-            week=label, start=monday, complete=end <= now, counts=_count(r.verdict for r in rows),
-            urgent=_count(r.verdict for r in rows if r.urgent),
-        ))  # fmt: skip
+        out.append(
+            WeekStats(
+                week=label,
+                start=monday,
+                complete=end <= now,
+                counts=_count(r.verdict for r in rows),
+                urgent=_count(r.verdict for r in rows if r.urgent),
+            )
+        )
     return tuple(out)
 
 
-def _attribute_misses(
-    data: MonitorInput, kinds: Mapping[str, list[str]]
-) -> tuple[dict[str, list[Miss]], dict[str, int]]:
+def _attribute_misses(data: MonitorInput, kinds: Mapping[str, list[str]]) -> tuple[dict[str, list[Miss]], dict[str, int]]:
     """model name -> its misses; kind -> misses with no detector of that kind.
 
     A miss names a study and a kind, not a model. It goes to the detectors of
@@ -538,15 +560,23 @@ def build_report(data: MonitorInput, now: datetime, min_n: int = 5) -> MonitorRe
         total = _count(rv.verdict for rv in reviews)
         mine = [m for m in misses_by.get(name, []) if m.kind == kind]
         weeks = _weeks(reviews, now)
-        detectors.append(DetectorMonitor(
-            model_name=name, kind=kind, versions=made.versions if made else (),
-            findings=made.findings if made else 0, urgent_findings=made.urgent if made else 0,
-            findings_reviewed=len({rv.finding_pk for rv in reviews}), counts=total,
-            urgent=_count(rv.verdict for rv in reviews if rv.urgent),
-            misses=len(mine), misses_shared=sum(1 for m in mine if owners[m] > 1),
-            strata=_strata(reviews, total, min_n), weeks=weeks, drift=drift_check(weeks, total.agreement, min_n),
-        ))  # fmt: skip
+        detectors.append(
+            DetectorMonitor(
+                model_name=name,
+                kind=kind,
+                versions=made.versions if made else (),
+                findings=made.findings if made else 0,
+                urgent_findings=made.urgent if made else 0,
+                findings_reviewed=len({rv.finding_pk for rv in reviews}),
+                counts=total,
+                urgent=_count(rv.verdict for rv in reviews if rv.urgent),
+                misses=len(mine),
+                misses_shared=sum(1 for m in mine if owners[m] > 1),
+                strata=_strata(reviews, total, min_n),
+                weeks=weeks,
+                drift=drift_check(weeks, total.agreement, min_n),
+            )
+        )
     return MonitorReport(
-        generated_at=now, min_n=min_n, detectors=tuple(detectors),
-        unattributed_misses=unattributed, ignored_feedback=data.ignored_feedback,
-    )  # fmt: skip
+        generated_at=now, min_n=min_n, detectors=tuple(detectors), unattributed_misses=unattributed, ignored_feedback=data.ignored_feedback
+    )

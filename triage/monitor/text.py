@@ -56,8 +56,7 @@ def format_text(report: MonitorReport) -> str:
     if report.empty:
         lines += ["", EMPTY + "."]
         if report.detectors:
-            lines.append("Detectors with findings: " + ", ".join(
-                f"{d.label}: {d.findings} findings" for d in report.detectors))  # fmt: skip
+            lines.append("Detectors with findings: " + ", ".join(f"{d.label}: {d.findings} findings" for d in report.detectors))
         return "\n".join(lines) + "\n"
     lines.append(
         'Agreement = agree / (agree + disagree); "unsure" is counted but left out. '
@@ -82,15 +81,9 @@ def format_text(report: MonitorReport) -> str:
             continue
         lines += _table(
             ["metric", "value", "95% CI", "k/n"],
-            [
-                ["agreement", *_fmt_p(d.agreement)],
-                ["PPV (AI urgent)", *_fmt_p(d.ppv)],
-                ["sensitivity (est.)", *_fmt_p(d.sensitivity)],
-            ],
+            [["agreement", *_fmt_p(d.agreement)], ["PPV (AI urgent)", *_fmt_p(d.ppv)], ["sensitivity (est.)", *_fmt_p(d.sensitivity)]],
         )
-        lines.append(
-            "  sensitivity (est.) = agreed urgent / (agreed urgent + recorded misses); unrecorded misses are unseen."
-        )
+        lines.append("  sensitivity (est.) = agreed urgent / (agreed urgent + recorded misses); unrecorded misses are unseen.")
         if d.misses_shared:
             lines.append(f"  {d.misses_shared} of the misses are shared with another detector of kind {d.kind}.")
         if d.strata:
@@ -100,8 +93,7 @@ def format_text(report: MonitorReport) -> str:
                 value, ci, _ = _fmt_p(s.agreement)
                 rest_value, rest_ci, _ = _fmt_p(s.rest.agreement)
                 rest = f"{rest_value} {rest_ci}" if s.rest.agreement.n else "-"
-                rows.append([s.dimension, s.value, str(s.agreement.n), value, ci, rest,
-                             STATUS_TEXT[s.status]])  # fmt: skip
+                rows.append([s.dimension, s.value, str(s.agreement.n), value, ci, rest, STATUS_TEXT[s.status]])
             lines += _table(["dimension", "stratum", "n", "agreement", "95% CI", "rest", "status"], rows, "    ")
         if d.weeks:
             lines += ["", "  Weekly (ISO week of the feedback)"]
@@ -113,8 +105,10 @@ def format_text(report: MonitorReport) -> str:
             lines += _table(["week", "n", "agreement", "95% CI", "PPV", "95% CI", "week"], rows, "    ")
         lines.append("  " + _drift_text(d.drift, report.min_n))
     if report.unattributed_misses:
-        lines += ["", "Misses of kinds no detector produced: " + ", ".join(
-            f"{k} {n}" for k, n in sorted(report.unattributed_misses.items()))]  # fmt: skip
+        lines += [
+            "",
+            "Misses of kinds no detector produced: " + ", ".join(f"{k} {n}" for k, n in sorted(report.unattributed_misses.items())),
+        ]
     if report.ignored_feedback:
         lines.append(f"Ignored {report.ignored_feedback} feedback rows whose verdict cannot apply to a finding.")
     return "\n".join(lines) + "\n"

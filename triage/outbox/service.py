@@ -29,7 +29,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
-import json
 import logging
 import threading
 from collections import defaultdict
@@ -95,12 +94,15 @@ class ResultState:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "destination": self.destination, "status": self.status,
-            "attempts": self.attempts, "last_error": self.last_error,
+            "kind": self.kind,
+            "destination": self.destination,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
             "sent_at": self.sent_at.isoformat() if self.sent_at else None,
             "next_attempt_at": self.next_attempt_at.isoformat() if self.status == OutboxStatus.PENDING.value else None,
             "sop_instance_uid": self.sop_instance_uid,
-        }  # fmt: skip
+        }
 
 
 # --- pure ----------------------------------------------------------------------------------------
@@ -180,14 +182,23 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
 
 def _rows(settings: Settings, study_pk: int, kind: ResultKind, source_key: str, now: datetime) -> list[dict[str, Any]]:
     return [
-        {"study_pk": study_pk, "kind": kind.value, "source_key": source_key, "destination": d.name,
-         "status": OutboxStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "created_at": now}
+        {
+            "study_pk": study_pk,
+            "kind": kind.value,
+            "source_key": source_key,
+            "destination": d.name,
+            "status": OutboxStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
         for d in settings.results.destinations
-    ]  # fmt: skip
+    ]
 
 
-def enqueue_study_results(conn: Connection, settings: Settings, study_pk: int, study_uid: str, source_key: str,
-                          now: datetime | None = None) -> int:  # fmt: skip
+def enqueue_study_results(
+    conn: Connection, settings: Settings, study_pk: int, study_uid: str, source_key: str, now: datetime | None = None
+) -> int:
     """Queue a study's AI results for every destination: the AI SR, and key images if configured.
 
     Idempotent: an object already queued for a destination (same kind and
@@ -210,13 +221,11 @@ def enqueue_study_results(conn: Connection, settings: Settings, study_pk: int, s
                 rows.extend(_rows(settings, study_pk, ResultKind.KEY_IMAGE, key, now))
     created = _insert_new(conn, rows)
     if created:
-        log.info("study %s: %d result objects queued for %s", study_uid, created,
-                 ", ".join(d.name for d in settings.results.destinations))  # fmt: skip
+        log.info("study %s: %d result objects queued for %s", study_uid, created, ", ".join(d.name for d in settings.results.destinations))
     return created
 
 
-def enqueue_report(conn: Connection, settings: Settings, study_pk: int, report_id: int,
-                   now: datetime | None = None) -> int:  # fmt: skip
+def enqueue_report(conn: Connection, settings: Settings, study_pk: int, report_id: int, now: datetime | None = None) -> int:
     """Queue a signed report's SR for every destination (``results.report_export == "sr"``).
 
     Call it in the signing transaction. Returns the rows created (0 when
@@ -246,12 +255,12 @@ def enqueue_scored(engine: Engine, settings: Settings, study_pk: int, now: datet
         return 0
     newest = (
         select(RESULT.c.series_pk, func.max(RESULT.c.generation).label("generation"))
-        .where(RESULT.c.study_pk == study_pk).group_by(RESULT.c.series_pk).subquery()
-    )  # fmt: skip
+        .where(RESULT.c.study_pk == study_pk)
+        .group_by(RESULT.c.series_pk)
+        .subquery()
+    )
     with engine.begin() as conn:
-        study = conn.execute(
-            select(STUDY.c.study_uid, STUDY.c.ai_status).where(STUDY.c.id == study_pk)
-        ).first()  # fmt: skip
+        study = conn.execute(select(STUDY.c.study_uid, STUDY.c.ai_status).where(STUDY.c.id == study_pk)).first()
         if study is None or study.ai_status not in (AIStatus.SCORED.value, AIStatus.PARTIAL.value):
             return 0
         # "scored" already holds while other series of the study wait: the SR waits for all of them.
@@ -262,15 +271,13 @@ def enqueue_scored(engine: Engine, settings: Settings, study_pk: int, now: datet
             select(func.max(RESULT.c.scored_at))
             .join(newest, and_(newest.c.series_pk == RESULT.c.series_pk, newest.c.generation == RESULT.c.generation))
             .where(RESULT.c.analysed.is_(True))
-        ).scalar()  # fmt: skip
+        ).scalar()
         if scored_at is None or not current_findings(conn, [study_pk]).get(study_pk):
             return 0
-        return enqueue_study_results(conn, settings, study_pk, study.study_uid,
-                                     scoring_source_key(study.study_uid, scored_at), now)  # fmt: skip
+        return enqueue_study_results(conn, settings, study_pk, study.study_uid, scoring_source_key(study.study_uid, scored_at), now)
 
 
-def on_recorded_hook(engine: Engine, settings: Settings,
-                     wake: Callable[[], None] | None = None) -> Callable[[ClaimedJob], None]:  # fmt: skip
+def on_recorded_hook(engine: Engine, settings: Settings, wake: Callable[[], None] | None = None) -> Callable[[ClaimedJob], None]:
     """The ``ScoringWorker(on_recorded=...)`` callback: queue the job's study results, then ``wake`` the sender."""
 
     def hook(job: ClaimedJob) -> None:
@@ -296,11 +303,16 @@ def results_for(conn: Connection, study_pks: Collection[int] | None = None) -> d
     for r in conn.execute(query):
         out[r.study_pk].append(
             ResultState(
-                kind=r.kind, destination=r.destination, status=r.status, attempts=r.attempts,
-                last_error=r.last_error, sent_at=as_utc(r.sent_at) if r.sent_at else None,
-                next_attempt_at=as_utc(r.next_attempt_at), sop_instance_uid=r.sop_instance_uid,
+                kind=r.kind,
+                destination=r.destination,
+                status=r.status,
+                attempts=r.attempts,
+                last_error=r.last_error,
+                sent_at=as_utc(r.sent_at) if r.sent_at else None,
+                next_attempt_at=as_utc(r.next_attempt_at),
+                sop_instance_uid=r.sop_instance_uid,
             )
-        )  # fmt: skip
+        )
     return dict(out)
 
 
@@ -324,28 +336,26 @@ def _study_attrs(conn: Connection, study_pk: int) -> dict[str, Any]:
 def _images(conn: Connection, where: Any) -> dict[str, tuple[str, str]]:
     rows = conn.execute(
         select(INSTANCE.c.sop_instance_uid, INSTANCE.c.sop_class_uid, SERIES.c.series_uid)
-        .join(SERIES, SERIES.c.id == INSTANCE.c.series_pk).where(where)
-    ).all()  # fmt: skip
+        .join(SERIES, SERIES.c.id == INSTANCE.c.series_pk)
+        .where(where)
+    ).all()
     return {r.sop_instance_uid: (r.sop_class_uid, r.series_uid) for r in rows}
 
 
 def _finding(conn: Connection, finding_id: int) -> FindingRow:
-    row = conn.execute(
-        select(FINDING, SERIES.c.series_uid).join(SERIES, SERIES.c.id == FINDING.c.series_pk)
-        .where(FINDING.c.id == finding_id)
-    ).mappings().first()  # fmt: skip
+    row = (
+        conn.execute(
+            select(FINDING, SERIES.c.series_uid).join(SERIES, SERIES.c.id == FINDING.c.series_pk).where(FINDING.c.id == finding_id)
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         raise OutboxError(f"AI finding {finding_id} is not in the index")
-    return FindingRow(
-        id=row["id"], study_pk=row["study_pk"], series_uid=row["series_uid"], kind=row["kind"],
-        probability=row["probability"], operating_point=row["operating_point"], urgent=bool(row["urgent"]),
-        model_name=row["model_name"], model_version=row["model_version"], weights_sha256=row["weights_sha256"],
-        regions=tuple(json.loads(row["regions"] or "[]")),
-    )  # fmt: skip
+    return FindingRow.from_row(row)
 
 
-def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, study_pk: int,
-                  source_key: str) -> Dataset:  # fmt: skip
+def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, study_pk: int, source_key: str) -> Dataset:
     """The DICOM object an outbox row carries, built from the DB as it is now.
 
     Raises
@@ -364,22 +374,27 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
             series_uids = sorted({f.series_uid for f in findings})
             images = _images(conn, SERIES.c.series_uid.in_(series_uids))
             return ai_sr.build_ai_sr(
-                study, findings, images, sop_instance_uid=sop_uid, series_instance_uid=series_uid,
-                manufacturer=MANUFACTURER, software_version=__version__, institution_name=study["institution_name"],
-            )  # fmt: skip
+                study,
+                findings,
+                images,
+                sop_instance_uid=sop_uid,
+                series_instance_uid=series_uid,
+                manufacturer=MANUFACTURER,
+                software_version=__version__,
+                institution_name=study["institution_name"],
+            )
         if kind is ResultKind.KEY_IMAGE:
             finding = _finding(conn, _finding_id(source_key))
             if not finding.regions:
                 raise OutboxError(f"AI finding {finding.id} has no region to show")
             region = finding.regions[0]
-            path = conn.execute(
-                select(INSTANCE.c.path).where(INSTANCE.c.sop_instance_uid == region["sop_instance_uid"])
-            ).scalar()  # fmt: skip
+            path = conn.execute(select(INSTANCE.c.path).where(INSTANCE.c.sop_instance_uid == region["sop_instance_uid"])).scalar()
             if path is None:
                 raise OutboxError(f"image {region['sop_instance_uid']} of AI finding {finding.id} is not stored")
             source = key_image.key_image_source(settings.data_dir / path, finding.kind, region.get("slice_index"))
-            return key_image.build_key_image(study, finding, source, sop_instance_uid=sop_uid,
-                                             series_instance_uid=series_uid, manufacturer=MANUFACTURER)  # fmt: skip
+            return key_image.build_key_image(
+                study, finding, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid, manufacturer=MANUFACTURER
+            )
         report = conn.execute(select(REPORT).where(REPORT.c.id == int(source_key))).first()
         if report is None or report.status != ReportStatus.SIGNED.value or report.signed_at is None:
             raise OutboxError(f"report {source_key} of study {study['study_uid']} is not signed")
@@ -388,10 +403,18 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
             amends = object_uids(ResultKind.REPORT_SR, study["study_uid"], str(report.amends_pk))[1]
         images = _images(conn, SERIES.c.study_pk == study_pk)
         return report_sr.build_report_sr(
-            study, report.text, report.signed_by or report.author, as_utc(report.signed_at), report.version, images,
-            sop_instance_uid=sop_uid, series_instance_uid=series_uid, amends=amends, manufacturer=MANUFACTURER,
+            study,
+            report.text,
+            report.signed_by or report.author,
+            as_utc(report.signed_at),
+            report.version,
+            images,
+            sop_instance_uid=sop_uid,
+            series_instance_uid=series_uid,
+            amends=amends,
+            manufacturer=MANUFACTURER,
             institution_name=study["institution_name"],
-        )  # fmt: skip
+        )
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -415,9 +438,14 @@ def build_file(engine: Engine, settings: Settings, item: Row) -> BuiltObject:
     with engine.connect() as conn:
         done = conn.execute(
             select(OUTBOX.c.path, OUTBOX.c.sop_instance_uid, OUTBOX.c.sop_class_uid)
-            .where(OUTBOX.c.study_pk == item.study_pk, OUTBOX.c.kind == item.kind,
-                   OUTBOX.c.source_key == item.source_key, OUTBOX.c.path.is_not(None)).limit(1)
-        ).first()  # fmt: skip
+            .where(
+                OUTBOX.c.study_pk == item.study_pk,
+                OUTBOX.c.kind == item.kind,
+                OUTBOX.c.source_key == item.source_key,
+                OUTBOX.c.path.is_not(None),
+            )
+            .limit(1)
+        ).first()
     if done is None or not (settings.data_dir / done.path).exists():
         ds = build_dataset(engine, settings, item.kind, item.study_pk, item.source_key)
         study_uid = check_uid(str(ds.StudyInstanceUID), "Study Instance UID")
@@ -430,10 +458,9 @@ def build_file(engine: Engine, settings: Settings, item: Row) -> BuiltObject:
     with engine.begin() as conn:
         conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.study_pk == item.study_pk, OUTBOX.c.kind == item.kind,
-                   OUTBOX.c.source_key == item.source_key)
+            .where(OUTBOX.c.study_pk == item.study_pk, OUTBOX.c.kind == item.kind, OUTBOX.c.source_key == item.source_key)
             .values(path=built.relpath, sop_instance_uid=built.sop_instance_uid, sop_class_uid=built.sop_class_uid)
-        )  # fmt: skip
+        )
     return built
 
 
@@ -451,8 +478,9 @@ def _peer(destination: Destination) -> Peer:
     return Peer(destination.host, destination.port, destination.ae_title, tls, destination.server_name)
 
 
-def store_files(destination: Destination, calling_ae: str, files: Sequence[tuple[Path, str]],
-                timeout: float = 30.0) -> list[tuple[bool, str]]:  # fmt: skip
+def store_files(
+    destination: Destination, calling_ae: str, files: Sequence[tuple[Path, str]], timeout: float = 30.0
+) -> list[tuple[bool, str]]:
     """C-STORE ``files`` (path, SOP Class UID) to ``destination``: :func:`dicom_io.send.store_files`."""
     from dicom_io.send import store_files as send
 
@@ -468,9 +496,8 @@ def claim_due(engine: Engine, now: datetime, limit: int = BATCH, lease_s: float 
     due = and_(OUTBOX.c.status == OutboxStatus.PENDING.value, OUTBOX.c.next_attempt_at <= now)
     with engine.begin() as conn:
         candidates = (
-            select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id).limit(limit)
-            .with_for_update(skip_locked=True)
-        )  # fmt: skip
+            select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id).limit(limit).with_for_update(skip_locked=True)
+        )
         if conn.dialect.name == "postgresql":
             # Locked in a statement of their own, as in triage.flow.pipeline.claim_jobs: as a
             # subquery of the UPDATE, PostgreSQL may re-run it and SKIP LOCKED then
@@ -481,17 +508,24 @@ def claim_due(engine: Engine, now: datetime, limit: int = BATCH, lease_s: float 
             chosen = OUTBOX.c.id.in_(ids)
         else:
             chosen = OUTBOX.c.id.in_(candidates.scalar_subquery())
-        claimed = conn.execute(
-            update(OUTBOX).where(chosen, due)  # re-checked under the write lock
-            .values(next_attempt_at=now + timedelta(seconds=lease_s))
-            .returning(OUTBOX.c.id)
-        ).scalars().all()  # fmt: skip
+        claimed = (
+            conn.execute(
+                update(OUTBOX)
+                .where(chosen, due)  # re-checked under the write lock
+                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+                .returning(OUTBOX.c.id)
+            )
+            .scalars()
+            .all()
+        )
         if not claimed:
             return []
         rows = conn.execute(
-            select(OUTBOX, STUDY.c.study_uid).join(STUDY, STUDY.c.id == OUTBOX.c.study_pk)
-            .where(OUTBOX.c.id.in_(claimed)).order_by(OUTBOX.c.id)
-        ).all()  # fmt: skip
+            select(OUTBOX, STUDY.c.study_uid)
+            .join(STUDY, STUDY.c.id == OUTBOX.c.study_pk)
+            .where(OUTBOX.c.id.in_(claimed))
+            .order_by(OUTBOX.c.id)
+        ).all()
     return list(rows)
 
 
@@ -503,25 +537,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def mark_sent(engine: Engine, item: Row, built: BuiltObject, destination: Destination, sha256: str,
-              now: datetime) -> bool:  # fmt: skip
+def mark_sent(engine: Engine, item: Row, built: BuiltObject, destination: Destination, sha256: str, now: datetime) -> bool:
     """Record an acknowledged send and its audit event in one transaction; False if it was already recorded."""
     with engine.begin() as conn:
         audit.lock_chain(conn)  # the audit chain's lock first, as every appending writer takes it (PostgreSQL)
         done = conn.execute(
-            update(OUTBOX).where(OUTBOX.c.id == item.id, OUTBOX.c.status == OutboxStatus.PENDING.value)
-            .values(status=OutboxStatus.SENT.value, sent_at=now, attempts=item.attempts + 1, last_error=None,
-                    next_attempt_at=now)
-        ).rowcount  # fmt: skip
+            update(OUTBOX)
+            .where(OUTBOX.c.id == item.id, OUTBOX.c.status == OutboxStatus.PENDING.value)
+            .values(status=OutboxStatus.SENT.value, sent_at=now, attempts=item.attempts + 1, last_error=None, next_attempt_at=now)
+        ).rowcount
         if not done:
             return False
         audit.append(
-            conn, actor=audit.SYSTEM_ACTOR, action=audit.Action.RESULT_SENT, study_uid=item.study_uid, at=now,
-            detail={"kind": item.kind, "destination": destination.name, "ae_title": destination.ae_title,
-                    "host": destination.host, "port": destination.port, "sop_instance_uid": built.sop_instance_uid,
-                    "sop_class_uid": built.sop_class_uid, "sha256": sha256, "attempts": item.attempts + 1,
-                    "outbox_id": item.id},
-        )  # fmt: skip
+            conn,
+            actor=audit.SYSTEM_ACTOR,
+            action=audit.Action.RESULT_SENT,
+            study_uid=item.study_uid,
+            at=now,
+            detail={
+                "kind": item.kind,
+                "destination": destination.name,
+                "ae_title": destination.ae_title,
+                "host": destination.host,
+                "port": destination.port,
+                "sop_instance_uid": built.sop_instance_uid,
+                "sop_class_uid": built.sop_class_uid,
+                "sha256": sha256,
+                "attempts": item.attempts + 1,
+                "outbox_id": item.id,
+            },
+        )
     return True
 
 
@@ -532,11 +577,19 @@ def mark_failed(engine: Engine, settings: Settings, item: Row, reason: str, now:
     when = now + timedelta(seconds=backoff_seconds(attempts, cfg.retry_min_seconds, cfg.retry_max_seconds))
     with engine.begin() as conn:
         conn.execute(
-            update(OUTBOX).where(OUTBOX.c.id == item.id, OUTBOX.c.status == OutboxStatus.PENDING.value)
+            update(OUTBOX)
+            .where(OUTBOX.c.id == item.id, OUTBOX.c.status == OutboxStatus.PENDING.value)
             .values(attempts=attempts, last_error=reason[:_ERROR_MAX], next_attempt_at=when)
-        )  # fmt: skip
-    log.warning("%s of study %s to %s: attempt %d failed (%s); next try at %s", item.kind, item.study_uid,
-                item.destination, attempts, reason, when.strftime("%H:%M:%S"))  # fmt: skip
+        )
+    log.warning(
+        "%s of study %s to %s: attempt %d failed (%s); next try at %s",
+        item.kind,
+        item.study_uid,
+        item.destination,
+        attempts,
+        reason,
+        when.strftime("%H:%M:%S"),
+    )
     return when
 
 
@@ -625,8 +678,7 @@ class OutboxSender:
                 if ok:
                     if mark_sent(self.engine, item, built, destination, _sha256(path), self.clock()):
                         self.sent += 1
-                        log.info("%s of study %s sent to %s (%s)", item.kind, item.study_uid, name,
-                                 built.sop_instance_uid)  # fmt: skip
+                        log.info("%s of study %s sent to %s (%s)", item.kind, item.study_uid, name, built.sop_instance_uid)
                 else:
                     self._failed(item, reason)
         return len(items)

@@ -72,18 +72,26 @@ def read_series_pixels(series: SeriesImages) -> SeriesPixels:
         image = load_radiograph(series.files[0])
         values = image.image[None, :, :].astype(np.float32)
         return SeriesPixels(
-            series_uid=series.series_uid, modality=modality or "?", values=values,
-            sop_instance_uids=(image.sop_instance_uid,), radiograph=True, pixel_spacing_mm=image.pixel_spacing_mm,
+            series_uid=series.series_uid,
+            modality=modality or "?",
+            values=values,
+            sop_instance_uids=(image.sop_instance_uid,),
+            radiograph=True,
+            pixel_spacing_mm=image.pixel_spacing_mm,
             display_range=(0.0, 1.0),
-        )  # fmt: skip
+        )
     volume = load_volume(series.files)
     lo, hi = (float(v) for v in np.percentile(volume.hu, (1.0, 99.0)))
     return SeriesPixels(
-        series_uid=series.series_uid, modality=modality or "?", values=volume.hu,
-        sop_instance_uids=tuple(volume.sop_instance_uids), radiograph=False,
-        pixel_spacing_mm=(volume.spacing_mm[1], volume.spacing_mm[2]), display_range=(lo, hi),
+        series_uid=series.series_uid,
+        modality=modality or "?",
+        values=volume.hu,
+        sop_instance_uids=tuple(volume.sop_instance_uids),
+        radiograph=False,
+        pixel_spacing_mm=(volume.spacing_mm[1], volume.spacing_mm[2]),
+        display_range=(lo, hi),
         warnings=tuple(volume.warnings),
-    )  # fmt: skip
+    )
 
 
 def is_image_series(series: SeriesImages) -> bool:

@@ -153,8 +153,7 @@ class WorklistService:
             return
         if claim_is_live(study.claimed_by, study.claim_expires, now):
             raise ClaimConflict(
-                f"cannot {verb} study {study.study_uid}: it is claimed by {study.claimed_by} "
-                f"until {_hhmm(study.claim_expires)}"
+                f"cannot {verb} study {study.study_uid}: it is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}"
             )
         raise NotPermitted(f"cannot {verb} study {study.study_uid}: {user} has not claimed it (claim it first)")
 
@@ -174,30 +173,20 @@ class WorklistService:
             .values(**values)
         )
         if result.rowcount != 1:
-            raise ClaimConflict(
-                f"cannot {_VERBS[action]} study {study.study_uid}: it changed while you acted; reload and try again"
-            )
+            raise ClaimConflict(f"cannot {_VERBS[action]} study {study.study_uid}: it changed while you acted; reload and try again")
 
     @staticmethod
-    def _audit(
-        conn: Connection, user: str, action: ReadAction, study_uid: str, detail: Mapping[str, Any], now: datetime
-    ) -> int:
-        return audit.append(
-            conn, actor=user, action=audit.Action(action.value), study_uid=study_uid, detail=detail, at=now
-        )
+    def _audit(conn: Connection, user: str, action: ReadAction, study_uid: str, detail: Mapping[str, Any], now: datetime) -> int:
+        return audit.append(conn, actor=user, action=audit.Action(action.value), study_uid=study_uid, detail=detail, at=now)
 
     @staticmethod
     def _has_impression(conn: Connection, study_pk: int, user: str) -> bool:
-        found = conn.execute(
-            select(IMPRESSION.c.id).where(IMPRESSION.c.study_pk == study_pk, IMPRESSION.c.user == user)
-        ).first()
+        found = conn.execute(select(IMPRESSION.c.id).where(IMPRESSION.c.study_pk == study_pk, IMPRESSION.c.user == user)).first()
         return found is not None
 
     @staticmethod
     def _newest_report(conn: Connection, study_pk: int) -> Row | None:
-        return conn.execute(
-            select(REPORT).where(REPORT.c.study_pk == study_pk).order_by(REPORT.c.version.desc()).limit(1)
-        ).first()
+        return conn.execute(select(REPORT).where(REPORT.c.study_pk == study_pk).order_by(REPORT.c.version.desc()).limit(1)).first()
 
     @staticmethod
     def _newest_signed(conn: Connection, study_pk: int) -> Row | None:
@@ -208,9 +197,7 @@ class WorklistService:
             .limit(1)
         ).first()
 
-    def _claimant_step(
-        self, conn: Connection, study_uid: str, user: str, action: ReadAction, now: datetime
-    ) -> tuple[Row, ReadState]:
+    def _claimant_step(self, conn: Connection, study_uid: str, user: str, action: ReadAction, now: datetime) -> tuple[Row, ReadState]:
         """Load the study and check state and claim for a claimant-only action."""
         study = self._study(conn, study_uid)
         target = next_state(study.read_state, action, study_uid)
@@ -246,13 +233,9 @@ class WorklistService:
             target = next_state(study.read_state, ReadAction.CLAIM, study_uid)
             live = claim_is_live(study.claimed_by, study.claim_expires, now)
             if live and study.claimed_by != user:
-                raise ClaimConflict(
-                    f"study {study_uid} is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}"
-                )
+                raise ClaimConflict(f"study {study_uid} is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}")
             expires = self._claim_until(now)
-            self._set_study(
-                conn, study, ReadAction.CLAIM, read_state=target.value, claimed_by=user, claim_expires=expires
-            )
+            self._set_study(conn, study, ReadAction.CLAIM, read_state=target.value, claimed_by=user, claim_expires=expires)
             detail = {
                 "from": study.read_state,
                 "to": target.value,
@@ -289,17 +272,14 @@ class WorklistService:
                 raise InvalidTransition(f"cannot release study {study_uid}: it is not claimed")
             if study.claimed_by != user and claim_is_live(study.claimed_by, study.claim_expires, now):
                 raise ClaimConflict(
-                    f"cannot release study {study_uid}: it is claimed by {study.claimed_by} "
-                    f"until {_hhmm(study.claim_expires)}"
+                    f"cannot release study {study_uid}: it is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}"
                 )
             worked = any(
                 conn.execute(select(table.c.id).where(table.c.study_pk == study.id).limit(1)).first() is not None
                 for table in (IMPRESSION, FEEDBACK, REPORT)
             )
             target = release_target(study.read_state, worked)
-            self._set_study(
-                conn, study, ReadAction.RELEASE, read_state=target.value, claimed_by=None, claim_expires=None
-            )
+            self._set_study(conn, study, ReadAction.RELEASE, read_state=target.value, claimed_by=None, claim_expires=None)
             detail: dict[str, Any] = {"from": study.read_state, "to": target.value}
             if study.claimed_by != user:
                 detail["lapsed_claim_of"] = study.claimed_by
@@ -328,9 +308,7 @@ class WorklistService:
             findings = tuple(current_findings(conn, [study.id]).get(study.id, []))
             case = case_input(study._mapping, list(findings))
             urgency = assess(case, now, self.settings.policy)
-            impression_row = conn.execute(
-                select(IMPRESSION).where(IMPRESSION.c.study_pk == study.id, IMPRESSION.c.user == user)
-            ).first()
+            impression_row = conn.execute(select(IMPRESSION).where(IMPRESSION.c.study_pk == study.id, IMPRESSION.c.user == user)).first()
             hidden = self.settings.worklist.blinded and impression_row is None
             if hidden:
                 findings, urgency = (), blind_urgency(case, urgency, now, self.settings.policy)
@@ -339,14 +317,15 @@ class WorklistService:
                 .where(FEEDBACK.c.study_pk == study.id, FEEDBACK.c.user == user)
                 .order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
             ).all()
-            report_rows = conn.execute(
-                select(REPORT).where(REPORT.c.study_pk == study.id).order_by(REPORT.c.version)
-            ).all()
+            report_rows = conn.execute(select(REPORT).where(REPORT.c.study_pk == study.id).order_by(REPORT.c.version)).all()
             self._audit(
-                conn, user, ReadAction.VIEW, study_uid,
+                conn,
+                user,
+                ReadAction.VIEW,
+                study_uid,
                 {"read_state": study.read_state, "ai_hidden": hidden, "findings_shown": [f.id for f in findings]},
                 now,
-            )  # fmt: skip
+            )
         impression = None
         if impression_row is not None:
             impression = ImpressionView(
@@ -364,19 +343,31 @@ class WorklistService:
             impression=impression,
             feedback=tuple(
                 FeedbackView(
-                    id=r.id, user=r.user, verdict=Verdict(r.verdict), finding_id=r.finding_pk, kind=r.kind,
-                    comment=r.comment, created_at=as_utc(r.created_at),
+                    id=r.id,
+                    user=r.user,
+                    verdict=Verdict(r.verdict),
+                    finding_id=r.finding_pk,
+                    kind=r.kind,
+                    comment=r.comment,
+                    created_at=as_utc(r.created_at),
                 )
                 for r in feedback_rows
-            ),  # fmt: skip
+            ),
             reports=tuple(
                 ReportVersion(
-                    id=r.id, version=r.version, status=ReportStatus(r.status), text=r.text, author=r.author,
-                    created_at=as_utc(r.created_at), updated_at=as_utc(r.updated_at),
-                    signed_by=r.signed_by, signed_at=utc_or_none(r.signed_at), amends_id=r.amends_pk,
+                    id=r.id,
+                    version=r.version,
+                    status=ReportStatus(r.status),
+                    text=r.text,
+                    author=r.author,
+                    created_at=as_utc(r.created_at),
+                    updated_at=as_utc(r.updated_at),
+                    signed_by=r.signed_by,
+                    signed_at=utc_or_none(r.signed_at),
+                    amends_id=r.amends_pk,
                 )
                 for r in report_rows
-            ),  # fmt: skip
+            ),
         )
 
     def record_impression(self, study_uid: str, user: str, text: str, kinds: Iterable[str] = ()) -> int:
@@ -409,20 +400,18 @@ class WorklistService:
         with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.IMPRESSION, now)
             if self._has_impression(conn, study.id, user):
-                raise InvalidTransition(
-                    f"cannot record an impression on study {study_uid}: {user} already recorded one"
-                )
+                raise InvalidTransition(f"cannot record an impression on study {study_uid}: {user} already recorded one")
             self._advance(conn, study, ReadAction.IMPRESSION, target, now)
             try:
-                impression_id = inserted_pk(conn.execute(
-                    insert(IMPRESSION).values(
-                        study_pk=study.id, user=user, text=text.strip(), kinds=",".join(clean_kinds), created_at=now
+                impression_id = inserted_pk(
+                    conn.execute(
+                        insert(IMPRESSION).values(
+                            study_pk=study.id, user=user, text=text.strip(), kinds=",".join(clean_kinds), created_at=now
+                        )
                     )
-                ))
+                )
             except IntegrityError:  # recorded by a concurrent request of the same user
-                raise InvalidTransition(
-                    f"cannot record an impression on study {study_uid}: {user} already recorded one"
-                ) from None
+                raise InvalidTransition(f"cannot record an impression on study {study_uid}: {user} already recorded one") from None
             detail = {"impression_id": impression_id, "kinds": list(clean_kinds)}
             self._audit(conn, user, ReadAction.IMPRESSION, study_uid, detail, now)
         return int(impression_id)
@@ -468,49 +457,49 @@ class WorklistService:
             raise InvalidInput(f'feedback on study {study_uid}: verdict "{verdict}" is not one of {allowed}') from None
         if verdict is Verdict.MISSED:
             if finding_id is not None:
-                raise InvalidInput(
-                    f"feedback on study {study_uid}: a missed finding has no finding_id (the AI made none)"
-                )
+                raise InvalidInput(f"feedback on study {study_uid}: a missed finding has no finding_id (the AI made none)")
             if kind is None:
                 raise InvalidInput(f"feedback on study {study_uid}: a missed finding needs its kind")
         elif finding_id is None:
-            raise InvalidInput(
-                f"feedback on study {study_uid}: verdict {verdict.value} needs the finding_id it is about"
-            )
+            raise InvalidInput(f"feedback on study {study_uid}: verdict {verdict.value} needs the finding_id it is about")
         clean_kind = _normalise_kinds([kind], "feedback")[0] if kind is not None else None
         now = self._now()
         with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.FEEDBACK, now)
             if self.settings.worklist.blinded and not self._has_impression(conn, study.id, user):
-                raise InvalidTransition(
-                    f"cannot give feedback on study {study_uid}: blinded reads need {user}'s impression first"
-                )
+                raise InvalidTransition(f"cannot give feedback on study {study_uid}: blinded reads need {user}'s impression first")
             if finding_id is not None:
                 finding = conn.execute(
-                    select(FINDING.c.id, FINDING.c.kind).where(
-                        FINDING.c.id == finding_id, FINDING.c.study_pk == study.id
-                    )
+                    select(FINDING.c.id, FINDING.c.kind).where(FINDING.c.id == finding_id, FINDING.c.study_pk == study.id)
                 ).first()
                 if finding is None:
                     raise NotFound(f"feedback on study {study_uid}: finding {finding_id} is not one of its AI findings")
                 if clean_kind is not None and clean_kind != finding.kind:
-                    raise InvalidInput(
-                        f"feedback on study {study_uid}: finding {finding_id} is a {finding.kind}, not a {clean_kind}"
-                    )
+                    raise InvalidInput(f"feedback on study {study_uid}: finding {finding_id} is a {finding.kind}, not a {clean_kind}")
                 clean_kind = finding.kind
             assert clean_kind is not None
             self._advance(conn, study, ReadAction.FEEDBACK, target, now)
-            feedback_id = inserted_pk(conn.execute(
-                insert(FEEDBACK).values(
-                    study_pk=study.id, finding_pk=finding_id, kind=clean_kind, verdict=verdict.value,
-                    comment=comment, user=user, created_at=now,
+            feedback_id = inserted_pk(
+                conn.execute(
+                    insert(FEEDBACK).values(
+                        study_pk=study.id,
+                        finding_pk=finding_id,
+                        kind=clean_kind,
+                        verdict=verdict.value,
+                        comment=comment,
+                        user=user,
+                        created_at=now,
+                    )
                 )
-            ))  # fmt: skip
+            )
             self._audit(
-                conn, user, ReadAction.FEEDBACK, study_uid,
+                conn,
+                user,
+                ReadAction.FEEDBACK,
+                study_uid,
                 {"feedback_id": feedback_id, "verdict": verdict.value, "finding_id": finding_id, "kind": clean_kind},
                 now,
-            )  # fmt: skip
+            )
         return int(feedback_id)
 
     # -- reports --------------------------------------------------------------------------------
@@ -553,15 +542,24 @@ class WorklistService:
                 version, created = (newest.version + 1 if newest is not None else 1), True
                 conn.execute(
                     insert(REPORT).values(
-                        study_pk=study.id, version=version, text=text, status=ReportStatus.DRAFT.value, author=user,
-                        created_at=now, updated_at=now, amends_pk=signed.id if signed is not None else None,
+                        study_pk=study.id,
+                        version=version,
+                        text=text,
+                        status=ReportStatus.DRAFT.value,
+                        author=user,
+                        created_at=now,
+                        updated_at=now,
+                        amends_pk=signed.id if signed is not None else None,
                     )
-                )  # fmt: skip
+                )
             self._audit(
-                conn, user, ReadAction.DRAFT, study_uid,
+                conn,
+                user,
+                ReadAction.DRAFT,
+                study_uid,
                 {"version": version, "created": created, "chars": len(text), "text_sha256": _sha256(text)},
                 now,
-            )  # fmt: skip
+            )
         return version
 
     def sign(self, study_uid: str, user: str) -> int:
@@ -600,11 +598,13 @@ class WorklistService:
             # The report SR for the PACS is queued in the signing transaction: only a signed report goes out.
             outbox.enqueue_report(conn, self.settings, study.id, draft.id, now)
             self._audit(
-                conn, user, ReadAction.SIGN, study_uid,
-                {"version": draft.version, "report_id": draft.id, "amends_id": draft.amends_pk,
-                 "text_sha256": _sha256(draft.text)},
+                conn,
+                user,
+                ReadAction.SIGN,
+                study_uid,
+                {"version": draft.version, "report_id": draft.id, "amends_id": draft.amends_pk, "text_sha256": _sha256(draft.text)},
                 now,
-            )  # fmt: skip
+            )
         return int(draft.version)
 
     def amend(self, study_uid: str, user: str, text: str) -> int:
@@ -638,16 +638,24 @@ class WorklistService:
             self._advance(conn, study, ReadAction.AMEND, target, now)
             conn.execute(
                 insert(REPORT).values(
-                    study_pk=study.id, version=version, text=text, status=ReportStatus.DRAFT.value, author=user,
-                    created_at=now, updated_at=now, amends_pk=signed.id,
+                    study_pk=study.id,
+                    version=version,
+                    text=text,
+                    status=ReportStatus.DRAFT.value,
+                    author=user,
+                    created_at=now,
+                    updated_at=now,
+                    amends_pk=signed.id,
                 )
-            )  # fmt: skip
+            )
             self._audit(
-                conn, user, ReadAction.AMEND, study_uid,
-                {"version": version, "amends_version": signed.version, "amends_id": signed.id,
-                 "text_sha256": _sha256(text)},
+                conn,
+                user,
+                ReadAction.AMEND,
+                study_uid,
+                {"version": version, "amends_version": signed.version, "amends_id": signed.id, "text_sha256": _sha256(text)},
                 now,
-            )  # fmt: skip
+            )
         return version
 
     # -- listing --------------------------------------------------------------------------------
@@ -741,9 +749,7 @@ class WorklistService:
     def changes_since(self, token: int) -> tuple[int, set[str]]:
         """The studies with an audit event after ``token``, and the new token."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(audit.EVENT.c.seq, audit.EVENT.c.study_uid).where(audit.EVENT.c.seq > token)
-            ).all()
+            rows = conn.execute(select(audit.EVENT.c.seq, audit.EVENT.c.study_uid).where(audit.EVENT.c.seq > token)).all()
         if not rows:
             return token, set()
         return max(r.seq for r in rows), {r.study_uid for r in rows if r.study_uid}
@@ -758,26 +764,28 @@ class WorklistService:
         """
         with self.engine.connect() as conn:
             study = self._study(conn, study_uid)
-            series = conn.execute(
-                select(SERIES).where(SERIES.c.study_pk == study.id).order_by(SERIES.c.series_number, SERIES.c.id)
-            ).all()
+            series = conn.execute(select(SERIES).where(SERIES.c.study_pk == study.id).order_by(SERIES.c.series_number, SERIES.c.id)).all()
             files = conn.execute(
                 select(INSTANCE.c.series_pk, INSTANCE.c.path, INSTANCE.c.sop_instance_uid)
                 .where(INSTANCE.c.series_pk.in_([s.id for s in series]))
                 .order_by(INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
-            ).all()  # fmt: skip
+            ).all()
         by_series: dict[int, list[tuple[Path, str]]] = {}
         for row in files:
             by_series.setdefault(row.series_pk, []).append((self.settings.data_dir / row.path, row.sop_instance_uid))
         return [
             SeriesImages(
-                series_uid=s.series_uid, modality=s.modality, description=s.series_description,
-                body_part=s.body_part, manufacturer=s.manufacturer, series_number=s.series_number,
+                series_uid=s.series_uid,
+                modality=s.modality,
+                description=s.series_description,
+                body_part=s.body_part,
+                manufacturer=s.manufacturer,
+                series_number=s.series_number,
                 files=tuple(p for p, _ in by_series.get(s.id, [])),
                 sop_instance_uids=tuple(u for _, u in by_series.get(s.id, [])),
             )
             for s in series
-        ]  # fmt: skip
+        ]
 
     def results(self, study_uid: str) -> list[outbox.ResultState]:
         """The study's result objects for the PACS (AI SR, key images, report SR), one per destination.

@@ -123,9 +123,7 @@ def next_state(state: ReadState | str, action: ReadAction | str, study_uid: str 
     except KeyError:
         allowed = " or ".join(s.value for (s, a) in TRANSITIONS if a is action)
         what = f"study {study_uid}" if study_uid else "a study"
-        raise InvalidTransition(
-            f"cannot {_VERBS[action]} {what} in state {state.value} ({action.value} needs {allowed})"
-        ) from None
+        raise InvalidTransition(f"cannot {_VERBS[action]} {what} in state {state.value} ({action.value} needs {allowed})") from None
 
 
 def release_target(state: ReadState | str, work_recorded: bool) -> ReadState:
@@ -167,4 +165,3 @@ def claim_is_live(claimed_by: str | None, claim_expires: datetime | None, now: d
     """Whether a claim still holds at ``now`` (it lapses at ``claim_expires``)."""
     expires = utc_or_none(claim_expires)
     return claimed_by is not None and expires is not None and now < expires
-

@@ -133,8 +133,7 @@ class SeriesImages:
 
 def worklist_order_key(item: WorklistItem) -> tuple[bool, float, datetime, str]:
     """The worklist's order: unsigned before signed, then the policy's (most urgent, then oldest, then UID)."""
-    return (item.study.read_state is ReadState.SIGNED, -item.urgency.score, item.study.first_received,
-            item.study.study_uid)  # fmt: skip
+    return (item.study.read_state is ReadState.SIGNED, -item.urgency.score, item.study.first_received, item.study.study_uid)
 
 
 def arrival_order_key(item: WorklistItem) -> tuple[datetime, str]:
@@ -191,5 +190,3 @@ def blind_urgency(case: CaseInput, urgency: Urgency, now: datetime, settings: Po
     if HIDDEN_REASON not in reasons:
         reasons.append(HIDDEN_REASON)
     return dataclasses.replace(urgency, reasons=tuple(reasons))
-
-

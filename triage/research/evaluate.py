@@ -73,7 +73,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise TriageError(f"{path}: cannot read the manifest: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("studies"), list):
-        raise TriageError(f"{path}: not a sample manifest (no \"studies\" list)")
+        raise TriageError(f'{path}: not a sample manifest (no "studies" list)')
     return manifest
 
 
@@ -93,10 +93,7 @@ def _outcome(study: Mapping[str, Any], finding: Finding) -> StudyOutcome:
 
 
 def score_manifest(
-    folder: str | Path,
-    detectors: DetectorSet,
-    engine: InferenceEngine,
-    on_study: Callable[[], None] | None = None,
+    folder: str | Path, detectors: DetectorSet, engine: InferenceEngine, on_study: Callable[[], None] | None = None
 ) -> ManifestScore:
     """Score every study of a manifest folder and pair each detector's output with the truth.
 
@@ -252,8 +249,7 @@ def update_cards(
             continue
         if model is None or spec.sha256 != model.sha256:
             scored = model.sha256[:12] if model else "?"
-            skipped.append(f"{report.detector}: evaluated model (sha256 {scored}) is not the shipped card's "
-                           f"({spec.sha256[:12]})")  # fmt: skip
+            skipped.append(f"{report.detector}: evaluated model (sha256 {scored}) is not the shipped card's ({spec.sha256[:12]})")
             continue
         figures = card_test_table(report, command, seed)
         if report.positives_with_truth:

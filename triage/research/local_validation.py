@@ -186,8 +186,9 @@ def parse_labels(text: str, path: str | Path = "labels.csv") -> LabelSet:
             elif value in _ABSENT:
                 present[kind] = False
             elif value:
-                raise LabelsError(f"{where(line, kind)}: unknown value {cells[kind]!r} "
-                                  "(1/0, yes/no, true/false, positive/negative, or empty for unknown)")  # fmt: skip
+                raise LabelsError(
+                    f"{where(line, kind)}: unknown value {cells[kind]!r} (1/0, yes/no, true/false, positive/negative, or empty for unknown)"
+                )
         regions: dict[str, LabelledRegion] = {}
         for kind in kinds:
             sops, box = cells.get(f"{kind}_sop_uid", ""), cells.get(f"{kind}_box", "")
@@ -252,8 +253,20 @@ class FolderStudy:
         return f"{self.study_uid} (accession {self.accession})" if self.accession else self.study_uid
 
 
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "PatientSex", "PatientAge",
-         "PatientBirthDate", "StudyDate", "Manufacturer", "ManufacturerModelName", "SliceThickness", "Modality"]  # fmt: skip
+_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "AccessionNumber",
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "StudyDate",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SliceThickness",
+    "Modality",
+]
 
 
 def _text(ds: Any, keyword: str) -> str:
@@ -300,17 +313,22 @@ def read_folder(folder: str | Path) -> tuple[dict[str, FolderStudy], list[str]]:
         study = studies.get(uid)
         if study is None:
             study = studies[uid] = FolderStudy(
-                uid, tags["AccessionNumber"], sex_stratum(tags["PatientSex"]),
+                uid,
+                tags["AccessionNumber"],
+                sex_stratum(tags["PatientSex"]),
                 age_band(tags["PatientAge"], tags["PatientBirthDate"], tags["StudyDate"]),
             )
         study.files.append(f.path)
         study.sop_series[tags["SOPInstanceUID"]] = series
         study.series_files.setdefault(series, []).append(f.path)
-        study.series_tags.setdefault(series, {
-            "manufacturer": tags["Manufacturer"] or UNKNOWN,
-            "model": tags["ManufacturerModelName"] or UNKNOWN,
-            "slice thickness": slice_band(tags["SliceThickness"]) if tags["Modality"].upper() == "CT" else "",
-        })  # fmt: skip
+        study.series_tags.setdefault(
+            series,
+            {
+                "manufacturer": tags["Manufacturer"] or UNKNOWN,
+                "model": tags["ManufacturerModelName"] or UNKNOWN,
+                "slice thickness": slice_band(tags["SliceThickness"]) if tags["Modality"].upper() == "CT" else "",
+            },
+        )
     return studies, unreadable
 
 
@@ -346,8 +364,7 @@ class LabelledScore(ManifestScore):
             "labelled_studies": len(self.labels.studies) if self.labels else 0,
             "not_in_folder": list(self.not_in_folder),
             "not_in_labels": list(self.not_in_labels),
-            "labelled_not_scored": {k: {"studies": n, "positive": self.unscored_positive[k]}
-                                    for k, n in sorted(self.unscored.items())},  # fmt: skip
+            "labelled_not_scored": {k: {"studies": n, "positive": self.unscored_positive[k]} for k, n in sorted(self.unscored.items())},
             "notes": list(self.label_notes),
         }
         return doc
@@ -391,17 +408,26 @@ def score_labelled(
     if studies is None:
         studies, unreadable = read_folder(folder)
     matched, missing, unlabelled = match_labels(labels, studies)
-    result = LabelledScore(outcomes=[], studies=len(matched), seed=None, labels=labels, not_in_folder=missing,
-                           not_in_labels=unlabelled, failures=list(unreadable))  # fmt: skip
+    result = LabelledScore(
+        outcomes=[],
+        studies=len(matched),
+        seed=None,
+        labels=labels,
+        not_in_folder=missing,
+        not_in_labels=unlabelled,
+        failures=list(unreadable),
+    )
     if labels.id_column == "accession":
         shared = Counter(studies[uid].accession for uid in matched)
-        result.label_notes += [f"accession {a} matches {n} studies: each is evaluated with its labels"
-                               for a, n in sorted(shared.items()) if n > 1]  # fmt: skip
+        result.label_notes += [
+            f"accession {a} matches {n} studies: each is evaluated with its labels" for a, n in sorted(shared.items()) if n > 1
+        ]
     if not matched:
         return result
     families = {d.name: d.family for d in detectors}
-    report = score_paths([p for uid in matched for p in studies[uid].files], detectors, engine,
-                         on_study=(lambda _: on_study()) if on_study else None)  # fmt: skip
+    report = score_paths(
+        [p for uid in matched for p in studies[uid].files], detectors, engine, on_study=(lambda _: on_study()) if on_study else None
+    )
     for u in report.unreadable:
         where = u.path.relative_to(folder) if u.path.is_relative_to(folder) else u.path
         result.failures.append(f"{where}: {u.reason}")
@@ -412,9 +438,7 @@ def score_labelled(
     return result
 
 
-def _add_study(
-    result: LabelledScore, entry: StudyLabels, study: StudyScore, headers: FolderStudy, families: Mapping[str, Family]
-) -> None:
+def _add_study(result: LabelledScore, entry: StudyLabels, study: StudyScore, headers: FolderStudy, families: Mapping[str, Family]) -> None:
     name = headers.label()
     result.failures += [f"{name}: {text}" for text in study.failures]
     best: dict[str, Finding] = {}
@@ -436,14 +460,25 @@ def _add_study(
             truth, note = _truth(region, finding, headers, families.get(finding.detector))
             if note:
                 result.label_notes.append(f"line {entry.line} ({kind}): {note}")
-        result.outcomes.append(StudyOutcome(
-            kind=finding.detector, study_folder=name, label=entry.present[kind], probability=finding.probability,
-            urgent=finding.urgent, operating_point=finding.operating_point,
-            regions=[(r.box, r.slices, r.probability) for r in finding.regions], truth=truth,
-        ))  # fmt: skip
+        result.outcomes.append(
+            StudyOutcome(
+                kind=finding.detector,
+                study_folder=name,
+                label=entry.present[kind],
+                probability=finding.probability,
+                urgent=finding.urgent,
+                operating_point=finding.operating_point,
+                regions=[(r.box, r.slices, r.probability) for r in finding.regions],
+                truth=truth,
+            )
+        )
         tags = headers.series_tags.get(finding.series_uid, {})
-        strata = {"sex": headers.sex, "age": headers.age, "manufacturer": tags.get("manufacturer", UNKNOWN),
-                  "model": tags.get("model", UNKNOWN)}  # fmt: skip
+        strata = {
+            "sex": headers.sex,
+            "age": headers.age,
+            "manufacturer": tags.get("manufacturer", UNKNOWN),
+            "model": tags.get("model", UNKNOWN),
+        }
         if tags.get("slice thickness"):
             strata["slice thickness"] = tags["slice thickness"]
         result.strata.append(strata)
@@ -465,8 +500,10 @@ def _truth(
         unknown = next(uid for uid in region.sop_uids if uid not in headers.sop_series)
         return [], f"SOP Instance UID {unknown} is not an image of the study: left out of localisation"
     if series != {finding.series_uid}:
-        return [], (f"region on series {', '.join(sorted(s for s in series if s))}, the detector scored series "
-                    f"{finding.series_uid}: left out of localisation")  # fmt: skip
+        return [], (
+            f"region on series {', '.join(sorted(s for s in series if s))}, the detector scored series "
+            f"{finding.series_uid}: left out of localisation"
+        )
     if family is Family.CT:
         try:
             order = load_volume(headers.series_files[finding.series_uid]).sop_instance_uids
@@ -528,13 +565,17 @@ class Subgroup:
             return {"value": value, "ci": list(ci) if ci else None} if judged else None
 
         return {
-            "detector": self.detector, "dimension": self.dimension, "value": self.value,
-            "n_positive": self.n_positive, "n_negative": self.n_negative,
+            "detector": self.detector,
+            "dimension": self.dimension,
+            "value": self.value,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
             "counts": {"tp": c.tp, "fn": c.fn, "tn": c.tn, "fp": c.fp},
             "sensitivity": rate(self.sensitivity_judged, c.sensitivity, c.sensitivity_ci),
             "specificity": rate(self.specificity_judged, c.specificity, c.specificity_ci),
-            "auc": self.auc, "min_n": self.min_n,
-        }  # fmt: skip
+            "auc": self.auc,
+            "min_n": self.min_n,
+        }
 
 
 def _order(dimension: str, value: str) -> tuple[int, str]:
@@ -547,8 +588,7 @@ def _order(dimension: str, value: str) -> tuple[int, str]:
     return (0, value.lower())
 
 
-def subgroups(outcomes: Sequence[StudyOutcome], strata: Sequence[Mapping[str, str]], min_n: int = 5,
-              level: float = 0.95) -> list[Subgroup]:  # fmt: skip
+def subgroups(outcomes: Sequence[StudyOutcome], strata: Sequence[Mapping[str, str]], min_n: int = 5, level: float = 0.95) -> list[Subgroup]:
     """Sensitivity and specificity (Wilson intervals) at the operating point, per detector and subgroup.
 
     Parameters
@@ -596,12 +636,16 @@ def format_subgroups(groups: Sequence[Subgroup]) -> str:
     """A plain-text table of the subgroup figures; a class with too few studies says so instead of a rate."""
     header = ("detector", "subgroup", "n (pos/neg)", "sensitivity [95% CI]", "specificity [95% CI]", "AUC")
     rows = [
-        (g.detector, f"{g.dimension}: {g.value}", f"{g.n_positive + g.n_negative} ({g.n_positive}/{g.n_negative})",
-         _rate(g.sensitivity_judged, g.n_positive, g.counts.sensitivity, g.counts.sensitivity_ci, g.min_n),
-         _rate(g.specificity_judged, g.n_negative, g.counts.specificity, g.counts.specificity_ci, g.min_n),
-         "-" if g.auc is None else f"{g.auc:.3f}")
+        (
+            g.detector,
+            f"{g.dimension}: {g.value}",
+            f"{g.n_positive + g.n_negative} ({g.n_positive}/{g.n_negative})",
+            _rate(g.sensitivity_judged, g.n_positive, g.counts.sensitivity, g.counts.sensitivity_ci, g.min_n),
+            _rate(g.specificity_judged, g.n_negative, g.counts.specificity, g.counts.specificity_ci, g.min_n),
+            "-" if g.auc is None else f"{g.auc:.3f}",
+        )
         for g in groups
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -621,8 +665,7 @@ def format_labels_summary(result: LabelledScore) -> list[str]:
     """Lines on how the CSV matched the folder: counts, unmatched ids, labels not scored, notes."""
     labels = result.labels
     assert labels is not None
-    lines = [f"labels: {labels.path} (by {labels.id_column}): {len(labels.studies)} labelled, "
-             f"{result.studies} matched in the folder"]  # fmt: skip
+    lines = [f"labels: {labels.path} (by {labels.id_column}): {len(labels.studies)} labelled, {result.studies} matched in the folder"]
     lines += _listed("in the labels but not in the folder", result.not_in_folder)
     lines += _listed("in the folder but not in the labels", result.not_in_labels)
     # Only positives matter here: a CSV that says "0" for every kind on every

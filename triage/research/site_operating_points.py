@@ -92,8 +92,9 @@ def site_config_path(explicit: str | Path | None, environ: Mapping[str, str]) ->
 
     path = Path(explicit or environ.get("TRIAGE_CONFIG") or DEFAULT_CONFIG_NAME)
     if path.resolve().is_relative_to(registry.MODELS_DIR.resolve()):
-        raise ConfigError(f"config: {path} is inside the shipped models ({registry.MODELS_DIR}); "
-                          "a site's operating points go into its own settings file")  # fmt: skip
+        raise ConfigError(
+            f"config: {path} is inside the shipped models ({registry.MODELS_DIR}); a site's operating points go into its own settings file"
+        )
     return path
 
 
@@ -136,8 +137,7 @@ def write_operating_points(path: Path, points: Mapping[str, float]) -> dict[str,
     return previous
 
 
-def format_choices(choices: Sequence[OperatingPointChoice], path: Path, previous: Mapping[str, float | None],
-                   target: float) -> list[str]:  # fmt: skip
+def format_choices(choices: Sequence[OperatingPointChoice], path: Path, previous: Mapping[str, float | None], target: float) -> list[str]:
     """What ``--set-operating-point`` wrote (old and new value, local figures at the new one) and refused."""
     lines = [f"operating points (target sensitivity {target:g}) in {path}:"]
     for c in choices:
@@ -145,8 +145,7 @@ def format_choices(choices: Sequence[OperatingPointChoice], path: Path, previous
             lines.append(f"  {c.detector}: not set: {c.refused}")
             continue
         in_file = previous.get(c.detector)
-        old = f"{in_file:.4g} (site)" if in_file is not None else (
-            f"{c.previous:.4g} (card)" if c.previous is not None else "varied")  # fmt: skip
+        old = f"{in_file:.4g} (site)" if in_file is not None else (f"{c.previous:.4g} (card)" if c.previous is not None else "varied")
         at = c.at_new
         figures = ""
         if at is not None and at.sensitivity is not None:

@@ -11,13 +11,7 @@ from triage.errors import TriageError
 from triage.progress import stage_progress
 
 
-def train_kind(
-    kind: FindingKind | str,
-    cfg: TrainConfig,
-    out_dir: Path,
-    command: str,
-    show_progress: bool = True,
-) -> list[TrainResult]:
+def train_kind(kind: FindingKind | str, cfg: TrainConfig, out_dir: Path, command: str, show_progress: bool = True) -> list[TrainResult]:
     """Train, calibrate and write each task of ``kind`` (e.g. nodule: CT and radiograph) into ``out_dir``.
 
     Each task gets its own set of progress bars on stderr, one per stage
@@ -47,12 +41,14 @@ def format_result(result: TrainResult) -> str:
     spec = result.spec
     card = result.card_path
     m = result.metrics
-    return "\n".join([
-        f"{spec.name} {spec.version}: weights {card.parent / spec.weights} (sha256 {spec.sha256[:12]})",
-        f"  card {card}, model card {card.with_suffix('.md')}",
-        f"  validation: {m.get('validation_studies')} studies ({m.get('validation_positive')} positive), "
-        f"AUC {m.get('validation_auc')}, sensitivity {m.get('validation_sensitivity')}, "
-        f"specificity {m.get('validation_specificity')} at operating point {spec.operating_point:.4f}",
-        f"  training: {m.get('training_examples')} examples, {m.get('training_steps')} steps, "
-        f"final loss {m.get('final_loss')}, {m.get('minutes')} min",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{spec.name} {spec.version}: weights {card.parent / spec.weights} (sha256 {spec.sha256[:12]})",
+            f"  card {card}, model card {card.with_suffix('.md')}",
+            f"  validation: {m.get('validation_studies')} studies ({m.get('validation_positive')} positive), "
+            f"AUC {m.get('validation_auc')}, sensitivity {m.get('validation_sensitivity')}, "
+            f"specificity {m.get('validation_specificity')} at operating point {spec.operating_point:.4f}",
+            f"  training: {m.get('training_examples')} examples, {m.get('training_steps')} steps, "
+            f"final loss {m.get('final_loss')}, {m.get('minutes')} min",
+        ]
+    )

@@ -53,13 +53,22 @@ def plan(n: int, kinds: Sequence[str]) -> list[_Plan]:
 def _meta(rng: random.Random, seed: int, p: _Plan, description: str, series: str, body_part: str | None) -> StudyMeta:
     uid = lambda what: generate_uid(UID_ROOT, entropy_srcs=[str(seed), str(p.index), what])  # noqa: E731
     return StudyMeta(
-        patient_id=f"PH{seed:03d}{p.index:03d}", patient_name=f"PHANTOM^{p.kind.upper()}^{p.index}",
-        patient_sex=rng.choice(_SEXES), patient_age=f"{rng.randint(18, 92):03d}Y",
-        accession_number=f"A{seed:03d}{p.index:04d}", study_description=description, series_description=series,
-        body_part=body_part, order_priority=rng.choice(["STAT", "ROUTINE", "ROUTINE", "HIGH"]),
-        manufacturer=rng.choice(_MAKERS), model="PHANTOM", study_uid=uid("study"), series_uid=uid("series"),
-        frame_of_reference_uid=uid("frame"), study_datetime=dt.datetime(2026, 1, 5) + dt.timedelta(minutes=37 * p.index),
-    )  # fmt: skip
+        patient_id=f"PH{seed:03d}{p.index:03d}",
+        patient_name=f"PHANTOM^{p.kind.upper()}^{p.index}",
+        patient_sex=rng.choice(_SEXES),
+        patient_age=f"{rng.randint(18, 92):03d}Y",
+        accession_number=f"A{seed:03d}{p.index:04d}",
+        study_description=description,
+        series_description=series,
+        body_part=body_part,
+        order_priority=rng.choice(["STAT", "ROUTINE", "ROUTINE", "HIGH"]),
+        manufacturer=rng.choice(_MAKERS),
+        model="PHANTOM",
+        study_uid=uid("study"),
+        series_uid=uid("series"),
+        frame_of_reference_uid=uid("frame"),
+        study_datetime=dt.datetime(2026, 1, 5) + dt.timedelta(minutes=37 * p.index),
+    )
 
 
 ACQUISITIONS = ("fixed", "varied")
@@ -84,13 +93,17 @@ def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Datase
             ph = chest_ct(seed * 1000 + p.index, nodules=1 if p.present else 0, **geometry)
             desc, part = "CT CHEST WO CONTRAST", "CHEST"
         meta = _meta(rng, seed, p, desc, f"AXIAL {ph.spacing_mm[0]:g}MM", part if part_tag else None)
-        datasets = list(ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0],
-                                    meta=meta, transfer_syntax=ts))  # fmt: skip
+        datasets = list(
+            ct_datasets(ph.hu, pixel_spacing_mm=ph.spacing_mm[1:], slice_thickness_mm=ph.spacing_mm[0], meta=meta, transfer_syntax=ts)
+        )
         extra: dict[str, object] = {"body_part": part}
         if acquisition == "varied":  # recorded for stratified evaluation (fixed sets keep their old manifest)
-            extra["acquisition"] = {"matrix": int(ph.hu.shape[1]), "slices": int(ph.hu.shape[0]),
-                                    "slice_thickness_mm": round(float(ph.spacing_mm[0]), 3),
-                                    "pixel_spacing_mm": round(float(ph.spacing_mm[1]), 3)}  # fmt: skip
+            extra["acquisition"] = {
+                "matrix": int(ph.hu.shape[1]),
+                "slices": int(ph.hu.shape[0]),
+                "slice_thickness_mm": round(float(ph.spacing_mm[0]), 3),
+                "pixel_spacing_mm": round(float(ph.spacing_mm[1]), 3),
+            }
         return datasets, ph.lesions, extra
     if p.kind == "chest_xr":
         xr = chest_radiograph(seed * 1000 + p.index, nodule=p.present, rows=768)
@@ -98,11 +111,20 @@ def _study(seed: int, p: _Plan, acquisition: str = "fixed") -> tuple[list[Datase
     else:
         fracture = rng.choice(["transverse", "oblique", "spiral", "comminuted"]) if p.present else None
         xr = extremity_radiograph(seed * 1000 + p.index, fracture=fracture, rows=768)
-        desc, part, view = {"tibia_fibula": ("XR TIBIA FIBULA 2V", "LEG", "AP"), "radius_ulna": ("XR FOREARM 2V", "FOREARM", "AP"),
-                            "femur": ("XR FEMUR 2V", "FEMUR", "AP")}[str(xr.notes.get("bone", "tibia_fibula"))]  # fmt: skip
+        desc, part, view = {
+            "tibia_fibula": ("XR TIBIA FIBULA 2V", "LEG", "AP"),
+            "radius_ulna": ("XR FOREARM 2V", "FOREARM", "AP"),
+            "femur": ("XR FEMUR 2V", "FEMUR", "AP"),
+        }[str(xr.notes.get("bone", "tibia_fibula"))]
     meta = _meta(rng, seed, p, desc, view, part if part_tag else None)
-    ds = radiograph_to_dicom(xr, modality=rng.choice(["CR", "DX"]), photometric=rng.choice(["MONOCHROME1", "MONOCHROME2"]),
-                  voi=rng.choice(["window", "lut"]), meta=meta, transfer_syntax=ts)  # fmt: skip
+    ds = radiograph_to_dicom(
+        xr,
+        modality=rng.choice(["CR", "DX"]),
+        photometric=rng.choice(["MONOCHROME1", "MONOCHROME2"]),
+        voi=rng.choice(["window", "lut"]),
+        meta=meta,
+        transfer_syntax=ts,
+    )
     return [ds], xr.lesions, {"body_part": part}
 
 
@@ -115,8 +137,7 @@ def pixel_hash(datasets: Sequence[Dataset]) -> str:
 
 
 def generate_samples(
-    out: Path, n: int, seed: int, kinds: Sequence[str] = KINDS, progress: Callable[[], None] | None = None,
-    acquisition: str = "fixed",
+    out: Path, n: int, seed: int, kinds: Sequence[str] = KINDS, progress: Callable[[], None] | None = None, acquisition: str = "fixed"
 ) -> dict[str, object]:
     """Write ``n`` studies under ``out/<nn>_<kind>/`` and ``out/manifest.json``; returns the manifest.
 
@@ -140,14 +161,22 @@ def generate_samples(
         for ds in datasets:
             ds.save_as(folder / f"{int(ds.InstanceNumber):04d}.dcm", enforce_file_format=True)
         first = datasets[0]
-        studies.append({
-            "folder": folder.name, "kind": p.kind, "present": bool(lesions), "study_uid": str(first.StudyInstanceUID),
-            "series_uid": str(first.SeriesInstanceUID), "modality": str(first.Modality),
-            "transfer_syntax": str(first.file_meta.TransferSyntaxUID), "body_part_tag": first.get("BodyPartExamined"),
-            "instances": len(datasets), "pixel_sha256": pixel_hash(datasets),
-            "findings": [lesion.as_json() | {"sop_instance_uids": _sops(datasets, lesion)} for lesion in lesions],
-            **extra,
-        })  # fmt: skip
+        studies.append(
+            {
+                "folder": folder.name,
+                "kind": p.kind,
+                "present": bool(lesions),
+                "study_uid": str(first.StudyInstanceUID),
+                "series_uid": str(first.SeriesInstanceUID),
+                "modality": str(first.Modality),
+                "transfer_syntax": str(first.file_meta.TransferSyntaxUID),
+                "body_part_tag": first.get("BodyPartExamined"),
+                "instances": len(datasets),
+                "pixel_sha256": pixel_hash(datasets),
+                "findings": [lesion.as_json() | {"sop_instance_uids": _sops(datasets, lesion)} for lesion in lesions],
+                **extra,
+            }
+        )
         if progress is not None:
             progress()
     manifest = {"generator": "triage samples generate", "seed": seed, "n": n, "kinds": list(kinds), "studies": studies}
@@ -182,10 +211,14 @@ def radiograph_to_dicom(
     """
     key = "chest" if phantom.body_part == "CHEST" else str(phantom.notes.get("bone", "tibia_fibula"))
     part, description, view = STUDY[key]
-    meta = meta or StudyMeta(
-        patient_name=f"PHANTOM^{part}", study_description=description, series_description=view, body_part=part,
-    )
+    meta = meta or StudyMeta(patient_name=f"PHANTOM^{part}", study_description=description, series_description=view, body_part=part)
     return radiograph_dataset(
-        phantom.image, modality=modality, pixel_spacing_mm=phantom.pixel_spacing_mm, photometric=photometric,
-        voi=voi, view_position=view, meta=meta, transfer_syntax=transfer_syntax,
+        phantom.image,
+        modality=modality,
+        pixel_spacing_mm=phantom.pixel_spacing_mm,
+        photometric=photometric,
+        voi=voi,
+        view_position=view,
+        meta=meta,
+        transfer_syntax=transfer_syntax,
     )

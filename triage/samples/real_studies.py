@@ -47,12 +47,22 @@ KINDS = ("head_ct", "chest_xr", "extremity_xr")
 def _meta(index: int, kind: str, seed: int, description: str, series: str, body_part: str) -> StudyMeta:
     uid = lambda what: generate_uid(UID_ROOT, entropy_srcs=["real", str(seed), str(index), what])  # noqa: E731
     return StudyMeta(
-        patient_id=f"RA{seed:03d}{index:04d}", patient_name=f"REALANATOMY^{kind.upper()}^{index}",
-        patient_sex="O", patient_age="060Y", accession_number=f"R{seed:03d}{index:04d}",
-        study_description=description, series_description=series, body_part=body_part, order_priority="ROUTINE",
-        manufacturer="REAL ANATOMY (INSERTED LESIONS)", model=kind, study_uid=uid("study"), series_uid=uid("series"),
-        frame_of_reference_uid=uid("frame"), study_datetime=dt.datetime(2026, 2, 1) + dt.timedelta(minutes=23 * index),
-    )  # fmt: skip
+        patient_id=f"RA{seed:03d}{index:04d}",
+        patient_name=f"REALANATOMY^{kind.upper()}^{index}",
+        patient_sex="O",
+        patient_age="060Y",
+        accession_number=f"R{seed:03d}{index:04d}",
+        study_description=description,
+        series_description=series,
+        body_part=body_part,
+        order_priority="ROUTINE",
+        manufacturer="REAL ANATOMY (INSERTED LESIONS)",
+        model=kind,
+        study_uid=uid("study"),
+        series_uid=uid("series"),
+        frame_of_reference_uid=uid("frame"),
+        study_datetime=dt.datetime(2026, 2, 1) + dt.timedelta(minutes=23 * index),
+    )
 
 
 def _restore(ds: Dataset, hu: np.ndarray, storage: dict[str, Any]) -> None:
@@ -73,9 +83,15 @@ def _head_datasets(case: Case, index: int, seed: int, rng: np.random.Generator) 
     series = case.series
     variant = case.tags["variant"]
     meta = _meta(index, "head_ct", seed, "CT HEAD WO CONTRAST", f"AXIAL {series.spacing_mm[0]:.3g}MM", "HEAD")
-    datasets = list(ct_datasets(series.pixels, pixel_spacing_mm=series.spacing_mm[1:],
-                                slice_thickness_mm=series.spacing_mm[0], meta=meta,
-                                transfer_syntax=ExplicitVRLittleEndian))  # fmt: skip
+    datasets = list(
+        ct_datasets(
+            series.pixels,
+            pixel_spacing_mm=series.spacing_mm[1:],
+            slice_thickness_mm=series.spacing_mm[0],
+            meta=meta,
+            transfer_syntax=ExplicitVRLittleEndian,
+        )
+    )
     storage = storage_variants(rng)
     tilt = float(variant.get("tilt_deg") or 0.0)
     t = math.radians(tilt)
@@ -86,14 +102,24 @@ def _head_datasets(case: Case, index: int, seed: int, rng: np.random.Generator) 
             # A tilted gantry: the column direction leaves the axial plane; the table steps along z
             # (PS3.3 C.7.6.2.1.1), so the slices are Δz·cos(tilt) apart along their normal.
             ds.ImageOrientationPatient = [1, 0, 0, 0, round(math.cos(t), 6), round(math.sin(t), 6)]
-            ds.ImagePositionPatient = [-cols * series.spacing_mm[2] / 2, -rows * series.spacing_mm[1] / 2 * math.cos(t),
-                                       k * series.spacing_mm[0]]  # fmt: skip
+            ds.ImagePositionPatient = [
+                -cols * series.spacing_mm[2] / 2,
+                -rows * series.spacing_mm[1] / 2 * math.cos(t),
+                k * series.spacing_mm[0],
+            ]
             ds.GantryDetectorTilt = round(tilt, 2)
-    extra = {"acquisition": {"matrix": int(cols), "slices": len(datasets),
-                             "slice_thickness_mm": round(float(series.spacing_mm[0]), 3),
-                             "pixel_spacing_mm": round(float(series.spacing_mm[1]), 3), "tilt_deg": tilt,
-                             "noise_hu": variant.get("noise_hu"), "sharpness": variant.get("sharpness"),
-                             "rescale": [storage["rescale_slope"], storage["rescale_intercept"]]}}  # fmt: skip
+    extra = {
+        "acquisition": {
+            "matrix": int(cols),
+            "slices": len(datasets),
+            "slice_thickness_mm": round(float(series.spacing_mm[0]), 3),
+            "pixel_spacing_mm": round(float(series.spacing_mm[1]), 3),
+            "tilt_deg": tilt,
+            "noise_hu": variant.get("noise_hu"),
+            "sharpness": variant.get("sharpness"),
+            "rescale": [storage["rescale_slope"], storage["rescale_intercept"]],
+        }
+    }
     return datasets, extra
 
 
@@ -104,8 +130,9 @@ def _xr_dataset(case: Case, index: int, seed: int, kind: str, rng: np.random.Gen
     photometric = "MONOCHROME1" if as_received or rng.random() < 0.5 else "MONOCHROME2"
     description, series, part = ("XR CHEST PA", "PA", "CHEST") if kind == "chest_xr" else ("XR TIBIA FIBULA", "AP", "LEG")
     meta = _meta(index, kind, seed, description, series, part)
-    ds = radiograph_dataset(image, modality="CR", pixel_spacing_mm=spacing, photometric=photometric, voi="window",
-                            view_position=series, meta=meta)  # fmt: skip
+    ds = radiograph_dataset(
+        image, modality="CR", pixel_spacing_mm=spacing, photometric=photometric, voi="window", view_position=series, meta=meta
+    )
     if as_received:
         # What the real processed CR carried: a presentation image with a zero Pixel Spacing.
         ds.ImageType = ["DERIVED", "PRIMARY"]
@@ -122,9 +149,18 @@ def _findings(case: Case, datasets: list[Dataset], kind: str) -> list[dict[str, 
         slices, box = box_of(case.lesion)
         size = float(case.tags.get("diameter_mm") or 0.0)
         sops = [str(ds.SOPInstanceUID) for ds in datasets if slices[0] <= int(ds.InstanceNumber) - 1 <= slices[1]]
-        out.append({"kind": finding_kind, "subtype": str(case.tags.get("kind", finding_kind)), "origin": "inserted",
-                    "slices": list(slices), "box": list(box), "size_mm": size, "volume_ml": case.tags.get("volume_ml"),
-                    "sop_instance_uids": sops})  # fmt: skip
+        out.append(
+            {
+                "kind": finding_kind,
+                "subtype": str(case.tags.get("kind", finding_kind)),
+                "origin": "inserted",
+                "slices": list(slices),
+                "box": list(box),
+                "size_mm": size,
+                "volume_ml": case.tags.get("volume_ml"),
+                "sop_instance_uids": sops,
+            }
+        )
     name = f"{case.tags.get('case')}.dcm"
     marks = realdata.case(name).regions if case.own_findings is not None else ()
     rows, cols = case.series.pixels.shape[1:]
@@ -132,14 +168,29 @@ def _findings(case: Case, datasets: list[Dataset], kind: str) -> list[dict[str, 
     for r, c, radius in marks:
         c = cols - 1 - c if case.tags.get("mirrored") else c
         mark_box = [max(int(r - radius), 0), max(int(c - radius), 0), min(int(r + radius) + 1, rows), min(int(c + radius) + 1, cols)]
-        out.append({"kind": finding_kind, "subtype": "mass", "origin": "read by eye", "slices": [0, 0], "box": mark_box,
-                    "size_mm": round(2 * radius * spacing, 1), "volume_ml": None,
-                    "sop_instance_uids": [str(datasets[0].SOPInstanceUID)]})  # fmt: skip
+        out.append(
+            {
+                "kind": finding_kind,
+                "subtype": "mass",
+                "origin": "read by eye",
+                "slices": [0, 0],
+                "box": mark_box,
+                "size_mm": round(2 * radius * spacing, 1),
+                "volume_ml": None,
+                "sop_instance_uids": [str(datasets[0].SOPInstanceUID)],
+            }
+        )
     return out
 
 
-def generate_real_samples(out: Path, counts: dict[str, int], seed: int = 0, progress: Callable[[], None] | None = None,
-                          positive_fraction: float = 0.75, head_slab_mm: float | None = None) -> dict[str, Any]:  # fmt: skip
+def generate_real_samples(
+    out: Path,
+    counts: dict[str, int],
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+    positive_fraction: float = 0.75,
+    head_slab_mm: float | None = None,
+) -> dict[str, Any]:
     """Write ``counts[kind]`` real-anatomy studies of each kind under ``out`` and its manifest.
 
     Head CTs are the whole head unless ``head_slab_mm`` asks for a slab (tests).
@@ -168,20 +219,35 @@ def generate_real_samples(out: Path, counts: dict[str, int], seed: int = 0, prog
                 ds.save_as(folder / f"{int(ds.InstanceNumber):04d}.dcm", enforce_file_format=True)
             first = datasets[0]
             findings = _findings(case, datasets, kind)
-            studies.append({
-                "folder": folder.name, "kind": kind, "present": bool(findings), "study_uid": str(first.StudyInstanceUID),
-                "series_uid": str(first.SeriesInstanceUID), "modality": str(first.Modality),
-                "transfer_syntax": str(first.file_meta.TransferSyntaxUID), "body_part_tag": first.get("BodyPartExamined"),
-                "instances": len(datasets), "pixel_sha256": pixel_hash(datasets), "findings": findings,
-                "real_case": case.tags.get("case"), "drawn": {k: v for k, v in case.tags.items() if k != "variant"},
-                **extra,
-            })  # fmt: skip
+            studies.append(
+                {
+                    "folder": folder.name,
+                    "kind": kind,
+                    "present": bool(findings),
+                    "study_uid": str(first.StudyInstanceUID),
+                    "series_uid": str(first.SeriesInstanceUID),
+                    "modality": str(first.Modality),
+                    "transfer_syntax": str(first.file_meta.TransferSyntaxUID),
+                    "body_part_tag": first.get("BodyPartExamined"),
+                    "instances": len(datasets),
+                    "pixel_sha256": pixel_hash(datasets),
+                    "findings": findings,
+                    "real_case": case.tags.get("case"),
+                    "drawn": {k: v for k, v in case.tags.items() if k != "variant"},
+                    **extra,
+                }
+            )
             index += 1
             if progress is not None:
                 progress()
-    manifest = {"generator": "triage samples real", "seed": seed, "counts": counts, "split": "test",
-                "sources": "detectors.realdata (invesalius-examples 3.1.99998-4, GPL-2; pydicom-data 1.0.0, MIT)",
-                "studies": studies}  # fmt: skip
+    manifest = {
+        "generator": "triage samples real",
+        "seed": seed,
+        "counts": counts,
+        "split": "test",
+        "sources": "detectors.realdata (invesalius-examples 3.1.99998-4, GPL-2; pydicom-data 1.0.0, MIT)",
+        "studies": studies,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

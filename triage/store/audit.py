@@ -147,9 +147,7 @@ def canonical_json(obj: Any) -> str:
         cannot be sorted, a reference cycle, or text that is not valid Unicode.
     """
     try:
-        text = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-        )
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
         text.encode("utf-8")  # lone surrogates cannot be stored or hashed
     except (TypeError, ValueError, RecursionError) as exc:
         raise AuditError(f"audit detail is not canonical JSON: {exc}") from None
@@ -163,9 +161,7 @@ def _iso_utc(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _event_hash(
-    *, seq: int, at_iso: str, actor: str, action: str, study_uid: str | None, detail: Any, prev_hash: str
-) -> str:
+def _event_hash(*, seq: int, at_iso: str, actor: str, action: str, study_uid: str | None, detail: Any, prev_hash: str) -> str:
     document = {
         "seq": seq,
         "at": at_iso,
@@ -269,13 +265,7 @@ def lock_chain(conn: Connection) -> None:
 
 
 def append(
-    conn: Connection,
-    *,
-    actor: str,
-    action: Action | str,
-    study_uid: str | None,
-    detail: Mapping[str, Any],
-    at: datetime | None = None,
+    conn: Connection, *, actor: str, action: Action | str, study_uid: str | None, detail: Mapping[str, Any], at: datetime | None = None
 ) -> int:
     """Append one event inside the caller's transaction (same commit as the change); returns its seq.
 
@@ -329,20 +319,16 @@ def append(
         head_seq, prev_hash = _lock_head(conn)
         seq = head_seq + 1
         digest = _event_hash(
-            seq=seq, at_iso=_iso_utc(at), actor=actor, action=action_value,
-            study_uid=study_uid, detail=detail_obj, prev_hash=prev_hash,
-        )  # fmt: skip
+            seq=seq, at_iso=_iso_utc(at), actor=actor, action=action_value, study_uid=study_uid, detail=detail_obj, prev_hash=prev_hash
+        )
         conn.execute(
             insert(EVENT).values(
-                seq=seq, at=at, actor=actor, action=action_value, study_uid=study_uid,
-                detail=detail_text, prev_hash=prev_hash, hash=digest,
+                seq=seq, at=at, actor=actor, action=action_value, study_uid=study_uid, detail=detail_text, prev_hash=prev_hash, hash=digest
             )
-        )  # fmt: skip
+        )
         # Guarded on the old seq: on a database where FOR UPDATE were ignored,
         # a concurrent append shows up here instead of forking the chain.
-        moved = conn.execute(
-            update(HEAD).where(HEAD.c.id == HEAD_ID, HEAD.c.seq == head_seq).values(seq=seq, hash=digest)
-        )
+        moved = conn.execute(update(HEAD).where(HEAD.c.id == HEAD_ID, HEAD.c.seq == head_seq).values(seq=seq, hash=digest))
         if moved.rowcount != 1:
             raise DatabaseError(f"audit head moved during append of event {seq}; retry the transaction")
     except SQLAlchemyError as exc:
@@ -352,13 +338,13 @@ def append(
 
 _SQLITE_HEAD_INIT = "INSERT INTO audit_head (id, seq, hash) VALUES (?, 0, ?) ON CONFLICT (id) DO NOTHING"
 _SQLITE_HEAD = "SELECT seq, hash FROM audit_head WHERE id = ?"
-_SQLITE_EVENT = ("INSERT INTO audit_event (seq, at, actor, action, study_uid, detail, prev_hash, hash)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")  # fmt: skip
+_SQLITE_EVENT = "INSERT INTO audit_event (seq, at, actor, action, study_uid, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _SQLITE_MOVE = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = ? AND seq = ?"
 
 
-def _append_sqlite(conn: Connection, at: datetime, actor: str, action: str, study_uid: str | None,
-                   detail_obj: Any, detail_text: str) -> int:  # fmt: skip
+def _append_sqlite(
+    conn: Connection, at: datetime, actor: str, action: str, study_uid: str | None, detail_obj: Any, detail_text: str
+) -> int:
     """:func:`append` on SQLite with the raw driver connection (same transaction), same rows and hashes.
 
     Times are stored as SQLAlchemy stores them on SQLite: UTC text, no offset.
@@ -369,8 +355,9 @@ def _append_sqlite(conn: Connection, at: datetime, actor: str, action: str, stud
         raw.execute(_SQLITE_HEAD_INIT, (HEAD_ID, GENESIS_HASH))  # takes the write lock first, see _lock_head
         head_seq, prev_hash = raw.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
         seq = int(head_seq) + 1
-        digest = _event_hash(seq=seq, at_iso=_iso_utc(at), actor=actor, action=action, study_uid=study_uid,
-                             detail=detail_obj, prev_hash=prev_hash)  # fmt: skip
+        digest = _event_hash(
+            seq=seq, at_iso=_iso_utc(at), actor=actor, action=action, study_uid=study_uid, detail=detail_obj, prev_hash=prev_hash
+        )
         stored_at = at.strftime("%Y-%m-%d %H:%M:%S.%f")
         raw.execute(_SQLITE_EVENT, (seq, stored_at, actor, action, study_uid, detail_text, prev_hash, digest))
         if raw.execute(_SQLITE_MOVE, (seq, digest, HEAD_ID, int(head_seq))).rowcount != 1:
@@ -458,9 +445,14 @@ def _check_event(row: Any, prev_hash: str) -> str | None:
     except _Unreadable as exc:
         return f"event {seq}: {exc} (edited?)"
     digest = _event_hash(
-        seq=seq, at_iso=ev["at"], actor=ev["actor"], action=ev["action"],
-        study_uid=ev["study_uid"], detail=ev["detail"], prev_hash=ev["prev_hash"],
-    )  # fmt: skip
+        seq=seq,
+        at_iso=ev["at"],
+        actor=ev["actor"],
+        action=ev["action"],
+        study_uid=ev["study_uid"],
+        detail=ev["detail"],
+        prev_hash=ev["prev_hash"],
+    )
     if digest != row.hash:
         return f"event {seq}: hash does not match its contents (edited?)"
     return None
@@ -474,9 +466,7 @@ def _check_head(head: Any, last_seq: int, last_hash: str) -> AuditVerification |
         problem = f"audit head is missing, table has {last_seq} events (deleted?)"
         return AuditVerification(False, last_seq, None, problem)
     if head.seq < last_seq:
-        return AuditVerification(
-            False, head.seq, head.seq + 1, f"head says {head.seq} events, table has {last_seq} (inserted?)"
-        )
+        return AuditVerification(False, head.seq, head.seq + 1, f"head says {head.seq} events, table has {last_seq} (inserted?)")
     if head.seq > last_seq:
         return None
     if head.hash != last_hash:

@@ -37,15 +37,23 @@ from triage.vocabulary import ReceiveStatus
 log = logging.getLogger(__name__)
 
 _STUDY_FIELDS = (
-    "patient_id", "patient_name", "patient_sex", "patient_birth_date", "patient_age",
-    "accession_number", "study_id", "study_date", "study_time", "study_description",
-    "referring_physician", "institution_name", "order_priority", "patient_location",
+    "patient_id",
+    "patient_name",
+    "patient_sex",
+    "patient_birth_date",
+    "patient_age",
+    "accession_number",
+    "study_id",
+    "study_date",
+    "study_time",
+    "study_description",
+    "referring_physician",
+    "institution_name",
+    "order_priority",
+    "patient_location",
     "requesting_service",
-)  # fmt: skip
-_SERIES_FIELDS = (
-    "series_number", "modality", "series_description", "body_part", "manufacturer",
-    "manufacturer_model", "station_name",
-)  # fmt: skip
+)
+_SERIES_FIELDS = ("series_number", "modality", "series_description", "body_part", "manufacturer", "manufacturer_model", "station_name")
 
 
 def _insert_ignore(conn: Connection, table, values: dict, key: str):
@@ -57,9 +65,7 @@ def _insert_ignore(conn: Connection, table, values: dict, key: str):
 
 # Statements of the hot path, built once so SQLAlchemy compiles each once
 # (statements built per batch, with a varying number of rows, defeat its cache).
-_KNOWN_UIDS = select(INSTANCE.c.sop_instance_uid).where(
-    INSTANCE.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
-)
+_KNOWN_UIDS = select(INSTANCE.c.sop_instance_uid).where(INSTANCE.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
 _SERIES_ARRIVALS = (
     update(SERIES)
     .where(SERIES.c.id == bindparam("pk"))
@@ -68,9 +74,7 @@ _SERIES_ARRIVALS = (
         last_received=bindparam("last"),
         # A late instance reopens a completed series: a new generation, so its
         # next completion gets a job of its own.
-        generation=case(
-            (SERIES.c.status == ReceiveStatus.COMPLETE.value, SERIES.c.generation + 1), else_=SERIES.c.generation
-        ),
+        generation=case((SERIES.c.status == ReceiveStatus.COMPLETE.value, SERIES.c.generation + 1), else_=SERIES.c.generation),
         completed_at=None,
         status=ReceiveStatus.RECEIVING.value,
     )
@@ -78,11 +82,7 @@ _SERIES_ARRIVALS = (
 _STUDY_ARRIVALS = (
     update(STUDY)
     .where(STUDY.c.id == bindparam("pk"))
-    .values(
-        num_instances=STUDY.c.num_instances + bindparam("n"),
-        last_received=bindparam("last"),
-        status=ReceiveStatus.RECEIVING.value,
-    )
+    .values(num_instances=STUDY.c.num_instances + bindparam("n"), last_received=bindparam("last"), status=ReceiveStatus.RECEIVING.value)
 )
 _INSERT_INSTANCES = {
     name: dialect.insert(INSTANCE)
@@ -106,9 +106,7 @@ _SQLITE_SERIES_ARRIVALS = (
     " generation = CASE WHEN status = 'complete' THEN generation + 1 ELSE generation END,"
     " completed_at = NULL, status = 'receiving' WHERE id = :pk"
 )
-_SQLITE_STUDY_ARRIVALS = (
-    "UPDATE study SET num_instances = num_instances + :n, last_received = :last, status = 'receiving' WHERE id = :pk"
-)
+_SQLITE_STUDY_ARRIVALS = "UPDATE study SET num_instances = num_instances + :n, last_received = :last, status = 'receiving' WHERE id = :pk"
 
 
 def _sqlite(conn: Connection) -> sqlite3.Connection | None:
@@ -155,9 +153,13 @@ def _insert_or_get(conn: Connection, table, key: str, uid: str, values: dict) ->
 def _arrival(rec: IndexRecord) -> dict:
     """Columns a new study or series row starts with, from its first instance."""
     return dict(
-        num_instances=0, first_received=rec.received_at, last_received=rec.received_at,
-        calling_ae=rec.calling_ae, peer_address=rec.peer_address, status=ReceiveStatus.RECEIVING.value,
-    )  # fmt: skip
+        num_instances=0,
+        first_received=rec.received_at,
+        last_received=rec.received_at,
+        calling_ae=rec.calling_ae,
+        peer_address=rec.peer_address,
+        status=ReceiveStatus.RECEIVING.value,
+    )
 
 
 @dataclass
@@ -229,9 +231,7 @@ class SqlIndex:
         try:
             with self.engine.begin() as conn:
                 conn.execute(
-                    update(INSTANCE)
-                    .where(INSTANCE.c.sop_instance_uid == sop_instance_uid)
-                    .values(conflicts=INSTANCE.c.conflicts + 1)
+                    update(INSTANCE).where(INSTANCE.c.sop_instance_uid == sop_instance_uid).values(conflicts=INSTANCE.c.conflicts + 1)
                 )
         except SQLAlchemyError as exc:
             log.error("could not count a conflict for %s: %s", sop_instance_uid, _reason(exc))
@@ -311,13 +311,21 @@ class SqlIndex:
         """Insert the instance rows; returns the SOP Instance UIDs that were new."""
         rows: list[dict[str, Any]] = [
             dict(
-                sop_instance_uid=r.header.sop_instance_uid, series_pk=series_pk, sop_class_uid=r.header.sop_class_uid,
-                instance_number=r.header.instance_number, transfer_syntax=r.header.transfer_syntax, path=r.relpath,
-                size_bytes=r.size_bytes, sha256=r.sha256, received_at=r.received_at, calling_ae=r.calling_ae,
-                peer_address=r.peer_address, conflicts=0,
+                sop_instance_uid=r.header.sop_instance_uid,
+                series_pk=series_pk,
+                sop_class_uid=r.header.sop_class_uid,
+                instance_number=r.header.instance_number,
+                transfer_syntax=r.header.transfer_syntax,
+                path=r.relpath,
+                size_bytes=r.size_bytes,
+                sha256=r.sha256,
+                received_at=r.received_at,
+                calling_ae=r.calling_ae,
+                peer_address=r.peer_address,
+                conflicts=0,
             )
             for r, series_pk in placed
-        ]  # fmt: skip
+        ]
         sqlite_conn = _sqlite(conn)
         if sqlite_conn is None:
             return set(conn.execute(_insert_instances_stmt(conn), rows).scalars())
@@ -338,10 +346,12 @@ class SqlIndex:
         per_study: dict[int, list[IndexRecord]] = {}
         for recs in per_series.values():
             per_study.setdefault(self._study_pk[recs[0].header.study_uid], []).extend(recs)
-        series_rows: list[dict[str, Any]] = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)}
-                                             for pk, recs in per_series.items()]  # fmt: skip
-        study_rows: list[dict[str, Any]] = [{"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)}
-                                            for pk, recs in per_study.items()]  # fmt: skip
+        series_rows: list[dict[str, Any]] = [
+            {"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_series.items()
+        ]
+        study_rows: list[dict[str, Any]] = [
+            {"pk": pk, "n": len(recs), "last": max(r.received_at for r in recs)} for pk, recs in per_study.items()
+        ]
         sqlite_conn = _sqlite(conn)
         if sqlite_conn is None:
             conn.execute(_SERIES_ARRIVALS, series_rows)
@@ -399,14 +409,19 @@ def _audit_arrivals(conn: Connection, per_series: Iterable[list[IndexRecord]]) -
             by_sender.setdefault((r.calling_ae, r.peer_address), []).append(r)
         for (calling_ae, peer), recs in by_sender.items():
             audit.append(
-                conn, actor=audit.LISTENER_ACTOR, action=audit.Action.INSTANCES_RECEIVED,
-                study_uid=recs[0].header.study_uid, at=max(r.received_at for r in recs),
+                conn,
+                actor=audit.LISTENER_ACTOR,
+                action=audit.Action.INSTANCES_RECEIVED,
+                study_uid=recs[0].header.study_uid,
+                at=max(r.received_at for r in recs),
                 detail={
                     "series_uid": recs[0].header.series_uid,
-                    "calling_ae": calling_ae, "peer": peer, "found_by_recovery": calling_ae is None,
+                    "calling_ae": calling_ae,
+                    "peer": peer,
+                    "found_by_recovery": calling_ae is None,
                     "instances": [{"sop_instance_uid": r.header.sop_instance_uid, "sha256": r.sha256} for r in recs],
                 },
-            )  # fmt: skip
+            )
 
 
 def _reason(exc: Exception) -> str:

@@ -79,8 +79,5 @@ def recover(store: InstanceStore, index: SqlIndex, engine: Engine) -> RecoveryRe
         ).scalar_one()
     report = RecoveryReport(removed, indexed, unreadable, receiving)
     if removed or indexed or unreadable:
-        log.warning(
-            "recovery: removed %d temporary files, indexed %d unindexed instances, %d unreadable",
-            removed, indexed, unreadable,
-        )
+        log.warning("recovery: removed %d temporary files, indexed %d unindexed instances, %d unreadable", removed, indexed, unreadable)
     return report

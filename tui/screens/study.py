@@ -103,8 +103,7 @@ class StudyScreen(Screen[None]):
         Binding("d", "verdict('disagree')", "Disagree"),
         Binding("u", "verdict('unsure')", "Unsure", show=False),
         Binding("tab,right_square_bracket", "select_finding(1)", "Next finding", key_display="tab/]", show=False),
-        Binding("shift+tab,left_square_bracket", "select_finding(-1)", "Previous finding", key_display="[",
-                show=False),  # fmt: skip
+        Binding("shift+tab,left_square_bracket", "select_finding(-1)", "Previous finding", key_display="[", show=False),
         Binding("m", "missed", "AI missed"),
         Binding("e", "edit_report", "Report"),
         Binding("s", "sign", "Sign"),
@@ -333,8 +332,9 @@ class StudyScreen(Screen[None]):
             text.append(line + "\n")
         newest = view.reports[-1]
         lines = newest.text.strip().splitlines()
-        shown = lines[:REPORT_LINES_SHOWN] + ([f"… ({len(lines) - REPORT_LINES_SHOWN} more lines)"]
-                                              if len(lines) > REPORT_LINES_SHOWN else [])  # fmt: skip
+        shown = lines[:REPORT_LINES_SHOWN] + (
+            [f"… ({len(lines) - REPORT_LINES_SHOWN} more lines)"] if len(lines) > REPORT_LINES_SHOWN else []
+        )
         text.append("\n".join(shown), style="italic")
         return text
 
@@ -391,8 +391,7 @@ class StudyScreen(Screen[None]):
                 return
             text, kinds = result
             if self._call(self._service.record_impression, self.study_uid, self._user, text, kinds) is not None:
-                self.notify("Impression recorded" + ("; the AI's suggestions are shown" if self.view and
-                                                     self.view.ai_hidden else ""))  # fmt: skip
+                self.notify("Impression recorded" + ("; the AI's suggestions are shown" if self.view and self.view.ai_hidden else ""))
             self.reload()
 
         self.app.push_screen(ImpressionDialog(), done)
@@ -402,9 +401,7 @@ class StudyScreen(Screen[None]):
         if view is None:
             return
         if view.ai_hidden:
-            self._worklist_app.report_error(
-                InvalidTransition(f"cannot give feedback on study {self.study_uid}: {HIDDEN_REASON} (i)")
-            )
+            self._worklist_app.report_error(InvalidTransition(f"cannot give feedback on study {self.study_uid}: {HIDDEN_REASON} (i)"))
             return
         finding = self.selected_finding()
         if finding is None:
@@ -415,9 +412,8 @@ class StudyScreen(Screen[None]):
             if comment is None:  # cancelled
                 return
             done_id = self._call(
-                self._service.feedback, self.study_uid, self._user, verdict, finding_id=finding.id,
-                comment=comment or None,
-            )  # fmt: skip
+                self._service.feedback, self.study_uid, self._user, verdict, finding_id=finding.id, comment=comment or None
+            )
             if done_id is not None:
                 self.notify(f"{verdict.capitalize()} recorded for the AI's {finding.kind} suggestion")
             self.reload()
@@ -430,8 +426,7 @@ class StudyScreen(Screen[None]):
             if result is None:
                 return
             kind, comment = result
-            if self._call(self._service.feedback, self.study_uid, self._user, Verdict.MISSED, kind=kind,
-                          comment=comment) is not None:  # fmt: skip
+            if self._call(self._service.feedback, self.study_uid, self._user, Verdict.MISSED, kind=kind, comment=comment) is not None:
                 self.notify(f"Recorded: the AI missed a {kind}")
             self.reload()
 
@@ -501,9 +496,7 @@ class StudyScreen(Screen[None]):
             return
         signed = self._newest_report_text("signed")
         if signed is None:
-            self._worklist_app.report_error(
-                InvalidTransition(f"cannot amend study {self.study_uid}: no signed report")
-            )
+            self._worklist_app.report_error(InvalidTransition(f"cannot amend study {self.study_uid}: no signed report"))
             return
         label = view.study.accession_number or view.study.study_uid
 

@@ -86,8 +86,18 @@ SAMPLES = Path(__file__).resolve().parents[3] / "sample_studies"
 
 
 def test_score_json(no_shipped_models: Path, cli_cards: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["score", str(SAMPLES / "03_extremity_xr"), str(SAMPLES / "04_abdomen_ct"), "--json", "--device", "cpu",
-            "--model", str(cli_cards["fracture-xr"]), "--model", str(cli_cards["bleed-ct"])]  # fmt: skip
+    argv = [
+        "score",
+        str(SAMPLES / "03_extremity_xr"),
+        str(SAMPLES / "04_abdomen_ct"),
+        "--json",
+        "--device",
+        "cpu",
+        "--model",
+        str(cli_cards["fracture-xr"]),
+        "--model",
+        str(cli_cards["bleed-ct"]),
+    ]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert "not a medical device" in doc["disclaimer"]
@@ -107,8 +117,7 @@ def test_score_text_shows_route_decision_regions_and_footer(
     from tests.triage.detector_cards import write_card
 
     quiet = write_card("fracture-xr", tmp_path / "quiet", version="0.0.2", bias=-8.0)  # below every threshold
-    assert main(["score", str(SAMPLES / "03_extremity_xr"), str(SAMPLES / "02_chest_xr"), "--device", "cpu",
-                 "--model", str(quiet)]) == 0  # fmt: skip
+    assert main(["score", str(SAMPLES / "03_extremity_xr"), str(SAMPLES / "02_chest_xr"), "--device", "cpu", "--model", str(quiet)]) == 0
     out = capsys.readouterr().out
     assert "route: skeletal radiograph (study description 'XR FOREARM 2V')" in out
     assert "fracture-xr (fracture): probability 0.0" in out and "below operating point (0.500)" in out
@@ -123,17 +132,26 @@ def test_score_text_shows_route_decision_regions_and_footer(
 
 
 def test_evaluate_writes_report_plots_json_and_shipped_cards(
-    no_shipped_models: Path, cli_cards: dict[str, Path], manifest_folder: Path, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    no_shipped_models: Path, cli_cards: dict[str, Path], manifest_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from detectors.spec import load_card
     from tests.triage.detector_cards import write_card
 
     shipped = write_card("bleed-ct", no_shipped_models)  # a "shipped" detector; fracture-xr comes by --model
     before = load_card(shipped)
     plots = tmp_path / "plots"
-    argv = ["evaluate", str(manifest_folder), "--plots", str(plots), "--json", "--device", "cpu",
-            "--model", str(cli_cards["fracture-xr"]), "--update-cards"]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(manifest_folder),
+        "--plots",
+        str(plots),
+        "--json",
+        "--device",
+        "cpu",
+        "--model",
+        str(cli_cards["fracture-xr"]),
+        "--update-cards",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
@@ -152,22 +170,23 @@ def test_evaluate_writes_report_plots_json_and_shipped_cards(
     assert test["auc"] == round(reports["bleed-ct"]["auc"], 4) and "sensitivity" in test
     assert test["command"].startswith(f"triage evaluate {manifest_folder} --plots")
     # Everything else in the card is kept.
-    assert (after.sha256, after.operating_point, after.extra["training"]) == (before.sha256, before.operating_point,
-                                                                             before.extra["training"])  # fmt: skip
+    assert (after.sha256, after.operating_point, after.extra["training"]) == (
+        before.sha256,
+        before.operating_point,
+        before.extra["training"],
+    )
     assert "Test on phantoms (`triage evaluate`" in shipped.with_suffix(".md").read_text()
     assert "studies" in captured.err  # the progress bar
 
-    assert main(["evaluate", str(manifest_folder), "--device", "cpu", "--no-progress",
-                 "--model", str(cli_cards["fracture-xr"])]) == 0  # fmt: skip
+    assert main(["evaluate", str(manifest_folder), "--device", "cpu", "--no-progress", "--model", str(cli_cards["fracture-xr"])]) == 0
     out = capsys.readouterr().out
     assert "bleed-ct" in out and "fracture-xr" in out and "AUC" in out
     assert "not scored: 2 studies routed to no detector (abdomen_ct 2)" in out
 
 
 def test_evaluate_lists_failures_instead_of_crashing(
-    no_shipped_models: Path, cli_cards: dict[str, Path], manifest_folder: Path, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    no_shipped_models: Path, cli_cards: dict[str, Path], manifest_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     folder = tmp_path / "broken"
@@ -196,9 +215,8 @@ def test_evaluate_lists_failures_instead_of_crashing(
     ],
 )
 def test_detector_command_errors_are_one_line(
-    no_shipped_models: Path, argv: list[str], message: str, code: int, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    no_shipped_models: Path, argv: list[str], message: str, code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "bad.toml").write_text('name = "x"\nkind = "tumour"\n')
     argv = [a.format(samples=SAMPLES / "02_chest_xr", tmp=tmp_path) for a in argv]
     assert main(argv) == code
@@ -221,9 +239,7 @@ def test_train_help_lists_the_kinds_and_true_defaults(capsys: pytest.CaptureFixt
     assert f"(default {TrainConfig.validation})" in out
 
 
-def test_train_trains_every_task_of_the_kind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_train_trains_every_task_of_the_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The wiring only: detectors.train.train itself is tested with the detectors."""
     from dataclasses import replace
 
@@ -239,13 +255,34 @@ def test_train_trains_every_task_of_the_kind(
             for done in range(1, total + 1):
                 progress(stage, done, total)
         spec = replace(TASKS[name].spec, sha256="ab" * 32, operating_point=0.25)
-        metrics = {"validation_studies": 2, "validation_positive": 1, "validation_auc": 0.75,
-                   "validation_sensitivity": 1.0, "validation_specificity": 0.5}  # fmt: skip
+        metrics = {
+            "validation_studies": 2,
+            "validation_positive": 1,
+            "validation_auc": 0.75,
+            "validation_sensitivity": 1.0,
+            "validation_specificity": 0.5,
+        }
         return TrainResult(spec, out_dir / f"{name}.toml", metrics)
 
     monkeypatch.setattr(triage.research.training, "train", fake_train)
-    argv = ["train", "nodule", "--epochs", "2", "--seed", "5", "--device", "cpu", "--phantoms", "3",
-            "--validation", "2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "train",
+        "nodule",
+        "--epochs",
+        "2",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--phantoms",
+        "3",
+        "--validation",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     assert [c[0] for c in calls] == ["nodule-ct", "nodule-xr"]
     _, cfg, out_dir, command = calls[0]
@@ -268,5 +305,5 @@ def test_train_that_cannot_calibrate_is_one_line(
     monkeypatch.setattr(triage.research.training, "train", fake_train)
     assert main(["train", "bleed", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("triage: error: training bleed-ct failed: Argument \"labels\" must hold both classes")
+    assert err.startswith('triage: error: training bleed-ct failed: Argument "labels" must hold both classes')
     assert err.count("\n") == 1

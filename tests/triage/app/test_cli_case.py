@@ -20,22 +20,48 @@ from triage.store.models import AIFinding, AuditEvent, Series, SeriesResult, Stu
 def index(tmp_path: Path) -> Path:
     """A data dir whose index holds one scored head CT (bleed 0.93, urgent) and one unscored study."""
     data = tmp_path / "data"
-    engine = make_engine(f"sqlite:///{data / 'triage.store.db'}")
+    engine = make_engine(f"sqlite:///{data / 'triage.db'}")
     now = utcnow()
     with engine.begin() as conn:
         for pk, uid, acc, status in ((1, "1.2.3.1", "ACC1", "scored"), (2, "1.2.3.2", "ACC2", "pending")):
-            conn.execute(insert(Study.__table__).values(
-                id=pk, study_uid=uid, accession_number=acc, patient_id=f"P{pk}", modalities="CT", ai_status=status,
-                order_priority="ROUTINE", first_received=now - timedelta(minutes=5), last_received=now,
-                study_description="CT HEAD", read_state="unread", status="complete"))  # fmt: skip
-        conn.execute(insert(Series.__table__).values(id=1, series_uid="1.2.3.1.1", study_pk=1, modality="CT",
-                                                      status="complete"))  # fmt: skip
-        conn.execute(insert(SeriesResult.__table__).values(id=1, series_pk=1, study_pk=1, generation=0, analysed=True,
-                                                            reason="head CT", failures="[]", scored_at=now))  # fmt: skip
-        conn.execute(insert(AIFinding.__table__).values(
-            id=7, result_pk=1, study_pk=1, series_pk=1, kind="bleed", probability=0.93, operating_point=0.1, urgent=True,
-            model_name="bleed-ct", model_version="1.0.0", weights_sha256="ab" * 32,
-            regions=json.dumps([{"slice_index": 3, "box": [1, 2, 3, 4], "probability": 0.93}])))  # fmt: skip
+            conn.execute(
+                insert(Study.__table__).values(
+                    id=pk,
+                    study_uid=uid,
+                    accession_number=acc,
+                    patient_id=f"P{pk}",
+                    modalities="CT",
+                    ai_status=status,
+                    order_priority="ROUTINE",
+                    first_received=now - timedelta(minutes=5),
+                    last_received=now,
+                    study_description="CT HEAD",
+                    read_state="unread",
+                    status="complete",
+                )
+            )
+        conn.execute(insert(Series.__table__).values(id=1, series_uid="1.2.3.1.1", study_pk=1, modality="CT", status="complete"))
+        conn.execute(
+            insert(SeriesResult.__table__).values(
+                id=1, series_pk=1, study_pk=1, generation=0, analysed=True, reason="head CT", failures="[]", scored_at=now
+            )
+        )
+        conn.execute(
+            insert(AIFinding.__table__).values(
+                id=7,
+                result_pk=1,
+                study_pk=1,
+                series_pk=1,
+                kind="bleed",
+                probability=0.93,
+                operating_point=0.1,
+                urgent=True,
+                model_name="bleed-ct",
+                model_version="1.0.0",
+                weights_sha256="ab" * 32,
+                regions=json.dumps([{"slice_index": 3, "box": [1, 2, 3, 4], "probability": 0.93}]),
+            )
+        )
     return data
 
 
@@ -92,7 +118,7 @@ def test_audit_export_filters_and_verify_names_the_broken_event(index: Path, cap
     code, _, err = _run(capsys, "audit", "export", *d, "--since", "yesterday")
     assert code == 2 and "--since" in err
 
-    engine = make_engine(f"sqlite:///{index / 'triage.store.db'}")
+    engine = make_engine(f"sqlite:///{index / 'triage.db'}")
     with engine.begin() as conn:
         conn.execute(AuditEvent.__table__.delete().where(AuditEvent.__table__.c.seq == 1))
         assert conn.execute(select(AuditEvent.__table__.c.seq)).scalars().all() == [2]

@@ -23,7 +23,7 @@ def test_listener_processes_index_through_the_main_process(make_server, make_ct_
     assert store(server.port, first) == [0] * 4
     assert store(server.port, second + first[:1]) == [0] * 4  # the last one is a duplicate
     assert echo("127.0.0.1", server.port) < 5
-    with sqlite3.connect(server.settings.data_dir / "triage.store.db") as conn:
+    with sqlite3.connect(server.settings.data_dir / "triage.db") as conn:
         assert conn.execute("select count(*), sum(num_instances) from study").fetchone() == (2, 7)
         assert conn.execute("select count(*) from instance").fetchone() == (7,)
 

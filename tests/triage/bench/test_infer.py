@@ -30,15 +30,24 @@ from triage.bench.infer import (
 from triage.errors import TriageError
 
 # Every stage, tiny: 3 series of 3-5 slices 64x64, 32x32 items, a 4-slice 256 head CT, a short matmul.
-TINY = BenchConfig(device="cpu", series=3, max_batch=4, slices=(3, 5), matrix=64, latency_slices=4,
-                   latency_matrix=256, latency_runs=2, peak_n=256, peak_seconds=0.05)  # fmt: skip
+TINY = BenchConfig(
+    device="cpu",
+    series=3,
+    max_batch=4,
+    slices=(3, 5),
+    matrix=64,
+    latency_slices=4,
+    latency_matrix=256,
+    latency_runs=2,
+    peak_n=256,
+    peak_seconds=0.05,
+)
 
 
 def tiny_detector(name: str = "bleed-ct") -> HeatmapDetector:
     """The task's card with a 32x32 input at 4 mm and a width-4 network: same code path, ~1000x less work."""
     spec = TASKS[name].spec
-    spec = replace(spec, input=replace(spec.input, height=32, width=32, spacing_mm=4.0),
-                   network={"arch": "heatmap-unet", "width": 4})  # fmt: skip
+    spec = replace(spec, input=replace(spec.input, height=32, width=32, spacing_mm=4.0), network={"arch": "heatmap-unet", "width": 4})
     return HeatmapDetector(spec, build_module(spec), "0" * 64)
 
 
@@ -106,18 +115,25 @@ def test_latency_skipped_with_a_note_for_other_detectors() -> None:
 
 
 def _run(mode: str, items: int, seconds: float, compute_s: float) -> Throughput:
-    return Throughput(mode=mode, max_batch=1, series=2, items=items, seconds=seconds, batches=items,
-                      mean_batch=1.0, compute_s=compute_s, failed=0)  # fmt: skip
+    return Throughput(
+        mode=mode, max_batch=1, series=2, items=items, seconds=seconds, batches=items, mean_batch=1.0, compute_s=compute_s, failed=0
+    )
 
 
 def test_figures_follow_the_inputs_without_running() -> None:
     result = InferBenchResult(
-        device="cpu", dtype="float32", torch_threads=2, cpus=2, detector="bleed-ct", weights="untrained",
-        item_shape=(9, 256, 256), flops_per_item=1e9,
+        device="cpu",
+        dtype="float32",
+        torch_threads=2,
+        cpus=2,
+        detector="bleed-ct",
+        weights="untrained",
+        item_shape=(9, 256, 256),
+        flops_per_item=1e9,
         runs=(_run(SEQUENTIAL, 100, 4.0, 3.0), _run(CONCURRENT, 100, 2.0, 1.5), _run(BATCHED, 100, 1.0, 0.5)),
         peak=MatmulPeak(n=2048, dtype="float32", gflops=400.0),
         latency=Latency(slices=40, matrix=512, runs_s=(1.0, 3.0, 1.2), budget_s=2.0, torch_threads=2),
-    )  # fmt: skip
+    )
     assert result.batching_speedup == pytest.approx(4.0)  # 100/s over 25/s
     assert result.overlap_speedup == pytest.approx(2.0)  # 50/s over 25/s
     assert result.network_gflops == pytest.approx(200.0)  # 100 GFLOP in 0.5 s of module calls
@@ -148,10 +164,16 @@ def test_synthetic_ct_volumes_are_shared_beyond_a_few() -> None:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"series": 0}, "--series"), ({"max_batch": 0}, "--max-batch"), ({"max_wait_ms": -1.0}, "--max-wait-ms"),
-     ({"threads": 0}, "--threads"), ({"latency_runs": 0}, "--latency-runs"), ({"device": "tpu"}, "--device"),
-     ({"detector": "spleen-ct"}, "--detector")],
-)  # fmt: skip
+    [
+        ({"series": 0}, "--series"),
+        ({"max_batch": 0}, "--max-batch"),
+        ({"max_wait_ms": -1.0}, "--max-wait-ms"),
+        ({"threads": 0}, "--threads"),
+        ({"latency_runs": 0}, "--latency-runs"),
+        ({"device": "tpu"}, "--device"),
+        ({"detector": "spleen-ct"}, "--detector"),
+    ],
+)
 def test_bad_options_name_the_option(change: dict[str, object], message: str) -> None:
     with pytest.raises(TriageError, match=message):
         run_infer_bench(replace(TINY, **change))
@@ -173,8 +195,10 @@ def test_cli_entry_parses_defaults_and_prints_json(
 
 def test_the_parser_side_imports_neither_torch_nor_numpy() -> None:
     # `triage` builds every subcommand's parser on each start: add_arguments must stay cheap.
-    code = ("import argparse, sys; from triage.bench import infer; infer.add_arguments(argparse.ArgumentParser()); "
-            "print([m for m in ('torch', 'numpy', 'detectors.engine') if m in sys.modules])")  # fmt: skip
+    code = (
+        "import argparse, sys; from triage.bench import infer; infer.add_arguments(argparse.ArgumentParser()); "
+        "print([m for m in ('torch', 'numpy', 'detectors.engine') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

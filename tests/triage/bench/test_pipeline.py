@@ -56,7 +56,7 @@ def test_defaults_are_the_issue_setting() -> None:
         (["--slices", "401"], "--slices must be between 1 and 400, got 401"),
         (["--stable-after", "0"], "--stable-after must be a positive number of seconds, got 0.0"),
         (["--stable-after", "nan"], "--stable-after must be a positive number of seconds, got nan"),
-        (["--device", "gpu"], "--device must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got 'gpu'"),
+        (["--device", "gpu"], '--device must be "auto", "cpu", "cuda", "cuda:N" or "mps", got \'gpu\''),
         (["--baseline-runs", "0"], "--baseline-runs must be at least 1, got 0"),
     ],
 )
@@ -71,15 +71,16 @@ def test_bad_flags_fail_in_one_line_before_anything_starts(
 
 
 def test_the_boundaries_are_accepted() -> None:
-    for config in (PipelineBenchConfig(studies=1, latency_studies=1, size=32, slices=1, stable_after=0.01),
-                   PipelineBenchConfig(size=1024, slices=400, device="cuda:1")):  # fmt: skip
+    for config in (
+        PipelineBenchConfig(studies=1, latency_studies=1, size=32, slices=1, stable_after=0.01),
+        PipelineBenchConfig(size=1024, slices=400, device="cuda:1"),
+    ):
         config.check()
 
 
 def test_importing_it_pulls_no_heavy_modules() -> None:
     # `triage --help` builds this parser; it must not wait for torch or pynetdicom.
-    code = ("import sys, triage.bench.pipeline; "
-            "print(sorted(m for m in ('torch', 'numpy', 'pydicom', 'pynetdicom') if m in sys.modules))")  # fmt: skip
+    code = "import sys, triage.bench.pipeline; print(sorted(m for m in ('torch', 'numpy', 'pydicom', 'pynetdicom') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -112,9 +113,11 @@ def test_memory_compares_the_first_and_last_tenths() -> None:
 
 def test_rss_sums_the_process_and_its_descendants() -> None:
     # A child that starts a grandchild; both print once started, then sleep (their RSS stays put).
-    code = ("import subprocess, sys, time; "
-            "subprocess.Popen([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)']); "
-            "print('child', flush=True); time.sleep(60)")  # fmt: skip
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)']); "
+        "print('child', flush=True); time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     grandchild = 0
     try:
@@ -141,10 +144,19 @@ def vmrss(pid: int) -> int:
 
 def made_up_result(**changes: object) -> PipelineBenchResult:
     fields: dict[str, object] = dict(
-        config=PipelineBenchConfig(studies=3), cpus=2, machine="test", check_interval=0.5,
-        offline_runs_s=(0.5, 0.4, 0.6), latency_s=(1.0, 1.2, 3.2, 1.1), throughput_studies=3, throughput_s=2.0,
-        send_s=1.5, loaded_latency_s=(1.0, 1.5, 2.0), memory=Memory((100, 100, 104)), serve_exit_code=0,
-    )  # fmt: skip
+        config=PipelineBenchConfig(studies=3),
+        cpus=2,
+        machine="test",
+        check_interval=0.5,
+        offline_runs_s=(0.5, 0.4, 0.6),
+        latency_s=(1.0, 1.2, 3.2, 1.1),
+        throughput_studies=3,
+        throughput_s=2.0,
+        send_s=1.5,
+        loaded_latency_s=(1.0, 1.5, 2.0),
+        memory=Memory((100, 100, 104)),
+        serve_exit_code=0,
+    )
     fields.update(changes)
     return PipelineBenchResult(**fields)
 
@@ -182,16 +194,19 @@ def test_a_run_that_stopped_early_says_what_was_not_measured() -> None:
 
 # -- end to end -------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_tiny_run_against_a_real_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tiny_run_against_a_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert pipeline.run(parse([*TINY, "--json", "--keep"])) == 0
     doc = json.loads(capsys.readouterr().out)
 
     assert doc["ok"] is True and doc["problems"] == [] and doc["serve_exit_code"] == 0
     assert {k: doc["config"][k] for k in ("studies", "latency_studies", "size", "slices", "stable_after")} == {
-        "studies": 3, "latency_studies": 2, "size": 64, "slices": 8, "stable_after": 0.5}  # fmt: skip
+        "studies": 3,
+        "latency_studies": 2,
+        "size": 64,
+        "slices": 8,
+        "stable_after": 0.5,
+    }
     assert doc["config"]["check_interval_s"] > 0
 
     base = doc["baseline"]
@@ -219,7 +234,7 @@ def test_tiny_run_against_a_real_server(
 
     # The server's own index: the warm-up and all 5 studies, every one ranked as scored with 8 instances.
     [root] = tmp_path.glob("triage-bench-pipeline-*")
-    conn = sqlite3.connect(root / "serve" / "data" / "triage.store.db")
+    conn = sqlite3.connect(root / "serve" / "data" / "triage.db")
     try:
         rows = conn.execute("SELECT ai_status, num_instances, scored_at IS NOT NULL FROM study").fetchall()
         jobs = conn.execute("SELECT status, count(*) FROM job GROUP BY status").fetchall()

@@ -16,8 +16,22 @@ from triage.bench import scale
 from triage.bench.scale import IngestRun, ScaleBenchConfig, ScaleBenchResult, ScoringRun, format_report
 from triage.errors import TriageError
 
-TINY = ["--n", "24", "--size", "32", "--parallel", "2", "--studies", "4", "--study-slices", "6",
-        "--study-size", "64", "--stable-after", "0.5"]  # fmt: skip
+TINY = [
+    "--n",
+    "24",
+    "--size",
+    "32",
+    "--parallel",
+    "2",
+    "--studies",
+    "4",
+    "--study-slices",
+    "6",
+    "--study-size",
+    "64",
+    "--stable-after",
+    "0.5",
+]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,17 +51,13 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--db", "sqlite:///x.db"], "--db must be a PostgreSQL URL (postgresql+psycopg://user@host/database), "
-                                     "got a sqlite one"),
+        (["--db", "sqlite:///x.db"], "--db must be a PostgreSQL URL (postgresql+psycopg://user@host/database), got a sqlite one"),
         (["--db", "not a url"], "--db is not a database URL: 'not a url'"),
         (["--n", "1"], "--n must be at least 2, got 1"),
         (["--size", "15"], "--size must be between 16 and 2048, got 15"),
-        (["--parallel", "3"], "--parallel must be an even number between 2 and 64 (split evenly between 2 "
-                              "listeners), got 3"),
-        (["--parallel", "0"], "--parallel must be an even number between 2 and 64 (split evenly between 2 "
-                              "listeners), got 0"),
-        (["--parallel", "66"], "--parallel must be an even number between 2 and 64 (split evenly between 2 "
-                               "listeners), got 66"),
+        (["--parallel", "3"], "--parallel must be an even number between 2 and 64 (split evenly between 2 listeners), got 3"),
+        (["--parallel", "0"], "--parallel must be an even number between 2 and 64 (split evenly between 2 listeners), got 0"),
+        (["--parallel", "66"], "--parallel must be an even number between 2 and 64 (split evenly between 2 listeners), got 66"),
         (["--n", "4", "--parallel", "6"], "--parallel (6) must not exceed --n (4)"),
         (["--studies", "1"], "--studies must be at least 2 (2 workers share them), got 1"),
         (["--study-slices", "0"], "--study-slices must be between 1 and 400, got 0"),
@@ -55,9 +65,9 @@ def test_defaults() -> None:
         (["--stable-after", "0"], "--stable-after must be a positive number of seconds, got 0.0"),
         (["--stable-after", "nan"], "--stable-after must be a positive number of seconds, got nan"),
         (["--stable-after", "inf"], "--stable-after must be a positive number of seconds, got inf"),
-        (["--device", "gpu"], "--device must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got 'gpu'"),
+        (["--device", "gpu"], '--device must be "auto", "cpu", "cuda", "cuda:N" or "mps", got \'gpu\''),
     ],
-)  # fmt: skip
+)
 def test_bad_flags_fail_in_one_line_before_anything_starts(
     argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,15 +80,25 @@ def test_bad_flags_fail_in_one_line_before_anything_starts(
 
 
 def test_the_boundaries_are_accepted() -> None:
-    ScaleBenchConfig(db="postgresql+psycopg://u:pw@db.example.org:5432/triage", n=2, size=16, parallel=2,
-                     studies=2, study_slices=1, study_size=32, stable_after=0.01).check()  # fmt: skip
+    ScaleBenchConfig(
+        db="postgresql+psycopg://u:pw@db.example.org:5432/triage",
+        n=2,
+        size=16,
+        parallel=2,
+        studies=2,
+        study_slices=1,
+        study_size=32,
+        stable_after=0.01,
+    ).check()
     ScaleBenchConfig(n=64, size=2048, parallel=64, study_slices=400, study_size=1024, device="cuda:1").check()
 
 
 def test_importing_it_pulls_no_heavy_modules() -> None:
     # `triage --help` builds this parser; it must not wait for torch, pynetdicom or SQLAlchemy.
-    code = ("import sys, triage.bench.scale; print(sorted(m for m in "
-            "('torch', 'numpy', 'pydicom', 'pynetdicom', 'sqlalchemy') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, triage.bench.scale; print(sorted(m for m in "
+        "('torch', 'numpy', 'pydicom', 'pynetdicom', 'sqlalchemy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -87,11 +107,15 @@ def test_importing_it_pulls_no_heavy_modules() -> None:
 def made_up_result(**changes: object) -> ScaleBenchResult:
     fields: dict[str, object] = dict(
         config=ScaleBenchConfig(db="postgresql+psycopg://bench:secret@db/triage", n=600, studies=24),
-        cpus=2, machine="test", database="PostgreSQL at postgresql+psycopg://bench:***@db/triage (--db)",
-        sender="dcmtk storescu x4", warmup_instances=16, listener_processes=2,
+        cpus=2,
+        machine="test",
+        database="PostgreSQL at postgresql+psycopg://bench:***@db/triage (--db)",
+        sender="dcmtk storescu x4",
+        warmup_instances=16,
+        listener_processes=2,
         ingest=(IngestRun(1, 600, 3.0, 616, 616), IngestRun(2, 600, 2.5, 616, 616)),
         scoring=(ScoringRun(1, 24, 36.0, (24,), True), ScoringRun(2, 24, 30.0, (13, 11), True)),
-    )  # fmt: skip
+    )
     fields.update(changes)
     return ScaleBenchResult(**fields)
 
@@ -154,8 +178,7 @@ def test_tiny_run_scores_every_study_exactly_once(
         assert run["scored_once"] is True and run["seconds"] > 0
         assert len(run["jobs_by_worker"]) == run["workers"] and sum(run["jobs_by_worker"]) == 4
         assert run["studies_per_hour"] == pytest.approx(4 * 3600 / run["seconds"])
-    assert scoring["ratio_2_vs_1"] == pytest.approx(
-        scoring["runs"][1]["studies_per_hour"] / scoring["runs"][0]["studies_per_hour"])  # fmt: skip
+    assert scoring["ratio_2_vs_1"] == pytest.approx(scoring["runs"][1]["studies_per_hour"] / scoring["runs"][0]["studies_per_hour"])
 
     # Kept (--db --keep): read the scoring databases ourselves, not through the bench.
     names = doc["databases"]
@@ -165,12 +188,15 @@ def test_tiny_run_scores_every_study_exactly_once(
         try:
             with engine.connect() as conn:
                 studies = conn.execute(text("SELECT ai_status, count(*) FROM study GROUP BY ai_status")).all()
-                per_series = conn.execute(text(
-                    "SELECT se.id, (SELECT count(*) FROM job j WHERE j.series_pk = se.id AND j.status = 'done'),"
-                    " (SELECT count(*) FROM series_result r WHERE r.series_pk = se.id) FROM series se")).all()  # fmt: skip
+                per_series = conn.execute(
+                    text(
+                        "SELECT se.id, (SELECT count(*) FROM job j WHERE j.series_pk = se.id AND j.status = 'done'),"
+                        " (SELECT count(*) FROM series_result r WHERE r.series_pk = se.id) FROM series se"
+                    )
+                ).all()
                 inferences = conn.execute(
                     text("SELECT study_uid, count(*) FROM audit_event WHERE action = 'inference' GROUP BY study_uid")
-                ).all()  # fmt: skip
+                ).all()
         finally:
             engine.dispose()
         assert [tuple(row) for row in studies] == [("scored", 4)]

@@ -19,7 +19,7 @@ SETTINGS = CompletenessSettings(stable_after=10, per_modality={"CR": 2})
 
 
 def test_complete_after_stable_then_one_job(tmp_path: Path) -> None:
-    index = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.store.db'}"))
+    index = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.db'}"))
     index.record(record(header(sop="1.2.3.1.1")))
     now = utcnow()
     assert complete_stable_series(index.engine, SETTINGS, now + timedelta(seconds=5)) == []
@@ -33,7 +33,7 @@ def test_complete_after_stable_then_one_job(tmp_path: Path) -> None:
 
 
 def test_per_modality_timeout(tmp_path: Path) -> None:
-    index = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.store.db'}"))
+    index = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.db'}"))
     index.record(record(header(series="1.2.3.1", sop="1.2.3.1.1", modality="CR")))
     index.record(record(header(series="1.2.3.2", sop="1.2.3.2.1", modality="CT")))
     completed = complete_stable_series(index.engine, SETTINGS, utcnow() + timedelta(seconds=3))
@@ -43,7 +43,7 @@ def test_per_modality_timeout(tmp_path: Path) -> None:
 
 
 def test_late_instance_reopens_and_gets_a_new_job(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'triage.store.db'}"
+    url = f"sqlite:///{tmp_path / 'triage.db'}"
     index = SqlIndex(make_engine(url))
     index.record(record(header(sop="1.2.3.1.1")))
     complete_stable_series(index.engine, SETTINGS, utcnow() + timedelta(seconds=11))

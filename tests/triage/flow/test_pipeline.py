@@ -135,8 +135,9 @@ def test_a_job_that_keeps_failing_ends_as_ai_failed_with_its_reason(received) ->
 
 
 def test_a_lease_that_runs_out_on_the_last_attempt_is_recorded_as_failed(received) -> None:
-    settings, engine = received(["03_extremity_xr"], **{"pipeline.max_attempts": 1, "pipeline.lease_seconds": 10,
-                                                        "pipeline.heartbeat_seconds": 5})
+    settings, engine = received(
+        ["03_extremity_xr"], **{"pipeline.max_attempts": 1, "pipeline.lease_seconds": 10, "pipeline.heartbeat_seconds": 5}
+    )
     now = utcnow()
     assert len(claim_jobs(engine, "w1", 5, settings, now)) == 1
     assert claim_jobs(engine, "w2", 5, settings, now + timedelta(seconds=11)) == []
@@ -149,17 +150,28 @@ def test_a_lease_that_runs_out_on_the_last_attempt_is_recorded_as_failed(receive
     ("results", "waiting", "expected"),
     [
         ([], 1, ("pending", None)),
-        ([dict(analysed=False, reason="not analysed: abdomen", failures="[]", has_findings=False)], 0,
-         ("not_analysed", "abdomen")),
-        ([dict(analysed=False, reason="not analysed: SR", failures="[]", has_findings=False)], 1,
-         ("pending", "1 series still being scored")),
+        ([dict(analysed=False, reason="not analysed: abdomen", failures="[]", has_findings=False)], 0, ("not_analysed", "abdomen")),
+        (
+            [dict(analysed=False, reason="not analysed: SR", failures="[]", has_findings=False)],
+            1,
+            ("pending", "1 series still being scored"),
+        ),
         ([dict(analysed=True, reason="head CT", failures="[]", has_findings=True)], 0, ("scored", None)),
-        ([dict(analysed=True, reason="head CT", failures='["pixel data unreadable"]', has_findings=False)], 0,
-         ("failed", "pixel data unreadable")),
-        ([dict(analysed=True, reason="head CT", failures="[]", has_findings=True),
-          dict(analysed=True, reason="CR", failures='["bad image"]', has_findings=False)], 0, ("partial", "bad image")),
+        (
+            [dict(analysed=True, reason="head CT", failures='["pixel data unreadable"]', has_findings=False)],
+            0,
+            ("failed", "pixel data unreadable"),
+        ),
+        (
+            [
+                dict(analysed=True, reason="head CT", failures="[]", has_findings=True),
+                dict(analysed=True, reason="CR", failures='["bad image"]', has_findings=False),
+            ],
+            0,
+            ("partial", "bad image"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_study_ai_state(results: list[dict], waiting: int, expected: tuple[str, str | None]) -> None:
     from types import SimpleNamespace
 
@@ -177,17 +189,18 @@ def test_the_worker_scores_sample_studies_and_ranks_them(received, shipped) -> N
     worker = ScoringWorker(engine, settings, detectors=detectors, inference=inference, worker_id="test")
     _run_until_done(worker, engine)
 
-    bleed, normal, fracture, abdomen = (_study(engine, f) for f in ("05_head_ct", "00_head_ct", "08_extremity_xr",
-                                                                     "09_abdomen_ct"))  # fmt: skip
+    bleed, normal, fracture, abdomen = (_study(engine, f) for f in ("05_head_ct", "00_head_ct", "08_extremity_xr", "09_abdomen_ct"))
     assert bleed["ai_status"] == "scored" and bleed["priority_class"] == "critical"
     assert fracture["ai_status"] == "scored" and fracture["priority_class"] in ("critical", "urgent")
     assert normal["ai_status"] == "scored" and normal["priority_class"] == "routine"
     assert abdomen["ai_status"] == "not_analysed" and "no detector" in abdomen["ai_reason"]
     with engine.connect() as conn:
         findings = conn.execute(select(AIFinding).where(AIFinding.study_pk == bleed["id"])).all()
-        events = conn.execute(
-            select(AuditEvent.detail).where(AuditEvent.study_uid == bleed["study_uid"], AuditEvent.action == "inference")
-        ).scalars().all()  # fmt: skip
+        events = (
+            conn.execute(select(AuditEvent.detail).where(AuditEvent.study_uid == bleed["study_uid"], AuditEvent.action == "inference"))
+            .scalars()
+            .all()
+        )
         instances = conn.execute(select(Instance.sop_instance_uid, Instance.sha256)).all()
     (finding,) = findings
     assert finding.kind == "bleed" and finding.urgent and finding.model_name == "bleed-ct"

@@ -27,10 +27,7 @@ FAST = settings(max_examples=200, deadline=None)
 
 probabilities = st.floats(0.0, 1.0, allow_nan=False)
 findings = st.builds(
-    FindingInput,
-    kind=st.sampled_from(["bleed", "fracture", "nodule", "lesion"]),
-    probability=probabilities,
-    operating_point=probabilities,
+    FindingInput, kind=st.sampled_from(["bleed", "fracture", "nodule", "lesion"]), probability=probabilities, operating_point=probabilities
 )
 waits = st.floats(-30.0, 5000.0, allow_nan=False)  # negative: clock skew, received "in the future"
 texts = st.sampled_from([None, "", "ED Bay 3", "EMERGENCY", "Ward 5", "MEDICAL", "A&E majors", "trauma/ortho", "ICU"])
@@ -106,9 +103,7 @@ def test_higher_probability_never_lowers_score_or_rank(
 
 @FAST
 @given(c=cases(), extra=st.floats(0.0, 5000.0), others=case_lists, cfg=any_settings)
-def test_more_waiting_never_lowers_score_or_rank(
-    c: CaseInput, extra: float, others: list[CaseInput], cfg: PolicySettings
-) -> None:
+def test_more_waiting_never_lowers_score_or_rank(c: CaseInput, extra: float, others: list[CaseInput], cfg: PolicySettings) -> None:
     c = replace(c, study_uid="9.9")
     older = replace(c, received_at=c.received_at - timedelta(minutes=extra))
     assert assess(older, NOW, cfg).score >= assess(c, NOW, cfg).score
@@ -185,12 +180,7 @@ def test_default_numbers() -> None:
 def test_thresholds_are_inclusive() -> None:
     cfg = PolicySettings(order_points={"A": 39.5, "B": 40.0, "C": 99.5, "D": 100.0}, ageing_points=0.0)
     got = {p: assess(case(order_priority=p), NOW, cfg).priority_class for p in "ABCD"}
-    assert got == {
-        "A": PriorityClass.ROUTINE,
-        "B": PriorityClass.URGENT,
-        "C": PriorityClass.URGENT,
-        "D": PriorityClass.CRITICAL,
-    }
+    assert got == {"A": PriorityClass.ROUTINE, "B": PriorityClass.URGENT, "C": PriorityClass.URGENT, "D": PriorityClass.CRITICAL}
 
 
 def test_ageing_escalates_a_routine_case_and_says_so() -> None:

@@ -37,8 +37,7 @@ from triage.vocabulary import AIStatus
 @pytest.fixture(scope="module")
 def detectors(tmp_path_factory: pytest.TempPathFactory) -> DetectorSet:
     out = tmp_path_factory.mktemp("cards")
-    return load_detectors([write_card(name, out) for name in ("fracture-xr", "nodule-xr")], device="cpu",
-                          shipped=False)  # fmt: skip
+    return load_detectors([write_card(name, out) for name in ("fracture-xr", "nodule-xr")], device="cpu", shipped=False)
 
 
 @pytest.fixture
@@ -77,16 +76,19 @@ def test_estimated_spacing_is_in_score_json_and_text(leg_cr: Path, scored_leg: S
     assert out["notes"] == list(scored_leg.notes)
     assert out["findings"][0]["notes"] == list(scored_leg.notes)
     json.dumps(out)  # serialisable as --json prints it
-    lines = format_scores(SimpleNamespace(studies=[SimpleNamespace(
-        study_uid="1", folder=leg_cr, patient_id="", accession="", description="", series=(scored_leg,))],
-        unreadable=[], skipped=0, failures=[])).splitlines()  # fmt: skip
+    lines = format_scores(
+        SimpleNamespace(
+            studies=[SimpleNamespace(study_uid="1", folder=leg_cr, patient_id="", accession="", description="", series=(scored_leg,))],
+            unreadable=[],
+            skipped=0,
+            failures=[],
+        )
+    ).splitlines()
     assert "    route: skeletal radiograph (body part EXTREMITY)" in lines
     assert f"    note: {scored_leg.notes[0]}" in lines
 
 
-def test_notes_survive_the_stored_result_and_reach_the_worklist_findings(
-    tmp_path: Path, scored_leg: SeriesScore
-) -> None:
+def test_notes_survive_the_stored_result_and_reach_the_worklist_findings(tmp_path: Path, scored_leg: SeriesScore) -> None:
     """What the server stores (the reason column, no schema change) is what the worklist reads back."""
     db = make_engine(f"sqlite:///{tmp_path / 't.db'}")
     try:
@@ -97,15 +99,27 @@ def test_notes_survive_the_stored_result_and_reach_the_worklist_findings(
             series = Series(series_uid=scored_leg.series_uid, study_pk=study.id, modality="CR")
             s.add(series)
             s.flush()
-            result = SeriesResult(series_pk=series.id, study_pk=study.id, generation=0, analysed=True,
-                                  reason=scored_leg.reason)  # as triage.flow.pipeline.record_result stores it  # fmt: skip
+            result = SeriesResult(
+                series_pk=series.id, study_pk=study.id, generation=0, analysed=True, reason=scored_leg.reason
+            )  # as triage.flow.pipeline.record_result stores it
             s.add(result)
             s.flush()
             [f] = scored_leg.findings
-            s.add(AIFinding(result_pk=result.id, study_pk=study.id, series_pk=series.id, kind=f.kind.value,
-                            probability=f.probability, operating_point=f.operating_point, urgent=f.urgent,
-                            model_name=f.model.name, model_version=f.model.version, weights_sha256=f.model.sha256,
-                            regions="[]"))  # fmt: skip
+            s.add(
+                AIFinding(
+                    result_pk=result.id,
+                    study_pk=study.id,
+                    series_pk=series.id,
+                    kind=f.kind.value,
+                    probability=f.probability,
+                    operating_point=f.operating_point,
+                    urgent=f.urgent,
+                    model_name=f.model.name,
+                    model_version=f.model.version,
+                    weights_sha256=f.model.sha256,
+                    regions="[]",
+                )
+            )
             s.commit()
             study_pk = study.id
         with db.connect() as conn:
@@ -141,9 +155,7 @@ def test_perfusion_map_skip_reason_reaches_score_output_and_study_state(
     assert study_ai_state([stored], 0) == (AIStatus.NOT_ANALYSED, why)
 
 
-def test_processed_chest_cr_is_scored_not_refused(
-    tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine
-) -> None:
+def test_processed_chest_cr_is_scored_not_refused(tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine) -> None:
     shutil.copy(realdata.path("RG1_UNCR.dcm"), tmp_path / "RG1_UNCR.dcm")
     report = score_paths([tmp_path], detectors, engine)
     [series] = report.studies[0].series

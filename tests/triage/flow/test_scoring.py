@@ -57,8 +57,7 @@ def test_routes_and_scores_head_ct_extremity_and_abdomen(
     head = tmp_path / "head"
     files = write_head_ct(head)
     seen = []
-    report = score_paths([head, SAMPLES / "03_extremity_xr", SAMPLES / "04_abdomen_ct"], detectors, engine,
-                         on_study=seen.append)  # fmt: skip
+    report = score_paths([head, SAMPLES / "03_extremity_xr", SAMPLES / "04_abdomen_ct"], detectors, engine, on_study=seen.append)
 
     assert [s.folder for s in report.studies] == [head, SAMPLES / "03_extremity_xr", SAMPLES / "04_abdomen_ct"]
     assert seen == report.studies and not report.unreadable and not report.failures
@@ -101,9 +100,7 @@ def test_routed_kind_without_a_loaded_detector_says_so(detectors: DetectorSet, e
     assert (series.analysed, series.findings, series.missing_detectors) == (False, (), ("nodule",))
 
 
-def test_ct_without_anatomy_tags_is_routed_by_its_content(
-    tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine
-) -> None:
+def test_ct_without_anatomy_tags_is_routed_by_its_content(tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine) -> None:
     meta = StudyMeta(body_part=None, study_description="CT", series_description="AXIAL 5MM")
     write_head_ct(tmp_path / "untagged", meta)
     series = only_series(score_paths([tmp_path / "untagged"], detectors, engine), 0)
@@ -111,9 +108,7 @@ def test_ct_without_anatomy_tags_is_routed_by_its_content(
     assert [f.detector for f in series.findings] == ["bleed-ct"]
 
 
-def test_damaged_files_are_listed_and_a_corrupt_series_fails_alone(
-    tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine
-) -> None:
+def test_damaged_files_are_listed_and_a_corrupt_series_fails_alone(tmp_path: Path, detectors: DetectorSet, engine: InferenceEngine) -> None:
     good = write_head_ct(tmp_path / "in" / "good")
     bad_meta = StudyMeta(patient_id="BAD")
     datasets = list(ct_datasets(simple_head_volume(6, 128), pixel_spacing_mm=(1.0, 1.0), meta=bad_meta))

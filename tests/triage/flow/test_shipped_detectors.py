@@ -47,20 +47,15 @@ def test_every_sample_study_is_scored_without_failures(scored: ManifestScore) ->
 # The chest CT nodule detector misses its targets (see the README's "Measured"
 # table): it flags normal chest CTs and misses a 4 mm nodule. strict: when it
 # starts passing, this list must be updated.
-_KNOWN_MISSES = {
-    "nodule-ct": "nodule-ct misses its targets on the phantoms (FROC at 1 FP/scan well below 0.90)",
-}
+_KNOWN_MISSES = {"nodule-ct": "nodule-ct misses its targets on the phantoms (FROC at 1 FP/scan well below 0.90)"}
 DETECTORS = [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_MISSES[name])) if name in _KNOWN_MISSES
-    else name
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_MISSES[name])) if name in _KNOWN_MISSES else name
     for name in ("bleed-ct", "fracture-xr", "nodule-ct", "nodule-xr")
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_positives_are_urgent_with_a_region_on_the_truth_and_negatives_are_not(
-    scored: ManifestScore, detector: str
-) -> None:
+def test_positives_are_urgent_with_a_region_on_the_truth_and_negatives_are_not(scored: ManifestScore, detector: str) -> None:
     outcomes = [o for o in scored.outcomes if o.kind == detector]
     assert any(o.label for o in outcomes) and any(not o.label for o in outcomes)
     for o in outcomes:
@@ -68,8 +63,5 @@ def test_positives_are_urgent_with_a_region_on_the_truth_and_negatives_are_not(
             assert not o.urgent, f"{o.study_folder}: {o.kind} p={o.probability:.3f} >= {o.operating_point:.3f}"
             continue
         assert o.urgent, f"{o.study_folder}: {o.kind} p={o.probability:.3f} below {o.operating_point:.3f}"
-        hits = [
-            region for region in o.regions
-            if any(region_hits_lesion(region[0], region[1], box, slices) for box, slices in o.truth)
-        ]  # fmt: skip
+        hits = [region for region in o.regions if any(region_hits_lesion(region[0], region[1], box, slices) for box, slices in o.truth)]
         assert hits, f"{o.study_folder}: no region of {o.regions} overlaps the truth {o.truth}"

@@ -36,9 +36,11 @@ def _inside(finding, series: SeriesArrays, anatomy: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("variant", [Variant(), Variant(thickness_mm=5.0, tilt_deg=18.5, noise_hu=4.0),
-                                     Variant(thickness_mm=7.0, matrix=512, sharpness=0.6)],
-                         ids=["as-scanned", "5mm-tilt18.5", "7mm-512-sharp"])  # fmt: skip
+@pytest.mark.parametrize(
+    "variant",
+    [Variant(), Variant(thickness_mm=5.0, tilt_deg=18.5, noise_hu=4.0), Variant(thickness_mm=7.0, matrix=512, sharpness=0.6)],
+    ids=["as-scanned", "5mm-tilt18.5", "7mm-512-sharp"],
+)
 def test_bleed_ct_leaves_the_real_normal_head_alone(detectors, variant: Variant) -> None:
     head = realdata.head_ct()
     hu, spacing = apply_variant(head.pixels, head.spacing_mm, variant, np.random.default_rng(0))
@@ -79,8 +81,15 @@ def test_bleed_ct_finds_a_haemorrhage_inserted_into_the_real_head(detectors, kin
     from detectors.phantoms.truth import box_of
 
     head = realdata.head_ct()
-    inserted = insert_hemorrhage(head.pixels, head.spacing_mm, intracranial_mask(head.pixels, head.spacing_mm), kind,
-                                 8.0, np.random.default_rng(2026), density_hu=70.0)  # fmt: skip
+    inserted = insert_hemorrhage(
+        head.pixels,
+        head.spacing_mm,
+        intracranial_mask(head.pixels, head.spacing_mm),
+        kind,
+        8.0,
+        np.random.default_rng(2026),
+        density_hu=70.0,
+    )
     series = SeriesArrays("2.25.79", Family.CT, inserted.hu, head.spacing_mm, head.sop_instance_uids)
     finding = detectors.for_route("bleed", "CT").detect(series)
     assert finding.urgent, f"p={finding.probability:.3f} below {finding.operating_point:.3f}"

@@ -33,13 +33,26 @@ class Db:
     def _uid(self) -> str:
         return f"1.2.826.0.1.3680043.10.1.{next(self._uids)}"
 
-    def series(self, *, sex: str | None = "M", age: str | None = "050Y", birth: str | None = None,
-               study_date: str | None = None, manufacturer: str | None = "ACME",
-               modality: str | None = "CT") -> tuple[int, int, int]:  # fmt: skip
+    def series(
+        self,
+        *,
+        sex: str | None = "M",
+        age: str | None = "050Y",
+        birth: str | None = None,
+        study_date: str | None = None,
+        manufacturer: str | None = "ACME",
+        modality: str | None = "CT",
+    ) -> tuple[int, int, int]:
         """A study with one scored series: (study pk, series pk, result pk)."""
         with session_scope(self.engine) as s:
-            study = Study(study_uid=self._uid(), patient_sex=sex, patient_age=age, patient_birth_date=birth,
-                          study_date=study_date, modalities=modality or "")  # fmt: skip
+            study = Study(
+                study_uid=self._uid(),
+                patient_sex=sex,
+                patient_age=age,
+                patient_birth_date=birth,
+                study_date=study_date,
+                modalities=modality or "",
+            )
             s.add(study)
             s.flush()
             series = Series(series_uid=self._uid(), study_pk=study.id, manufacturer=manufacturer, modality=modality)
@@ -50,13 +63,21 @@ class Db:
             s.flush()
             return study.id, series.id, result.id
 
-    def finding(self, where: tuple[int, int, int], *, model: str = "bleed-ct", kind: str = "bleed",
-                urgent: bool = True) -> int:  # fmt: skip
+    def finding(self, where: tuple[int, int, int], *, model: str = "bleed-ct", kind: str = "bleed", urgent: bool = True) -> int:
         study_pk, series_pk, result_pk = where
         with session_scope(self.engine) as s:
-            f = AIFinding(result_pk=result_pk, study_pk=study_pk, series_pk=series_pk, kind=kind,
-                          probability=0.9 if urgent else 0.1, operating_point=0.5, urgent=urgent, model_name=model,
-                          model_version="1.0.0", weights_sha256="0" * 64)  # fmt: skip
+            f = AIFinding(
+                result_pk=result_pk,
+                study_pk=study_pk,
+                series_pk=series_pk,
+                kind=kind,
+                probability=0.9 if urgent else 0.1,
+                operating_point=0.5,
+                urgent=urgent,
+                model_name=model,
+                model_version="1.0.0",
+                weights_sha256="0" * 64,
+            )
             s.add(f)
             s.flush()
             return f.id
@@ -65,15 +86,15 @@ class Db:
         with session_scope(self.engine) as s:
             f = s.get(AIFinding, finding_pk)
             assert f is not None
-            s.add(Feedback(study_pk=f.study_pk, finding_pk=finding_pk, kind=f.kind, verdict=verdict, user=user,
-                           created_at=at))  # fmt: skip
+            s.add(Feedback(study_pk=f.study_pk, finding_pk=finding_pk, kind=f.kind, verdict=verdict, user=user, created_at=at))
 
     def missed(self, study_pk: int, kind: str, *, user: str = "dr.a", at: datetime = T0) -> None:
         with session_scope(self.engine) as s:
             s.add(Feedback(study_pk=study_pk, finding_pk=None, kind=kind, verdict="missed", user=user, created_at=at))
 
-    def reviewed(self, verdict: str, *, urgent: bool = True, at: datetime = T0, model: str = "bleed-ct",
-                 kind: str = "bleed", **study: str | None) -> int:  # fmt: skip
+    def reviewed(
+        self, verdict: str, *, urgent: bool = True, at: datetime = T0, model: str = "bleed-ct", kind: str = "bleed", **study: str | None
+    ) -> int:
         """A new study with one finding and one verdict on it."""
         pk = self.finding(self.series(**study), model=model, kind=kind, urgent=urgent)
         self.feedback(pk, verdict, at=at)
@@ -147,8 +168,7 @@ def test_wilson_interval_refuses_impossible_counts(k: int, n: int) -> None:
         ("999Y", None, None, "unknown"),  # implausible
     ],
 )
-def test_age_band_from_age_string_or_birth_date(age: str | None, birth: str | None, study_date: str | None,
-                                                band: str) -> None:  # fmt: skip
+def test_age_band_from_age_string_or_birth_date(age: str | None, birth: str | None, study_date: str | None, band: str) -> None:
     assert age_band(age, birth, study_date) == band
 
 
@@ -226,8 +246,15 @@ def _biased_set(db: Db) -> None:
         for i in range(20):
             # Two women are 65 or older: one by AS, one by birth date only.
             age = {("F", 0): "070Y", ("F", 1): None}.get((sex, i), "050Y")
-            db.reviewed("agree" if i < agreed else "disagree", sex=sex, manufacturer="ACME" if i % 2 else "Bolt",
-                        age=age, birth="19600101", study_date="20250101", modality="CT")  # fmt: skip
+            db.reviewed(
+                "agree" if i < agreed else "disagree",
+                sex=sex,
+                manufacturer="ACME" if i % 2 else "Bolt",
+                age=age,
+                birth="19600101",
+                study_date="20250101",
+                modality="CT",
+            )
 
 
 def test_a_stratum_with_clearly_lower_agreement_is_flagged_and_a_balanced_one_is_not(db: Db) -> None:
@@ -327,8 +354,7 @@ def test_report_json_is_serialisable(db: Db) -> None:
     flags = [(f["stratum"], f["status"], f["n"]) for f in bleed["bias_flags"]]
     assert flags == [("M", "higher", 20), ("F", "lower", 20)]
     assert "age=65-79" in bleed["too_few_to_judge"]
-    assert data["bias_flags"][1] == {"detector": "bleed-ct", "kind": "bleed", "dimension": "sex",
-                                     "stratum": "F", "status": "lower"}  # fmt: skip
+    assert data["bias_flags"][1] == {"detector": "bleed-ct", "kind": "bleed", "dimension": "sex", "stratum": "F", "status": "lower"}
     assert data["empty"] is False and "not a clinical validation" in data["note"]
 
 

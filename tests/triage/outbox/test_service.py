@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from detectors.routing import FindingKind
 from dicom_io.results.ai_sr import parse_ai_sr
 from dicom_io.results.report_sr import report_text
 from dicom_io.send import find_dicom_files, replay
+from tests.support import self_signed_cert
 from triage.app.server import TriageServer
 from triage.app.studies import format_table, item_json, results_line
 from triage.bench.common import free_port
@@ -107,11 +107,23 @@ def record_scoring(server: TriageServer, probability: float = 0.93) -> Any:
     complete_stable_series(engine, settings.completeness, now=utcnow() + timedelta(hours=1))
     (job,) = claim_jobs(engine, "test-worker", 5, settings)
     truth = HEAD["findings"][0]
-    region = Region(series_uid=HEAD["series_uid"], sop_instance_uid=truth["sop_instance_uids"][1], slice_index=15,
-                    slices=(14, 17), box=tuple(truth["box"]), probability=probability)
-    finding = Finding(kind=FindingKind.BLEED, series_uid=HEAD["series_uid"], probability=probability,
-                      operating_point=0.4, regions=(region,), model=ModelIdentity("bleed-ct", "1.0", "f" * 64),
-                      detector="bleed-ct")  # fmt: skip
+    region = Region(
+        series_uid=HEAD["series_uid"],
+        sop_instance_uid=truth["sop_instance_uids"][1],
+        slice_index=15,
+        slices=(14, 17),
+        box=tuple(truth["box"]),
+        probability=probability,
+    )
+    finding = Finding(
+        kind=FindingKind.BLEED,
+        series_uid=HEAD["series_uid"],
+        probability=probability,
+        operating_point=0.4,
+        regions=(region,),
+        model=ModelIdentity("bleed-ct", "1.0", "f" * 64),
+        detector="bleed-ct",
+    )
     score = SimpleNamespace(analysed=True, reason="head CT", failures=(), findings=(finding,))
     instances = stored_instances(engine, job.series_pk, settings.data_dir)
     assert record_result(engine, job, "test-worker", score, instances, "cpu", 0.5, settings.policy)
@@ -128,9 +140,10 @@ def indexed(engine: Engine, sop_uid: str | None) -> Any:
     with engine.connect() as conn:
         return conn.execute(
             select(Instance.path, Instance.sop_class_uid, Study.study_uid)
-            .join(Series, Series.id == Instance.series_pk).join(Study, Study.id == Series.study_pk)
+            .join(Series, Series.id == Instance.series_pk)
+            .join(Study, Study.id == Series.study_pk)
             .where(Instance.sop_instance_uid == sop_uid)
-        ).first()  # fmt: skip
+        ).first()
 
 
 def test_a_scored_study_is_sent_to_the_pacs_and_indexed_there(start) -> None:
@@ -146,14 +159,19 @@ def test_a_scored_study_is_sent_to_the_pacs_and_indexed_there(start) -> None:
     rows = outbox_rows(source.engine)
     assert sorted(r.kind for r in rows) == ["ai_sr", "key_image"]
     assert {r.destination for r in rows} == {"PACS"}
-    sent = wait_for(lambda: [r for r in outbox_rows(source.engine) if r.status == "sent"] if all(
-        r.status == "sent" for r in outbox_rows(source.engine)) else None, "both objects acknowledged")
+    sent = wait_for(
+        lambda: (
+            [r for r in outbox_rows(source.engine) if r.status == "sent"]
+            if all(r.status == "sent" for r in outbox_rows(source.engine))
+            else None
+        ),
+        "both objects acknowledged",
+    )
     by_kind = {r.kind: r for r in sent}
     assert all(r.attempts == 1 and r.last_error is None and r.sent_at is not None for r in sent)
 
     # The PACS indexed both into the same study; the SR reads back to the bleed on its slice.
-    sr, key = indexed(pacs.engine, by_kind["ai_sr"].sop_instance_uid), indexed(pacs.engine, by_kind["key_image"]
-                                                                                .sop_instance_uid)  # fmt: skip
+    sr, key = indexed(pacs.engine, by_kind["ai_sr"].sop_instance_uid), indexed(pacs.engine, by_kind["key_image"].sop_instance_uid)
     assert (sr.sop_class_uid, sr.study_uid) == (COMPREHENSIVE_SR, study_uid)
     assert (key.sop_class_uid, key.study_uid) == (SECONDARY_CAPTURE, study_uid)
     (parsed,) = parse_ai_sr(pacs.settings.data_dir / sr.path)
@@ -169,8 +187,7 @@ def test_a_scored_study_is_sent_to_the_pacs_and_indexed_there(start) -> None:
     with source.engine.connect() as conn:
         events = conn.execute(select(AUDIT.c.detail).where(AUDIT.c.action == "result_sent")).scalars().all()
     details = sorted((json.loads(e) for e in events), key=lambda d: d["kind"])
-    assert [(d["kind"], d["destination"], d["attempts"]) for d in details] == [("ai_sr", "PACS", 1),
-                                                                                ("key_image", "PACS", 1)]  # fmt: skip
+    assert [(d["kind"], d["destination"], d["attempts"]) for d in details] == [("ai_sr", "PACS", 1), ("key_image", "PACS", 1)]
     assert details[0]["sop_instance_uid"] == by_kind["ai_sr"].sop_instance_uid
     assert audit.verify(source.engine).ok
 
@@ -201,8 +218,9 @@ def test_the_sr_waits_for_every_series_of_the_study(start) -> None:
 
 def test_back_off_doubles_nothing_is_dropped_and_the_object_arrives_once_the_pacs_is_up(start) -> None:
     port = free_port()  # nothing listens here yet
-    source = start("triage", **{"results.destinations": [destination(port)], "results.retry_min_seconds": 5,
-                                "results.retry_max_seconds": 30})  # fmt: skip
+    source = start(
+        "triage", **{"results.destinations": [destination(port)], "results.retry_min_seconds": 5, "results.retry_max_seconds": 30}
+    )
     assert source.outbox is not None
     source.outbox.stop()  # the test drives the sender with its own clock
     receive_head_ct(source)
@@ -224,7 +242,8 @@ def test_back_off_doubles_nothing_is_dropped_and_the_object_arrives_once_the_pac
         now[0] = due
     assert delays == [5, 10, 20, 30, 30] == [backoff_seconds(a, 5, 30) for a in range(1, 6)]
     assert "ai_sr -> PACS pending (5 attempts: connection refused)" == results_line(
-        WorklistService(source.engine, source.settings).results(HEAD["study_uid"]))
+        WorklistService(source.engine, source.settings).results(HEAD["study_uid"])
+    )
 
     pacs = start("pacs", **{"listener.port": port})
     assert sender.run_once() == 1
@@ -306,12 +325,15 @@ def test_signing_queues_the_report_sr_and_nothing_goes_out_before(start) -> None
 
     # An amendment is a new report SR, the first its predecessor.
     _read_and_sign(service, study_uid, "Impression: intraparenchymal bleed, right.", amend=True)
-    rows = wait_for(lambda: (r := outbox_rows(source.engine)) and len(r) == 2 and all(x.status == "sent" for x in r)
-                    and r, "the amended report SR sent")  # fmt: skip
+    rows = wait_for(
+        lambda: (r := outbox_rows(source.engine)) and len(r) == 2 and all(x.status == "sent" for x in r) and r, "the amended report SR sent"
+    )
     amended = dcmread(pacs.settings.data_dir / indexed(pacs.engine, rows[1].sop_instance_uid).path)
     assert report_text(amended) == "Impression: intraparenchymal bleed, right." and amended.InstanceNumber == 2
-    assert amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
-        .ReferencedSOPInstanceUID == rows[0].sop_instance_uid  # fmt: skip
+    assert (
+        amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == rows[0].sop_instance_uid
+    )
     assert object_uids(ResultKind.REPORT_SR, study_uid, "1")[1] == rows[0].sop_instance_uid
 
 
@@ -341,12 +363,7 @@ def test_a_row_whose_object_cannot_be_built_stays_pending_with_the_reason(start)
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_results_go_over_dicom_tls_to_a_tls_pacs(start, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     pacs = start("pacs", **{"listener.tls.cert": str(cert), "listener.tls.key": str(key), "listener.tls.ca": str(cert)})
     # Our client certificate: the TLS PACS requires one (the same self-signed pair).
     tls = {"tls": True, "ca": str(cert), "cert": str(cert), "key": str(key), "server_name": "localhost"}

@@ -119,13 +119,20 @@ def count(engine: Engine, model: type) -> int:
 
 # Written out independently of triage.reading.states.TRANSITIONS, so that a wrong table fails here.
 ALLOWED: dict[tuple[ReadState, ReadAction], ReadState] = {
-    (U, Act.CLAIM): R, (R, Act.CLAIM): R, (S, Act.CLAIM): S,
-    (R, Act.RELEASE): U, (S, Act.RELEASE): S,
-    (U, Act.VIEW): U, (R, Act.VIEW): R, (S, Act.VIEW): S,
-    (R, Act.IMPRESSION): R, (R, Act.FEEDBACK): R, (R, Act.DRAFT): R,
+    (U, Act.CLAIM): R,
+    (R, Act.CLAIM): R,
+    (S, Act.CLAIM): S,
+    (R, Act.RELEASE): U,
+    (S, Act.RELEASE): S,
+    (U, Act.VIEW): U,
+    (R, Act.VIEW): R,
+    (S, Act.VIEW): S,
+    (R, Act.IMPRESSION): R,
+    (R, Act.FEEDBACK): R,
+    (R, Act.DRAFT): R,
     (R, Act.SIGN): S,
     (S, Act.AMEND): R,
-}  # fmt: skip
+}
 
 
 def test_transition_table_is_exactly_the_allowed_set() -> None:
@@ -162,9 +169,7 @@ def perform(svc: WorklistService, uid: str, action: ReadAction, finding_id: int,
     return calls[action]()
 
 
-@pytest.mark.parametrize(
-    ("state", "action"), list(itertools.product(list(ReadState), list(ReadAction))), ids=lambda v: v.value
-)
+@pytest.mark.parametrize(("state", "action"), list(itertools.product(list(ReadState), list(ReadAction))), ids=lambda v: v.value)
 def test_every_transition(engine: Engine, svc: WorklistService, state: ReadState, action: ReadAction) -> None:
     added = add_study(engine, "1.2.3")
     bring_to(svc, "1.2.3", state, draft=action is Act.SIGN)
@@ -226,11 +231,7 @@ def test_claim_conflict_renewal_and_lapse(engine: Engine, svc: WorklistService, 
     clock.advance(minutes=10)
     with pytest.raises(ClaimConflict, match=r"^study 1\.2\.3 is claimed by dr\.a until 14:30 UTC$"):
         svc.claim("1.2.3", B)
-    for call in (
-        lambda: svc.save_draft("1.2.3", B, "x"),
-        lambda: svc.record_impression("1.2.3", B, "x"),
-        lambda: svc.release("1.2.3", B),
-    ):
+    for call in (lambda: svc.save_draft("1.2.3", B, "x"), lambda: svc.record_impression("1.2.3", B, "x"), lambda: svc.release("1.2.3", B)):
         with pytest.raises(ClaimConflict, match="claimed by dr.a until 14:30 UTC"):
             call()
     svc.open("1.2.3", B)  # looking needs no claim
@@ -284,9 +285,7 @@ def test_own_lapsed_claim_still_acts_and_actions_renew_it(engine: Engine, svc: W
     assert (item.study.claimed_by, item.study.claim_expires) == (A, T0 + timedelta(minutes=70))
 
 
-def test_claim_lapse_follows_settings(
-    engine: Engine, make_service: Callable[..., WorklistService], clock: Clock
-) -> None:
+def test_claim_lapse_follows_settings(engine: Engine, make_service: Callable[..., WorklistService], clock: Clock) -> None:
     add_study(engine, "1.2.3")
     svc = make_service(claim_minutes=5)
     assert svc.claim("1.2.3", A) == T0 + timedelta(minutes=5)
@@ -361,9 +360,7 @@ def test_the_ai_cannot_sign_message(engine: Engine, svc: WorklistService) -> Non
 # --- reports ------------------------------------------------------------------------------------
 
 
-def test_signed_report_is_immutable_and_amendments_are_new_versions(
-    engine: Engine, svc: WorklistService, clock: Clock
-) -> None:
+def test_signed_report_is_immutable_and_amendments_are_new_versions(engine: Engine, svc: WorklistService, clock: Clock) -> None:
     added = add_study(engine, "1.2.3")
     svc.claim("1.2.3", A)
     assert svc.save_draft("1.2.3", A, "First words.") == 1
@@ -398,9 +395,7 @@ def test_signed_report_is_immutable_and_amendments_are_new_versions(
     assert v2.text == "Addendum: 4 mm nodule, right upper lobe."
     assert (v3.version, v3.status, v3.amends_pk) == (3, "draft", v2.id)
     view = svc.open("1.2.3", A)
-    assert [(r.version, r.status) for r in view.reports] == [
-        (1, ReportStatus.SIGNED), (2, ReportStatus.SIGNED), (3, ReportStatus.DRAFT),
-    ]  # fmt: skip
+    assert [(r.version, r.status) for r in view.reports] == [(1, ReportStatus.SIGNED), (2, ReportStatus.SIGNED), (3, ReportStatus.DRAFT)]
     assert view.reports[0].text == "No acute haemorrhage."
     sign_event = next(e for e in events(engine) if e.action == "sign")
     assert json.loads(sign_event.detail)["version"] == 1
@@ -409,9 +404,7 @@ def test_signed_report_is_immutable_and_amendments_are_new_versions(
 # --- blinded reads ------------------------------------------------------------------------------
 
 
-def test_blinded_mode_hides_ai_until_the_impression(
-    engine: Engine, make_service: Callable[..., WorklistService]
-) -> None:
+def test_blinded_mode_hides_ai_until_the_impression(engine: Engine, make_service: Callable[..., WorklistService]) -> None:
     added = add_study(engine, "1.2.3", (("bleed", 0.95, 0.5),))
     blind, open_svc = make_service(blinded=True), make_service(blinded=False)
 
@@ -446,9 +439,7 @@ def test_blinded_mode_hides_ai_until_the_impression(
     blind.feedback("1.2.3", A, "agree", finding_id=added.finding_ids[0])
 
 
-def test_blinded_mode_hides_that_the_ai_found_nothing(
-    engine: Engine, make_service: Callable[..., WorklistService]
-) -> None:
+def test_blinded_mode_hides_that_the_ai_found_nothing(engine: Engine, make_service: Callable[..., WorklistService]) -> None:
     add_study(engine, "1.2.3", ())
     assert "AI found nothing to flag (AI suggestion)" in make_service().open("1.2.3", A).urgency.reasons
     reasons = make_service(blinded=True).open("1.2.3", A).urgency.reasons
@@ -533,13 +524,18 @@ def test_items_follow_the_policy_and_include_signed(engine: Engine, svc: Worklis
     assert (facts.modality, facts.description, facts.read_state, facts.ai_status) == ("CT", "CT HEAD", U, "scored")
     stored = study_row(engine, "2.2")
     assert (facts.patient_id, facts.patient_name, facts.accession_number) == (
-        stored.patient_id, stored.patient_name, stored.accession_number,
-    )  # fmt: skip
+        stored.patient_id,
+        stored.patient_name,
+        stored.accession_number,
+    )
     assert facts.patient_name.startswith("Doe^Pat") and facts.receive_status == "complete"
     [finding] = top.findings
     assert (finding.kind, finding.probability, finding.urgent) == ("bleed", 0.97, True)
     assert (finding.model_name, finding.model_version, finding.weights_sha256, finding.series_uid) == (
-        "bleed-ct", "1.0", "ab" * 32, "2.2.1"
+        "bleed-ct",
+        "1.0",
+        "ab" * 32,
+        "2.2.1",
     )
     assert finding.regions == ({"instance": "1.2.9.0", "box": [1, 2, 30, 40]},)
     assert (items[1].study.claimed_by, items[1].study.claim_expires) == (B, T0 + timedelta(minutes=30))
@@ -560,9 +556,7 @@ def test_items_show_only_the_newest_result_of_each_series(engine: Engine, svc: W
     assert [f.id for f in svc.open("1.2.3", A).findings] == [newer]
 
 
-def test_items_query_count_does_not_grow_with_studies(
-    engine: Engine, make_service: Callable[..., WorklistService]
-) -> None:
+def test_items_query_count_does_not_grow_with_studies(engine: Engine, make_service: Callable[..., WorklistService]) -> None:
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -604,9 +598,15 @@ def test_history_lists_each_action_once_with_the_user(engine: Engine, svc: Workl
     svc.claim("4.5.6", B)
     history = svc.history("1.2.3")
     assert [(e["actor"], e["action"]) for e in history] == [
-        (A, "view"), (A, "claim"), (A, "impression"), (A, "feedback"), (A, "draft"), (A, "sign"),
-        (B, "claim"), (B, "release"),
-    ]  # fmt: skip
+        (A, "view"),
+        (A, "claim"),
+        (A, "impression"),
+        (A, "feedback"),
+        (A, "draft"),
+        (A, "sign"),
+        (B, "claim"),
+        (B, "release"),
+    ]
     assert {e["study_uid"] for e in history} == {"1.2.3"}
     assert history[0]["at"].startswith("2024-05-01T14:00:00")  # the injected clock
     assert audit.verify(engine).ok
@@ -657,9 +657,18 @@ def test_series_images_lists_the_stored_files(engine: Engine, svc: WorklistServi
     added = add_study(engine, "1.9.3")
     with Session(engine) as s:
         for n in (2, 1):
-            s.add(Instance(sop_instance_uid=f"1.9.3.1.{n}", series_pk=added.series_pk, sop_class_uid="1.2",
-                           instance_number=n, transfer_syntax="1.2.840.10008.1.2.1",
-                           path=f"studies/1.9.3/1.9.3.1/{n}.dcm", size_bytes=1, sha256="0" * 64))  # fmt: skip
+            s.add(
+                Instance(
+                    sop_instance_uid=f"1.9.3.1.{n}",
+                    series_pk=added.series_pk,
+                    sop_class_uid="1.2",
+                    instance_number=n,
+                    transfer_syntax="1.2.840.10008.1.2.1",
+                    path=f"studies/1.9.3/1.9.3.1/{n}.dcm",
+                    size_bytes=1,
+                    sha256="0" * 64,
+                )
+            )
         s.commit()
     (series,) = svc.series_images(added.uid)
     assert series.series_uid == "1.9.3.1" and series.modality == "CT"

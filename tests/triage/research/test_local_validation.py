@@ -43,8 +43,16 @@ def _accession(folder: Path) -> str:
     return str(dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True).AccessionNumber)
 
 
-def labels_csv(path: Path, manifest: dict, folder: Path, *, by: str = "study_uid", skip: int | None = None,
-               extra: str | None = None, regions: bool = True) -> Path:  # fmt: skip
+def labels_csv(
+    path: Path,
+    manifest: dict,
+    folder: Path,
+    *,
+    by: str = "study_uid",
+    skip: int | None = None,
+    extra: str | None = None,
+    regions: bool = True,
+) -> Path:
     """A site's CSV from a manifest: every kind 1/0 from the true findings, regions from their SOPs and boxes."""
     rows = [f"{by},bleed,fracture,nodule,bleed_sop_uid,bleed_box,nodule_sop_uid,nodule_box"]
     for i, study in enumerate(manifest["studies"]):
@@ -76,8 +84,7 @@ def test_labels_give_the_same_report_with_subgroups_plots_and_unmatched_studies(
 ) -> None:
     labels = labels_csv(tmp_path / "labels.csv", MANIFEST, SAMPLES, skip=0, extra="1.2.3.4,1,,,,,,")
     plots = tmp_path / "plots"
-    argv = ["evaluate", str(SAMPLES), "--labels", str(labels), "--json", "--no-progress", "--device", "cpu",
-            "--plots", str(plots), *cards]  # fmt: skip
+    argv = ["evaluate", str(SAMPLES), "--labels", str(labels), "--json", "--no-progress", "--device", "cpu", "--plots", str(plots), *cards]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     reports = {d["detector"]: d for d in doc["detectors"]}
@@ -98,8 +105,13 @@ def test_labels_give_the_same_report_with_subgroups_plots_and_unmatched_studies(
         assert (plots / f"reliability-{report['detector']}.png").stat().st_size > 1000
     assert (plots / "roc.png").is_file()
     dims = {(g["detector"], g["dimension"]) for g in doc["subgroups"]}
-    assert {("bleed-ct", "sex"), ("bleed-ct", "age"), ("bleed-ct", "manufacturer"), ("bleed-ct", "model"),
-            ("bleed-ct", "slice thickness")} <= dims  # fmt: skip
+    assert {
+        ("bleed-ct", "sex"),
+        ("bleed-ct", "age"),
+        ("bleed-ct", "manufacturer"),
+        ("bleed-ct", "model"),
+        ("bleed-ct", "slice thickness"),
+    } <= dims
     assert ("fracture-xr", "slice thickness") not in dims  # radiographs have no slice thickness band
     # Two studies per detector: every subgroup is below the minimum count, so no rate is given.
     assert all(g["sensitivity"] is None and g["specificity"] is None for g in doc["subgroups"])
@@ -109,8 +121,7 @@ def test_accession_numbers_identify_studies_and_the_text_report_says_what_matche
     no_shipped_models: Path, cards: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     labels = labels_csv(tmp_path / "labels.csv", MANIFEST, SAMPLES, by="accession", regions=False)
-    assert main(["evaluate", str(SAMPLES), "--labels", str(labels), "--no-progress", "--device", "cpu", "--min-n", "1",
-                 *cards]) == 0  # fmt: skip
+    assert main(["evaluate", str(SAMPLES), "--labels", str(labels), "--no-progress", "--device", "cpu", "--min-n", "1", *cards]) == 0
     out = capsys.readouterr().out
     assert f"(by accession): {len(MANIFEST['studies'])} labelled, {len(MANIFEST['studies'])} matched" in out
     assert "bleed-ct     3 (1/2)" in out and "ECE" in out
@@ -128,12 +139,18 @@ def test_accession_numbers_identify_studies_and_the_text_report_says_what_matche
         ("study_uid,bleed\n1.2.3,1\n1.2.4,maybe\n", "labels.csv:3: column bleed: unknown value 'maybe'"),
         ("study_uid,bleed\n1.2.3,1\n1.2.3,0\n", "labels.csv:3: column study_uid: 1.2.3 already labelled on line 2"),
         ("study_uid,bleed\nabc,1\n", "labels.csv:2: column study_uid: not a DICOM UID: 'abc'"),
-        ("study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,1,1.2.9,10 10 5 20\n",
-         "labels.csv:2: column bleed_box: box must have 0 <= row0 < row1"),
-        ("study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,1,1.2.9,10 10 20\n",
-         "labels.csv:2: column bleed_box: box must be four whole numbers"),
-        ("study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,0,1.2.9,1 1 5 5\n",
-         "labels.csv:2: column bleed_box: a bleed region on a study not labelled bleed positive"),
+        (
+            "study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,1,1.2.9,10 10 5 20\n",
+            "labels.csv:2: column bleed_box: box must have 0 <= row0 < row1",
+        ),
+        (
+            "study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,1,1.2.9,10 10 20\n",
+            "labels.csv:2: column bleed_box: box must be four whole numbers",
+        ),
+        (
+            "study_uid,bleed,bleed_sop_uid,bleed_box\n1.2.3,0,1.2.9,1 1 5 5\n",
+            "labels.csv:2: column bleed_box: a bleed region on a study not labelled bleed positive",
+        ),
         ("study_uid,bleed,bleed_box\n1.2.3,1,1 1 5 5\n", "labels.csv:1: column bleed_box: needs a bleed_sop_uid column"),
         ("", "labels.csv:1: no header row"),
     ],
@@ -180,8 +197,20 @@ def test_set_operating_point_writes_the_site_config_and_findings_carry_it(
     config = tmp_path / "site.toml"
     config.write_text('# our site\nlog_level = "WARNING"\n\n[detectors]\ndevice = "cpu"  # no GPU here\n')
     labels = labels_csv(tmp_path / "labels.csv", manifest, folder)
-    argv = ["evaluate", str(folder), "--labels", str(labels), "--no-progress", "--model", str(card),
-            "--set-operating-point", "--target-sensitivity", "0.8", "--config", str(config)]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(folder),
+        "--labels",
+        str(labels),
+        "--no-progress",
+        "--model",
+        str(card),
+        "--set-operating-point",
+        "--target-sensitivity",
+        "0.8",
+        "--config",
+        str(config),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"operating points (target sensitivity 0.8) in {config}:" in out
@@ -197,8 +226,7 @@ def test_set_operating_point_writes_the_site_config_and_findings_carry_it(
     assert _sha(card.parent) == cards_before and _sha(MODELS) == shipped_before
 
     # Loaded with that config, the detector's Findings carry the site's point; the model is the same.
-    assert main(["score", str(folder / manifest["studies"][1]["folder"]), "--json", "--model", str(card),
-                 "--config", str(config)]) == 0  # fmt: skip
+    assert main(["score", str(folder / manifest["studies"][1]["folder"]), "--json", "--model", str(card), "--config", str(config)]) == 0
     [finding] = json.loads(capsys.readouterr().out)["studies"][0]["series"][0]["findings"]
     assert finding["operating_point"] == point
     assert finding["model"]["sha256"] == hashlib.sha256((card.parent / "fracture-xr.pt").read_bytes()).hexdigest()
@@ -212,8 +240,9 @@ def test_too_few_positives_refuse_and_nothing_is_written(
     no_shipped_models: Path, cards: list[str], site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     labels = labels_csv(tmp_path / "labels.csv", MANIFEST, SAMPLES)
-    assert main(["evaluate", str(SAMPLES), "--labels", str(labels), "--no-progress", "--device", "cpu",
-                 "--set-operating-point", *cards]) == 1  # fmt: skip
+    assert (
+        main(["evaluate", str(SAMPLES), "--labels", str(labels), "--no-progress", "--device", "cpu", "--set-operating-point", *cards]) == 1
+    )
     out = capsys.readouterr().out
     assert "bleed-ct: not set: 1 positive study, at least 5 needed" in out
     assert not (site / "triage.toml").exists()
@@ -271,8 +300,10 @@ def test_config_validates_site_operating_points(tmp_path: Path) -> None:
 
 
 def test_parse_labels_values_delimiters_and_regions() -> None:
-    text = ("\ufeffAccession Number;Bleed;Nodule;nodule_sop_uid;nodule_box;notes\n"
-            "A1;Yes;;;;x\nA2;negative;FALSE;;;\n\nA3;0;positive;1.2.3 1.2.4;10 20 30 40;\n")  # fmt: skip
+    text = (
+        "\ufeffAccession Number;Bleed;Nodule;nodule_sop_uid;nodule_box;notes\n"
+        "A1;Yes;;;;x\nA2;negative;FALSE;;;\n\nA3;0;positive;1.2.3 1.2.4;10 20 30 40;\n"
+    )
     labels = parse_labels(text, "site.csv")
     assert (labels.id_column, labels.kinds) == ("accession", ("bleed", "nodule"))
     a1, a2, a3 = labels.studies["A1"], labels.studies["A2"], labels.studies["A3"]
@@ -289,7 +320,14 @@ def test_a_region_on_an_unknown_label_is_refused() -> None:
 
 def test_slice_bands() -> None:
     assert [slice_band(v) for v in ("0.625", 1.25, "2.5", "5", "", None, "-1")] == [
-        "<= 1.25 mm", "<= 1.25 mm", "1.25-3 mm", "> 3 mm", "unknown", "unknown", "unknown"]  # fmt: skip
+        "<= 1.25 mm",
+        "<= 1.25 mm",
+        "1.25-3 mm",
+        "> 3 mm",
+        "unknown",
+        "unknown",
+        "unknown",
+    ]
 
 
 def _outcome(label: bool, p: float, op: float = 0.5) -> object:

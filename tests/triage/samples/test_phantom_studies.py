@@ -46,8 +46,9 @@ def test_bad_kind_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
-@pytest.mark.parametrize("make", [lambda: chest_radiograph(2, nodule=True),
-                                  lambda: extremity_radiograph(2, bone="femur", fracture="spiral")])
+@pytest.mark.parametrize(
+    "make", [lambda: chest_radiograph(2, nodule=True), lambda: extremity_radiograph(2, bone="femur", fracture="spiral")]
+)
 def test_radiograph_to_dicom_round_trips_through_load_radiograph(tmp_path: Path, photometric: str, make) -> None:
     p = make()
     ds = radiograph_to_dicom(p, photometric=photometric)

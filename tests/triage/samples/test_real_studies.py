@@ -53,8 +53,10 @@ def test_rescale_variants_keep_the_hu() -> None:
     from triage.samples.real_studies import _restore
 
     ds = next(ct_datasets(case.series.pixels[:1], pixel_spacing_mm=case.series.spacing_mm[1:]))
-    for storage in ({"rescale_slope": 0.5, "rescale_intercept": -8192.0, "pixel_representation": 0, "bits_stored": 16},
-                    {"rescale_slope": 1.0, "rescale_intercept": 0.0, "pixel_representation": 1, "bits_stored": 16}):  # fmt: skip
+    for storage in (
+        {"rescale_slope": 0.5, "rescale_intercept": -8192.0, "pixel_representation": 0, "bits_stored": 16},
+        {"rescale_slope": 1.0, "rescale_intercept": 0.0, "pixel_representation": 1, "bits_stored": 16},
+    ):
         _restore(ds, case.series.pixels[0], storage)
         hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         body = (case.series.pixels[0] > -1000) & (case.series.pixels[0] < 3000)  # air may be clipped at -1024

@@ -307,72 +307,57 @@ def rewrite_with_valid_hash(engine: Engine, seq: int, detail: dict) -> None:
 TAMPERING: dict[str, tuple[Callable[[Engine], object], int | None, str]] = {
     "edit detail": (
         lambda e: raw(e, "UPDATE audit_event SET detail = :d WHERE seq = 3", d='{"i":99}'),
-        3, "event 3: hash does not match its contents (edited?)",
+        3,
+        "event 3: hash does not match its contents (edited?)",
     ),
     "edit actor": (
         lambda e: raw(e, "UPDATE audit_event SET actor = 'mallory' WHERE seq = 2"),
-        2, "event 2: hash does not match its contents (edited?)",
+        2,
+        "event 2: hash does not match its contents (edited?)",
     ),
     "edit time by a microsecond": (
         lambda e: raw(e, "UPDATE audit_event SET at = '2024-05-06 07:12:09.123457' WHERE seq = 4"),
-        4, "event 4: hash does not match its contents (edited?)",
+        4,
+        "event 4: hash does not match its contents (edited?)",
     ),
     "edit time to garbage": (
         lambda e: raw(e, "UPDATE audit_event SET at = 'yesterday' WHERE seq = 2"),
-        2, "event 2: time is unreadable (edited?)",
+        2,
+        "event 2: time is unreadable (edited?)",
     ),
     "detail reformatted": (
         lambda e: raw(e, "UPDATE audit_event SET detail = :d WHERE seq = 5", d='{"i": 5}'),
-        5, "event 5: detail is not in canonical form (edited?)",
+        5,
+        "event 5: detail is not in canonical form (edited?)",
     ),
     "detail not json": (
         lambda e: raw(e, "UPDATE audit_event SET detail = '{oops' WHERE seq = 1"),
-        1, "event 1: detail is not valid JSON (edited?)",
+        1,
+        "event 1: detail is not valid JSON (edited?)",
     ),
     "edit hash": (
         lambda e: raw(e, "UPDATE audit_event SET hash = :h WHERE seq = 4", h="f" * 64),
-        4, "event 4: hash does not match its contents (edited?)",
+        4,
+        "event 4: hash does not match its contents (edited?)",
     ),
     "edit prev_hash of first": (
         lambda e: raw(e, "UPDATE audit_event SET prev_hash = :h WHERE seq = 1", h="1" * 64),
-        1, "event 1: previous hash is not the chain's start (edited?)",
+        1,
+        "event 1: previous hash is not the chain's start (edited?)",
     ),
     "edit with recomputed hash": (
         lambda e: rewrite_with_valid_hash(e, 2, {"i": 20}),
-        3, "event 3: previous hash does not match event 2 (chain broken)",
+        3,
+        "event 3: previous hash does not match event 2 (chain broken)",
     ),
-    "edit last with recomputed hash": (
-        lambda e: rewrite_with_valid_hash(e, 6, {"i": 60}),
-        6, "head hash does not match event 6 (edited?)",
-    ),
-    "delete middle": (
-        lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 3"),
-        3, "event 3 missing (deleted?)",
-    ),
-    "delete first": (
-        lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 1"),
-        1, "event 1 missing (deleted?)",
-    ),
-    "delete last": (
-        lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 6"),
-        6, "head says 6 events, table ends at 5 (deleted?)",
-    ),
-    "delete last two": (
-        lambda e: raw(e, "DELETE FROM audit_event WHERE seq >= 5"),
-        5, "head says 6 events, table ends at 4 (deleted?)",
-    ),
-    "delete all": (
-        lambda e: raw(e, "DELETE FROM audit_event"),
-        1, "head says 6 events, table ends at 0 (deleted?)",
-    ),
-    "delete head": (
-        lambda e: raw(e, "DELETE FROM audit_head"),
-        None, "audit head is missing, table has 6 events (deleted?)",
-    ),
-    "head rewound": (
-        lambda e: raw(e, "UPDATE audit_head SET seq = 4"),
-        5, "head says 4 events, table has 6 (inserted?)",
-    ),
+    "edit last with recomputed hash": (lambda e: rewrite_with_valid_hash(e, 6, {"i": 60}), 6, "head hash does not match event 6 (edited?)"),
+    "delete middle": (lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 3"), 3, "event 3 missing (deleted?)"),
+    "delete first": (lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 1"), 1, "event 1 missing (deleted?)"),
+    "delete last": (lambda e: raw(e, "DELETE FROM audit_event WHERE seq = 6"), 6, "head says 6 events, table ends at 5 (deleted?)"),
+    "delete last two": (lambda e: raw(e, "DELETE FROM audit_event WHERE seq >= 5"), 5, "head says 6 events, table ends at 4 (deleted?)"),
+    "delete all": (lambda e: raw(e, "DELETE FROM audit_event"), 1, "head says 6 events, table ends at 0 (deleted?)"),
+    "delete head": (lambda e: raw(e, "DELETE FROM audit_head"), None, "audit head is missing, table has 6 events (deleted?)"),
+    "head rewound": (lambda e: raw(e, "UPDATE audit_head SET seq = 4"), 5, "head says 4 events, table has 6 (inserted?)"),
     "reorder whole rows": (lambda e: swap_contents(e, 3, 4), 3, "event 3 out of order"),
     "swap seqs": (lambda e: swap_seqs(e, 2, 5), 2, "event 2 out of order"),
 }
@@ -503,10 +488,7 @@ def test_concurrent_appends_make_one_gapless_chain(engine: Engine) -> None:
 
 
 def test_import_pulls_no_torch_textual_or_pynetdicom() -> None:
-    code = (
-        "import sys, triage.store.audit\n"
-        "print(sorted(m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules))\n"
-    )
+    code = "import sys, triage.store.audit\nprint(sorted(m for m in ('torch', 'textual', 'pynetdicom') if m in sys.modules))\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -19,7 +19,7 @@ from triage.store.models import Instance, Series, Study
 
 @pytest.fixture
 def index(tmp_path: Path):
-    idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.store.db'}"))
+    idx = SqlIndex(make_engine(f"sqlite:///{tmp_path / 'triage.db'}"))
     yield idx
     idx.close()
 

@@ -245,10 +245,15 @@ def test_a_listener_and_a_monitor_on_the_same_series_neither_deadlock_nor_lose(
 
     def listener() -> list[bool]:
         futures = [
-            index.submit(replace(record(header(study=f"2.{st}", series=f"2.{st}.{se}", sop=f"2.{st}.{se}.{i}")),
-                                 received_at=T0 + timedelta(seconds=1)))
-            for i in range(2, 10) for st in range(1, 9) for se in range(1, 6)
-        ]  # fmt: skip
+            index.submit(
+                replace(
+                    record(header(study=f"2.{st}", series=f"2.{st}.{se}", sop=f"2.{st}.{se}.{i}")), received_at=T0 + timedelta(seconds=1)
+                )
+            )
+            for i in range(2, 10)
+            for st in range(1, 9)
+            for se in range(1, 6)
+        ]
         return [f.result() for f in futures]
 
     def monitoring() -> int:
@@ -303,9 +308,7 @@ def test_two_workers_never_claim_the_same_job(engines: Callable[[], Engine], tmp
     assert all((r.status, r.worker, r.attempts) == ("running", owner[r.id], 1) for r in rows)
 
 
-def test_lapsed_leases_are_reclaimed_and_the_heartbeat_keeps_them(
-    engines: Callable[[], Engine], tmp_path: Path, postgres_url: str
-) -> None:
+def test_lapsed_leases_are_reclaimed_and_the_heartbeat_keeps_them(engines: Callable[[], Engine], tmp_path: Path, postgres_url: str) -> None:
     engine = engines()
     index_series(engine, studies=1, series_per_study=2, instances=1, at=T0)
     complete_stable_series(engine, STABLE, T0 + timedelta(minutes=1))

@@ -22,11 +22,11 @@ def test_recovery_on_start(make_server, make_ct_series) -> None:
 
     restarted = make_server(data_dir=str(data))
     assert not list(series_dir.glob("*.tmp"))
-    with sqlite3.connect(data / "triage.store.db") as conn:
+    with sqlite3.connect(data / "triage.db") as conn:
         rows = conn.execute("select sop_instance_uid, calling_ae from instance").fetchall()
         assert rows == [(h.sop_instance_uid, None)]
         assert conn.execute("select num_instances, status from series").fetchall() == [(1, "receiving")]
     restarted.stop()
     make_server(data_dir=str(data))  # a second start finds nothing to do
-    with sqlite3.connect(data / "triage.store.db") as conn:
+    with sqlite3.connect(data / "triage.db") as conn:
         assert conn.execute("select count(*) from instance").fetchone() == (1,)
