@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,20 +11,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from textual.notifications import SeverityLevel
 
+from tests.triage.rows import Added
 from triage.clock import utcnow
 from triage.store import audit
 from triage.store.models import AIFinding, Series, SeriesResult, Study
 from tui.app import WorklistApp
 
 SIZE = (140, 44)  # terminal cells for run_test
-
-
-@dataclass
-class Added:
-    uid: str
-    study_pk: int
-    series_pk: int
-    finding_ids: list[int]
 
 
 _counter = itertools.count(1)
