@@ -154,7 +154,7 @@ def run_ingest_bench(n: int, parallel: int, size: int, keep: bool) -> int:
         On bad arguments or too little free disk space.
     """
     _check_args(n, parallel, size)
-    have_dcmtk = _executable(STORESCU) and _executable(DCMTK_STORESCP)
+    have_dcmtk = executable(STORESCU) and executable(DCMTK_STORESCP)
     root = Path(tempfile.mkdtemp(prefix="triage-bench-ingest-"))
     try:
         warmup_n = min(parallel, 8) * 2
@@ -185,7 +185,7 @@ def _check_args(n: int, parallel: int, size: int) -> None:
         raise TriageError(f"--size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
 
 
-def _executable(path: Path) -> bool:
+def executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 

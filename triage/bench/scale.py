@@ -467,20 +467,20 @@ def _count_stored(data: Path, db_url: str) -> tuple[int, int]:
 
 
 def _sender_name(parallel: int) -> str:
-    from triage.bench.ingest import DCMTK_STORESCP, STORESCU, _executable
+    from triage.bench.ingest import DCMTK_STORESCP, STORESCU, executable
 
-    if _executable(STORESCU) and _executable(DCMTK_STORESCP):
+    if executable(STORESCU) and executable(DCMTK_STORESCP):
         return f"dcmtk storescu x{parallel} processes (TCP_NODELAY=1)"
     return f"dicom_io.send.replay, {parallel} associations (dcmtk not installed)"
 
 
 def _send(files: Sequence[Path], ports: Sequence[int], parallel: int, logs: Path) -> None:
     """``files`` over ``parallel`` associations, the i-th to ``ports[i % len(ports)]``; every one must succeed."""
-    from triage.bench.ingest import STORESCU, _executable, send_storescu
+    from triage.bench.ingest import STORESCU, executable, send_storescu
 
     chunks = [list(files[i * len(files) // parallel : (i + 1) * len(files) // parallel]) for i in range(parallel)]
     targets = [(chunk, ports[i % len(ports)]) for i, chunk in enumerate(chunks) if chunk]
-    problems = send_storescu(targets, SERVE_AE, logs) if _executable(STORESCU) else _send_replay(targets)
+    problems = send_storescu(targets, SERVE_AE, logs) if executable(STORESCU) else _send_replay(targets)
     if problems:
         raise BenchFailure(f"sending: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 

@@ -39,7 +39,7 @@ from triage.flow.cases import case_input, current_findings
 from triage.flow.policy import assess
 from triage.outbox import service as outbox
 from triage.reading.states import (
-    _VERBS,
+    VERBS,
     ClaimConflict,
     InvalidInput,
     InvalidTransition,
@@ -59,8 +59,8 @@ from triage.reading.views import (
     SeriesImages,
     StudyView,
     WorklistItem,
-    _facts,
     blind_urgency,
+    study_facts,
     worklist_order_key,
 )
 from triage.store import audit
@@ -146,7 +146,7 @@ class WorklistService:
 
     @staticmethod
     def _require_claimant(study: Row, user: str, now: datetime, action: ReadAction) -> None:
-        verb = _VERBS[action]
+        verb = VERBS[action]
         # The user's own claim counts even after it lapsed: had anyone taken it
         # over since, claimed_by would name them.
         if study.claimed_by == user:
@@ -173,7 +173,7 @@ class WorklistService:
             .values(**values)
         )
         if result.rowcount != 1:
-            raise ClaimConflict(f"cannot {_VERBS[action]} study {study.study_uid}: it changed while you acted; reload and try again")
+            raise ClaimConflict(f"cannot {VERBS[action]} study {study.study_uid}: it changed while you acted; reload and try again")
 
     @staticmethod
     def _audit(conn: Connection, user: str, action: ReadAction, study_uid: str, detail: Mapping[str, Any], now: datetime) -> int:
@@ -336,7 +336,7 @@ class WorklistService:
                 created_at=as_utc(impression_row.created_at),
             )
         return StudyView(
-            study=_facts(study, now),
+            study=study_facts(study, now),
             urgency=urgency,
             findings=findings,
             ai_hidden=hidden,
@@ -724,7 +724,7 @@ class WorklistService:
             out.append(
                 WorklistItem(
                     rank=0,
-                    study=_facts(row, now),
+                    study=study_facts(row, now),
                     urgency=blind_urgency(case, urgency, now, self.settings.policy) if hidden else urgency,
                     findings=() if hidden else tuple(findings.get(row.id, [])),
                     ai_hidden=hidden,

@@ -97,7 +97,7 @@ TRANSITIONS: Mapping[tuple[ReadState, ReadAction], ReadState] = MappingProxyType
 )
 """Every allowed (state, action) and the state it leads to; anything else is refused."""
 
-_VERBS = {
+VERBS = {
     _A.CLAIM: "claim",
     _A.RELEASE: "release",
     _A.VIEW: "open",
@@ -123,7 +123,7 @@ def next_state(state: ReadState | str, action: ReadAction | str, study_uid: str 
     except KeyError:
         allowed = " or ".join(s.value for (s, a) in TRANSITIONS if a is action)
         what = f"study {study_uid}" if study_uid else "a study"
-        raise InvalidTransition(f"cannot {_VERBS[action]} {what} in state {state.value} ({action.value} needs {allowed})") from None
+        raise InvalidTransition(f"cannot {VERBS[action]} {what} in state {state.value} ({action.value} needs {allowed})") from None
 
 
 def release_target(state: ReadState | str, work_recorded: bool) -> ReadState:

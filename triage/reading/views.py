@@ -141,7 +141,7 @@ def arrival_order_key(item: WorklistItem) -> tuple[datetime, str]:
     return (item.study.first_received, item.study.study_uid)
 
 
-def _facts(row: Any, now: datetime) -> StudyFacts:
+def study_facts(row: Any, now: datetime) -> StudyFacts:
     live = claim_is_live(row.claimed_by, row.claim_expires, now)
     return StudyFacts(
         study_uid=row.study_uid,

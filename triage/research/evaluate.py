@@ -203,7 +203,7 @@ def card_test_table(report: DetectorReport, command: str, seed: int | None) -> d
     return {k: v for k, v in table.items() if v is not None}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -257,8 +257,8 @@ def update_cards(
         figures["negative_studies_with_regions"] = report.negatives_with_regions
         figures.update((extra_figures or {}).get(report.detector, {}))
         spec = replace(spec, extra={**spec.extra, table: figures})
-        _write_atomic(card, spec.to_toml())
-        _write_atomic(card.with_suffix(".md"), render_card(spec))
+        write_atomic(card, spec.to_toml())
+        write_atomic(card.with_suffix(".md"), render_card(spec))
         written.append(card)
     return written, skipped
 

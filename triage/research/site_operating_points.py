@@ -22,7 +22,7 @@ from detectors.calibration import operating_point_in_gap
 from detectors.evaluation import StudyOutcome
 from detectors.metrics import Confusion, confusion_at
 from triage.errors import ConfigError
-from triage.research.evaluate import _write_atomic
+from triage.research.evaluate import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def write_operating_points(path: Path, points: Mapping[str, float]) -> dict[str,
         old = table.get(name)
         previous[name] = float(old) if isinstance(old, (int, float)) else None
         table[name] = float(value)
-    _write_atomic(path, tomlkit.dumps(doc))
+    write_atomic(path, tomlkit.dumps(doc))
     logger.info("wrote operating points %s to %s", dict(points), path)
     return previous
 
