@@ -46,7 +46,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicom_io.send import DicomFile, echo, replay
 from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_datasets
-from triage.bench.common import HOST, check_space, free_port, quiet_pynetdicom
+from triage.bench.common import HOST, check_space, free_port, quiet_pynetdicom, ratio, times
 from triage.config import ListenerSettings
 from triage.errors import USER_ERRORS, DicomNetworkError, TriageError
 from triage.progress import progress_bar
@@ -481,10 +481,11 @@ def _filesystem(path: Path) -> str:
     return best[1] if best else "unknown filesystem"
 
 
-def _ratio(result: RunResult, baseline: RunResult | None) -> str:
+def _versus(result: RunResult, baseline: RunResult | None) -> str:
+    """``1.83x`` of the baseline's images/s, or ``-`` when either run failed."""
     if baseline is None or not (result.ok and baseline.ok) or baseline.images_per_s <= 0:
         return "-"
-    return f"{result.images_per_s / baseline.images_per_s:.2f}x"
+    return times(ratio(result.images_per_s, baseline.images_per_s))
 
 
 def _print_table(results: list[RunResult], have_dcmtk: bool) -> None:
@@ -494,7 +495,7 @@ def _print_table(results: list[RunResult], have_dcmtk: bool) -> None:
     for r in results:
         rate = f"{r.images_per_s:.0f}" if r.ok else "FAILED"
         seconds = f"{r.seconds:.2f}" if r.seconds else "-"
-        rows.append((r.receiver.name, rate, seconds, _ratio(r, pyn), _ratio(r, dcmtk), r.receiver.note))
+        rows.append((r.receiver.name, rate, seconds, _versus(r, pyn), _versus(r, dcmtk), r.receiver.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:5], strict=False)] + [row[5]]
