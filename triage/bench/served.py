@@ -42,8 +42,17 @@ class ServedProcess:
     ``workdir/<name>.log``.
     """
 
-    def __init__(self, workdir: Path, config_file: Path, env: dict[str, str], *, name: str = "serve",
-                 role: str = "listener", processes: int = 1, data_dir: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        config_file: Path,
+        env: dict[str, str],
+        *,
+        name: str = "serve",
+        role: str = "listener",
+        processes: int = 1,
+        data_dir: Path | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.name, self.role, self.processes = name, role, processes
         self.label = "triage serve" if name == "serve" else f"triage serve ({name})"
