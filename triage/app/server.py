@@ -139,7 +139,7 @@ class TriageServer:
         if self.outbox is not None:
             self.outbox.start()  # results left pending by an earlier run go out now
         if self.scoring is not None:
-            self.scoring.start()
+            self.scoring.start(stopping)  # checks again once the detectors are loaded (seconds)
 
     def _spawn(self, slot: int) -> _Child:
         assert self._socket is not None, "the shared socket is bound before listener processes start"

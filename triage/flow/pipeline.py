@@ -488,7 +488,9 @@ class ScoringWorker:
         self._in_flight: set[int] = set()  # job ids, for the heartbeat
         self._in_flight_lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Load the detectors (seconds: torch and the weights), then claim jobs, unless ``stopping()`` says a stop
+        was asked for meanwhile: a worker stopped while it loads claims nothing (its jobs wait in the DB)."""
         if self.detectors is None or self.inference is None:
             from detectors.engine import InferenceEngine
             from detectors.registry import OperatingPointError, load_detectors
@@ -505,7 +507,15 @@ class ScoringWorker:
                         self.inference.close()
                     raise ConfigError(f"config: detectors.operating_points.{exc.name}: {exc}") from None
         log.info("scoring worker %s: %d detectors on %s", self.worker_id, len(self.detectors), self.inference.device)
+        if stopping():
+            log.info("scoring worker %s: stop asked for while loading; no job claimed", self.worker_id)
+            return
         self._thread.start()
+
+    @property
+    def claiming(self) -> bool:
+        """Whether the worker is claiming jobs (started, and not stopped)."""
+        return self._thread.is_alive()
 
     def wake(self) -> None:
         """Look for jobs now (new series completed), not at the next poll."""

@@ -65,3 +65,20 @@ def test_a_stop_asked_for_while_starting_starts_no_scoring(make_settings) -> Non
         assert echo("127.0.0.1", server.port, called_ae="TRIAGE") >= 0  # but the listener serves until the stop
     finally:
         server.stop()
+
+
+def test_a_stop_asked_for_while_the_detectors_load_claims_no_job(make_settings) -> None:
+    # SIGTERM lands after the check before loading, while torch and the weights load: the worker must not
+    # then claim a job and make the stop wait for a series to be scored.
+    from triage.app.server import TriageServer
+
+    settings = make_settings(**{"pipeline.enabled": True})
+    asked = iter([False, True])  # the server's check before loading: no stop yet; the worker's after it: stop
+    server = TriageServer(settings)
+    assert server.scoring is not None
+    try:
+        server.start(stopping=lambda: next(asked))
+        assert server.scoring.detectors  # loaded
+        assert not server.scoring.claiming  # but nothing claims jobs
+    finally:
+        server.stop()
