@@ -11,15 +11,11 @@ from pynetdicom import AE
 import dicom_io.send  # noqa: F401  (sets pynetdicom to send files as their bytes on disk)
 
 
-def store(port: int, items: list[Path | Dataset], calling_ae: str = "TESTSCU", raw: bool = True) -> list[int]:
+def store(port: int, items: list[Path | Dataset], calling_ae: str = "TESTSCU") -> list[int]:
     """C-STORE each item to 127.0.0.1:port; returns the statuses (-1: no response).
 
-    ``raw=True`` sends files as they are on disk (no decode), which is how
-    malformed bytes reach the listener; ``raw=False`` reads each file and sends
-    the dataset re-encoded.
+    Files are sent as they are on disk (no decode), which is how malformed bytes reach the listener.
     """
-    if not raw:
-        items = [item if isinstance(item, Dataset) else dcmread(item) for item in items]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
     pairs = set()
