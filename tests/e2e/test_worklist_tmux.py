@@ -53,14 +53,12 @@ def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
         assert top < next(i for i, line in enumerate(lines) if "XR WRIST" in line)  # urgency order
 
         _tmux("send-keys", "-t", session, "C-q")
-        wait_for(
-            lambda: session not in _tmux("list-sessions", "-F", "#{session_name}") if _server_up() else True,
-            timeout=20,
-            what="the worklist to quit on ctrl+q",
-        )
+        wait_for(lambda: _session_gone(session), timeout=20, what="the worklist to quit on ctrl+q")
     finally:
         subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True, timeout=10)
 
 
-def _server_up() -> bool:
-    return subprocess.run([TMUX, "list-sessions"], capture_output=True, timeout=10).returncode == 0
+def _session_gone(session: str) -> bool:
+    """One look (the tmux server exits with its last session, so asking twice races it)."""
+    done = subprocess.run([TMUX, "list-sessions", "-F", "#{session_name}"], capture_output=True, text=True, timeout=10)
+    return done.returncode != 0 or session not in done.stdout.split()
