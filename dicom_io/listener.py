@@ -5,6 +5,11 @@ lists (uncompressed, deflated, JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE,
 ...): the bytes are stored as received, so no codec is needed to accept them.
 Each association runs in its own thread (:mod:`dicom_io.association`).
 
+A connection is judged before it costs a thread: its address must be allowed
+(``allowed_peers``, or a known peer's hosts) and within the caps on open
+connections, in total and per address; otherwise it is closed at ``accept()``.
+A reaper thread closes connections whose ARTIM or PDU deadline has passed.
+
 In ``triage serve`` several listener processes accept from one socket that the
 main process listens on (:class:`SharedSocket`).
 """
@@ -16,6 +21,7 @@ import logging
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import MutableSequence, Sequence
@@ -31,6 +37,8 @@ from dicom_io.errors import DicomNetworkError, OptionsError
 from dicom_io.ingest import Ingestor
 
 log = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 0.25  # how often deadlines are checked: they are enforced to within this
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,17 @@ class TLSOptions:
 
 
 @dataclass(frozen=True)
+class KnownPeer:
+    """A calling AE title and the hosts (IPs or CIDR networks) it may call from, like Orthanc's ``DicomModalities``."""
+
+    ae_title: str
+    hosts: tuple[str, ...]
+
+
+ANY_CALLED_AE = "*"  # in ``called_ae_titles``: answer to any called AE title
+
+
+@dataclass(frozen=True)
 class ListenerOptions:
     """What the listener needs, as plain values (the application builds them from its settings, already checked)."""
 
@@ -58,7 +77,13 @@ class ListenerOptions:
     max_pdu: int = 1 << 20  # our Maximum PDU Length (PS3.8 D.3.3.1); 0 means unlimited
     network_timeout: float = 60.0
     allowed_ae_titles: tuple[str, ...] = ()  # empty: every calling AE title is accepted
-    allowed_peers: tuple[str, ...] = ()  # IPs or CIDR networks; empty: every peer is accepted
+    allowed_peers: tuple[str, ...] = ()  # IPs or CIDR networks; empty: every peer is accepted (unless ``peers`` is set)
+    # Known peers: when set, a calling AE title is accepted only from its hosts, and other addresses are closed at accept.
+    peers: tuple[KnownPeer, ...] = ()
+    # Called AE titles answered besides ``ae_title`` (PS3.8 9.3.4 reason 7 otherwise); "*" answers any.
+    called_ae_titles: tuple[str, ...] = ()
+    max_per_peer: int = 16  # open connections from one address (across all listener processes)
+    acse_timeout: float = 30.0  # ARTIM: connect to a complete A-ASSOCIATE-RQ, TLS handshake included
     shutdown_grace: float = 5.0  # on stop: how long associations may take to release by themselves
     tls: TLSOptions = TLSOptions()
     implementation_version: str = "DICOM_IO"  # Implementation Version Name we send and write (16 chars at most)
@@ -86,7 +111,7 @@ def tls_context(tls: TLSOptions) -> ssl.SSLContext | None:
 
 
 class _PeerFilter:
-    """Refuses TCP connections from addresses outside ``allowed_peers``."""
+    """Whether an address is in a list of IPs and CIDR networks (an empty list allows every address)."""
 
     def __init__(self, allowed: Sequence[str]) -> None:
         self.networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
@@ -99,6 +124,28 @@ class _PeerFilter:
         except ValueError:
             return False
         return any(ip in net for net in self.networks)
+
+
+class _KnownPeers:
+    """Calling AE title -> the hosts it may call from."""
+
+    def __init__(self, peers: Sequence[KnownPeer]) -> None:
+        self.hosts = {p.ae_title: _PeerFilter(p.hosts) for p in peers}
+        self.any_host = _PeerFilter([h for p in peers for h in p.hosts])
+
+    def __call__(self, ae_title: str, address: str) -> bool:
+        allowed = self.hosts.get(ae_title)
+        return allowed is not None and allowed(address)
+
+
+@dataclass
+class _Connection:
+    """An open connection, from accept() to close; ``assoc`` once its Association exists."""
+
+    sock: socket.socket
+    peer: tuple[str, int]
+    connected_at: float
+    assoc: Association | None = None
 
 
 @dataclass(frozen=True)
@@ -136,21 +183,31 @@ class Listener:
     def __init__(self, settings: ListenerOptions, ingestor: Ingestor) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        known = _KnownPeers(settings.peers) if settings.peers else None
+        # At accept: allowed_peers when given, else the known peers' hosts when there is a table, else everyone.
+        self._address_allowed = _PeerFilter(settings.allowed_peers) if settings.allowed_peers or known is None else known.any_host
+        called = None if ANY_CALLED_AE in settings.called_ae_titles else frozenset({settings.ae_title, *settings.called_ae_titles})
         self.policy = Policy(
             allowed_ae_titles=list(settings.allowed_ae_titles),
-            peer_allowed=_PeerFilter(settings.allowed_peers),
+            peer_allowed=self._address_allowed,
             max_pdu=settings.max_pdu,
             contexts=supported_contexts(),
             too_busy=lambda: self._total_active() > settings.max_associations,
             implementation_version=settings.implementation_version[:16],
+            called_ae_titles=called,
+            known_peer=known,
+            acse_timeout=settings.acse_timeout,
+            pdu_timeout=settings.network_timeout,
         )
         self._tls = tls_context(settings.tls)
         self._sock: socket.socket | None = None
         self._shared: SharedSocket | None = None
-        self._active: dict[threading.Thread, Association] = {}
+        self._active: dict[threading.Thread, _Connection] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._acceptor: threading.Thread | None = None
+        self._reaper: threading.Thread | None = None
+        self._dropped_logged: dict[str, tuple[float, int]] = {}  # address -> (last logged, dropped since)
 
     @property
     def port(self) -> int:
@@ -167,6 +224,8 @@ class Listener:
         self._sock.setblocking(False)
         self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
         self._acceptor.start()
+        self._reaper = threading.Thread(target=self._reap_loop, name="reaper", daemon=True)
+        self._reaper.start()
         if shared is None:
             log.info("listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port, " (TLS)" if self._tls else "")
 
@@ -208,18 +267,71 @@ class Listener:
                     if self._stopping.is_set():
                         return
                     raise
+                why = self._refusal(peer[0])
+                if why is not None:
+                    self._drop(conn, peer[0], why)
+                    continue
                 self._start_association(conn, peer)
+
+    def _caps(self) -> tuple[int, int]:
+        """(open connections, open connections per address) this process may hold.
+
+        The association limit plus a margin for connections still negotiating
+        (a rejected one needs a moment to read its A-ASSOCIATE-RJ); processes
+        sharing the port split the per-address cap, as they share the load evenly.
+        """
+        processes = len(self._shared.loads) if self._shared is not None else 1
+        total = self.settings.max_associations + max(4, self.settings.max_associations // 4)
+        per_peer = -(-self.settings.max_per_peer // processes)
+        return total, per_peer
+
+    def _refusal(self, address: str) -> str | None:
+        """Why a new connection from ``address`` is closed at once, or None to serve it."""
+        if not self._address_allowed(address):
+            return "address not allowed (listener.allowed_peers / listener.peers)"
+        total_cap, peer_cap = self._caps()
+        with self._lock:
+            total = len(self._active)
+            from_peer = sum(1 for c in self._active.values() if c.peer[0] == address)
+        if total >= total_cap:
+            return f"{total} connections open, the most this listener holds"
+        if from_peer >= peer_cap:
+            return f"{from_peer} connections open from this address (listener.max_per_peer)"
+        return None
+
+    def _drop(self, conn: socket.socket, address: str, why: str) -> None:
+        """Close a refused connection with a reset, logging at most once a minute per address."""
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        conn.close()
+        now = time.monotonic()
+        last, dropped = self._dropped_logged.get(address, (0.0, 0))
+        if now - last >= 60.0:
+            more = f" ({dropped} more since the last message)" if dropped else ""
+            log.warning("connection from %s closed at accept: %s%s", address, why, more)
+            if len(self._dropped_logged) > 4096:  # a scan of many addresses must not grow this without bound
+                self._dropped_logged.clear()
+            self._dropped_logged[address] = (now, 0)
+        else:
+            self._dropped_logged[address] = (last, dropped + 1)
 
     def _start_association(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         conn.setblocking(True)
         conn.settimeout(self.settings.network_timeout)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        thread = threading.Thread(target=self._run_association, args=(conn, peer), daemon=True)
+        record = _Connection(conn, peer, time.monotonic())
+        thread = threading.Thread(target=self._run_association, args=(record,), daemon=True)
         thread.name = f"assoc-{peer[0]}:{peer[1]}"
+        with self._lock:
+            self._active[thread] = record
+        self._publish_load()
         thread.start()
 
-    def _run_association(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _run_association(self, record: _Connection) -> None:
         me = threading.current_thread()
+        conn, peer = record.sock, record.peer
         try:
             if self._tls is not None:
                 try:
@@ -228,15 +340,33 @@ class Listener:
                     log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc)
                     conn.close()
                     return
-            assoc = Association(conn, peer, self.policy, self.ingestor)
-            with self._lock:
-                self._active[me] = assoc
-            self._publish_load()
+                record.sock = conn
+            assoc = Association(conn, peer, self.policy, self.ingestor, connected_at=record.connected_at)
+            record.assoc = assoc
             assoc.run()
         finally:
             with self._lock:
                 self._active.pop(me, None)
             self._publish_load()
+
+    def _reap_loop(self) -> None:
+        """Close connections whose deadline passed: ARTIM (connect to A-ASSOCIATE-RQ, TLS handshake included)
+        and the PDU being read (PS3.8 9.1.5). A blocked read cannot see time pass; this thread can."""
+        while not self._stopping.wait(REAP_INTERVAL_S):
+            now = time.monotonic()
+            with self._lock:
+                records = list(self._active.values())
+            for record in records:
+                assoc = record.assoc
+                if assoc is None:
+                    if now > record.connected_at + self.settings.acse_timeout:
+                        log.warning("connection from %s:%s closed: TLS handshake not done within the ARTIM time", *record.peer)
+                        _shutdown(record.sock)
+                    continue
+                deadline = assoc.deadline
+                if deadline is not None and now > deadline:
+                    why = "no complete A-ASSOCIATE-RQ within the ARTIM time" if assoc.artim is not None else "a PDU took too long"
+                    assoc.expire(f"timed out: {why}")
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let active associations finish for ``grace`` seconds,
@@ -253,9 +383,21 @@ class Listener:
             time.sleep(0.05)
         with self._lock:
             remaining = dict(self._active)
-        for assoc in remaining.values():
-            assoc.abort()
+        for record in remaining.values():
+            if record.assoc is not None:
+                record.assoc.abort()
+            else:
+                _shutdown(record.sock)
         self.ingestor.wait_idle()
         for thread in remaining:
             thread.join(timeout=5)
+        if self._reaper is not None:
+            self._reaper.join()
         log.info("listener stopped")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

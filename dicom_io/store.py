@@ -1,11 +1,15 @@
 """The durable instance store: received bytes, as received, on disk.
 
 Layout: ``<root>/studies/<study uid>/<series uid>/<sop uid>.dcm``. A file is
-written to a temporary name in its series directory, fsynced, then linked to
-its final name (``os.link`` never overwrites, so two writers of one UID cannot
-clobber each other, even from two processes on one shared volume), and the
-directory is fsynced. Only then is the file durable, and only then may the
-caller acknowledge it.
+written to a temporary name, fsynced, then linked to its final name
+(``os.link`` never overwrites, so two writers of one UID cannot clobber each
+other, even from two processes on one shared volume), and the directory is
+fsynced. Only then is the file durable, and only then may the caller
+acknowledge it.
+
+An instance arriving over the network is written as its fragments arrive, to a
+:class:`Spool` in ``<root>/incoming`` (the same volume, so that it can be linked
+into place): a large instance never sits in memory, and its size is capped.
 """
 
 from __future__ import annotations
@@ -28,10 +32,83 @@ log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 INSTANCE_SUFFIX = ".dcm"
+INCOMING = "incoming"  # spools of instances being received
+# Patient data is not for every local user: folders rwxr-x---, files rw-r----- (the group: the readers').
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+SETGID = 0o2000  # on a folder: what is made in it gets the folder's group
+QUARANTINE = "quarantine"  # files found in the store that cannot be read (crash recovery puts them here)
 
 
 class OutOfSpaceError(StorageError):
     """The data volume is (nearly) full."""
+
+
+class InstanceTooLargeError(StorageError):
+    """An instance is larger than the configured maximum."""
+
+
+class Spool:
+    """One instance being received: a temporary file, hashed as it is written.
+
+    Made by :meth:`InstanceStore.open_spool`; :meth:`InstanceStore.adopt` links
+    it into place; :meth:`discard` removes it (always safe to call).
+    """
+
+    def __init__(self, path: Path, fd: int, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes  # 0: no limit
+        self.size = 0
+        self.dataset_offset = 0  # where the dataset starts, after preamble and file meta
+        self._fd: int | None = fd
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``.
+
+        Raises
+        ------
+        InstanceTooLargeError
+            The instance would exceed ``max_bytes`` (nothing more is written).
+        OutOfSpaceError, StorageError
+            The disk filled up, or another OS error.
+        """
+        if self._fd is None:
+            raise StorageError(f"spool {self.path.name} is closed")
+        if self.max_bytes and self.size + len(data) > self.max_bytes:
+            raise InstanceTooLargeError(f"instance larger than the maximum of {self.max_bytes // 2**20} MiB")
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpaceError("disk full while receiving an instance") from None
+            raise StorageError(f"cannot write {self.path.name}: {exc.strerror or exc}") from None
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def sync(self) -> None:
+        """Make the bytes durable (before the file is linked into place)."""
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {self.path.name}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        self.close()
+        _unlink_quietly(self.path)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -63,13 +140,29 @@ class InstanceStore:
     min_free_bytes
         Writes are refused with :class:`OutOfSpaceError` when the volume has
         less free space than this, so the index and the OS keep room to work.
+    group
+        The readers' group id: folders and files get it (folders setgid, so
+        that what another process makes in them gets it too); None keeps the
+        process's own group.
     """
 
-    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, min_free_bytes: int = 0, *, group: int | None = None) -> None:
         self.root = Path(root)
         self.studies = self.root / "studies"
         self.conflicts = self.root / "conflicts"
         self.min_free_bytes = min_free_bytes
+        self.group = group
+
+    def _own_dir(self, path: Path) -> None:
+        """Give a folder we made its mode and group (mkdir's mode is cut by the umask; chmod is exact)."""
+        if self.group is not None:
+            os.chown(path, -1, self.group)
+        os.chmod(path, DIR_MODE | (SETGID if self.group is not None else 0))
+
+    def _own_file(self, fd: int) -> None:
+        if self.group is not None:
+            os.fchown(fd, -1, self.group)
+        os.fchmod(fd, FILE_MODE)
 
     def relpath_for(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The indexed relative path; every UID is validated first (PS3.5 9.1)."""
@@ -96,9 +189,10 @@ class InstanceStore:
             d = d.parent
         for d in reversed(missing):
             try:
-                d.mkdir()
+                d.mkdir(mode=DIR_MODE)
             except FileExistsError:
                 continue  # another writer made it; it fsyncs its parent
+            self._own_dir(d)
             fsync_dir(d.parent)
 
     def write(self, relpath: str, payload: bytes, *, sync_dir: bool = True) -> WriteResult:
@@ -122,8 +216,9 @@ class InstanceStore:
         tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             self._make_dirs(final.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             try:
+                self._own_file(fd)
                 view = memoryview(payload)
                 while view:
                     written = os.write(fd, view)
@@ -161,12 +256,97 @@ class InstanceStore:
         except OSError:
             pass
 
-    def keep_conflict(self, sop_uid: str, sha256: str, payload: bytes) -> Path:
-        """Keep a payload that reused an existing SOP Instance UID with other bytes,
-        at ``conflicts/<sop>/<sha256>.dcm``, so nothing received is lost."""
+    def open_spool(self, max_bytes: int = 0) -> Spool:
+        """A new spool in ``<root>/incoming`` for an instance being received.
+
+        Raises
+        ------
+        OutOfSpaceError
+            Below the free-space reserve.
+        StorageError
+            The folder cannot be made or written.
+        """
+        self._check_space(0)
+        incoming = self.root / INCOMING
+        path = incoming / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        try:
+            self._make_dirs(incoming)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                self._own_file(fd)
+            except OSError:
+                os.close(fd)
+                _unlink_quietly(path)
+                raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpaceError("disk full: cannot receive an instance") from None
+            raise StorageError(f"cannot receive an instance in {incoming}: {exc.strerror or exc}") from None
+        return Spool(path, fd, max_bytes)
+
+    def spool_bytes(self, payload: bytes) -> Spool:
+        """A spool holding ``payload`` (instances that arrive whole: tests, tools)."""
+        spool = self.open_spool()
+        try:
+            spool.write(payload)
+        except BaseException:
+            spool.discard()
+            raise
+        return spool
+
+    def adopt(self, spool: Spool, relpath: str, *, sync_dir: bool = True) -> WriteResult:
+        """Link a spool's file durably at ``relpath`` unless a file is already there.
+
+        Same guarantees as :meth:`write`; with ``sync_dir=False`` the caller
+        fsyncs the folder. The spool is removed once linked, or on an error;
+        when a file was already there (``created`` False) it is left to the
+        caller, to keep aside or discard.
+        """
+        final = self.root / relpath
+        if final.exists():
+            return WriteResult(final, relpath, created=False)
+        try:
+            self._check_space(spool.size)
+            spool.sync()
+            self._make_dirs(final.parent)
+            try:
+                os.link(spool.path, final)
+            except FileExistsError:
+                return WriteResult(final, relpath, created=False)
+            spool.discard()
+            if sync_dir:
+                fsync_dir(final.parent)
+            return WriteResult(final, relpath, created=True)
+        except OSError as exc:
+            spool.discard()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpaceError(f"disk full writing {relpath}") from None
+            raise StorageError(f"cannot write {relpath}: {exc.strerror or exc}") from None
+        except StorageError:
+            spool.discard()
+            raise
+
+    def keep_conflict(self, sop_uid: str, sha256: str, spool: Spool) -> str:
+        """Keep an instance that reused an existing SOP Instance UID with other bytes,
+        at ``conflicts/<sop>/<sha256>.dcm``, so nothing received is lost; returns its relative path."""
         check_uid(sop_uid, "SOP Instance UID")
         relpath = f"conflicts/{sop_uid}/{sha256}{INSTANCE_SUFFIX}"
-        return self.write(relpath, payload).path
+        self.adopt(spool, relpath)
+        spool.discard()  # already kept (the same bytes set aside before)
+        return relpath
+
+    def quarantine(self, relpath: str) -> str:
+        """Move an unreadable file out of the store, to ``quarantine/<relpath>``; returns the new relative path."""
+        target = f"{QUARANTINE}/{relpath}"
+        source, dest = self.root / relpath, self.root / target
+        try:
+            self._make_dirs(dest.parent)
+            os.replace(source, dest)
+            fsync_dir(source.parent)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot quarantine {relpath}: {exc.strerror or exc}") from None
+        return target
 
     def clean_temp_files(self, older_than_s: float = 0.0) -> int:
         """Remove temporary files left by a crash; returns how many.
@@ -177,7 +357,7 @@ class InstanceStore:
         """
         removed = 0
         cutoff = time.time() - older_than_s
-        for base in (self.studies, self.conflicts):
+        for base in (self.studies, self.conflicts, self.root / INCOMING):
             if not base.exists():
                 continue
             for dirpath, _dirs, files in os.walk(base):

@@ -15,6 +15,17 @@ from triage.app.server import TriageServer
 from triage.config import Settings, load_settings
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user config dir (where the audit key file is created) in a temporary dir, never the real home.
+
+    Set in the environment, so that `triage` subprocesses find the same key.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+        yield
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings on ``tmp_path/data``, listening on a free loopback port."""

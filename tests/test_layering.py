@@ -61,7 +61,16 @@ def test_dependencies_point_one_way() -> None:
     assert violations() == []
 
 
-KERNEL = ("triage.errors", "triage.clock", "triage.config", "triage.logs", "triage.progress", "triage.vocabulary", "triage.__version__")
+KERNEL = (
+    "triage.errors",
+    "triage.clock",
+    "triage.config",
+    "triage.logs",
+    "triage.names",
+    "triage.progress",
+    "triage.vocabulary",
+    "triage.__version__",
+)
 # Inside triage: what each stage may import of triage (its own subpackage always; dicom_io and detectors as above).
 STAGES: dict[str, tuple[str, ...]] = {
     "store": KERNEL,

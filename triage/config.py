@@ -25,6 +25,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from triage.errors import ConfigError
+from triage.names import looks_alike, name_problem, normalise_name
 from triage.vocabulary import FINDING_KINDS, PRIORITY_CLASSES
 
 if TYPE_CHECKING:
@@ -36,6 +37,17 @@ DEFAULT_CONFIG_NAME = "triage.toml"
 _NON_SETTING_ENV = {"TRIAGE_CONFIG", "TRIAGE_USER"}  # TRIAGE_USER: the acting reader (triage case)
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
+
+
+def _check_networks(values: list[str]) -> list[str]:
+    import ipaddress
+
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address or CIDR network") from None
+    return values
 
 
 def _check_ae_title(value: str) -> str:
@@ -61,6 +73,23 @@ class TLSSettings(_Section):
         return self.cert is not None and self.key is not None
 
 
+class PeerSettings(_Section):
+    """One ``[[listener.peers]]`` entry: a calling AE title and the hosts it may call from."""
+
+    ae_title: str
+    hosts: list[str] = Field(min_length=1)  # IPs or CIDR networks
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, values: list[str]) -> list[str]:
+        return _check_networks(values)
+
+
 class ListenerSettings(_Section):
     ae_title: str = "TRIAGE"
     host: str = "0.0.0.0"
@@ -75,8 +104,18 @@ class ListenerSettings(_Section):
     network_timeout: float = Field(60.0, gt=0)
     # Empty list: every calling AE title is accepted.
     allowed_ae_titles: list[str] = Field(default_factory=list)
-    # Empty list: every peer address is accepted. Entries are IPs or CIDR networks.
+    # Empty list: every peer address is accepted (unless [[listener.peers]] is set). Entries are IPs or CIDR networks.
     allowed_peers: list[str] = Field(default_factory=list)
+    # Known peers (like Orthanc's DicomModalities): when set, a calling AE title is accepted only from
+    # its hosts, and connections from other addresses are closed at accept.
+    peers: list[PeerSettings] = Field(default_factory=list)
+    # Called AE titles answered besides ae_title (others are rejected, PS3.8 reason 7); "*" answers any.
+    called_ae_titles: list[str] = Field(default_factory=list)
+    # Open connections from one address, and ARTIM: connect to a complete A-ASSOCIATE-RQ (TLS included).
+    max_per_peer: int = Field(16, ge=1, le=1024)
+    acse_timeout: float = Field(30.0, gt=0)
+    # Instances larger than this are refused (0xA700); they stream to disk as they arrive, never into memory.
+    max_instance_mb: int = Field(4096, ge=1)
     # Refuse stores (0xA700) when the data volume has less free space than this.
     min_free_mb: int = Field(256, ge=0)
     # On SIGTERM: how long active associations may take to release by themselves.
@@ -89,7 +128,7 @@ class ListenerSettings(_Section):
 
     def options(self) -> ListenerOptions:
         """The plain options dicom_io's listener takes (it never reads the application's settings)."""
-        from dicom_io.listener import ListenerOptions, TLSOptions  # here: the listener imports pynetdicom
+        from dicom_io.listener import KnownPeer, ListenerOptions, TLSOptions  # here: the listener imports pynetdicom
         from triage import __version__
 
         tls = self.tls
@@ -102,6 +141,10 @@ class ListenerSettings(_Section):
             network_timeout=self.network_timeout,
             allowed_ae_titles=tuple(self.allowed_ae_titles),
             allowed_peers=tuple(self.allowed_peers),
+            peers=tuple(KnownPeer(p.ae_title, tuple(p.hosts)) for p in self.peers),
+            called_ae_titles=tuple(self.called_ae_titles),
+            max_per_peer=self.max_per_peer,
+            acse_timeout=self.acse_timeout,
             shutdown_grace=self.shutdown_grace,
             tls=TLSOptions(cert=tls.cert, key=tls.key, ca=tls.ca, require_client_cert=tls.require_client_cert),
             implementation_version=f"TRIAGE_{__version__}"[:16],
@@ -120,14 +163,21 @@ class ListenerSettings(_Section):
     @field_validator("allowed_peers")
     @classmethod
     def _check_peers(cls, values: list[str]) -> list[str]:
-        import ipaddress
+        return _check_networks(values)
 
-        for v in values:
-            try:
-                ipaddress.ip_network(v, strict=False)
-            except ValueError:
-                raise ValueError(f"{v!r} is not an IP address or CIDR network") from None
-        return values
+    @field_validator("called_ae_titles")
+    @classmethod
+    def _check_called(cls, values: list[str]) -> list[str]:
+        return [v if v == "*" else _check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _one_ae_rule(self) -> ListenerSettings:
+        if self.peers and self.allowed_ae_titles:
+            raise ValueError("set listener.peers or listener.allowed_ae_titles, not both (peers binds each AE title to its hosts)")
+        titles = [p.ae_title for p in self.peers]
+        if len(set(titles)) != len(titles):
+            raise ValueError("listener.peers: an AE title is listed twice (give one entry with all its hosts)")
+        return self
 
 
 def available_cores() -> int:
@@ -276,7 +326,40 @@ class WorklistSettings(_Section):
     # regions (detection aid); "flag_only" shows the flag and probability but no
     # marks on the image (passive triage).
     display: Literal["regions", "flag_only"] = "regions"
-    user: str = ""  # the reader's name for `triage worklist`; empty: --user, else the OS user
+    # The reader for `triage worklist`, among those this OS account may act as ([readers]); empty:
+    # --user, else the account's only reader (triage.reading.identity).
+    user: str = ""
+    # PAM service that checks an OS account's password when an auth = "pam" reader signs
+    # (a file in /etc/pam.d; "login" exists everywhere, a site may add its own "triage").
+    pam_service: str = Field("login", min_length=1, max_length=64)
+
+
+class ReaderSettings(_Section):
+    """One reader (``[readers.NAME]``): who they are, which OS accounts may act as them, how they sign.
+
+    See ``triage.reading.identity`` (who acts) and ``triage.reading.signing`` (the
+    second factor at signing, 21 CFR 11.200(a)(1)).
+    """
+
+    display_name: str = Field("", max_length=128)
+    # "admin" may also reset other readers' signing passwords (`triage readers passwd NAME`).
+    role: Literal["radiologist", "admin"] = "radiologist"
+    # OS accounts that may act as this reader; None: the account named like the reader.
+    os_accounts: list[str] | None = None
+    # What signing asks for: "password" (a per-reader secret, `triage readers passwd`)
+    # or "pam" (the OS account's own password, checked by PAM).
+    auth: Literal["password", "pam"] = "password"
+
+    @field_validator("os_accounts")
+    @classmethod
+    def _check_accounts(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None:
+            if not values:
+                raise ValueError("must name at least one OS account (or be left out)")
+            for v in values:
+                if not v.strip() or v != v.strip() or ":" in v or len(v) > 64:
+                    raise ValueError(f"{v!r} is not an OS account name")
+        return values
 
 
 class PipelineSettings(_Section):
@@ -350,6 +433,32 @@ class ResultsSettings(_Section):
         return _check_ae_title(value)
 
 
+class AuditSettings(_Section):
+    """The audit trail's key and anchors (``[audit]``, see ``triage.store.audit``)."""
+
+    # The HMAC key of the hash chain, kept outside the database (created 0600 on first use).
+    key_file: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir("triage")) / "audit.key")
+    # Where the server appends the chain's head now and then; empty: <data_dir>/audit-anchors.jsonl.
+    anchor_file: Path | None = None
+    anchor_interval_s: float = Field(300.0, gt=0)  # seconds between anchors (only when the head moved)
+
+    @field_validator("key_file", "anchor_file")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    def anchor_path(self, data_dir: Path) -> Path:
+        return self.anchor_file or data_dir / "audit-anchors.jsonl"
+
+
+class StorageSettings(_Section):
+    """``[storage]``: who may read the data directory (see ``triage.store.permissions``)."""
+
+    # The readers' group: folders and instances get it (rwxr-x---, rw-r-----), and the SQLite
+    # index is made rw-rw---- for it; empty: the server's account alone (rw-------).
+    group: str = ""
+
+
 class Settings(_Section):
     # What this `triage serve` runs: "all" (one machine), "listener" (receive and
     # index only) or "worker" (score jobs and send results only), for scale-out on PostgreSQL.
@@ -365,6 +474,27 @@ class Settings(_Section):
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    # The readers ([readers.NAME] tables); empty: every OS account acts as the reader of its own name.
+    readers: dict[str, ReaderSettings] = Field(default_factory=dict)
+
+    @field_validator("readers")
+    @classmethod
+    def _check_reader_names(cls, readers: dict[str, ReaderSettings]) -> dict[str, ReaderSettings]:
+        seen: list[str] = []
+        for name in readers:
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(f"reader [readers.{name}]: {problem}")
+            normal = normalise_name(name)
+            if normal != name:
+                raise ValueError(f"reader [readers.{name}]: write the name as {normal!r} (NFKC, no surrounding space)")
+            for other in seen:
+                if looks_alike(name, other):
+                    raise ValueError(f"reader [readers.{name}]: looks like reader {other!r}")
+            seen.append(name)
+        return readers
 
     @field_validator("log_level")
     @classmethod
@@ -441,6 +571,7 @@ _TABLE_VALUED = {
     "policy.order_points",
     "policy.targets_min",
     "detectors.operating_points",
+    "readers",  # reader names are keys and may contain dots ([readers."a.smith"])
 }
 
 

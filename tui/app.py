@@ -3,20 +3,22 @@
 The app holds the worklist service and the reader's name and shows the
 ranked list; a study opens in its own screen. Every change goes through the
 service (``triage.reading.service``), whose errors appear as notifications.
+The reader is the OS account's (``triage.reading.identity``); signing and
+amending ask for their password again (:meth:`WorklistApp.authenticate`).
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 
 from textual.app import App
 from textual.binding import Binding
 
 from triage.config import Settings
-from triage.errors import USER_ERRORS, TriageError
+from triage.errors import USER_ERRORS
+from triage.reading import identity, signing
 from triage.reading.service import WorklistService
-from triage.reading.states import check_user
+from triage.reading.states import NotPermitted, check_user
 from triage.store.db import make_engine
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,12 @@ class WorklistApp(App[None]):
         "regions" draws the AI's regions on the preview; "flag_only" does not.
     poll_interval
         Seconds between looks for changes (new studies, new results, other readers).
+    reader, account
+        The reader ``user`` names and the OS account running the app
+        (:func:`triage.reading.identity.acting_reader`); None: resolved from
+        the settings' ``[readers]`` and the process's account when signing.
+    pam
+        Asks PAM for ``auth = "pam"`` readers (injected by tests).
     """
 
     TITLE = "triage worklist"
@@ -44,10 +52,23 @@ class WorklistApp(App[None]):
     """
     BINDINGS = [Binding("question_mark", "help", "Keys", key_display="?"), Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    def __init__(self, service: WorklistService, user: str, *, display: str = "regions", poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        service: WorklistService,
+        user: str,
+        *,
+        display: str = "regions",
+        poll_interval: float = 0.5,
+        reader: identity.Reader | None = None,
+        account: str | None = None,
+        pam: signing.PamCheck = signing.pam_check,
+    ) -> None:
         super().__init__()
         self.service = service
         self.user = check_user(user, "use the worklist")
+        self.reader = reader
+        self.account = account
+        self.pam = pam
         self.display_mode = display  # not `display`: a textual style property of every widget
         self.blinded = service.settings.worklist.blinded
         self.poll_interval = poll_interval
@@ -62,6 +83,43 @@ class WorklistApp(App[None]):
         from tui.screens.study import StudyScreen
 
         self.push_screen(StudyScreen(study_uid))
+
+    def _signer(self) -> tuple[identity.Reader, str]:
+        account = self.account or identity.os_account()
+        reader = self.reader or identity.resolve_reader(self.service.settings.readers, account, self.user)
+        if reader.name != self.user:  # the name shown (and recorded) is the one that authenticates
+            raise NotPermitted(f"this worklist is {self.user}'s; it cannot sign as {reader.name}")
+        return reader, account
+
+    def password_prompt(self) -> str:
+        """Whose password signing asks for: the reader's signing password, or the OS account's (PAM)."""
+        try:
+            reader, account = self._signer()
+        except NotPermitted:
+            return f"Signing password for {self.user}"
+        if reader.auth is identity.AuthMethod.PAM:
+            return f"Password of OS account {account} (signing as {reader.name})"
+        return f"Signing password for {reader.name}"
+
+    def authenticate(self, secret: str) -> signing.SigningCredential:
+        """The reader's credential to sign or amend with (``triage.reading.signing.authenticate``).
+
+        Raises
+        ------
+        NotPermitted
+            If the account may not act as the reader, no password is set, the
+            password is wrong (``AuthenticationFailed``) or signing is locked.
+        """
+        reader, account = self._signer()
+        return signing.authenticate(
+            self.service.engine,
+            reader,
+            account,
+            secret,
+            pam_service=self.service.settings.worklist.pam_service,
+            pam=self.pam,
+            clock=self.service.clock,
+        )
 
     def report_error(self, exc: Exception) -> None:
         """A problem the reader can act on, shown as a notification (never a traceback)."""
@@ -84,21 +142,23 @@ class WorklistApp(App[None]):
 
 
 def default_user(settings: Settings, given: str | None) -> str:
-    """The reader: ``--user``, else ``[worklist] user``, else the OS user."""
-    if given:
-        return given
-    if settings.worklist.user:
-        return settings.worklist.user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        raise TriageError("who is reading? give --user NAME or set [worklist] user") from None
+    """The reader this OS account acts as: ``--user`` (else ``[worklist] user``) chooses among
+    the readers the account is mapped to (:func:`triage.reading.identity.acting_reader`).
+
+    Raises
+    ------
+    NotPermitted
+        If the account may not act as the reader asked for, or as any.
+    """
+    return identity.acting_reader(settings, given).name
 
 
 def build_app(settings: Settings, user: str | None = None, *, poll_interval: float = 0.5) -> WorklistApp:
-    """The app on the settings' study index, for ``user`` (see :func:`default_user`)."""
+    """The app on the settings' study index, for the reader this OS account acts as (see :func:`default_user`)."""
+    account = identity.os_account()
+    reader = identity.acting_reader(settings, user, account)
     service = WorklistService(make_engine(settings.db_url), settings)
-    return WorklistApp(service, default_user(settings, user), display=settings.worklist.display, poll_interval=poll_interval)
+    return WorklistApp(service, reader.name, display=settings.worklist.display, poll_interval=poll_interval, reader=reader, account=account)
 
 
 def run_worklist(settings: Settings, user: str | None = None) -> None:

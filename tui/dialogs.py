@@ -447,6 +447,55 @@ class CommentDialog(DialogBase["str | None"]):
         self.action_submit()
 
 
+class PasswordPrompt(DialogBase["str | None"]):
+    """Ask the reader's password again before a signature or an amendment.
+
+    The typed text is never shown (``Input(password=True)``); enter (or OK)
+    returns it, unstripped (spaces may be part of a password); escape (or
+    Cancel) returns None. The dialog does not check it: the screen passes it
+    to the app's ``authenticate`` (``triage.reading.signing``).
+
+    Parameters
+    ----------
+    title
+        What the password is for, e.g. "Sign as dr.ada".
+    prompt
+        Whose password: "Signing password for dr.ada", or the OS account's for PAM.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, prompt: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.prompt = prompt
+
+    def compose(self) -> ComposeResult:
+        with self.dialog_box("Password"):
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield Label(self.prompt, classes="dialog-note", markup=False)
+            yield Input(password=True, placeholder="password; enter to continue", id="password")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("OK", id="ok", variant="warning")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#password", Input).focus()
+
+    def action_submit(self) -> None:
+        self.dismiss(self.query_one("#password", Input).value)
+
+    @on(Input.Submitted, "#password")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_submit()
+
+    @on(Button.Pressed, "#ok")
+    def _ok_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_submit()
+
+
 class TableDialog(DialogBase[None]):
     """A read-only table in a large box; escape, q or Close closes it."""
 

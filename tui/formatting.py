@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from triage.clock import as_utc
+from triage.store.conflicts import differences_text
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,12 @@ def _instances_received(detail: Mapping[str, Any]) -> str:
     return text
 
 
+def _instance_conflict(detail: Mapping[str, Any]) -> str:
+    sender = detail.get("calling_ae") or detail.get("peer") or "?"
+    sop = _short_uid(detail.get("sop_instance_uid", "?"))
+    return f"{sop} re-sent by {sender} with other content, set aside: {differences_text(detail.get('differences') or {})}"
+
+
 def _series_complete(detail: Mapping[str, Any]) -> str:
     text = f"{detail.get('modality') or ''} series {_short_uid(detail.get('series_uid', '?'))}".strip()
     return f"{text}: {plural(int(detail.get('instances', 0)), 'instance')}"
@@ -215,6 +222,7 @@ _SUMMARIES = {
     "inference": _inference,
     "inference_failed": _inference_failed,
     "instances_received": _instances_received,
+    "instance_conflict": _instance_conflict,
     "series_complete": _series_complete,
     "rank_changed": _rank_changed,
     "claim": _claim,

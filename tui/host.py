@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from triage.reading.service import WorklistService
+from triage.reading.signing import SigningCredential
 
 BANNER = "AI output is a suggestion for ordering the worklist, not a diagnosis. The radiologist reads every study and signs every report."
 
@@ -23,5 +24,13 @@ class WorklistHost(Protocol):
     poll_interval: float
 
     def open_study(self, study_uid: str) -> None: ...
+
+    def password_prompt(self) -> str:
+        """Whose password signing asks for, as the prompt shows it."""
+        ...
+
+    def authenticate(self, secret: str) -> SigningCredential:
+        """The reader's credential to sign or amend with, if ``secret`` is their password (else raises)."""
+        ...
 
     def report_error(self, exc: Exception) -> None: ...

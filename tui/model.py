@@ -96,6 +96,16 @@ def wait_text(minutes: float) -> str:
     return f"{days}d{hours:02d}"
 
 
+CONFLICT_MARK = "⚠ "
+"""Before the patient in a row whose study has versions set aside (same SOP Instance UID, other content)."""
+
+
+def conflict_mark(item: WorklistItem) -> str:
+    """:data:`CONFLICT_MARK` when a sender re-sent one of the study's instances with
+    other content (its identity is in doubt until someone reconciles it), else ""."""
+    return CONFLICT_MARK if item.study.conflicts else ""
+
+
 def patient_text(item: WorklistItem) -> str:
     """Name, ID, sex and age: "DOE, JANE  P00001 F 64Y" (DICOM PN carets as a comma and spaces)."""
     s = item.study

@@ -24,7 +24,17 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from triage.reading.views import WorklistItem
-from tui.model import WorklistModel, badge_text, findings_summary, modality_labels, patient_text, status_kind, status_text, wait_text
+from tui.model import (
+    WorklistModel,
+    badge_text,
+    conflict_mark,
+    findings_summary,
+    modality_labels,
+    patient_text,
+    status_kind,
+    status_text,
+    wait_text,
+)
 
 
 @dataclass(frozen=True)
@@ -349,7 +359,8 @@ class WorklistTable(ScrollView, can_focus=True):
                 _fit(("!" if urgency.overdue else "") + wait_text(urgency.waiting_min), w["wait"], right=True),
                 self._style("worklist--overdue") if urgency.overdue else None,
             ),
-            (_fit(patient_text(item), w["patient"]), None),
+            # A conflicting re-send puts the identity in doubt: marked, and in the flag colour.
+            (_fit(conflict_mark(item) + patient_text(item), w["patient"]), self._style("worklist--flag") if s.conflicts else None),
             (_fit("/".join(modality_labels(s.modality)) or s.modality, w["modality"]), None),
             (_fit(s.description or "", w["description"]), None),
             self._findings_cells(item, w["findings"]),

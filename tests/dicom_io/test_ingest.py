@@ -24,8 +24,8 @@ class FailingIndex:
     def record(self, record: IndexRecord) -> bool:
         raise self.error
 
-    def record_conflict(self, sop_instance_uid: str) -> None:
-        pass
+    def record_conflict(self, record: IndexRecord, kept_relpath: str) -> None:
+        raise self.error
 
 
 @pytest.mark.parametrize(

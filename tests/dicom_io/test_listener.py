@@ -30,7 +30,7 @@ TRANSFER_SYNTAX_FILES = [
     ("MR_small_implicit.dcm", "1.2.840.10008.1.2"),  # implicit VR little endian
     ("MR_small_bigendian.dcm", "1.2.840.10008.1.2.2"),  # explicit VR big endian
     ("image_dfl.dcm", "1.2.840.10008.1.2.1.99"),  # deflated explicit VR little endian
-    ("SC_rgb_jpeg.dcm", "1.2.840.10008.1.2.4.50"),  # JPEG baseline
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50"),  # JPEG baseline
     ("JPGExtended.dcm", "1.2.840.10008.1.2.4.51"),  # JPEG extended
     ("SC_rgb_jpeg_gdcm.dcm", "1.2.840.10008.1.2.4.70"),  # JPEG lossless SV1
     ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
@@ -223,10 +223,12 @@ def test_calling_ae_allow_list(make_server) -> None:
         echo("127.0.0.1", server.port, calling_ae="BADAE")
 
 
-def test_peer_address_allow_list(make_server) -> None:
+def test_peer_address_allow_list(make_server, caplog) -> None:
     server = make_server(**{"listener.allowed_peers": ["10.0.0.0/8"]})
-    with pytest.raises(DicomNetworkError, match="rejected"):
+    # Closed at accept, before any thread or association slot: the peer sees the connection reset.
+    with pytest.raises(DicomNetworkError, match="could not be established"):
         echo("127.0.0.1", server.port, timeout=3)
+    assert "closed at accept: address not allowed" in caplog.text
     allowed = make_server(**{"listener.allowed_peers": ["127.0.0.0/8"]})
     assert echo("127.0.0.1", allowed.port) < 5
 

@@ -18,6 +18,7 @@ import pytest
 from dicom_io.send import find_dicom_files, replay
 from tests.e2e.support import LOCALHOST, ServeFactory, run_triage, wait_for
 from triage.config import load_settings
+from triage.reading import identity, signing
 from triage.reading.service import WorklistService
 from triage.store.db import make_engine
 
@@ -105,7 +106,10 @@ def test_a_read_is_audited_and_the_trail_detects_tampering(ranked) -> None:
     worklist.record_impression(top, "dr.ada", "Acute parenchymal haemorrhage.", kinds=["bleed"])
     worklist.feedback(top, "dr.ada", "agree", finding_id=view.findings[0].id)
     worklist.save_draft(top, "dr.ada", "Acute right parenchymal haemorrhage, 2 cm.")
-    worklist.sign(top, "dr.ada")
+    # Signing asks for the reader's second identification component: a signing password set here.
+    ada = identity.Reader("dr.ada", "Dr Ada", identity.Role.RADIOLOGIST, identity.AuthMethod.PASSWORD, ("e2e",))
+    signing.set_password(worklist.engine, ada, "e2e-signing-pw", by=ada, by_account="e2e")
+    worklist.sign(top, "dr.ada", signing.authenticate(worklist.engine, ada, "e2e", "e2e-signing-pw"))
 
     verified = run_triage("audit", "verify", "--data-dir", str(data))
     assert verified.returncode == 0, verified.stderr

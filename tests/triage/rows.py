@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from dicom_io.headers import InstanceHeader
 from dicom_io.ingest import IndexRecord
+from triage.store import audit
 from triage.store.models import AIFinding, Series, SeriesResult, Study
 
 T0 = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
@@ -52,8 +53,12 @@ def add_study(
     received: datetime = T0 - timedelta(minutes=5),
     order_priority: str | None = None,
     ai_status: str = "scored",
+    audited: bool = False,
 ) -> Added:
-    """A complete, scored one-series CT study with ``findings`` as (kind, probability, operating point)."""
+    """A complete, scored one-series CT study with ``findings`` as (kind, probability, operating point).
+
+    ``audited``: also the inference event the pipeline writes with such rows, for tests that verify the audit trail.
+    """
     n = next(_counter)
     with Session(engine) as s:
         study = Study(
@@ -78,12 +83,14 @@ def add_study(
         )
         s.add(series)
         s.flush()
-        ids = add_result(s, study.id, series.id, 0, findings)
+        ids = add_result(s, study.id, series.id, 0, findings, audited=audited)
         s.commit()
         return Added(uid, study.id, series.id, ids)
 
 
-def add_result(s: Session, study_pk: int, series_pk: int, generation: int, findings: tuple[tuple[str, float, float], ...]) -> list[int]:
+def add_result(
+    s: Session, study_pk: int, series_pk: int, generation: int, findings: tuple[tuple[str, float, float], ...], *, audited: bool = False
+) -> list[int]:
     result = SeriesResult(series_pk=series_pk, study_pk=study_pk, generation=generation, analysed=True)
     s.add(result)
     s.flush()
@@ -105,4 +112,23 @@ def add_result(s: Session, study_pk: int, series_pk: int, generation: int, findi
     ]
     s.add_all(rows)
     s.flush()
+    if not audited:
+        return [r.id for r in rows]
+    # The inference event the pipeline writes with such rows (triage.flow.pipeline.record_result), so that
+    # `audit.verify` finds them agreeing with the chain. No study uid: a study's history stays the readers' own.
+    series = s.get(Series, series_pk)
+    assert series is not None
+    outputs = [
+        {
+            "kind": r.kind,
+            "probability": r.probability,
+            "operating_point": r.operating_point,
+            "urgent": r.urgent,
+            "regions": json.loads(r.regions),
+            "model": {"name": r.model_name, "version": r.model_version, "sha256": r.weights_sha256},
+        }
+        for r in rows
+    ]
+    detail = {"series_uid": series.series_uid, "generation": generation, "job": None, "outputs": outputs}
+    audit.append(s.connection(), actor=audit.AI_ACTOR, action=audit.Action.INFERENCE, study_uid=None, detail=detail)
     return [r.id for r in rows]

@@ -13,11 +13,21 @@ from textual.notifications import SeverityLevel
 
 from tests.triage.rows import Added
 from triage.clock import utcnow
+from triage.reading.identity import AuthMethod
+from triage.reading.service import WorklistService
+from triage.reading.signing import SigningCredential
 from triage.store import audit
 from triage.store.models import AIFinding, Series, SeriesResult, Study
 from tui.app import WorklistApp
 
 SIZE = (140, 44)  # terminal cells for run_test
+PASSWORD = "ada-signs-42"  # dr.ada's signing password in the make_app fixture
+
+
+def sign_directly(service: WorklistService, study_uid: str, user: str) -> int:
+    """Sign as ``user`` with a credential made here (set-up steps that are not the test's subject)."""
+    credential = SigningCredential(reader=user, method=AuthMethod.PASSWORD, os_account="test-os", at=service.clock())
+    return service.sign(study_uid, user, credential)
 
 
 _counter = itertools.count(1)

@@ -18,7 +18,7 @@ from textual.pilot import Pilot
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, DataTable, Input, Label, RadioButton, Static, TextArea
 
-from tests.tui.support import SIZE, add_study
+from tests.tui.support import SIZE, add_study, sign_directly
 from triage.config import Settings
 from triage.reading.service import WorklistService
 from triage.reading.views import StudyFacts
@@ -359,7 +359,7 @@ def _real_history(engine: Engine, settings: Settings) -> tuple[str, list[dict[st
     service.claim(added.uid, "dr.ada")
     service.record_impression(added.uid, "dr.ada", "left SDH", ["bleed"])
     service.save_draft(added.uid, "dr.ada", "FINDINGS: left subdural haematoma.")
-    service.sign(added.uid, "dr.ada")
+    sign_directly(service, added.uid, "dr.ada")
     return added.uid, service.history(added.uid)
 
 

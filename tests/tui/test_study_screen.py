@@ -20,8 +20,9 @@ from textual import events
 from textual.widgets import Input, Static, TextArea
 
 from dicom_io.store import InstanceStore
-from tests.tui.support import SIZE, RecordingApp, add_study
+from tests.tui.support import PASSWORD, SIZE, RecordingApp, add_study, sign_directly
 from triage.config import Settings
+from triage.reading.identity import os_account
 from triage.reading.service import WorklistService
 from triage.reading.views import HIDDEN_REASON
 from triage.store.index import SqlIndex
@@ -30,7 +31,7 @@ from triage.store.recovery import recover
 from triage.store.tables import SERIES, STUDY
 from triage.vocabulary import ReadState, ReportStatus, Verdict
 from tui.app import WorklistApp
-from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
+from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, PasswordPrompt, ReportEditor
 from tui.imaging import BOX_COLOUR
 from tui.preview import HalfBlockImage, ImagePreview
 from tui.screens.study import StudyScreen
@@ -279,15 +280,35 @@ def test_draft_and_sign_through_the_dialogs(make_app, engine: Engine) -> None:
             await pilot.pause()
             assert service_of(app).open(added.uid, "dr.ada").reports[-1].status is ReportStatus.DRAFT
 
+            # Confirmed, then the password again; a wrong one is a notification and signs nothing.
             await pilot.press("s")
             await pilot.pause()
             await pilot.click("#sign")
+            await pilot.pause()
+            prompt = app.screen
+            assert isinstance(prompt, PasswordPrompt) and prompt.query_one("#password", Input).password
+            assert "Signing password for dr.ada" in prompt.prompt
+            await type_text(pilot, "not-the-password")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, StudyScreen)
+            assert any("wrong signing password for dr.ada" in e for e in errors(app))
+            assert service_of(app).open(added.uid, "dr.ada").reports[-1].status is ReportStatus.DRAFT
+
+            await pilot.press("s")
+            await pilot.pause()
+            await pilot.click("#sign")
+            await pilot.pause()
+            await type_text(pilot, PASSWORD)
+            await pilot.press("enter")
             await pilot.pause()
             view = service_of(app).open(added.uid, "dr.ada")
             (signed,) = view.reports
             assert (signed.status, signed.signed_by) == (ReportStatus.SIGNED, "dr.ada")
             assert view.study.read_state is ReadState.SIGNED and view.study.claimed_by is None
             assert "v1 signed by dr.ada" in screen_text(app)
+            sign_event = [e for e in service_of(app).history(added.uid) if e["action"] == "sign"][-1]
+            assert sign_event["detail"]["auth"] == "password" and sign_event["detail"]["os_account"] == os_account()
 
     run(scenario)
 
@@ -349,16 +370,14 @@ def test_amend_a_signed_report(make_app, engine: Engine) -> None:
     service = app.service
     service.claim(added.uid, "dr.ada")
     service.save_draft(added.uid, "dr.ada", "No bleed.")
-    service.sign(added.uid, "dr.ada")
+    sign_directly(service, added.uid, "dr.ada")
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
             await open_study(app, pilot, added.uid)
-            await pilot.press("A")  # not claimed: refused
+            await pilot.press("A")  # not claimed: refused before the editor opens
             await pilot.pause()
-            if isinstance(app.screen, ReportEditor):
-                await pilot.press("ctrl+s")
-                await pilot.pause()
+            assert isinstance(app.screen, StudyScreen)
             assert any("has not claimed it" in e for e in errors(app))
             await pilot.press("c", "A")
             await pilot.pause()
@@ -369,6 +388,10 @@ def test_amend_a_signed_report(make_app, engine: Engine) -> None:
             area.text = "Small bleed, left."
             await pilot.press("ctrl+s")
             await pilot.pause()
+            assert isinstance(app.screen, PasswordPrompt)  # amending asks for the password too
+            await type_text(pilot, PASSWORD)
+            await pilot.press("enter")
+            await pilot.pause()
             view = service.open(added.uid, "dr.ada")
             first, second = view.reports
             assert first.status is ReportStatus.SIGNED and first.text == "No bleed."  # untouched
@@ -377,6 +400,9 @@ def test_amend_a_signed_report(make_app, engine: Engine) -> None:
             await pilot.press("s")
             await pilot.pause()
             await pilot.click("#sign")
+            await pilot.pause()
+            await type_text(pilot, PASSWORD)
+            await pilot.press("enter")
             await pilot.pause()
             assert [r.status for r in service.open(added.uid, "dr.ada").reports] == [ReportStatus.SIGNED] * 2
             assert "v2 signed by dr.ada" in screen_text(app) and "amends v1" in screen_text(app)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from triage import __version__
-from triage.app import cli_case
+from triage.app import cli_case, cli_readers
 from triage.app.plugins import add_bench_commands
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
@@ -73,6 +73,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     overrides.setdefault("log_level", getattr(args, "log_level", None))
     settings = load_settings(args.config, overrides=overrides)
     setup_logging(settings.log_level)
+    from triage.store.audit_key import set_key_file
+
+    set_key_file(settings.audit.key_file)  # every audit event this process appends or verifies uses [audit] key_file
     return settings
 
 
@@ -201,14 +204,35 @@ def _open_index(settings: Settings):
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from triage.store.audit import verify
 
-    result = verify(_open_index(_settings(args)))
+    settings = _settings(args)
+    result = verify(_open_index(settings), anchor_file=settings.audit.anchor_path(settings.data_dir))
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     elif result.ok:
-        print(f"audit trail intact: {result.events} events, hash chain verified")
+        print(f"audit trail intact: {result.events} events, keyed hash chain and anchors verified, current rows match it")
+    elif result.mismatches:
+        print(f"audit trail intact ({result.events} events), but {len(result.mismatches)} rows differ from it:", file=sys.stderr)
+        for line in result.mismatches:
+            print(f"  {line}", file=sys.stderr)
+    elif result.first_broken_seq is None:
+        print(f"audit trail BROKEN: {result.problem}", file=sys.stderr)
     else:
         print(f"audit trail BROKEN at event {result.first_broken_seq}: {result.problem}", file=sys.stderr)
     return 0 if result.ok else 3
+
+
+def _cmd_audit_anchor(args: argparse.Namespace) -> int:
+    from triage.store.audit import anchor
+    from triage.store.audit_key import key_file, read_key
+
+    settings = _settings(args)
+    path = settings.audit.anchor_path(settings.data_dir)
+    written = anchor(_open_index(settings), read_key(key_file()), path)
+    if written is None:
+        print("audit trail is empty: nothing to anchor")
+    else:
+        print(f"anchored event {written.seq} in {path}")
+    return 0
 
 
 def _parse_since(text: str | None):
@@ -667,19 +691,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_studies)
 
     p = sub.add_parser("worklist", help="the terminal worklist: ranked cases, why and where; claim, read, feedback, sign")
-    p.add_argument("--user", help="the reader (default: [worklist] user, else the OS user); every action is audited under it")
+    p.add_argument(
+        "--user", help="the reader, among those your OS account is mapped to in [readers] (default: [worklist] user, else the only one)"
+    )
     _add_index_args(p)
     p.set_defaults(func=_cmd_worklist)
 
     cli_case.add_parser(sub, _add_index_args, _open_worklist)
+    cli_readers.add_parser(sub, _add_index_args, _open_worklist)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
     asub = audit.add_subparsers(dest="audit", metavar="ACTION", required=True)
-    p = asub.add_parser("verify", help="check every event's hash and the chain; exit 3 naming the first broken event")
+    p = asub.add_parser(
+        "verify", help="check the keyed chain, the anchors and the current rows against the chain; exit 3 naming what differs"
+    )
     p.add_argument("--json", action="store_true", help="a JSON document instead of text")
     _add_store_args(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_audit_verify)
+    p = asub.add_parser("anchor", help="append the chain's head to [audit] anchor_file now (the server does it periodically)")
+    _add_store_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_audit_anchor)
     p = asub.add_parser("export", help="events as JSON lines, oldest first")
     p.add_argument("--since", metavar="WHEN", help="only events at or after this ISO 8601 time (UTC unless it says)")
     p.add_argument("--study", metavar="UID", help="only events of this Study Instance UID")
@@ -700,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default=str(SAMPLE_STUDIES), help="folder to replay (default: sample_studies/)")
     p.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
     p.add_argument("--once", action="store_true", help="print the ranked list and exit once every study is ranked (no terminal worklist)")
-    p.add_argument("--user", help="the reader shown in the worklist (default demo.reader)")
+    p.add_argument("--user", help="the reader in the worklist: the OS account's own name (the demo has no [readers] table)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_demo)
 

@@ -5,13 +5,17 @@ same rules hold: one reader at a time, only named humans, signed reports
 immutable, every action audited. For scripts, headless hosts and integration.
 
 (``triage worklist`` is the terminal UI; this is its command-line twin.)
-The acting user is ``--user`` or ``$TRIAGE_USER``; there is no default,
-because every action is recorded under that name.
+The acting reader is the OS account running the command, or the reader of
+``[readers]`` it is mapped to (``triage.reading.identity``); ``--user`` or
+``$TRIAGE_USER`` only chooses among those. ``sign`` and ``amend`` ask for the
+reader's password again (``triage.reading.signing``), on the terminal or with
+``--password-stdin``.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -21,18 +25,46 @@ from typing import Any
 
 from sqlalchemy import select
 
+from triage.app.case_conflicts import print_conflicts
+from triage.app.studies import conflicts_line
 from triage.errors import TriageError
+from triage.reading import identity, signing
 from triage.store.tables import STUDY
 from triage.vocabulary import FINDING_KINDS
 
 USER_ENV = "TRIAGE_USER"
 
 
-def _user(args: argparse.Namespace) -> str:
-    user = args.user or os.environ.get(USER_ENV, "")
-    if not user.strip():
-        raise TriageError(f"who is acting? give --user NAME or set ${USER_ENV} (every action is audited under it)")
-    return user
+def acting(args: argparse.Namespace, settings: Any) -> tuple[identity.Reader, str]:
+    """The acting reader and the OS account: ``--user``/``$TRIAGE_USER`` choose among the account's readers."""
+    account = identity.os_account()
+    requested = args.user or os.environ.get(USER_ENV) or None
+    return identity.acting_reader(settings, requested, account), account
+
+
+def read_secret(prompt: str, from_stdin: bool) -> str:
+    """A password: the first line of stdin with ``--password-stdin``, else asked on the terminal (not echoed)."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise TriageError("--password-stdin: nothing on standard input")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise TriageError("no terminal to ask for the password on: give it with --password-stdin")
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise TriageError("no password given") from None
+
+
+def credential_for(args: argparse.Namespace, service: Any, reader: identity.Reader, account: str) -> signing.SigningCredential:
+    """Ask the reader's password again and check it (the second identification component at signing)."""
+    if reader.auth is identity.AuthMethod.PAM:
+        prompt = f"password of OS account {account} (to sign as {reader.name}): "
+    else:
+        prompt = f"signing password for {reader.name}: "
+    secret = read_secret(prompt, args.password_stdin)
+    return signing.authenticate(service.engine, reader, account, secret, pam_service=service.settings.worklist.pam_service)
 
 
 def _text(args: argparse.Namespace) -> str:
@@ -70,6 +102,8 @@ def _show(view: Any) -> str:
         f"  priority {u.priority_class.value} (score {u.score:.1f}); AI {s.ai_status}" + (f": {s.ai_reason}" if s.ai_reason else ""),
         *[f"    why: {r}" for r in u.reasons],
     ]
+    if warning := conflicts_line(s):
+        lines.insert(3, f"  {warning}")
     if view.ai_hidden:
         lines.append("  AI findings hidden until you record your impression (blinded read)")
     for f in view.findings:
@@ -98,11 +132,14 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
     service = open_worklist(args)
     uid = resolve_study(service.engine, args.study)
     action = args.case
+    if action == "conflicts":
+        return print_conflicts(service.engine, uid, args.json)
     if action == "history":
         for event in service.history(uid):
             print(json.dumps(event, ensure_ascii=False, sort_keys=True))
         return 0
-    user = _user(args)
+    reader, account = acting(args, service.settings)
+    user = reader.name
     if action == "show":
         print(_show(service.open(uid, user)))
     elif action == "claim":
@@ -122,10 +159,11 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
         version = service.save_draft(uid, user, _text(args))
         print(f"draft report v{version} saved for {uid}")
     elif action == "sign":
-        version = service.sign(uid, user)
+        version = service.sign(uid, user, credential_for(args, service, reader, account))
         print(f"report v{version} of {uid} signed by {user}")
     elif action == "amend":
-        version = service.amend(uid, user, _text(args))
+        text = _text(args)
+        version = service.amend(uid, user, text, credential_for(args, service, reader, account))
         print(f"amendment v{version} drafted for {uid}; sign it with `triage case sign`")
     else:  # pragma: no cover - argparse restricts the choices
         print(f"unknown action {action}", file=sys.stderr)
@@ -141,7 +179,7 @@ def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None], 
     def action(name: str, help_text: str, text: bool = False) -> argparse.ArgumentParser:
         p = wsub.add_parser(name, help=help_text)
         p.add_argument("study", metavar="STUDY", help="Study Instance UID or accession number")
-        p.add_argument("--user", help=f"the acting radiologist (default ${USER_ENV})")
+        p.add_argument("--user", help=f"the reader to act as, among those your OS account is mapped to (default ${USER_ENV})")
         if text:
             p.add_argument("text", nargs="?", help="the text (or --file)")
             p.add_argument("--file", metavar="FILE", help="read the text from this file")
@@ -160,6 +198,10 @@ def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None], 
     p.add_argument("--kind", choices=FINDING_KINDS, help="for `missed`: what the AI missed")
     p.add_argument("--comment")
     action("draft", "save the report draft", text=True)
-    action("sign", "sign the draft (named humans only; a signed report never changes)")
-    action("amend", "start an amendment of the signed report: a new version pointing to it", text=True)
+    p = action("sign", "sign the draft (named humans only, asks your password again; a signed report never changes)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin (scripts)")
+    p = action("amend", "start an amendment of the signed report: a new version pointing to it (asks your password)", text=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin (scripts)")
     action("history", "the study's audit events as JSON lines")
+    p = action("conflicts", "versions set aside: re-sent under the study's SOP Instance UIDs with other content")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")

@@ -25,11 +25,15 @@ from triage.app.studies import format_table
 from triage.config import load_settings
 from triage.errors import TriageError
 from triage.progress import progress_bar
+from triage.reading import identity, signing
 from triage.reading.service import WorklistService
 from triage.reading.views import WorklistItem
 from triage.vocabulary import AIStatus
 
 RANKED_TIMEOUT_S = 300.0  # every sample study scored well within this on 2 CPU cores
+# The demo's reader (the OS account: the demo has no [readers] table) signs with this password,
+# set in the throw-away index; a real site sets each reader's with `triage readers passwd`.
+DEMO_SIGNING_PASSWORD = "demo-signing"
 
 
 def _signature(items: list[WorklistItem]) -> tuple[tuple[str, str, str], ...]:
@@ -65,7 +69,10 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: boo
                 summary = replay(files, "127.0.0.1", server.port, called_ae=settings.listener.ae_title, on_result=lambda *_: advance())
             print(f"sent {summary.sent}, failed {summary.failed} ({summary.images_per_s:.0f} images/s)")
             if not once and sys.stdin.isatty() and sys.stdout.isatty():
-                _open_worklist(server, user)
+                reader = _demo_reader(server, user)
+                print(f"reading as {reader.name}; signing asks for the demo's signing password: {DEMO_SIGNING_PASSWORD}")
+                time.sleep(2.0)  # long enough to read it before the worklist takes the screen
+                _open_worklist(server, reader.name)
                 return 0 if summary.failed == 0 else 1
             failed = _watch(WorklistService(server.engine, settings), stop)
             print(
@@ -83,7 +90,15 @@ def run_demo(samples: Path, port: int = 0, log_level: str = "WARNING", once: boo
     return 0 if summary.failed == 0 and not failed else 1
 
 
-def _open_worklist(server: TriageServer, user: str | None) -> None:
+def _demo_reader(server: TriageServer, user: str | None) -> identity.Reader:
+    """The OS account's reader (``--user`` may only name it), with the demo's signing password set."""
+    account = identity.os_account()
+    reader = identity.acting_reader(server.settings, user, account)
+    signing.set_password(server.engine, reader, DEMO_SIGNING_PASSWORD, by=reader, by_account=account)
+    return reader
+
+
+def _open_worklist(server: TriageServer, user: str) -> None:
     """The terminal worklist on the demo's index, live while the server scores; returns when the reader quits."""
     import logging
 
@@ -96,7 +111,7 @@ def _open_worklist(server: TriageServer, user: str | None) -> None:
         root.removeHandler(handler)
     root.addHandler(logging.FileHandler(server.settings.data_dir / "demo.log", encoding="utf-8"))
     root.setLevel(logging.WARNING)
-    run_worklist(server.settings, user or "demo.reader")
+    run_worklist(server.settings, user)
 
 
 def _watch(worklist: WorklistService, stop: threading.Event) -> bool:

@@ -20,6 +20,7 @@ from triage.clock import utcnow
 from triage.config import Settings
 from triage.logs import setup_logging
 from triage.store.index_rpc import IndexClient
+from triage.store.permissions import group_id
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,16 @@ def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connect
     # Ctrl-C reaches the whole process group: the main process decides, and
     # stops its listener processes with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
+    store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20, group=group_id(settings.storage.group))
 
     def on_lost() -> None:  # the main process died: stop now, free the port for a restart
         orphaned.set()
         stop.set()
 
     index = IndexClient(conn, on_lost=on_lost)
-    listener = Listener(settings.listener.options(), Ingestor(store, index, clock=utcnow))
+    listener = Listener(
+        settings.listener.options(), Ingestor(store, index, clock=utcnow, max_instance_bytes=settings.listener.max_instance_mb * 2**20)
+    )
     listener.start(shared)
     ready.set()
     stop.wait()

@@ -33,9 +33,11 @@ from triage.errors import TriageError
 from triage.flow.completeness import CompletenessMonitor
 from triage.flow.pipeline import ScoringWorker
 from triage.outbox.service import OutboxSender, on_recorded_hook
+from triage.store import audit
 from triage.store.db import make_engine
 from triage.store.index import SqlIndex
 from triage.store.index_rpc import serve_index
+from triage.store.permissions import group_id, prepare_data_dir
 from triage.store.recovery import recover
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,17 @@ class TriageServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        group = group_id(settings.storage.group)
+        prepare_data_dir(settings.data_dir, settings.db_url, group)
         self.engine = make_engine(settings.db_url)
-        self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20)
+        # The audit chain's key, checked now: a missing or wrong key file stops the server here, in one line.
+        audit_key = audit.prepare_key(self.engine, settings.audit.key_file)
+        audit.bind_key(self.engine, audit_key)
+        # Every role has the database, so every role anchors the chain's head (triage.store.audit_anchor).
+        self.anchorer = audit.Anchorer(
+            self.engine, audit_key, settings.audit.anchor_path(settings.data_dir), settings.audit.anchor_interval_s
+        )
+        self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20, group=group)
         self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
         self.processes = settings.listener.process_count
         # Roles (scale-out): a listener receives, indexes and decides completeness;
@@ -98,6 +108,7 @@ class TriageServer:
         (and sending) begin only if no stop was asked for by then, so the stop that
         follows has no series in flight to wait for.
         """
+        self.anchorer.start()
         if not self.receives:
             log.info("worker role: scoring jobs from %s", self.engine.url.render_as_string(hide_password=True))
             self._start_scoring(stopping)
@@ -112,7 +123,10 @@ class TriageServer:
         self.index.start()
         self.monitor.start()
         if self.processes == 1:
-            self.listener = Listener(self.settings.listener.options(), Ingestor(self.store, self.index, clock=utcnow))
+            self.listener = Listener(
+                self.settings.listener.options(),
+                Ingestor(self.store, self.index, clock=utcnow, max_instance_bytes=self.settings.listener.max_instance_mb * 2**20),
+            )
             self.listener.start()
             self._start_scoring(stopping)
             return
@@ -194,6 +208,7 @@ class TriageServer:
         if self.outbox is not None:
             self.outbox.stop()  # after scoring, which queues; what is not sent stays pending in the DB
         self.index.close()
+        self.anchorer.stop()  # last: the head after every event of this run
         self.engine.dispose()
         log.info("stopped")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from triage.outbox.service import ResultState
-from triage.reading.views import WorklistItem
+from triage.reading.views import StudyFacts, WorklistItem
 
 AI_LABEL = "AI suggestion, not a diagnosis"
 
@@ -48,6 +48,7 @@ def item_json(item: WorklistItem, results: Sequence[ResultState] | None = None) 
         "ai_hidden": item.ai_hidden,
         "read_state": s.read_state.value,
         "claimed_by": s.claimed_by,
+        "conflicts": s.conflicts,
         "findings": [f.as_json() | {"label": AI_LABEL} for f in item.findings],
     }
     if results is not None:
@@ -68,6 +69,19 @@ def results_line(states: Sequence[ResultState]) -> str:
             text += f" ({state.attempts} attempt{plural}{': ' + why if why else ''})"
         parts.append(text)
     return "; ".join(parts)
+
+
+def conflicts_line(study: StudyFacts) -> str | None:
+    """The warning for a study with versions set aside (re-sent under one of its
+    SOP Instance UIDs with other content), or None when it has none."""
+    if not study.conflicts:
+        return None
+    n = study.conflicts
+    versions = "version" if n == 1 else "versions"
+    return (
+        f"CONFLICT: {n} {versions} re-sent under this study's SOP Instance UIDs with other content, set aside "
+        f"(identity in doubt; see `triage case conflicts {study.study_uid}`)"
+    )
 
 
 def _findings_text(item: WorklistItem) -> str:
@@ -98,6 +112,9 @@ def format_table(items: list[WorklistItem], reasons: bool = True, results: Mappi
         )
         if reasons:
             lines.append(f"{'':5}why: {'; '.join(u.reasons)}")
+        warning = conflicts_line(s)
+        if warning:
+            lines.append(f"{'':5}{warning}")
         if results and results.get(s.study_uid):
             lines.append(f"{'':5}results: {results_line(results[s.study_uid])}")
     if not items:

@@ -291,7 +291,7 @@ def record_result(
                 "duration_s": round(duration_s, 3),
                 "inputs": [{"sop_instance_uid": i.sop_instance_uid, "sha256": i.sha256} for i in instances],
                 "models": sorted({json.dumps(o["model"], sort_keys=True) for o in outputs}),
-                "outputs": [{k: o[k] for k in ("kind", "probability", "operating_point", "urgent", "regions")} for o in outputs],
+                "outputs": [{k: o[k] for k in ("kind", "probability", "operating_point", "urgent", "regions", "model")} for o in outputs],
                 "failures": list(score.failures),
             },
         )

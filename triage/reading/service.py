@@ -38,6 +38,7 @@ from triage.config import Settings
 from triage.flow.cases import case_input, current_findings
 from triage.flow.policy import assess
 from triage.outbox import service as outbox
+from triage.reading.signing import SigningCredential, check_credential
 from triage.reading.states import (
     VERBS,
     ClaimConflict,
@@ -90,6 +91,11 @@ def _normalise_kinds(kinds: Iterable[str] | str, what: str) -> tuple[str, ...]:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _signature_detail(credential: SigningCredential) -> dict[str, str]:
+    """How the signer was identified (21 CFR 11.50: the signature's manifestation names its meaning and maker)."""
+    return {"auth": credential.method.value, "os_account": credential.os_account, "authenticated_at": credential.at.isoformat()}
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -562,12 +568,15 @@ class WorklistService:
             )
         return version
 
-    def sign(self, study_uid: str, user: str) -> int:
+    def sign(self, study_uid: str, user: str, credential: SigningCredential | None = None) -> int:
         """Sign the draft report: it becomes an immutable signed version and the study ``signed``.
 
-        Claimant only, in ``reading``, with a non-empty draft. The claim is
+        Claimant only, in ``reading``, with a non-empty draft, and with the
+        reader's fresh ``credential`` (:func:`triage.reading.signing.authenticate`:
+        the second identification component, 21 CFR 11.200). The claim is
         cleared. A signed version is never updated again; changes go into an
-        amendment (:meth:`amend`).
+        amendment (:meth:`amend`). The audit event records how the reader
+        authenticated and from which OS account.
 
         Returns
         -------
@@ -580,6 +589,7 @@ class WorklistService:
         """
         user = check_user(user, "sign")
         now = self._now()
+        credential = check_credential(credential, user, "sign", now)
         with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.SIGN, now)
             draft = self._newest_report(conn, study.id)
@@ -602,17 +612,24 @@ class WorklistService:
                 user,
                 ReadAction.SIGN,
                 study_uid,
-                {"version": draft.version, "report_id": draft.id, "amends_id": draft.amends_pk, "text_sha256": _sha256(draft.text)},
+                {
+                    "version": draft.version,
+                    "report_id": draft.id,
+                    "amends_id": draft.amends_pk,
+                    "text_sha256": _sha256(draft.text),
+                    **_signature_detail(credential),
+                },
                 now,
             )
         return int(draft.version)
 
-    def amend(self, study_uid: str, user: str, text: str) -> int:
+    def amend(self, study_uid: str, user: str, text: str, credential: SigningCredential | None = None) -> int:
         """Start an amendment of a signed report: a new draft version pointing to the newest signed one.
 
-        Claimant only (claim the signed study first), in ``signed``; the study
-        goes back to ``reading`` until :meth:`sign` signs the amendment. The
-        signed version is not changed.
+        Claimant only (claim the signed study first), in ``signed``, with the
+        reader's fresh ``credential`` as for :meth:`sign`; the study goes back
+        to ``reading`` until :meth:`sign` signs the amendment. The signed
+        version is not changed.
 
         Returns
         -------
@@ -627,6 +644,7 @@ class WorklistService:
         if not isinstance(text, str):
             raise InvalidInput(f"cannot amend study {study_uid}: text must be a string")
         now = self._now()
+        credential = check_credential(credential, user, "amend", now)
         with self._writing() as conn:
             study, target = self._claimant_step(conn, study_uid, user, ReadAction.AMEND, now)
             signed = self._newest_signed(conn, study.id)
@@ -653,7 +671,13 @@ class WorklistService:
                 user,
                 ReadAction.AMEND,
                 study_uid,
-                {"version": version, "amends_version": signed.version, "amends_id": signed.id, "text_sha256": _sha256(text)},
+                {
+                    "version": version,
+                    "amends_version": signed.version,
+                    "amends_id": signed.id,
+                    "text_sha256": _sha256(text),
+                    **_signature_detail(credential),
+                },
                 now,
             )
         return version

@@ -22,12 +22,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 
+from triage import names
 from triage.clock import as_utc
 from triage.errors import TriageError
 from triage.store import audit
 from triage.vocabulary import ReadState
 
-USER_MAX_CHARS = 64  # the user columns' width
+USER_MAX_CHARS = names.NAME_MAX_CHARS  # the user columns' width
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -135,25 +136,24 @@ def release_target(state: ReadState | str, work_recorded: bool) -> ReadState:
 
 
 def check_user(user: object, verb: str = "act") -> str:
-    """The acting user's name, stripped, if it names a human user.
+    """The acting user's name, NFKC-normalised and stripped, if it names a human user.
 
     Raises
     ------
     NotPermitted
-        If ``user`` is not a non-empty string, is too long, or is a reserved
-        system identity (the AI, the listener, "system"), compared case-insensitively.
+        If ``user`` is not a non-empty string, is too long, contains a control
+        character, or is or looks like a reserved system identity (the AI, the
+        listener, "system"): case aside, after NFKC, and through Unicode
+        confusables (``triage‐ai`` with U+2010, ``Ѕystem`` with a Cyrillic S;
+        see :func:`triage.names.name_problem`).
     """
-    if not isinstance(user, str) or not user.strip():
-        raise NotPermitted(f"cannot {verb}: a named user is required, got {user!r}")
-    name = user.strip()
-    folded = name.casefold()
-    if folded == audit.AI_ACTOR.casefold():
+    if isinstance(user, str) and names.normalise_name(user).casefold() == audit.AI_ACTOR.casefold():
         raise NotPermitted(f"the AI ({audit.AI_ACTOR}) cannot {verb}")
-    if folded in {actor.casefold() for actor in audit.RESERVED_ACTORS}:
-        raise NotPermitted(f"{name} is a reserved system identity and cannot {verb}")
-    if len(name) > USER_MAX_CHARS:
-        raise NotPermitted(f"cannot {verb}: user name longer than {USER_MAX_CHARS} characters")
-    return name
+    problem = names.name_problem(user, audit.RESERVED_ACTORS)
+    if problem is not None:
+        raise NotPermitted(f"cannot {verb}: {problem}")
+    assert isinstance(user, str)
+    return names.normalise_name(user)
 
 
 def utc_or_none(value: datetime | None) -> datetime | None:

@@ -51,6 +51,9 @@ class StudyFacts:
     read_state: ReadState
     claimed_by: str | None
     claim_expires: datetime | None
+    # Versions set aside because they reused one of the study's SOP Instance UIDs
+    # with other content (triage.store.conflicts): the study's identity is in doubt.
+    conflicts: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def study_facts(row: Any, now: datetime) -> StudyFacts:
         read_state=ReadState(row.read_state),
         claimed_by=row.claimed_by if live else None,
         claim_expires=utc_or_none(row.claim_expires) if live else None,
+        conflicts=row.conflicts,
     )
 
 

@@ -1,13 +1,15 @@
 """The audit trail: every inference and every human action, append-only and
-hash-chained.
+hash-chained with a key.
 
-Each event stores the SHA-256 of its own contents and the hash of the event
-before it, so that editing, deleting or reordering any event breaks the chain
+Each event stores the HMAC-SHA256 of its own contents, keyed with a secret
+kept outside the database (:mod:`triage.store.audit_key`), and the hash of the
+event before it, so that editing, deleting or reordering any event breaks the chain
 from there on; :func:`verify` finds the first break. One row, ``audit_head``,
 holds the last seq and hash: every append updates it, so concurrent writers
 serialise on it (a row lock on PostgreSQL, the one write lock on SQLite), and
 deleting the newest events (which leaves a valid but shorter chain) is seen as
-a head that runs past the table.
+a head that runs past the table. The head also records the key's id, so that
+a wrong or missing key file is named as such, not reported as a broken chain.
 
 An event is written by :func:`append` on the caller's connection, inside the
 caller's transaction: the event commits or rolls back with the change it
@@ -16,25 +18,41 @@ records. With an ORM ``Session``, pass ``session.connection()``.
 The hashed document of an event is the canonical JSON (sorted keys, no
 spaces, UTF-8, no NaN) of ``{seq, at, actor, action, study_uid, detail,
 prev_hash}`` where ``at`` is ISO 8601 UTC with microseconds and ``detail`` is
-the object stored (as canonical JSON) in the ``detail`` column; an auditor can
-recompute it from :func:`export`'s output alone.
+the object stored (as canonical JSON) in the ``detail`` column; an auditor
+with the key file can recompute it from :func:`export`'s output alone.
 
-A hash chain without a secret proves integrity against accidents and casual
-edits, not against someone who can rewrite the table and recompute every hash
-from the edit on; keep the exported JSON lines (or the head's hash) elsewhere
-to anchor it.
+:func:`verify` checks the chain, the anchors (:mod:`triage.store.audit_anchor`)
+and then the current rows against the chain (:mod:`triage.store.audit_state`):
+a signed report's text against its sign event's SHA-256, each finding against
+its inference event, each study's read state and claim against its last
+claim, release, sign or amend.
+
+What the key protects against: whoever can edit the database but cannot read
+the key file (a database administrator, a copied or restored database, another
+local user, a backup tool) cannot write an event, or rewrite the chain from an
+edit on, that verifies: without the key no valid HMAC can be made, and a chain
+rebuilt with another key (or with plain SHA-256) fails at its first event.
+What it does not protect against: someone who can read the key file (the
+accounts that run triage, root) can rebuild a valid chain; anchors written
+outside the database (and shipped with the logs) then still catch a chain
+rewritten or truncated before the newest anchor, but not events changed after
+it. Deleting the newest events and moving the head back is caught by the
+anchors only. Keep a backup of the key file apart from the database's: without
+it the chain can no longer be verified.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 from uuid import UUID
 
@@ -44,6 +62,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from triage.errors import DatabaseError, TriageError
+from triage.store.audit_anchor import Anchor, Anchorer, AnchorError, anchor, read_anchors
+from triage.store.audit_key import AuditKey, AuditKeyError, bind_key, create_key, key_for, read_key, set_key_file
+from triage.store.audit_state import ChainFacts, check_rows
 from triage.store.tables import EVENT, HEAD
 
 AI_ACTOR = "triage-ai"  # the AI's identity in the audit trail
@@ -66,6 +87,7 @@ class Action(str, enum.Enum):
     """What an audit event records (``AuditEvent.action``)."""
 
     INSTANCES_RECEIVED = "instances_received"
+    INSTANCE_CONFLICT = "instance_conflict"  # other content under an indexed SOP Instance UID, kept aside (triage.store.index)
     SERIES_COMPLETE = "series_complete"
     INFERENCE = "inference"
     INFERENCE_FAILED = "inference_failed"
@@ -79,6 +101,8 @@ class Action(str, enum.Enum):
     SIGN = "sign"
     AMEND = "amend"
     RESULT_SENT = "result_sent"  # an AI result or signed report acknowledged by a PACS (triage.outbox.service)
+    READER_PASSWORD_SET = "reader_password_set"  # a reader's signing password set or reset (triage.reading.signing)
+    SIGNATURE_REFUSED = "signature_refused"  # a wrong signing password or PAM refusal (21 CFR 11.300(d))
 
 
 class AuditError(TriageError):
@@ -100,16 +124,23 @@ class AuditVerification:
         The seq of the first event that fails (missing, out of order, edited),
         or None when ``ok`` or when the problem is the head row alone.
     problem
-        One line naming the event and the kind of breakage, or None when ``ok``.
+        One line naming the event and the kind of breakage, or None when ``ok``;
+        with an intact chain, the first row that differs from it.
+    mismatches
+        Every row that differs from the intact chain, one line each
+        ("report v1 of study X: text differs from its sign event (seq 42)").
     """
 
     ok: bool
     events: int
     first_broken_seq: int | None = None
     problem: str | None = None
+    mismatches: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        doc["mismatches"] = list(self.mismatches)
+        return doc
 
 
 # -- canonical JSON and hashing (pure) --------------------------------------
@@ -161,7 +192,9 @@ def _iso_utc(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _event_hash(*, seq: int, at_iso: str, actor: str, action: str, study_uid: str | None, detail: Any, prev_hash: str) -> str:
+def _event_hash(
+    *, secret: bytes, seq: int, at_iso: str, actor: str, action: str, study_uid: str | None, detail: Any, prev_hash: str
+) -> str:
     document = {
         "seq": seq,
         "at": at_iso,
@@ -171,7 +204,15 @@ def _event_hash(*, seq: int, at_iso: str, actor: str, action: str, study_uid: st
         "detail": detail,
         "prev_hash": prev_hash,
     }
-    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+    mac = _keyed(secret).copy()
+    mac.update(canonical_json(document).encode("utf-8"))
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    # A keyed HMAC to copy per event: copying skips the key setup (a fifth of an HMAC of a short event).
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 def _canonical_detail(detail: Mapping[str, Any]) -> tuple[str, Any]:
@@ -212,8 +253,8 @@ def _db_reason(exc: SQLAlchemyError) -> str:
 # -- writing ------------------------------------------------------------------
 
 
-def _lock_head(conn: Connection) -> tuple[int, str]:
-    """Create the head row if missing, lock it, return (seq, hash).
+def _lock_head(conn: Connection) -> tuple[int, str, str | None]:
+    """Create the head row if missing, lock it, return (seq, hash, key id).
 
     The insert comes first on purpose: on SQLite a write statement takes the
     database's one write lock, so the head read that follows sees the latest
@@ -233,8 +274,62 @@ def _lock_head(conn: Connection) -> tuple[int, str]:
                 conn.execute(insert(HEAD).values(**values))
         except IntegrityError:
             pass  # another writer created it first
-    row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()).one()
-    return int(row.seq), str(row.hash)
+    row = conn.execute(select(HEAD.c.seq, HEAD.c.hash, HEAD.c.key_id).where(HEAD.c.id == HEAD_ID).with_for_update()).one()
+    return int(row.seq), str(row.hash), row.key_id
+
+
+def _missing_key(path: Path, head_key_id: str | None) -> str:
+    return f"audit key file {path} is missing; this database's chain is keyed with key id {head_key_id}: restore the key file"
+
+
+def _check_key_id(key: AuditKey, head_seq: int, head_key_id: str | None) -> None:
+    if head_key_id is None:
+        if head_seq != 0:
+            raise AuditError(f"audit head has {head_seq} events but no key id (edited?); run `triage audit verify`")
+    elif head_key_id != key.key_id:
+        raise AuditKeyError(
+            f"audit key {key.path} (key id {key.key_id}) does not match this database's (key id {head_key_id}); restore the key file"
+        )
+
+
+def _key_to_append(engine: Engine, head_seq: int, head_key_id: str | None) -> AuditKey:
+    """The key for the next event: created on the chain's first append, else it must be the chain's."""
+    key, path = key_for(engine)
+    if key is None:
+        if head_seq != 0 or head_key_id is not None:
+            raise AuditKeyError(_missing_key(path, head_key_id))
+        key = create_key(path)
+    _check_key_id(key, head_seq, head_key_id)
+    return key
+
+
+def prepare_key(engine: Engine, path: Path) -> AuditKey:
+    """The key in ``path`` for ``engine``'s chain, created (0600) if the chain has no key yet.
+
+    The server calls it at start and binds the key (:func:`bind_key`), so that
+    a missing or wrong key stops it there with one line, not at the first event.
+
+    Raises
+    ------
+    AuditKeyError
+        If the file is missing while the chain has a key, is not the chain's
+        key, is open to other users, or cannot be read or created.
+    DatabaseError
+        If the database cannot be read.
+    """
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(select(HEAD.c.seq, HEAD.c.key_id).where(HEAD.c.id == HEAD_ID)).first()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read the audit head: {_db_reason(exc)}") from exc
+    head_seq, head_key_id = (int(head.seq), head.key_id) if head is not None else (0, None)
+    key = read_key(path)
+    if key is None:
+        if head_seq != 0 or head_key_id is not None:
+            raise AuditKeyError(_missing_key(path, head_key_id))
+        key = create_key(path)
+    _check_key_id(key, head_seq, head_key_id)
+    return key
 
 
 def lock_chain(conn: Connection) -> None:
@@ -316,10 +411,18 @@ def append(
         # path; SQLAlchemy's per-statement overhead was a fifth of ingest's CPU.
         return _append_sqlite(conn, at, actor, action_value, study_uid, detail_obj, detail_text)
     try:
-        head_seq, prev_hash = _lock_head(conn)
+        head_seq, prev_hash, head_key_id = _lock_head(conn)
+        key = _key_to_append(conn.engine, head_seq, head_key_id)
         seq = head_seq + 1
         digest = _event_hash(
-            seq=seq, at_iso=_iso_utc(at), actor=actor, action=action_value, study_uid=study_uid, detail=detail_obj, prev_hash=prev_hash
+            secret=key.secret,
+            seq=seq,
+            at_iso=_iso_utc(at),
+            actor=actor,
+            action=action_value,
+            study_uid=study_uid,
+            detail=detail_obj,
+            prev_hash=prev_hash,
         )
         conn.execute(
             insert(EVENT).values(
@@ -328,7 +431,9 @@ def append(
         )
         # Guarded on the old seq: on a database where FOR UPDATE were ignored,
         # a concurrent append shows up here instead of forking the chain.
-        moved = conn.execute(update(HEAD).where(HEAD.c.id == HEAD_ID, HEAD.c.seq == head_seq).values(seq=seq, hash=digest))
+        moved = conn.execute(
+            update(HEAD).where(HEAD.c.id == HEAD_ID, HEAD.c.seq == head_seq).values(seq=seq, hash=digest, key_id=key.key_id)
+        )
         if moved.rowcount != 1:
             raise DatabaseError(f"audit head moved during append of event {seq}; retry the transaction")
     except SQLAlchemyError as exc:
@@ -337,9 +442,9 @@ def append(
 
 
 _SQLITE_HEAD_INIT = "INSERT INTO audit_head (id, seq, hash) VALUES (?, 0, ?) ON CONFLICT (id) DO NOTHING"
-_SQLITE_HEAD = "SELECT seq, hash FROM audit_head WHERE id = ?"
+_SQLITE_HEAD = "SELECT seq, hash, key_id FROM audit_head WHERE id = ?"
 _SQLITE_EVENT = "INSERT INTO audit_event (seq, at, actor, action, study_uid, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_SQLITE_MOVE = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = ? AND seq = ?"
+_SQLITE_MOVE = "UPDATE audit_head SET seq = ?, hash = ?, key_id = ? WHERE id = ? AND seq = ?"
 
 
 def _append_sqlite(
@@ -353,14 +458,22 @@ def _append_sqlite(
     assert raw is not None, "a live connection has its driver connection"
     try:
         raw.execute(_SQLITE_HEAD_INIT, (HEAD_ID, GENESIS_HASH))  # takes the write lock first, see _lock_head
-        head_seq, prev_hash = raw.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
+        head_seq, prev_hash, head_key_id = raw.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
+        key = _key_to_append(conn.engine, int(head_seq), head_key_id)
         seq = int(head_seq) + 1
         digest = _event_hash(
-            seq=seq, at_iso=_iso_utc(at), actor=actor, action=action, study_uid=study_uid, detail=detail_obj, prev_hash=prev_hash
+            secret=key.secret,
+            seq=seq,
+            at_iso=_iso_utc(at),
+            actor=actor,
+            action=action,
+            study_uid=study_uid,
+            detail=detail_obj,
+            prev_hash=prev_hash,
         )
         stored_at = at.strftime("%Y-%m-%d %H:%M:%S.%f")
         raw.execute(_SQLITE_EVENT, (seq, stored_at, actor, action, study_uid, detail_text, prev_hash, digest))
-        if raw.execute(_SQLITE_MOVE, (seq, digest, HEAD_ID, int(head_seq))).rowcount != 1:
+        if raw.execute(_SQLITE_MOVE, (seq, digest, key.key_id, HEAD_ID, int(head_seq))).rowcount != 1:
             raise DatabaseError(f"audit head moved during append of event {seq}; retry the transaction")
     except sqlite3.Error as exc:
         raise DatabaseError(f"cannot append audit event ({action} by {actor}): {type(exc).__name__}: {exc}") from exc
@@ -433,18 +546,19 @@ def _row_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def _check_event(row: Any, prev_hash: str) -> str | None:
-    """What is wrong with an event in its right place, or None (pure)."""
+def _check_event(row: Any, prev_hash: str, secret: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """What is wrong with an event in its right place (None if nothing), and the event when readable (pure)."""
     seq = int(row.seq)
     if row.prev_hash != prev_hash:
         if seq == 1:
-            return "event 1: previous hash is not the chain's start (edited?)"
-        return f"event {seq}: previous hash does not match event {seq - 1} (chain broken)"
+            return "event 1: previous hash is not the chain's start (edited?)", None
+        return f"event {seq}: previous hash does not match event {seq - 1} (chain broken)", None
     try:
         ev = _row_dict(row)
     except _Unreadable as exc:
-        return f"event {seq}: {exc} (edited?)"
+        return f"event {seq}: {exc} (edited?)", None
     digest = _event_hash(
+        secret=secret,
         seq=seq,
         at_iso=ev["at"],
         actor=ev["actor"],
@@ -453,9 +567,9 @@ def _check_event(row: Any, prev_hash: str) -> str | None:
         detail=ev["detail"],
         prev_hash=ev["prev_hash"],
     )
-    if digest != row.hash:
-        return f"event {seq}: hash does not match its contents (edited?)"
-    return None
+    if not hmac.compare_digest(digest, str(row.hash)):
+        return f"event {seq}: hash does not match its contents (edited?)", ev
+    return None, ev
 
 
 def _check_head(head: Any, last_seq: int, last_hash: str) -> AuditVerification | None:
@@ -476,59 +590,145 @@ def _check_head(head: Any, last_seq: int, last_hash: str) -> AuditVerification |
     return AuditVerification(ok=True, events=last_seq)
 
 
-def verify(engine: Engine) -> AuditVerification:
-    """Walk the whole audit log and report the first event that breaks the chain.
+class _Walk:
+    """The chain read so far: where it ends, what its events say about the rows, and the anchors to meet."""
+
+    def __init__(self, secret: bytes, anchors: list[Anchor]) -> None:
+        self.secret = secret
+        self.anchored: dict[int, list[Anchor]] = {}
+        for a in anchors:
+            self.anchored.setdefault(a.seq, []).append(a)
+        self.facts = ChainFacts()
+        self.last_id: int | None = None
+        self.last_seq, self.last_hash = 0, GENESIS_HASH
+
+    def run(self, conn: Connection) -> AuditVerification:
+        """Read and check events from where the last run stopped up to the head; the verdict on the chain."""
+        reread = False
+        while True:
+            query = select(*_COLUMNS).order_by(EVENT.c.id).limit(_PAGE)
+            if self.last_id is not None:  # no lower bound on the first page: even an edited id <= 0 is read
+                query = query.where(EVENT.c.id > self.last_id)
+            rows = conn.execute(query).all()
+            if not rows:
+                head = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
+                verdict = _check_head(head, self.last_seq, self.last_hash)
+                if verdict is not None:
+                    return verdict
+                if reread:  # the head was read before this page: its events were committed by then
+                    assert head is not None  # _check_head decides a missing head
+                    problem = f"head says {head.seq} events, table ends at {self.last_seq} (deleted?)"
+                    return AuditVerification(False, self.last_seq, self.last_seq + 1, problem)
+                reread = True  # events may have been appended between the empty page and the head
+                continue
+            reread = False
+            for row in rows:
+                expected = self.last_seq + 1
+                if row.seq != expected:
+                    elsewhere = conn.execute(select(EVENT.c.id).where(EVENT.c.seq == expected)).first()
+                    kind = "out of order" if elsewhere is not None else "missing (deleted?)"
+                    return AuditVerification(False, self.last_seq, expected, f"event {expected} {kind}")
+                wrong, ev = _check_event(row, self.last_hash, self.secret)
+                if wrong is not None:
+                    return AuditVerification(False, self.last_seq, expected, wrong)
+                for a in self.anchored.get(expected, ()):
+                    if a.hash != row.hash:
+                        problem = f"event {expected}: hash differs from the anchor of {a.at} (chain rewritten?)"
+                        return AuditVerification(False, self.last_seq, expected, problem)
+                assert ev is not None  # a readable event when nothing is wrong
+                self.facts.observe(expected, ev["actor"], ev["action"], ev["study_uid"], ev["detail"])
+                self.last_id, self.last_seq, self.last_hash = row.id, expected, str(row.hash)  # equal to the digest just checked
+
+    def anchors_met(self) -> AuditVerification | None:
+        """A verdict if the chain falls short of an anchor (truncated, or the empty chain's anchor edited)."""
+        for a in self.anchored.get(0, ()):
+            if a.hash != GENESIS_HASH:
+                return AuditVerification(False, 0, None, f"the anchor of {a.at} names event 0 with a hash that is not the chain's start")
+        if self.anchored:
+            newest = max(self.anchored)
+            if newest > self.last_seq:
+                a = self.anchored[newest][-1]
+                problem = f"chain ends at event {self.last_seq}, but the anchor of {a.at} names event {newest} (truncated?)"
+                return AuditVerification(False, self.last_seq, self.last_seq + 1, problem)
+        return None
+
+
+_RECHECKS = 5  # rows that differ while the head moved: read the new events and check again, this often
+
+
+def verify(engine: Engine, key: AuditKey | None = None, anchor_file: Path | None = None) -> AuditVerification:
+    """Walk the whole audit log, meet the anchors, then check the current rows against the chain.
 
     Events are read in id (insertion) order, a page at a time, and must have
     seq 1, 2, 3, ... without gaps, each ``prev_hash`` equal to the hash of the
-    event before, each hash equal to the hash of its stored contents, and the
-    head row must name the last event's seq and hash. Appends running
-    meanwhile are fine: the head is read after the events, and events
-    committed in between are read and checked too.
+    event before, each hash equal to the keyed hash of its stored contents,
+    each anchored seq the anchored hash, and the head row must name the last
+    event's seq and hash; the chain must reach the newest anchor. Then each
+    signed report, draft, finding and study is compared with what the events
+    say of it (:mod:`triage.store.audit_state`). Appends running meanwhile are
+    fine: the head is read after the events, events committed in between are
+    read and checked too, and a row that differs while the head moved is
+    checked again against the new events.
+
+    Parameters
+    ----------
+    engine
+        The database.
+    key
+        The chain's key; by default the key for ``engine`` (bound, else the
+        process's key file, see :mod:`triage.store.audit_key`).
+    anchor_file
+        The anchors to check (``[audit] anchor_file``); None checks none.
 
     Returns
     -------
     AuditVerification
         ``ok`` with the number of events, or the first broken seq and the
-        problem in words ("event 17: hash does not match its contents (edited?)").
+        problem in words ("event 17: hash does not match its contents (edited?)"),
+        or, with an intact chain, every row that differs from it.
 
     Raises
     ------
+    AuditKeyError
+        If the key file is missing, unsafe, or not this database's key.
+    AnchorError
+        If the anchor file cannot be read or holds a line that is not an anchor.
     DatabaseError
         If the database cannot be read.
     """
-    last_id: int | None = None
-    last_seq, last_hash = 0, GENESIS_HASH
-    reread = False
+    anchors = read_anchors(anchor_file) if anchor_file is not None else []  # before the walk: each names a seq it reaches
     try:
         with engine.connect() as conn:
-            while True:
-                query = select(*_COLUMNS).order_by(EVENT.c.id).limit(_PAGE)
-                if last_id is not None:  # no lower bound on the first page: even an edited id <= 0 is read
-                    query = query.where(EVENT.c.id > last_id)
-                rows = conn.execute(query).all()
-                if not rows:
-                    head = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
-                    verdict = _check_head(head, last_seq, last_hash)
-                    if verdict is not None:
-                        return verdict
-                    if reread:  # the head was read before this page: its events were committed by then
-                        assert head is not None  # _check_head decides a missing head
-                        problem = f"head says {head.seq} events, table ends at {last_seq} (deleted?)"
-                        return AuditVerification(False, last_seq, last_seq + 1, problem)
-                    reread = True  # events may have been appended between the empty page and the head
-                    continue
-                reread = False
-                for row in rows:
-                    expected = last_seq + 1
-                    if row.seq != expected:
-                        elsewhere = conn.execute(select(EVENT.c.id).where(EVENT.c.seq == expected)).first()
-                        kind = "out of order" if elsewhere is not None else "missing (deleted?)"
-                        return AuditVerification(False, last_seq, expected, f"event {expected} {kind}")
-                    wrong = _check_event(row, last_hash)
-                    if wrong is not None:
-                        return AuditVerification(False, last_seq, expected, wrong)
-                    last_id, last_seq, last_hash = row.id, expected, str(row.hash)  # equal to the digest just checked
+            head = conn.execute(select(HEAD.c.seq, HEAD.c.key_id).where(HEAD.c.id == HEAD_ID)).first()
+            head_seq, head_key_id = (int(head.seq), head.key_id) if head is not None else (0, None)
+            path = key.path if key is not None else None
+            if key is None:
+                key, path = key_for(engine)
+            if head_key_id is None and head_seq > 0:
+                return AuditVerification(False, 0, None, f"audit head has {head_seq} events but no key id (edited?)")
+            secret = b""  # no key and no keyed event: nothing to hash with it
+            if key is not None:
+                _check_key_id(key, head_seq, head_key_id)
+                secret = key.secret
+            elif head_key_id is not None or conn.execute(select(EVENT.c.id).limit(1)).first() is not None:
+                raise AuditKeyError(_missing_key(path or Path("audit.key"), head_key_id))
+            walk = _Walk(secret, anchors)
+            verdict = walk.run(conn)
+            if verdict.ok:
+                verdict = walk.anchors_met() or verdict
+            if not verdict.ok:
+                return verdict
+            for _ in range(_RECHECKS):
+                mismatches = check_rows(conn, walk.facts)
+                if not mismatches:
+                    return verdict
+                moved = conn.execute(select(HEAD.c.seq).where(HEAD.c.id == HEAD_ID)).scalar()
+                if moved is None or moved <= walk.last_seq:
+                    break  # no event since the walk: the rows really differ
+                verdict = walk.run(conn)
+                if not verdict.ok:
+                    return verdict
+            return AuditVerification(False, walk.last_seq, None, mismatches[0], tuple(mismatches))
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot read the audit log: {_db_reason(exc)}") from exc
 
@@ -549,8 +749,8 @@ def export(engine: Engine, since: datetime | None = None, study_uid: str | None 
     ------
     dict
         ``seq``, ``at`` (ISO 8601 UTC), ``actor``, ``action``, ``study_uid``,
-        ``detail`` (the parsed object), ``prev_hash``, ``hash``: enough to
-        recompute each hash without the database.
+        ``detail`` (the parsed object), ``prev_hash``, ``hash``: with the key file,
+        enough to recompute each hash without the database.
 
     Raises
     ------
@@ -609,11 +809,20 @@ __all__ = [
     "RESERVED_ACTORS",
     "Action",
     "AuditError",
+    "Anchor",
+    "AnchorError",
+    "Anchorer",
+    "AuditKey",
+    "AuditKeyError",
     "AuditVerification",
+    "anchor",
     "append",
+    "bind_key",
     "canonical_json",
     "events_for_study",
     "export",
     "lock_chain",
+    "prepare_key",
+    "set_key_file",
     "verify",
 ]

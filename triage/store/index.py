@@ -31,7 +31,8 @@ from dicom_io.ingest import IndexRecord
 from dicom_io.store import fsync_dir
 from triage.errors import DatabaseError
 from triage.store import audit
-from triage.store.tables import INSTANCE, SERIES, STUDY
+from triage.store.conflicts import identity_differences
+from triage.store.tables import INSTANCE, INSTANCE_CONFLICT, SERIES, STUDY
 from triage.vocabulary import ReceiveStatus
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,27 @@ _INSERT_INSTANCES = {
     .returning(INSTANCE.c.sop_instance_uid, sort_by_parameter_order=True)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
+
+
+# The indexed version of a SOP Instance UID with its study's and series' identifying
+# fields (triage.store.conflicts.IDENTITY_FIELDS): what a conflicting payload is compared with.
+_KEPT_VERSION = (
+    select(
+        INSTANCE.c.id.label("instance_pk"),
+        INSTANCE.c.sha256,
+        SERIES.c.series_uid,
+        STUDY.c.id.label("study_pk"),
+        STUDY.c.study_uid,
+        STUDY.c.patient_id,
+        STUDY.c.patient_name,
+        STUDY.c.patient_birth_date,
+        STUDY.c.patient_sex,
+        STUDY.c.accession_number,
+    )
+    .join(SERIES, SERIES.c.id == INSTANCE.c.series_pk)
+    .join(STUDY, STUDY.c.id == SERIES.c.study_pk)
+    .where(INSTANCE.c.sop_instance_uid == bindparam("sop"))
+)
 
 
 # The same three statements as raw SQL for SQLite: on the one writer's hot path,
@@ -227,14 +249,72 @@ class SqlIndex:
             self._queue.put(_Pending(record, future))
         return future
 
-    def record_conflict(self, sop_instance_uid: str) -> None:
+    def record_conflict(self, record: IndexRecord, kept_relpath: str) -> None:
+        """Record a payload set aside because its SOP Instance UID is indexed with other bytes.
+
+        In one transaction: an ``instance_conflict`` row, the instance's and its
+        study's conflict counts, and an ``instance_conflict`` audit event naming
+        the identifying fields that differ. The same bytes set aside again are
+        the same conflict: nothing more is recorded (idempotent, like a repeated
+        instance).
+
+        Raises
+        ------
+        DatabaseError
+            If the index cannot record it (the ingest path answers a failure
+            status, and the sender's retry records it then).
+        """
+        sop = record.header.sop_instance_uid
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    update(INSTANCE).where(INSTANCE.c.sop_instance_uid == sop_instance_uid).values(conflicts=INSTANCE.c.conflicts + 1)
+                audit.lock_chain(conn)
+                kept = conn.execute(_KEPT_VERSION, {"sop": sop}).first()
+                if kept is None:  # cannot happen on the ingest path: it found the indexed version first
+                    raise DatabaseError(f"conflict on {sop}: no indexed instance with that SOP Instance UID")
+                differences = identity_differences(dict(kept._mapping), record.header)
+                dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+                # RETURNING says whether the row is new on both databases (rowcount does
+                # not on PostgreSQL once SQLAlchemy adds its own RETURNING).
+                inserted = conn.execute(
+                    dialect.insert(INSTANCE_CONFLICT)
+                    .values(
+                        study_pk=kept.study_pk,
+                        sop_instance_uid=sop,
+                        sha256=record.sha256,
+                        kept_sha256=kept.sha256,
+                        path=kept_relpath,
+                        received_at=record.received_at,
+                        calling_ae=record.calling_ae,
+                        peer_address=record.peer_address,
+                        differences=audit.canonical_json(differences),
+                    )
+                    .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
+                    .returning(INSTANCE_CONFLICT.c.id)
+                ).first()
+                if inserted is None:
+                    log.info("conflict on %s: payload %s was set aside before; not recorded again", sop, record.sha256[:12])
+                    return
+                conn.execute(update(INSTANCE).where(INSTANCE.c.id == kept.instance_pk).values(conflicts=INSTANCE.c.conflicts + 1))
+                conn.execute(update(STUDY).where(STUDY.c.id == kept.study_pk).values(conflicts=STUDY.c.conflicts + 1))
+                audit.append(
+                    conn,
+                    actor=audit.LISTENER_ACTOR,
+                    action=audit.Action.INSTANCE_CONFLICT,
+                    study_uid=kept.study_uid,
+                    at=record.received_at,
+                    detail={
+                        "sop_instance_uid": sop,
+                        "series_uid": kept.series_uid,
+                        "kept_sha256": kept.sha256,
+                        "sha256": record.sha256,
+                        "kept_aside": kept_relpath,
+                        "calling_ae": record.calling_ae,
+                        "peer": record.peer_address,
+                        "differences": differences,
+                    },
                 )
         except SQLAlchemyError as exc:
-            log.error("could not count a conflict for %s: %s", sop_instance_uid, _reason(exc))
+            raise DatabaseError(f"cannot record the conflict on {sop}: {exc.__class__.__name__}: {_reason(exc)}") from None
 
     # -- writer ------------------------------------------------------------
     def _run(self) -> None:

@@ -51,8 +51,9 @@ class IndexClient:
     def record(self, record: IndexRecord) -> bool:
         return self._call("record", record)
 
-    def record_conflict(self, sop_instance_uid: str) -> None:
-        self._call("record_conflict", sop_instance_uid)
+    def record_conflict(self, record: IndexRecord, kept_relpath: str) -> None:
+        # Answered once the main process has committed it (or with its error), like ``record``.
+        self._call("record_conflict", record, kept_relpath)
 
     def _call(self, method: str, *args: Any) -> Any:
         future: Future[Any] = Future()

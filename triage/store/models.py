@@ -61,6 +61,9 @@ class Study(StudyBase, table=True):
     read_state: str = Field(default=ReadState.UNREAD.value, sa_column=_status_column("unread"))
     claimed_by: str | None = Field(default=None, max_length=64)
     claim_expires: datetime | None = None
+    # Payloads that reused one of the study's SOP Instance UIDs with other content,
+    # kept aside (InstanceConflict); non-zero flags the study on every worklist view.
+    conflicts: int = 0
 
 
 class SeriesBase(SQLModel):
@@ -108,6 +111,29 @@ class InstanceBase(SQLModel):
 
 class Instance(InstanceBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
+
+
+class InstanceConflict(SQLModel, table=True):
+    """A payload that reused an indexed SOP Instance UID with other bytes, kept aside, never indexed.
+
+    One row per distinct payload (UID and SHA-256): the same bytes re-sent are
+    the same conflict. ``study_pk`` is the study of the kept (indexed) version.
+    """
+
+    __tablename__ = "instance_conflict"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_conflict_sop_sha"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_pk: int = Field(foreign_key="study.id", index=True)
+    sop_instance_uid: str = Field(max_length=64, index=True)
+    sha256: str = Field(max_length=64)  # of the payload set aside
+    kept_sha256: str = Field(max_length=64)  # of the indexed version
+    path: str = Field(max_length=255)  # relative to the data directory: conflicts/<sop>/<sha256>.dcm
+    received_at: datetime = Field(default_factory=utcnow)
+    calling_ae: str | None = Field(default=None, max_length=16)
+    peer_address: str | None = Field(default=None, max_length=64)
+    # JSON object: identifying field -> [kept value, set-aside value], for the fields that differ.
+    differences: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
 
 
 class Job(SQLModel, table=True):
@@ -240,6 +266,9 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(default="0" * 64, max_length=64)
+    # Which key the chain's HMACs use (triage.store.audit_key.AuditKey.key_id), set by the
+    # first append: a wrong or missing key file is then named as such, not as a broken chain.
+    key_id: str | None = Field(default=None, max_length=16)
 
 
 class OutboxItem(SQLModel, table=True):
@@ -268,3 +297,26 @@ class OutboxItem(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+
+
+class ReaderSecret(SQLModel, table=True):
+    """A reader's signing password, as a scrypt hash (``triage.reading.signing``); never the password."""
+
+    __tablename__ = "reader_secret"
+
+    reader: str = Field(primary_key=True, max_length=64)
+    # "scrypt$n$r$p$salt_hex$hash_hex": the parameters travel with the hash, so they can be raised later.
+    hash: str = Field(max_length=255)
+    set_at: datetime = Field(default_factory=utcnow)
+    set_by: str = Field(max_length=64)  # the reader, or the admin who reset it
+
+
+class ReaderLockout(SQLModel, table=True):
+    """Consecutive failed signing authentications of a reader, and the lock they caused (against guessing)."""
+
+    __tablename__ = "reader_lockout"
+
+    reader: str = Field(primary_key=True, max_length=64)
+    failures: int = 0
+    last_failure_at: datetime | None = None
+    locked_until: datetime | None = None

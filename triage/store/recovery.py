@@ -1,9 +1,10 @@
 """Crash recovery, run when ``triage serve`` starts.
 
-A crash (or ``kill -9``) can leave: temporary files of unfinished writes
-(removed), instance files that were durably written but not yet indexed
-(indexed now: their sender got no success, but the bytes are good), and series
-left "receiving" (the completeness monitor re-evaluates them from their
+A crash (or ``kill -9``) can leave: temporary files and spools of unfinished
+writes (removed), instance files that were durably written but not yet indexed
+(indexed now when they parse to the end: their sender got no success, but the
+bytes are good; moved to ``quarantine/`` when they do not, never indexed), and
+series left "receiving" (the completeness monitor re-evaluates them from their
 timestamps on its first pass).
 """
 
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from dicom_io.dataset_check import DatasetError
+from dicom_io.errors import StorageError
 from dicom_io.headers import HeaderError, read_header
-from dicom_io.ingest import IndexRecord
+from dicom_io.ingest import IndexRecord, check_file
 from dicom_io.store import InstanceStore, sha256_hex
 from triage.store.index import SqlIndex
 from triage.store.tables import INSTANCE, SERIES, STUDY
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 class RecoveryReport:
     temp_files_removed: int
     files_indexed: int
-    unreadable_files: int
+    unreadable_files: int  # moved to quarantine/, not indexed
     series_receiving: int
 
 
@@ -64,12 +67,17 @@ def recover(store: InstanceStore, index: SqlIndex, engine: Engine) -> RecoveryRe
         for relpath in store.instance_relpaths(study_dir):
             if relpath in known:
                 continue
-            payload = store.read(relpath)
             try:
+                check_file(store.root / relpath)
+                payload = store.read(relpath)
                 header = read_header(payload)
-            except HeaderError as exc:
+            except (DatasetError, HeaderError) as exc:
                 unreadable += 1
-                log.error("recovery: %s is in the store but unreadable (%s); left in place", relpath, exc)
+                try:
+                    moved = store.quarantine(relpath)
+                    log.error("recovery: %s is in the store but unreadable (%s); moved to %s, not indexed", relpath, exc, moved)
+                except StorageError as move_error:
+                    log.error("recovery: %s is in the store but unreadable (%s), not indexed; %s", relpath, exc, move_error)
                 continue
             index.record(IndexRecord(header, relpath, len(payload), sha256_hex(payload), None, None))
             indexed += 1
@@ -79,5 +87,7 @@ def recover(store: InstanceStore, index: SqlIndex, engine: Engine) -> RecoveryRe
         ).scalar_one()
     report = RecoveryReport(removed, indexed, unreadable, receiving)
     if removed or indexed or unreadable:
-        log.warning("recovery: removed %d temporary files, indexed %d unindexed instances, %d unreadable", removed, indexed, unreadable)
+        log.warning(
+            "recovery: removed %d temporary files, indexed %d unindexed instances, quarantined %d unreadable", removed, indexed, unreadable
+        )
     return report

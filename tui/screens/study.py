@@ -30,12 +30,13 @@ from textual.widgets import Footer, Static
 
 from triage.flow.cases import FindingRow
 from triage.reading.pixels import is_image_series
-from triage.reading.states import ClaimConflict, InvalidTransition, check_user
+from triage.reading.states import ClaimConflict, InvalidTransition, NotPermitted, check_user
 from triage.reading.views import HIDDEN_REASON, SeriesImages, StudyView
 from triage.vocabulary import Verdict
-from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, ReportEditor
+from tui.dialogs import CommentDialog, ConfirmSign, HistoryScreen, ImpressionDialog, MissedFindingDialog, PasswordPrompt, ReportEditor
 from tui.formatting import format_person_name
 from tui.host import WorklistHost
+from tui.model import CONFLICT_MARK
 from tui.preview import ImagePreview
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,13 @@ class StudyScreen(Screen[None]):
             text.append(f"  ID {s.patient_id}")
         text.append("\n")
         text.append(f"Sex {s.patient_sex or '?'}  Age {s.patient_age or '?'}\n")
+        if s.conflicts:
+            versions = "version" if s.conflicts == 1 else "versions"
+            text.append(
+                f"{CONFLICT_MARK}Conflict: {s.conflicts} {versions} re-sent with other content under this study's "
+                f"instance UIDs, set aside; identity in doubt (h: history; triage case conflicts)\n",
+                style="bold red",
+            )
         text.append(f"Accession {s.accession_number or '(none)'}  Date {s.study_date or '?'}\n")
         text.append(f"{s.modality.replace(chr(92), '/')} {s.description or ''}".strip() + "\n")
         text.append(f"Order priority {s.order_priority or '(none)'}")
@@ -480,13 +488,21 @@ class StudyScreen(Screen[None]):
             self._worklist_app.report_error(exc)
             return
 
-        def done(confirmed: bool | None) -> None:
-            if not confirmed:
+        def signed(secret: str | None) -> None:
+            if secret is None:
                 return
-            version = self._call(self._service.sign, self.study_uid, user)
+            # A wrong password is a notification and nothing is signed (the service is not called).
+            credential = self._call(self._worklist_app.authenticate, secret)
+            if credential is None:
+                return
+            version = self._call(self._service.sign, self.study_uid, user, credential)
             if version is not None:
                 self.notify(f"Signed version {version} as {user}")
             self.reload()
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.app.push_screen(PasswordPrompt(f"Sign as {user}", self._worklist_app.password_prompt()), signed)
 
         self.app.push_screen(ConfirmSign(user, view.study, newest.text), done)
 
@@ -498,15 +514,30 @@ class StudyScreen(Screen[None]):
         if signed is None:
             self._worklist_app.report_error(InvalidTransition(f"cannot amend study {self.study_uid}: no signed report"))
             return
+        if view.study.claimed_by != self._user:
+            # Refused before the editor and the password prompt, not after the reader typed both.
+            self._worklist_app.report_error(
+                NotPermitted(f"cannot amend study {self.study_uid}: {self._user} has not claimed it (claim it first)")
+            )
+            return
         label = view.study.accession_number or view.study.study_uid
+
+        def amended(text: str, secret: str | None) -> None:
+            if secret is None:
+                return
+            credential = self._call(self._worklist_app.authenticate, secret)
+            if credential is None:
+                return
+            version = self._call(self._service.amend, self.study_uid, self._user, text, credential)
+            if version is not None:
+                self.notify(f"Amendment started (version {version}); s signs it")
+            self.reload()
 
         def done(text: str | None) -> None:
             if text is None:
                 return
-            version = self._call(self._service.amend, self.study_uid, self._user, text)
-            if version is not None:
-                self.notify(f"Amendment started (version {version}); s signs it")
-            self.reload()
+            prompt = PasswordPrompt(f"Amend the signed report of {label} as {self._user}", self._worklist_app.password_prompt())
+            self.app.push_screen(prompt, lambda secret: amended(text, secret))
 
         self.app.push_screen(ReportEditor(f"Amend the signed report for {label}", signed), done)
 

@@ -46,7 +46,9 @@ from triage.outbox.service import (
     object_uids,
     on_recorded_hook,
 )
+from triage.reading.identity import AuthMethod
 from triage.reading.service import WorklistService
+from triage.reading.signing import SigningCredential
 from triage.store import audit
 from triage.store.models import AuditEvent, Instance, Series, Study
 from triage.store.tables import OUTBOX
@@ -295,13 +297,18 @@ def test_a_sender_claim_is_exclusive_until_its_lease_runs_out(start) -> None:
     assert built[0] == built[1]
 
 
+def _credential(service: WorklistService) -> SigningCredential:
+    """dr.jones's credential as ``signing.authenticate`` returns it (signing itself is tested in tests/triage/reading)."""
+    return SigningCredential(reader="dr.jones", method=AuthMethod.PASSWORD, os_account="jones", at=service.clock())
+
+
 def _read_and_sign(service: WorklistService, study_uid: str, text: str, amend: bool = False) -> None:
     service.claim(study_uid, "dr.jones")
     if amend:
-        service.amend(study_uid, "dr.jones", text)
+        service.amend(study_uid, "dr.jones", text, _credential(service))
     else:
         service.save_draft(study_uid, "dr.jones", text)
-    service.sign(study_uid, "dr.jones")
+    service.sign(study_uid, "dr.jones", _credential(service))
 
 
 def test_signing_queues_the_report_sr_and_nothing_goes_out_before(start) -> None:
@@ -313,7 +320,7 @@ def test_signing_queues_the_report_sr_and_nothing_goes_out_before(start) -> None
     service.save_draft(study_uid, "dr.jones", "draft: maybe a bleed")
     assert outbox_rows(source.engine) == []  # a draft is never queued
 
-    service.sign(study_uid, "dr.jones")
+    service.sign(study_uid, "dr.jones", _credential(service))
     (row,) = outbox_rows(source.engine)
     assert (row.kind, row.source_key) == ("report_sr", str(1))
     sent = wait_for(lambda: [r for r in outbox_rows(source.engine) if r.status == "sent"], "the report SR sent")

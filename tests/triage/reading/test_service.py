@@ -24,7 +24,9 @@ from sqlmodel import Session
 from tests.support import REPO_ROOT
 from tests.triage.rows import T0, add_result, add_study
 from triage.config import Settings, WorklistSettings
+from triage.reading.identity import AuthMethod
 from triage.reading.service import WorklistService
+from triage.reading.signing import SigningCredential
 from triage.reading.states import (
     TRANSITIONS,
     ClaimConflict,
@@ -84,6 +86,11 @@ def make_service(engine: Engine, clock: Clock, tmp_path: Path) -> Callable[..., 
 @pytest.fixture
 def svc(make_service: Callable[..., WorklistService]) -> WorklistService:
     return make_service()
+
+
+def cred(svc: WorklistService, user: str) -> SigningCredential:
+    """A fresh credential for ``user`` at the service's clock (what ``signing.authenticate`` returns)."""
+    return SigningCredential(reader=user, method=AuthMethod.PASSWORD, os_account="reader-os", at=svc.clock())
 
 
 def study_row(engine: Engine, uid: str) -> Study:
@@ -149,7 +156,7 @@ def bring_to(svc: WorklistService, uid: str, state: ReadState, *, draft: bool = 
     svc.claim(uid, A)
     if state is S:
         svc.save_draft(uid, A, "No acute intracranial haemorrhage.")
-        svc.sign(uid, A)
+        svc.sign(uid, A, cred(svc, A))
         svc.claim(uid, A)  # for an amendment
     elif draft:
         svc.save_draft(uid, A, "Draft.")
@@ -163,8 +170,8 @@ def perform(svc: WorklistService, uid: str, action: ReadAction, finding_id: int,
         Act.IMPRESSION: lambda: svc.record_impression(uid, user, "Bleed in the left parietal lobe.", ["bleed"]),
         Act.FEEDBACK: lambda: svc.feedback(uid, user, "agree", finding_id=finding_id),
         Act.DRAFT: lambda: svc.save_draft(uid, user, "Report text."),
-        Act.SIGN: lambda: svc.sign(uid, user),
-        Act.AMEND: lambda: svc.amend(uid, user, "Addendum: also a small nodule."),
+        Act.SIGN: lambda: svc.sign(uid, user, cred(svc, user)),
+        Act.AMEND: lambda: svc.amend(uid, user, "Addendum: also a small nodule.", cred(svc, user)),
     }
     return calls[action]()
 
@@ -208,10 +215,10 @@ def test_sign_needs_a_non_empty_draft(engine: Engine, svc: WorklistService) -> N
     add_study(engine, "1.2.3")
     svc.claim("1.2.3", A)
     with pytest.raises(InvalidTransition, match="cannot sign study 1.2.3: no draft report"):
-        svc.sign("1.2.3", A)
+        svc.sign("1.2.3", A, cred(svc, A))
     svc.save_draft("1.2.3", A, "   ")
     with pytest.raises(InvalidTransition, match="empty"):
-        svc.sign("1.2.3", A)
+        svc.sign("1.2.3", A, cred(svc, A))
     assert study_row(engine, "1.2.3").read_state == "reading"
 
 
@@ -323,8 +330,8 @@ CALLS: dict[str, Callable[[WorklistService, str, int], Any]] = {
     "record_impression": lambda s, u, f: s.record_impression("1.2.3", u, "x"),
     "feedback": lambda s, u, f: s.feedback("1.2.3", u, "agree", finding_id=f),
     "save_draft": lambda s, u, f: s.save_draft("1.2.3", u, "x"),
-    "sign": lambda s, u, f: s.sign("1.2.3", u),
-    "amend": lambda s, u, f: s.amend("1.2.3", u, "x"),
+    "sign": lambda s, u, f: s.sign("1.2.3", u, cred(s, u)),
+    "amend": lambda s, u, f: s.amend("1.2.3", u, "x", cred(s, u)),
     "items": lambda s, u, f: s.items(u),
 }
 
@@ -353,7 +360,7 @@ def test_only_named_humans_act(engine: Engine, svc: WorklistService, method: str
 def test_the_ai_cannot_sign_message(engine: Engine, svc: WorklistService) -> None:
     add_study(engine, "1.2.3")
     with pytest.raises(NotPermitted, match=r"^the AI \(triage-ai\) cannot sign$"):
-        svc.sign("1.2.3", "triage-ai")
+        svc.sign("1.2.3", "triage-ai", cred(svc, "triage-ai"))
     assert isinstance(NotPermitted("x"), WorklistError)
 
 
@@ -366,7 +373,7 @@ def test_signed_report_is_immutable_and_amendments_are_new_versions(engine: Engi
     assert svc.save_draft("1.2.3", A, "First words.") == 1
     assert svc.save_draft("1.2.3", A, "No acute haemorrhage.") == 1  # same draft, updated
     clock.advance(minutes=3)
-    assert svc.sign("1.2.3", A) == 1
+    assert svc.sign("1.2.3", A, cred(svc, A)) == 1
     [v1] = reports(engine, added.study_pk)
     assert (v1.status, v1.text, v1.signed_by, v1.signed_at) == ("signed", "No acute haemorrhage.", A, clock.now)
     row = study_row(engine, "1.2.3")
@@ -376,18 +383,18 @@ def test_signed_report_is_immutable_and_amendments_are_new_versions(engine: Engi
     with pytest.raises(InvalidTransition):
         svc.save_draft("1.2.3", A, "Changed my mind.")
     with pytest.raises(NotPermitted):
-        svc.amend("1.2.3", A, "Addendum.")  # must claim first
+        svc.amend("1.2.3", A, "Addendum.", cred(svc, A))  # must claim first
     svc.claim("1.2.3", B)
     with pytest.raises(InvalidTransition):
-        svc.sign("1.2.3", B)
+        svc.sign("1.2.3", B, cred(svc, B))
 
     clock.advance(minutes=60)
-    assert svc.amend("1.2.3", B, "Addendum: 4 mm nodule.") == 2
+    assert svc.amend("1.2.3", B, "Addendum: 4 mm nodule.", cred(svc, B)) == 2
     assert study_row(engine, "1.2.3").read_state == "reading"
     assert svc.save_draft("1.2.3", B, "Addendum: 4 mm nodule, right upper lobe.") == 2
-    assert svc.sign("1.2.3", B) == 2
+    assert svc.sign("1.2.3", B, cred(svc, B)) == 2
     svc.claim("1.2.3", A)
-    assert svc.amend("1.2.3", A, "Second addendum.") == 3
+    assert svc.amend("1.2.3", A, "Second addendum.", cred(svc, A)) == 3
 
     v1_after, v2, v3 = reports(engine, added.study_pk)
     assert v1_after.model_dump() == v1.model_dump()  # the signed row, every column, unchanged
@@ -511,7 +518,7 @@ def test_items_follow_the_policy_and_include_signed(engine: Engine, svc: Worklis
     add_study(engine, "4.4", (("bleed", 0.99, 0.5),), received=T0 - timedelta(minutes=90))
     svc.claim("4.4", A)
     svc.save_draft("4.4", A, "Large subdural haematoma.")
-    svc.sign("4.4", A)
+    svc.sign("4.4", A, cred(svc, A))
     svc.claim("3.3", B)
 
     items = svc.items()
@@ -585,14 +592,14 @@ def test_items_query_count_does_not_grow_with_studies(engine: Engine, make_servi
 
 
 def test_history_lists_each_action_once_with_the_user(engine: Engine, svc: WorklistService) -> None:
-    added = add_study(engine, "1.2.3")
-    add_study(engine, "4.5.6")
+    added = add_study(engine, "1.2.3", audited=True)  # with their inference events: verify checks the findings too
+    add_study(engine, "4.5.6", audited=True)
     svc.open("1.2.3", A)
     svc.claim("1.2.3", A)
     svc.record_impression("1.2.3", A, "Bleed.", ["bleed"])
     svc.feedback("1.2.3", A, "agree", finding_id=added.finding_ids[0])
     svc.save_draft("1.2.3", A, "Acute bleed.")
-    svc.sign("1.2.3", A)
+    svc.sign("1.2.3", A, cred(svc, A))
     svc.claim("1.2.3", B)
     svc.release("1.2.3", B)
     svc.claim("4.5.6", B)
@@ -614,7 +621,7 @@ def test_history_lists_each_action_once_with_the_user(engine: Engine, svc: Workl
 
 def test_failed_actions_write_no_event(engine: Engine, svc: WorklistService) -> None:
     add_study(engine, "1.2.3")
-    for call in (lambda: svc.sign("1.2.3", A), lambda: svc.release("1.2.3", A), lambda: svc.claim("9.9", A)):
+    for call in (lambda: svc.sign("1.2.3", A, cred(svc, A)), lambda: svc.release("1.2.3", A), lambda: svc.claim("9.9", A)):
         with pytest.raises(WorklistError):
             call()
     assert events(engine) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from triage.store.audit import (
     export,
     verify,
 )
+from triage.store.audit_key import default_key_file, read_key
 from triage.store.db import make_engine, session_scope
 from triage.store.models import AuditEvent, Study
 from triage.store.tables import STUDY
@@ -63,10 +65,15 @@ def head(engine: Engine) -> tuple[int, str]:
     return seq, digest
 
 
-def recompute(event: dict[str, Any]) -> str:
-    """The event hash as an outside auditor computes it from exported JSON."""
+def recompute(event: dict[str, Any], secret: bytes | None = None) -> str:
+    """The event hash as an outside auditor with the key file computes it from exported JSON."""
+    if secret is None:
+        key = read_key(default_key_file())  # the tests' key (XDG_CONFIG_HOME is a temporary dir)
+        assert key is not None
+        secret = key.secret
     doc = {k: event[k] for k in ("seq", "at", "actor", "action", "study_uid", "detail", "prev_hash")}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hmac.new(secret, text, hashlib.sha256).hexdigest()
 
 
 # -- appending -------------------------------------------------------------------
@@ -262,7 +269,7 @@ def test_canonical_json_is_stable() -> None:
 
 def test_verify_empty_log(engine: Engine) -> None:
     assert verify(engine) == AuditVerification(ok=True, events=0)
-    assert verify(engine).as_json() == {"ok": True, "events": 0, "first_broken_seq": None, "problem": None}
+    assert verify(engine).as_json() == {"ok": True, "events": 0, "first_broken_seq": None, "problem": None, "mismatches": []}
 
 
 def test_verify_intact_log(engine: Engine) -> None:

@@ -27,7 +27,9 @@ from triage.clock import utcnow
 from triage.config import CompletenessSettings, Settings, load_settings
 from triage.flow.completeness import complete_stable_series
 from triage.flow.pipeline import claim_jobs, record_result, renew_leases
+from triage.reading.identity import AuthMethod
 from triage.reading.service import WorklistService
+from triage.reading.signing import SigningCredential
 from triage.reading.states import ClaimConflict
 from triage.store import audit
 from triage.store.db import make_engine
@@ -378,8 +380,9 @@ def test_audit_appends_from_many_threads_make_one_gapless_chain(engines: Callabl
 
 def test_worklist_items_claim_and_sign(engines: Callable[[], Engine], tmp_path: Path) -> None:
     engine = engines()
-    urgent = add_study(engine, "6.1", (("bleed", 0.95, 0.5),), received=T0)
-    add_study(engine, "6.2", (("bleed", 0.05, 0.5),), received=T0 - timedelta(minutes=1))
+    # With their inference events: verify checks the findings against the chain.
+    urgent = add_study(engine, "6.1", (("bleed", 0.95, 0.5),), received=T0, audited=True)
+    add_study(engine, "6.2", (("bleed", 0.05, 0.5),), received=T0 - timedelta(minutes=1), audited=True)
     svc = WorklistService(engine, Settings(data_dir=tmp_path))
     items = svc.items()
     assert [i.study.study_uid for i in items] == ["6.1", "6.2"]
@@ -394,7 +397,8 @@ def test_worklist_items_claim_and_sign(engines: Callable[[], Engine], tmp_path: 
     assert [f.id for f in view.findings] == urgent.finding_ids
     svc.feedback("6.1", reader, "agree", finding_id=urgent.finding_ids[0])
     svc.save_draft("6.1", reader, "Acute haemorrhage.")
-    assert svc.sign("6.1", reader) == 1
+    credential = SigningCredential(reader=reader, method=AuthMethod.PASSWORD, os_account="pg-test", at=svc.clock())
+    assert svc.sign("6.1", reader, credential) == 1
     with Session(engine) as s:
         study = s.exec(select(Study).where(Study.study_uid == "6.1")).scalar_one()
         assert (study.read_state, study.claimed_by) == ("signed", None)
