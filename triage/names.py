@@ -27,9 +27,11 @@ import functools
 import unicodedata
 from collections.abc import Iterable
 
-SYSTEM_IDENTITIES = frozenset({"triage-ai", "listener", "system"})
-"""The identities that are never a person: the same set as ``triage.store.audit.RESERVED_ACTORS``
-(the kernel cannot import the store; a test keeps the two equal)."""
+AI_ACTOR = "triage-ai"  # the AI's identity in the audit trail
+LISTENER_ACTOR = "listener"  # DICOM receive events
+SYSTEM_ACTOR = "system"  # the server's own decisions: series complete, priority class changed
+SYSTEM_IDENTITIES = frozenset({AI_ACTOR, LISTENER_ACTOR, SYSTEM_ACTOR})
+"""The identities that are never a person (the audit trail's ``RESERVED_ACTORS``)."""
 
 NAME_MAX_CHARS = 64  # the user columns' width
 

@@ -175,7 +175,7 @@ def test_two_listeners_two_workers_score_every_study_exactly_once(
 
     verified = run_triage("audit", "verify", "--db", url)
     assert verified.returncode == 0, verified.stderr
-    assert "hash chain verified" in verified.stdout
+    assert "keyed hash chain and anchors verified, current rows match it" in verified.stdout
     listed = run_triage("studies", "--db", url, "--json")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count('"ai_status": "scored"') == STUDIES

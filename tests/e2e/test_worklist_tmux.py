@@ -3,6 +3,8 @@ the screen read back with ``capture-pane``."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 import subprocess
 import sys
@@ -34,7 +36,11 @@ def test_the_worklist_runs_in_tmux(tmp_path: Path) -> None:
 
     session = f"triage-{uuid.uuid4().hex[:8]}"
     env = clean_env({"TERM": "xterm-256color"})
-    command = shlex.join([sys.executable, "-m", "triage", "worklist", "--data-dir", str(data), "--user", "dr.tmux"])
+    # The reader is the OS account running the worklist, here mapped to the reader dr.tmux.
+    config = tmp_path / "triage.toml"
+    config.write_text(f'[readers."dr.tmux"]\nos_accounts = ["{pwd.getpwuid(os.geteuid()).pw_name}"]\n')
+    worklist = ["worklist", "--config", str(config), "--data-dir", str(data), "--user", "dr.tmux"]
+    command = shlex.join([sys.executable, "-m", "triage", *worklist])
     subprocess.run(
         [TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", "-c", str(REPO_ROOT), command], check=True, env=env, timeout=10
     )

@@ -62,15 +62,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from triage.errors import DatabaseError, TriageError
+from triage.names import AI_ACTOR, LISTENER_ACTOR, SYSTEM_ACTOR, SYSTEM_IDENTITIES
 from triage.store.audit_anchor import Anchor, Anchorer, AnchorError, anchor, read_anchors
 from triage.store.audit_key import AuditKey, AuditKeyError, bind_key, create_key, key_for, read_key, set_key_file
 from triage.store.audit_state import ChainFacts, check_rows
 from triage.store.tables import EVENT, HEAD
 
-AI_ACTOR = "triage-ai"  # the AI's identity in the audit trail
-LISTENER_ACTOR = "listener"  # DICOM receive events
-SYSTEM_ACTOR = "system"  # the server's own decisions: series complete, priority class changed
-RESERVED_ACTORS = frozenset({AI_ACTOR, LISTENER_ACTOR, SYSTEM_ACTOR})
+RESERVED_ACTORS = SYSTEM_IDENTITIES  # never a person: the AI, the listener, the server
 
 GENESIS_HASH = "0" * 64  # the "previous hash" of event 1
 HEAD_ID = 1
@@ -806,6 +804,7 @@ __all__ = [
     "AI_ACTOR",
     "GENESIS_HASH",
     "LISTENER_ACTOR",
+    "SYSTEM_ACTOR",
     "RESERVED_ACTORS",
     "Action",
     "AuditError",
