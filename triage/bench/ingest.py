@@ -241,7 +241,7 @@ def _triage_receiver(workdir: Path) -> Receiver:
     env.setdefault("TRIAGE_PIPELINE__ENABLED", "false")
     argv = [sys.executable, "-m", "triage", "serve", "--data-dir", str(data), "--port", str(port), "--host", HOST]
     pdu = env.get("TRIAGE_LISTENER__MAX_PDU") or ListenerSettings.model_fields["max_pdu"].default
-    note = f"fsync file + dir, SQLite index commit; max PDU {pdu}"
+    note = f"dataset walked to its end, fsync file + dir, SQLite index commit; max PDU {pdu}"
     return Receiver(TRIAGE, "TRIAGE", port, argv, env, workdir, data / "studies", note, data / "triage.db")
 
 
