@@ -335,12 +335,15 @@ class Listener:
         try:
             if self._tls is not None:
                 try:
-                    conn = self._tls.wrap_socket(conn, server_side=True)
+                    # Wrapping detaches the plain socket: the reaper must see the TLS one before the
+                    # handshake starts, to cut a peer that drips it (ARTIM).
+                    conn = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                    record.sock = conn
+                    conn.do_handshake()
                 except (ssl.SSLError, OSError) as exc:
                     log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc)
                     conn.close()
                     return
-                record.sock = conn
             assoc = Association(conn, peer, self.policy, self.ingestor, connected_at=record.connected_at)
             record.assoc = assoc
             assoc.run()

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 
 from dicom_io.send import echo
 from tests.scu import associate_rq, raw_c_store
-from tests.support import bundled_file
+from tests.support import bundled_file, self_signed_cert
 from triage.app.server import TriageServer
 from triage.errors import ConfigError
 
@@ -367,3 +367,16 @@ def test_known_peers_bind_each_ae_title_to_its_hosts(make_server) -> None:
 def test_peers_and_allowed_ae_titles_together_is_a_config_error(make_settings) -> None:
     with pytest.raises(ConfigError, match="listener"):
         make_settings(**{"listener.peers": [{"ae_title": "PACS", "hosts": ["127.0.0.1"]}], "listener.allowed_ae_titles": ["PACS"]})
+
+
+def test_a_tls_handshake_that_never_finishes_is_cut_at_the_artim_time(make_server, tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    server = make_server(**{"listener.tls.cert": str(cert), "listener.tls.key": str(key), "listener.acse_timeout": 1.0})
+    sock = _connect(server.port)
+    started = time.monotonic()
+    try:
+        sock.sendall(b"\x16\x03\x01")  # the start of a TLS record, then silence
+        assert _closed_by_server(sock, within=5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        sock.close()
