@@ -26,7 +26,7 @@ from typing import Protocol
 from dicom_io.dataset_check import DatasetError, DatasetFacts, check_dataset
 from dicom_io.errors import IndexFailedError, IndexUnavailableError, InvalidUIDError, StorageError
 from dicom_io.headers import HeaderError, InstanceHeader, read_header
-from dicom_io.store import InstanceStore, InstanceTooLargeError, Spool, sha256_hex
+from dicom_io.store import InstanceStore, Spool, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +213,8 @@ class Ingestor:
         except DatasetError as exc:
             return IngestOutcome(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         try:
-            spool = self.store.spool_bytes(payload)
-        except InstanceTooLargeError as exc:
-            return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc))
-        except StorageError as exc:
+            spool = self.store.spool_bytes(payload, self.max_instance_bytes)
+        except StorageError as exc:  # out of space and too large included
             return IngestOutcome(StoreStatus.OUT_OF_RESOURCES, str(exc))
         spool.dataset_offset = offset
         return self.ingest_spool(

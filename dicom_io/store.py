@@ -284,9 +284,9 @@ class InstanceStore:
             raise StorageError(f"cannot receive an instance in {incoming}: {exc.strerror or exc}") from None
         return Spool(path, fd, max_bytes)
 
-    def spool_bytes(self, payload: bytes) -> Spool:
+    def spool_bytes(self, payload: bytes, max_bytes: int = 0) -> Spool:
         """A spool holding ``payload`` (instances that arrive whole: tests, tools)."""
-        spool = self.open_spool()
+        spool = self.open_spool(max_bytes)
         try:
             spool.write(payload)
         except BaseException:
