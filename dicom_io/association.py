@@ -359,6 +359,7 @@ class Association:
         else:
             stats.failed += 1
             log.error("C-STORE from %s@%s refused with 0x%04X: %s", stats.calling_ae, stats.peer, int(outcome.status), outcome.detail)
+        self.ingestor.answered(outcome)
         rsp = dimse.response(dimse.C_STORE_RSP, incoming.message_id, int(outcome.status), incoming.sop_class, incoming.sop_instance)
         self.sock.sendall(dimse.p_data_command(incoming.context_id, rsp))
 

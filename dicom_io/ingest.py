@@ -176,15 +176,37 @@ class Ingestor:
     ----------
     max_instance_bytes
         Instances larger than this are refused (0xA700); 0 means no limit.
+    on_answer
+        Told the outcome of every C-STORE the listener answers, refusals decided before
+        the dataset reached the ingestor included (e.g. to count them for monitoring);
+        called on the association's thread, so it must be quick.
     """
 
-    def __init__(self, store: InstanceStore, index: Index, clock: Callable[[], datetime] = utc_now, *, max_instance_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        store: InstanceStore,
+        index: Index,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        max_instance_bytes: int = 0,
+        on_answer: Callable[[IngestOutcome], None] | None = None,
+    ) -> None:
         self.store = store
         self.index = index
         self.clock = clock  # when an instance counts as received (injected: tests and the server set it)
         self.max_instance_bytes = max_instance_bytes
+        self.on_answer = on_answer
         self._inflight = 0
         self._idle = threading.Condition()
+
+    def answered(self, outcome: IngestOutcome) -> None:
+        """The listener answered a C-STORE with ``outcome``: tell ``on_answer``; never raises."""
+        if self.on_answer is None:
+            return
+        try:
+            self.on_answer(outcome)
+        except Exception:  # an observer's bug must not cost the peer its answer
+            log.exception("on_answer failed")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no ingest is in progress (for a clean shutdown)."""

@@ -229,6 +229,16 @@ class Listener:
         if shared is None:
             log.info("listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port, " (TLS)" if self._tls else "")
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the accept loop runs (a kernel completes a TCP connect into the backlog even when it does not)."""
+        return self._acceptor is not None and self._acceptor.is_alive() and not self._stopping.is_set()
+
+    @property
+    def active_associations(self) -> int:
+        """Open connections of this listener, across all processes sharing the port."""
+        return self._total_active()
+
     def _total_active(self) -> int:
         """Active associations of this listener, across all processes sharing the port."""
         if self._shared is not None:

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +255,51 @@ class InstanceStore:
             fsync_dir(path.parent)
         except OSError:
             pass
+
+    def remove_files(self, relpaths: Iterable[str]) -> tuple[int, int]:
+        """Delete stored files (retention), then the folders they leave empty; returns ``(files, bytes)`` removed.
+
+        Only the files named go: a file that arrived meanwhile in one of the
+        folders (not yet indexed, so not named) stays, and so does its folder.
+        Each touched folder is fsynced, so that a removal is durable once this
+        returns. Files already gone are skipped (a purge finished twice).
+
+        Raises
+        ------
+        StorageError
+            A path outside ``studies/`` or ``conflicts/``, or an OS error other than "not there".
+        """
+        files = size = 0
+        touched: set[Path] = set()
+        for relpath in relpaths:
+            parts = Path(relpath).parts
+            if len(parts) < 2 or parts[0] not in (self.studies.name, self.conflicts.name) or ".." in parts:
+                raise StorageError(f"refusing to remove {relpath!r}: not an instance path of the store")
+            path = self.root / relpath
+            try:
+                length = path.stat().st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot remove {relpath}: {exc.strerror or exc}") from None
+            files, size = files + 1, size + length
+            touched.add(path.parent)
+        # Deepest first, so that a series folder goes before its study folder.
+        for folder in sorted(touched, key=lambda p: len(p.parts), reverse=True):
+            try:
+                fsync_dir(folder)
+            except FileNotFoundError:
+                continue
+            base = self.studies if folder.is_relative_to(self.studies) else self.conflicts
+            while folder != base and folder.is_relative_to(base):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (a newer file, a sibling series), or gone
+                    break
+                fsync_dir(folder.parent)
+                folder = folder.parent
+        return files, size
 
     def open_spool(self, max_bytes: int = 0) -> Spool:
         """A new spool in ``<root>/incoming`` for an instance being received.

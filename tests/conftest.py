@@ -17,12 +17,17 @@ from triage.config import Settings, load_settings
 
 @pytest.fixture(autouse=True, scope="session")
 def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The user config dir (where the audit key file is created) in a temporary dir, never the real home.
+    """The user config dir (where the audit key file is created) in a temporary dir, never the real home,
+    and the host's zone UTC (tests of other zones set ``site.timezone``).
 
     Set in the environment, so that `triage` subprocesses find the same key.
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+        # Nor the host's /etc/triage/triage.toml (in this process; tests of the lookup set their own).
+        mp.setattr("triage.config.SYSTEM_CONFIG_FILE", tmp_path_factory.mktemp("etc-triage") / "triage.toml")
+        # [site] timezone defaults to the host's zone ($TZ first): times shown read the same on every machine.
+        mp.setenv("TZ", "UTC")
         yield
 
 

@@ -1,29 +1,36 @@
 """The one typed settings object.
 
-Sources, later ones winning: defaults, a TOML file (``--config``, else
-``triage.toml`` in the working directory if present, else ``$TRIAGE_CONFIG``),
-``TRIAGE_*`` environment variables, and CLI flags. Nested keys use a double
-underscore in the environment: ``TRIAGE_LISTENER__PORT=11113`` sets
-``[listener] port``.
+Sources, later ones winning: defaults, one TOML file (the first of ``--config``,
+``$TRIAGE_CONFIG``, ``./triage.toml``, the user's config directory and
+``/etc/triage/triage.toml``: see :func:`resolve_config_path`), ``TRIAGE_*``
+environment variables, and CLI flags. Nested keys use a double underscore in the
+environment: ``TRIAGE_LISTENER__PORT=11113`` sets ``[listener] port``.
+``TRIAGE_*`` variables that name no setting are ignored with one warning (see
+:func:`_env_overrides`); unknown keys in the file are errors.
 
 Any bad key or value raises :class:`ConfigError` with one line naming the key
-and where it came from, so the CLI can print it and exit 2.
+and where it came from (the file, the variable, the flag, or "default"), so the
+CLI can print it and exit 2.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from triage.clock import host_zone_name, zone_problem
 from triage.errors import ConfigError
 from triage.names import looks_alike, name_problem, normalise_name
 from triage.vocabulary import FINDING_KINDS, PRIORITY_CLASSES
@@ -31,10 +38,15 @@ from triage.vocabulary import FINDING_KINDS, PRIORITY_CLASSES
 if TYPE_CHECKING:
     from dicom_io.listener import ListenerOptions
 
+logger = logging.getLogger(__name__)
+
 ENV_PREFIX = "TRIAGE_"
 DEFAULT_CONFIG_NAME = "triage.toml"
-# Environment variables with the prefix that are not settings keys.
-_NON_SETTING_ENV = {"TRIAGE_CONFIG", "TRIAGE_USER"}  # TRIAGE_USER: the acting reader (triage case)
+# The system-wide settings file, last in the lookup; tests point it elsewhere.
+SYSTEM_CONFIG_FILE = Path("/etc/triage/triage.toml")
+# Environment variables with the prefix that are not settings keys, read elsewhere: never warned about.
+# TRIAGE_USER: the acting reader (triage case); TRIAGE_REALDATA: detectors.realdata's download cache.
+_NON_SETTING_ENV = {"TRIAGE_CONFIG", "TRIAGE_USER", "TRIAGE_REALDATA"}
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
 
@@ -459,6 +471,65 @@ class StorageSettings(_Section):
     group: str = ""
 
 
+class SiteSettings(_Section):
+    """``[site]``: where the system runs. Times are stored in UTC and shown on the site's clock."""
+
+    # IANA zone name ("Europe/Berlin"): the worklist and CLI show times in it, and the result
+    # objects' own dates and times and TimezoneOffsetFromUTC (PS3.3 C.12.1) are written in it,
+    # beside the study's local StudyDate/StudyTime. Default: the host's zone (triage.clock.host_zone_name).
+    timezone: str = Field(default_factory=host_zone_name)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        problem = zone_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class RetentionSettings(_Section):
+    """``[retention]``: when stored pixels are deleted (see ``triage.store.retention``).
+
+    Only a signed study whose every result the destinations acknowledged is
+    ever eligible; its index rows, reports and audit events stay.
+    """
+
+    # Off by default: deleting patient images is a site's decision, taken in its configuration.
+    enabled: bool = False
+    # Days after the (last) signature when an eligible study's pixels go; 0: never by age.
+    days: float = Field(30.0, ge=0)
+    # When the data volume is fuller than this (percent used), the oldest eligible studies go,
+    # younger than `days` too, until it is below `low_water_percent`; 0: no high-water clean-up.
+    high_water_percent: float = Field(85.0, ge=0, lt=100)
+    low_water_percent: float = Field(75.0, gt=0, lt=100)
+    # Even under high water, a study signed less than this many hours ago is kept (amendments follow signing).
+    high_water_min_hours: float = Field(1.0, ge=0)
+    interval_s: float = Field(60.0, gt=0)  # seconds between the server's checks
+
+    @model_validator(mode="after")
+    def _check_marks(self) -> RetentionSettings:
+        if self.high_water_percent and self.low_water_percent >= self.high_water_percent:
+            low, high = self.low_water_percent, self.high_water_percent
+            raise ValueError(f"low_water_percent ({low:g}) must be below high_water_percent ({high:g})")
+        return self
+
+
+class MonitoringSettings(_Section):
+    """``[monitoring]``: the HTTP endpoint of ``triage serve``, ``/healthz`` and ``/metrics`` (``triage.app.health``)."""
+
+    # Loopback by default: the endpoint has no authentication (it shows counts and ages, no patient data);
+    # "0.0.0.0" where Prometheus scrapes from another host.
+    http_host: str = "127.0.0.1"
+    # Off unless set: two `triage serve` on one host (a worker per GPU) would fight over any fixed default.
+    # 9464 is the usual choice; 0 takes a free port (tests; the log names it).
+    http_port: int | None = Field(None, ge=0, le=65535)
+
+
 class Settings(_Section):
     # What this `triage serve` runs: "all" (one machine), "listener" (receive and
     # index only) or "worker" (score jobs and send results only), for scale-out on PostgreSQL.
@@ -475,7 +546,10 @@ class Settings(_Section):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    site: SiteSettings = Field(default_factory=SiteSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # The readers ([readers.NAME] tables); empty: every OS account acts as the reader of its own name.
     readers: dict[str, ReaderSettings] = Field(default_factory=dict)
 
@@ -522,13 +596,16 @@ class Settings(_Section):
         return self.db or f"sqlite:///{self.data_dir / 'triage.db'}"
 
 
-def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_nested(tree: dict[str, Any], dotted: str, value: Any, origins: Mapping[str, str]) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
-    for part in parents:
+    for n, part in enumerate(parents):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"config: {dotted}: {part} is not a section")
+            above = ".".join(parents[: n + 1])
+            raise ConfigError(
+                f"config: {dotted} (from {origin_of(dotted, origins)}): {above} is not a section (from {origin_of(above, origins)})"
+            )
     node[leaf] = value
 
 
@@ -542,14 +619,36 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+# Ignored variables already named in a warning: each is named once per process, not at every load.
+_warned_env: set[str] = set()
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
-    """``TRIAGE_LISTENER__PORT`` -> ``{"listener.port": ("TRIAGE_LISTENER__PORT", raw)}``."""
+    """``TRIAGE_LISTENER__PORT`` -> ``{"listener.port": ("TRIAGE_LISTENER__PORT", raw)}``.
+
+    A variable is a setting when its first part names a top-level key or section
+    (``TRIAGE_DB``, ``TRIAGE_LISTENER__...``). Others are not ours and are
+    ignored, named in one warning: Kubernetes sets ``TRIAGE_PORT=tcp://...``,
+    ``TRIAGE_SERVICE_HOST`` and the like in every pod beside a Service named
+    "triage". Below a known section every key is kept, so a misspelt one
+    (``TRIAGE_LISTENER__PROT``) fails validation naming the variable: nothing
+    else sets such names, and ignoring it would run with a value the operator
+    believes changed (a misspelt ``ALLOWED_PEERS`` would leave the listener open).
+    """
     out: dict[str, tuple[str, Any]] = {}
+    ignored: list[str] = []
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _NON_SETTING_ENV:
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if dotted.split(".", 1)[0] not in Settings.model_fields:
+            ignored.append(name)
+            continue
         out[dotted] = (name, _env_value(raw))
+    new = sorted(set(ignored) - _warned_env)
+    if new:
+        _warned_env.update(new)
+        logger.warning("ignoring environment variables that name no triage setting: %s", ", ".join(new))
     return out
 
 
@@ -575,49 +674,140 @@ _TABLE_VALUED = {
 }
 
 
+def origin_of(dotted: str, origins: Mapping[str, str]) -> str:
+    """Where the value at ``dotted`` came from, for messages and ``triage config show``.
+
+    Its own source; else the source of a table above it (``TRIAGE_LISTENER='{...}'``,
+    a ``[readers.NAME]`` table); else the sources of the keys set below it (a rule
+    over a whole section, such as ``policy``'s critical_at > urgent_at, is
+    reported at the section); else ``"default"``.
+    """
+    if dotted in origins:
+        return origins[dotted]
+    parts = dotted.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        above = ".".join(parts[:n])
+        if above in origins:
+            return origins[above]
+    below = sorted(k for k in origins if not dotted or k.startswith(dotted + "."))
+    if below:
+        return ", ".join(f"{k} in {origins[k]}" for k in below)
+    return "default"
+
+
 def _format_error(err: ValidationError, origins: Mapping[str, str]) -> str:
     first = err.errors()[0]
     dotted = ".".join(str(p) for p in first["loc"])
-    origin = origins.get(dotted) or next((o for k, o in origins.items() if dotted.startswith(k + ".")), "default")
+    origin = origin_of(dotted, origins)
     if first["type"] == "extra_forbidden":
         return f"config: unknown key '{dotted}' (from {origin})"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = f", got {value!r}" if not isinstance(value, dict) else ""
-    return f"config: {dotted}: {msg}{shown} (from {origin})"
+    return f"config: {dotted or 'settings'}: {msg}{shown} (from {origin})"
 
 
-def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
-    """The TOML file to read: the flag, else ``$TRIAGE_CONFIG``, else ./triage.toml if present."""
+def config_search_path(system_file: Path | None = None) -> list[Path]:
+    """Where a settings file is looked for when none is named, first first.
+
+    ``./triage.toml``, ``triage.toml`` in the user's config directory
+    (``platformdirs.user_config_dir("triage")``), then ``system_file``
+    (default :data:`SYSTEM_CONFIG_FILE`, ``/etc/triage/triage.toml``).
+    """
+    user = Path(platformdirs.user_config_dir("triage")) / DEFAULT_CONFIG_NAME
+    return [Path(DEFAULT_CONFIG_NAME), user, system_file or SYSTEM_CONFIG_FILE]
+
+
+def _named_file(path: str | Path, named_by: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config: file {path} does not exist (from {named_by})")
+    return path
+
+
+def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str], search: Sequence[Path] | None = None) -> Path | None:
+    """The one TOML file to read: ``explicit`` (``--config``), else ``$TRIAGE_CONFIG``, else the first that exists of ``search``.
+
+    ``search`` defaults to :func:`config_search_path`: ``./triage.toml``, the
+    user's config directory, ``/etc/triage/triage.toml``. A file that is named
+    (flag or variable) must exist; one that is looked for may not.
+
+    The first file found is used whole; files are not merged. A site reads
+    every setting that applies in the one file ``triage config show`` names,
+    and a user's file cannot silently inherit ``[readers]`` or
+    ``listener.peers`` from ``/etc`` that its author never saw (nor lose them
+    by adding one key). Changing one key for one run is what ``TRIAGE_*``
+    variables and flags are for.
+    """
     if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"config: file {path} does not exist")
-        return path
+        return _named_file(explicit, "--config")
     if environ.get("TRIAGE_CONFIG"):
-        return resolve_config_path(environ["TRIAGE_CONFIG"], {})
-    default = Path(DEFAULT_CONFIG_NAME)
-    return default if default.is_file() else None
+        return _named_file(environ["TRIAGE_CONFIG"], "TRIAGE_CONFIG")
+    for path in config_search_path() if search is None else search:
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings with where each came from (``triage config show``)."""
+
+    settings: Settings
+    file: Path | None  # the TOML file read, None when none was found
+    origins: Mapping[str, str]  # dotted key -> file path, variable or flag; keys absent are defaults
+
+    def origin(self, dotted: str) -> str:
+        """See :func:`origin_of`."""
+        return origin_of(dotted, self.origins)
 
 
 def load_settings(
-    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    search: Sequence[Path] | None = None,
 ) -> Settings:
     """Build :class:`Settings` from defaults, TOML, environment and CLI overrides.
 
     Parameters
     ----------
     config_file
-        Path given with ``--config``; ``None`` looks for ``$TRIAGE_CONFIG`` and
-        ``./triage.toml``.
+        Path given with ``--config``; ``None`` looks for ``$TRIAGE_CONFIG``,
+        then the files of ``search``.
     overrides
         Dotted keys from CLI flags (``{"listener.port": 11113}``); ``None``
         values are ignored so unset flags do not override anything.
     environ
         The environment to read ``TRIAGE_*`` from (``os.environ`` by default).
+    flags
+        The flag that set each override (``{"listener.port": "--port"}``), named
+        in errors; an override without one is "command line".
+    search
+        Files to look for when none is named (default :func:`config_search_path`).
+
+    Raises
+    ------
+    ConfigError
+        A named file missing, a file that is not TOML, an unknown key or a bad
+        value: one line naming the key and its origin.
     """
+    return load_settings_with_origins(config_file, overrides, environ, flags=flags, search=search).settings
+
+
+def load_settings_with_origins(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    search: Sequence[Path] | None = None,
+) -> LoadedSettings:
+    """:func:`load_settings`, also returning the file read and the origin of each key set."""
     environ = os.environ if environ is None else environ
-    path = resolve_config_path(config_file, environ)
+    path = resolve_config_path(config_file, environ, search)
     flat: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if path is not None:
@@ -625,17 +815,20 @@ def load_settings(
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+        except OSError as exc:  # e.g. /etc/triage/triage.toml not readable by this account
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
         for dotted, value in _flatten(data).items():
             flat[dotted], origins[dotted] = value, str(path)
     for dotted, (name, value) in _env_overrides(environ).items():
         flat[dotted], origins[dotted] = value, name
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            flat[dotted], origins[dotted] = value, "command line"
+            flat[dotted], origins[dotted] = value, (flags or {}).get(dotted, "command line")
     tree: dict[str, Any] = {}
     for dotted, value in flat.items():
-        _set_nested(tree, dotted, value)
+        _set_nested(tree, dotted, value, origins)
     try:
-        return Settings.model_validate(tree)
+        settings = Settings.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err, origins)) from None
+    return LoadedSettings(settings, path, origins)

@@ -16,6 +16,7 @@ are pure and live in :mod:`tui.formatting`.
 
 from __future__ import annotations
 
+from datetime import UTC, tzinfo
 from typing import Any, ClassVar, TypeVar
 
 from rich.text import Text
@@ -519,7 +520,7 @@ class TableDialog(DialogBase[None]):
 
 
 class HistoryScreen(TableDialog):
-    """A study's audit events, oldest first: seq, time (UTC), actor, action and a one-line summary.
+    """A study's audit events, oldest first: seq, time (the site's clock), actor, action and a one-line summary.
 
     Parameters
     ----------
@@ -528,24 +529,27 @@ class HistoryScreen(TableDialog):
     events
         As ``WorklistService.history`` returns them: dicts with ``seq``, ``at``,
         ``actor``, ``action``, ``detail``.
+    zone
+        The site's zone (``settings.site.zone``): times are shown on its clock.
     """
 
-    COLUMNS = ("Seq", "Time (UTC)", "Actor", "Action", "Detail")
+    COLUMNS = ("Seq", "Time", "Actor", "Action", "Detail")
 
-    def __init__(self, study_uid: str, events: list[dict[str, Any]]) -> None:
+    def __init__(self, study_uid: str, events: list[dict[str, Any]], zone: tzinfo = UTC) -> None:
         super().__init__()
         self.study_uid = study_uid
         self.audit_events = events
+        self.zone = zone
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         """The table's rows, one per event."""
         return [
             (
                 str(e.get("seq", "")),
-                format_time(e.get("at")),
+                format_time(e.get("at"), self.zone),
                 str(e.get("actor", "")),
                 str(e.get("action", "")),
-                summarize_event(str(e.get("action", "")), e.get("detail")),
+                summarize_event(str(e.get("action", "")), e.get("detail"), zone=self.zone),
             )
             for e in self.audit_events
         ]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from triage.clock import as_utc
+from triage.clock import shown
 from triage.store.conflicts import differences_text
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,11 @@ def format_person_name(name: str | None) -> str:
     return family or rest or name.strip()
 
 
-def format_time(at: datetime | str | None) -> str:
-    """An event time as ``YYYY-MM-DD HH:MM:SS`` UTC; naive values are UTC; unparsable ones are shown as given."""
+def format_time(at: datetime | str | None, zone: tzinfo = UTC) -> str:
+    """An event time as ``YYYY-MM-DD HH:MM:SS CET``, on ``zone``'s clock (the site's).
+
+    Naive values are UTC (as the index stores them); unparsable ones are shown as given.
+    """
     if at is None:
         return ""
     if isinstance(at, str):
@@ -52,7 +55,7 @@ def format_time(at: datetime | str | None) -> str:
             return at
     else:
         value = at
-    return f"{as_utc(value):%Y-%m-%d %H:%M:%S}"
+    return shown(value, zone, date=True, seconds=True)
 
 
 def truncate(text: str, max_chars: int = SUMMARY_MAX_CHARS) -> str:
@@ -167,10 +170,10 @@ def _rank_changed(detail: Mapping[str, Any]) -> str:
     return text
 
 
-def _claim(detail: Mapping[str, Any]) -> str:
+def _claim(detail: Mapping[str, Any], zone: tzinfo = UTC) -> str:
     text = f"{detail.get('from')} -> {detail.get('to')}"
     if detail.get("expires"):
-        text += f", until {format_time(detail['expires'])[11:16]} UTC"
+        text += f", until {shown(datetime.fromisoformat(str(detail['expires'])), zone)}"
     if detail.get("renewed"):
         text += " (renewed)"
     if detail.get("lapsed_claim_of"):
@@ -236,7 +239,7 @@ _SUMMARIES = {
 }
 
 
-def summarize_event(action: str, detail: Mapping[str, Any] | None, max_chars: int = SUMMARY_MAX_CHARS) -> str:
+def summarize_event(action: str, detail: Mapping[str, Any] | None, max_chars: int = SUMMARY_MAX_CHARS, zone: tzinfo = UTC) -> str:
     """A one-line summary of an audit event's detail for the history table.
 
     Parameters
@@ -247,6 +250,8 @@ def summarize_event(action: str, detail: Mapping[str, Any] | None, max_chars: in
         The event's parsed detail.
     max_chars
         The summary is cut to this many characters.
+    zone
+        The site's zone, for the times a summary shows (a claim's expiry).
 
     Returns
     -------
@@ -265,7 +270,7 @@ def summarize_event(action: str, detail: Mapping[str, Any] | None, max_chars: in
     text = ""
     if summarize is not None:
         try:
-            text = summarize(detail)
+            text = _claim(detail, zone) if summarize is _claim else summarize(detail)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             log.debug("audit detail of %s not in the expected shape; shown generically", action)
     return truncate(text or _generic_summary(detail), max_chars)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def build_ai_sr(
     software_version: str = "",
     institution_name: str | None = None,
     content_time: datetime | None = None,
+    zone: tzinfo | None = None,
 ) -> Dataset:
     """The AI's findings for a study as a Comprehensive SR with a TID 1500 Measurement Report.
 
@@ -74,6 +75,12 @@ def build_ai_sr(
         The SR's own identity (a new series of modality SR).
     manufacturer, device_name, software_version
         The observer device and the Manufacturer attribute.
+    content_time
+        When the SR is made (timezone-aware; default now).
+    zone
+        The site's time zone: the SR's own dates and times are written in it, with
+        its TimezoneOffsetFromUTC, to match the study's copied local times
+        (:func:`dicom_io.results.common.finish`); ``None``: the offset is left out.
 
     Returns
     -------
@@ -126,7 +133,7 @@ def build_ai_sr(
             institution_name=institution_name,
             software_versions=software_version or None,
         )
-    return finish(sr, AI_SR_SERIES_DESCRIPTION, content_time or datetime.now(UTC))
+    return finish(sr, AI_SR_SERIES_DESCRIPTION, content_time or datetime.now(UTC), zone)
 
 
 def _finding_groups(finding: FindingLike, images: Mapping[str, SourceImage], sr_uid: str) -> list[Any]:

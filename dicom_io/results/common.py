@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
 import numpy as np
@@ -173,13 +173,38 @@ def names_as_received() -> Iterator[None]:
         yield
 
 
-def finish(ds: Dataset, series_description: str, when: datetime) -> Dataset:
+def utc_offset(at: datetime) -> str:
+    """An aware time's offset from UTC as TimezoneOffsetFromUTC writes it: ``"+0100"``, ``"-0500"`` (PS3.3 C.12.1.1.8)."""
+    offset = at.utcoffset()
+    if offset is None:
+        raise ResultBuildError(f"{at.isoformat()} has no offset from UTC")
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+
+
+def finish(ds: Dataset, series_description: str, when: datetime, zone: tzinfo | None = None) -> Dataset:
+    """The object's own dates and times (content, series, instance creation) at ``when``, on the site's clock.
+
+    PS3.3 C.12.1.1.8: TimezoneOffsetFromUTC applies to every date and time of the
+    instance, the study's StudyDate/StudyTime included, which are copied as the
+    modality wrote them: on the site's local clock. So our own times are written
+    in ``zone`` (the site's) and the offset is that zone's at ``when``. Without a
+    zone the offset cannot be known: the attribute is left out and our times are
+    the host's local ones, as highdicom writes InstanceCreationTime.
+    """
+    if when.utcoffset() is None:
+        raise ResultBuildError(f'Argument "content_time" must be timezone-aware, got {when.isoformat()}')
+    at = when.astimezone(zone) if zone is not None else when.astimezone()
     ds.SeriesDescription = series_description
-    local = when.astimezone(UTC)
-    ds.ContentDate = DA(local.date())
-    ds.ContentTime = TM(local.time())
+    ds.ContentDate, ds.ContentTime = DA(at.date()), TM(at.time())
     ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
-    ds.TimezoneOffsetFromUTC = "+0000"  # our dates and times are UTC (PS3.3 C.12.1.1.8)
+    # highdicom stamps these with the host's naive now(); they must be on the same clock as the rest.
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+    if zone is not None:
+        ds.TimezoneOffsetFromUTC = utc_offset(at)
+    elif "TimezoneOffsetFromUTC" in ds:
+        del ds.TimezoneOffsetFromUTC
     return ds
 
 

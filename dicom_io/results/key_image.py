@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +212,14 @@ def build_key_image(
     instance_number: int = 1,
     manufacturer: str = "triage",
     content_time: datetime | None = None,
+    zone: tzinfo | None = None,
 ) -> Dataset:
     """A Secondary Capture of the finding's strongest region: the box and "AI SUGGESTION" burned in.
 
     ``source`` is that region's slice (:func:`key_image_source`); the region is
     the finding's first (regions are stored strongest first).
+    ``content_time`` (aware, default now) and ``zone`` (the site's) are as for
+    :func:`dicom_io.results.ai_sr.build_ai_sr`.
 
     Raises
     ------
@@ -245,7 +248,7 @@ def build_key_image(
     reference.ReferencedSOPClassUID = source.sop_class_uid
     reference.ReferencedSOPInstanceUID = source.sop_instance_uid
     sc.SourceImageSequence = [reference]
-    return finish(sc, KEY_IMAGE_SERIES_DESCRIPTION, content_time or datetime.now(UTC))
+    return finish(sc, KEY_IMAGE_SERIES_DESCRIPTION, content_time or datetime.now(UTC), zone)
 
 
 def _sc_image(

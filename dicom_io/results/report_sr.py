@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import highdicom as hd
@@ -55,6 +55,7 @@ def build_report_sr(
     amends: str | None = None,
     manufacturer: str = "triage",
     institution_name: str | None = None,
+    zone: tzinfo | None = None,
 ) -> Dataset:
     """A signed report as a Basic Text SR: the radiologist its author and verifying observer.
 
@@ -74,6 +75,9 @@ def build_report_sr(
         The study's images the report is about (SOP Instance UID -> SOP class, series).
     amends
         The SOP Instance UID of the report SR this version amends (its predecessor), if any.
+    zone
+        The site's time zone, as for :func:`dicom_io.results.ai_sr.build_ai_sr`; the
+        VerificationDateTime carries its own offset (in ``zone``, else UTC).
 
     Returns
     -------
@@ -132,7 +136,8 @@ def build_report_sr(
             institution_name=institution_name,
             previous_versions=predecessors,
         )
-    signed = signed_at.astimezone(UTC)
+    signed = signed_at.astimezone(zone or UTC)
+    # A DT with its offset written out means the same instant whatever TimezoneOffsetFromUTC says (PS3.3 C.12.1.1.8).
     sr.VerifyingObserverSequence[0].VerificationDateTime = DT(signed)
     author_item = Dataset()
     author_item.ObserverType = "PSN"
@@ -141,7 +146,7 @@ def build_report_sr(
     author_item.InstitutionName = institution_name or ""
     author_item.InstitutionCodeSequence = []
     sr.AuthorObserverSequence = [author_item]
-    return finish(sr, REPORT_SERIES_DESCRIPTION, signed)
+    return finish(sr, REPORT_SERIES_DESCRIPTION, signed, zone)
 
 
 def report_text(ds: Dataset) -> str:

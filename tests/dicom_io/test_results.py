@@ -7,9 +7,10 @@ import io
 import json
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -348,3 +349,83 @@ def test_a_radiograph_key_image_keeps_its_orientation_and_an_unknown_one_is_left
             sop_instance_uid=object_uid("xr3"),
             series_instance_uid=object_uid("s"),
         )
+
+
+# --- time zones: the objects' own times on the site's clock, with its offset ------------------------
+
+
+def _instant(date: str, time: str, offset: str) -> datetime:
+    """DA + TM + TimezoneOffsetFromUTC -> the UTC instant they name (PS3.3 C.12.1.1.8)."""
+    naive = datetime.strptime(date + time.split(".")[0], "%Y%m%d%H%M%S")
+    sign = -1 if offset[0] == "-" else 1
+    return (naive - sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone", "made", "offset", "local"),
+    [
+        ("Europe/Berlin", datetime(2026, 1, 15, 11, 0, 5, tzinfo=UTC), "+0100", ("20260115", "120005")),  # CET
+        ("Europe/Berlin", datetime(2026, 7, 15, 11, 0, 5, tzinfo=UTC), "+0200", ("20260715", "130005")),  # CEST
+        ("America/New_York", datetime(2026, 1, 15, 3, 30, tzinfo=UTC), "-0500", ("20260114", "223000")),  # the day before
+        ("America/New_York", datetime(2026, 7, 15, 3, 30, tzinfo=UTC), "-0400", ("20260714", "233000")),
+    ],
+)
+def test_the_sr_writes_its_own_times_in_the_site_zone_with_that_offset(sample, zone: str, made: datetime, offset: str, local) -> None:
+    study, images, _, header = sample
+    findings = [_bleed(header.SeriesInstanceUID)]
+    kwargs = {"sop_instance_uid": object_uid("tz", zone, made), "series_instance_uid": object_uid("tzs")}
+    back = _round_trip(build_ai_sr(study, findings, images, content_time=made, zone=ZoneInfo(zone), **kwargs))
+
+    assert back.TimezoneOffsetFromUTC == offset
+    assert (back.ContentDate, back.ContentTime) == local
+    # Every date and time of our own is on the same clock: the offset applies to all (PS3.3 C.12.1).
+    assert (back.SeriesDate, back.SeriesTime) == (back.InstanceCreationDate, back.InstanceCreationTime) == local
+    assert _instant(back.ContentDate, back.ContentTime, back.TimezoneOffsetFromUTC) == made
+    # The study's local date and time are copied untouched: the offset is what they always meant.
+    assert (back.StudyDate, back.StudyTime) == (header.StudyDate, header.StudyTime)
+
+
+def test_without_a_zone_the_offset_is_left_out_and_a_naive_time_is_refused(sample) -> None:
+    study, images, _, header = sample
+    kwargs = {"sop_instance_uid": object_uid("nz"), "series_instance_uid": object_uid("nzs")}
+    back = _round_trip(build_ai_sr(study, [_bleed(header.SeriesInstanceUID)], images, **kwargs))
+    assert "TimezoneOffsetFromUTC" not in back  # unknown: not declared (our times are the host's)
+    assert back.InstanceCreationDate == back.ContentDate
+    with pytest.raises(ResultBuildError, match='"content_time" must be timezone-aware'):
+        build_ai_sr(study, [_bleed(header.SeriesInstanceUID)], images, content_time=datetime(2026, 1, 1, 12, 0), **kwargs)
+
+
+def test_the_report_sr_and_key_image_use_the_site_zone(sample) -> None:
+    study, images, paths, header = sample
+    berlin = ZoneInfo("Europe/Berlin")
+    signed_at = datetime(2026, 1, 5, 4, 10, 30, tzinfo=UTC)
+    report = _round_trip(
+        build_report_sr(
+            study,
+            "Impression: bleed.",
+            "dr.jones",
+            signed_at,
+            1,
+            images,
+            sop_instance_uid="1.2.3",
+            series_instance_uid="1.2.4",
+            zone=berlin,
+        )
+    )
+    assert (report.ContentDate, report.ContentTime, report.TimezoneOffsetFromUTC) == ("20260105", "051030", "+0100")
+    # A DT carries its own offset, so it names the same instant whatever the instance's offset.
+    assert report.VerifyingObserverSequence[0].VerificationDateTime == "20260105051030+0100"
+    assert (report.StudyDate, report.StudyTime) == (header.StudyDate, header.StudyTime)
+
+    finding = _bleed(header.SeriesInstanceUID)
+    region = finding.regions[0]
+    source = key_image_source(paths[region["sop_instance_uid"]], "bleed", region["slice_index"])
+    made = datetime(2026, 7, 1, 22, 15, tzinfo=UTC)
+    key = _round_trip(
+        build_key_image(
+            study, finding, source, sop_instance_uid=object_uid("kz"), series_instance_uid=object_uid("kzs"), content_time=made, zone=berlin
+        )
+    )
+    assert (key.ContentDate, key.ContentTime, key.TimezoneOffsetFromUTC) == ("20260702", "001500", "+0200")
+    assert _instant(key.InstanceCreationDate, key.InstanceCreationTime, key.TimezoneOffsetFromUTC) == made
+    assert (key.StudyDate, key.StudyTime) == (header.StudyDate, header.StudyTime)

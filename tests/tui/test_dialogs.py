@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.text import Text
 from sqlalchemy.engine import Engine
@@ -394,9 +395,9 @@ def test_history_screen_lists_every_event_with_a_summary(engine: Engine, setting
     assert summaries[1] == "bleed 0.93 urgent by bleed-ct 1.0.0 on cpu"
     assert summaries[2].startswith("unread -> reading, until ") and summaries[2].endswith(" UTC")
     assert summaries[3:] == ["present: bleed", "version 1, 34 chars", "version 1"]
-    # Time to the second, in UTC.
+    # Time to the second, on the site's clock (UTC in these tests) with its abbreviation.
     assert rows[-1][1] == format_time(events[-1]["at"])
-    assert len(rows[-1][1]) == len("2024-01-01 12:00:00")
+    assert len(rows[-1][1]) == len("2024-01-01 12:00:00 UTC") and rows[-1][1].endswith(" UTC")
 
 
 def test_history_screen_escape_and_close_button() -> None:
@@ -418,7 +419,9 @@ def test_history_screen_escape_and_close_button() -> None:
 
     assert drive(HistoryScreen("1.2.3", events), escape) is None
     assert drive(HistoryScreen("1.2.3", []), close) is None
-    assert HistoryScreen("1.2.3", events).rows() == [("1", "2024-03-01 10:20:30", "system", "weird", "a=1 b=[2] c={…} d=0.123 (+1 more)")]
+    assert HistoryScreen("1.2.3", events).rows() == [
+        ("1", "2024-03-01 10:20:30 UTC", "system", "weird", "a=1 b=[2] c={…} d=0.123 (+1 more)")
+    ]
 
 
 def test_summaries_of_other_actions_and_odd_details() -> None:
@@ -443,8 +446,16 @@ def test_summaries_of_other_actions_and_odd_details() -> None:
 
 
 def test_format_helpers() -> None:
-    assert format_time("2024-03-01T12:00:00+02:00") == "2024-03-01 10:00:00"
-    assert format_time("2024-03-01T12:00:00") == "2024-03-01 12:00:00"  # naive is UTC
+    assert format_time("2024-03-01T12:00:00+02:00") == "2024-03-01 10:00:00 UTC"
+    assert format_time("2024-03-01T12:00:00") == "2024-03-01 12:00:00 UTC"  # naive is UTC
+    # On the site's clock: Tokyo is UTC+9 all year; Berlin is CET in winter and CEST in summer.
+    assert format_time("2024-03-01T12:00:00+00:00", ZoneInfo("Asia/Tokyo")) == "2024-03-01 21:00:00 JST"
+    assert format_time("2024-07-01T12:00:00+00:00", ZoneInfo("Europe/Berlin")) == "2024-07-01 14:00:00 CEST"
+    claim = {"from": "unread", "to": "reading", "expires": "2024-03-01T23:30:00+00:00"}
+    assert summarize_event("claim", claim, zone=ZoneInfo("Asia/Tokyo")) == "unread -> reading, until 08:30 JST"
+    assert HistoryScreen("1.2.3", [{"seq": 1, "at": "2024-03-01T23:30:00+00:00"}], ZoneInfo("Asia/Tokyo")).rows()[0][1] == (
+        "2024-03-02 08:30:00 JST"
+    )
     assert format_time("not a time") == "not a time"
     assert format_person_name("DOE^JANE^Q") == "DOE, JANE Q"
     assert format_person_name(None) == "(no name)"

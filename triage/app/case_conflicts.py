@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, tzinfo
 from typing import Any
 
+from triage.clock import shown
 from triage.store.conflicts import FIELD_LABELS, SetAside, set_aside_versions
 
 
-def format_conflicts(study_uid: str, versions: Sequence[SetAside]) -> str:
-    """Plain text: one block per version set aside, its differing fields under it."""
+def format_conflicts(study_uid: str, versions: Sequence[SetAside], zone: tzinfo = UTC) -> str:
+    """Plain text: one block per version set aside, its differing fields under it; times on ``zone``'s clock."""
     if not versions:
         return f"study {study_uid}: no versions set aside"
     lines = [f"study {study_uid}: {len(versions)} version{'s' if len(versions) != 1 else ''} set aside (the indexed version is kept)"]
     for v in versions:
         lines.append(
-            f"  {v.sop_instance_uid}  received {v.received_at:%Y-%m-%d %H:%M:%S} UTC  from {v.sender}  "
+            f"  {v.sop_instance_uid}  received {shown(v.received_at, zone, date=True, seconds=True)}  from {v.sender}  "
             f"sha256 {v.sha256[:12]} (kept {v.kept_sha256[:12]})"
         )
         lines.append(f"    kept aside at {v.path}")
@@ -33,12 +35,12 @@ def format_conflicts(study_uid: str, versions: Sequence[SetAside]) -> str:
     return "\n".join(lines)
 
 
-def print_conflicts(engine: Any, study_uid: str, as_json: bool) -> int:
-    """Print the study's set-aside versions as text or one JSON document; returns the exit code."""
+def print_conflicts(engine: Any, study_uid: str, as_json: bool, zone: tzinfo = UTC) -> int:
+    """Print the study's set-aside versions as text (times on ``zone``'s clock) or one JSON document (UTC); returns the exit code."""
     versions = set_aside_versions(engine, study_uid)
     if as_json:
         doc = {"study_uid": study_uid, "conflicts": [v.as_json() for v in versions]}
         print(json.dumps(doc, ensure_ascii=False, sort_keys=True, indent=2))
     else:
-        print(format_conflicts(study_uid, versions))
+        print(format_conflicts(study_uid, versions, zone))
     return 0

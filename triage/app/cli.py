@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from triage import __version__
-from triage.app import cli_case, cli_readers
+from triage.app import cli_case, cli_config, cli_readers, cli_retention
 from triage.app.plugins import add_bench_commands
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
@@ -57,7 +57,12 @@ class UsageError(TriageError):
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: ./triage.toml if present)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (default: the first of $TRIAGE_CONFIG, ./triage.toml, the user's config directory, "
+        "/etc/triage/triage.toml)",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity")
 
 
@@ -67,11 +72,24 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite in the data directory)")
 
 
+# The flag behind each override, so that a bad value names it ("(from --port)").
+_FLAGS = {
+    "data_dir": "--data-dir",
+    "db": "--db",
+    "log_level": "--log-level",
+    "role": "--role",
+    "listener.port": "--port",
+    "listener.ae_title": "--ae-title",
+    "listener.host": "--host",
+    "detectors.device": "--device",
+}
+
+
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     overrides.setdefault("data_dir", getattr(args, "data_dir", None))
     overrides.setdefault("db", getattr(args, "db", None))
     overrides.setdefault("log_level", getattr(args, "log_level", None))
-    settings = load_settings(args.config, overrides=overrides)
+    settings = load_settings(args.config, overrides=overrides, flags=_FLAGS)
     setup_logging(settings.log_level)
     from triage.store.audit_key import set_key_file
 
@@ -98,7 +116,7 @@ def _offline_settings(args: argparse.Namespace) -> Settings:
     Offline commands print their own report, which INFO lines (the server's
     default level) would only interleave with.
     """
-    settings = load_settings(args.config, overrides={"detectors.device": args.device, "log_level": args.log_level})
+    settings = load_settings(args.config, overrides={"detectors.device": args.device, "log_level": args.log_level}, flags=_FLAGS)
     setup_logging(args.log_level or "WARNING")
     return settings
 
@@ -699,6 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_case.add_parser(sub, _add_index_args, _open_worklist)
     cli_readers.add_parser(sub, _add_index_args, _open_worklist)
+    cli_retention.add_parser(sub, _add_index_args, _open_worklist)
+    cli_config.add_parser(sub)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
     asub = audit.add_subparsers(dest="audit", metavar="ACTION", required=True)
@@ -804,8 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set-operating-point",
         action="store_true",
         help="with --labels: choose each detector's operating point on these studies and write it into "
-        "the site's settings ([detectors.operating_points] of --config, else $TRIAGE_CONFIG, "
-        "else ./triage.toml, created if absent); never into the shipped cards",
+        "the site's settings ([detectors.operating_points] of --config, else $TRIAGE_CONFIG, else the settings "
+        "file in use, else ./triage.toml, created if absent); never into the shipped cards",
     )
     p.add_argument(
         "--target-sensitivity",

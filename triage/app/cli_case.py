@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import select
 
 from triage.app.case_conflicts import print_conflicts
 from triage.app.studies import conflicts_line
+from triage.clock import shown
 from triage.errors import TriageError
 from triage.reading import identity, signing
 from triage.store.tables import STUDY
@@ -91,14 +93,15 @@ def resolve_study(engine: Any, key: str) -> str:
     raise TriageError(f"no study with Study Instance UID or accession number {key!r}")
 
 
-def _show(view: Any) -> str:
+def _show(view: Any, zone: tzinfo) -> str:
+    """``triage case show``: the study as the reader sees it; times on the site's clock (``zone``)."""
     s, u = view.study, view.urgency
     lines = [
         f"study {s.study_uid}",
         f"  patient {s.patient_id or '-'} {s.patient_name or ''}  sex {s.patient_sex or '-'}  age {s.patient_age or '-'}",
         f"  accession {s.accession_number or '-'}  {s.modality}  {s.description or ''}  order {s.order_priority or '-'}",
         f"  read state {s.read_state.value}"
-        + (f", claimed by {s.claimed_by} until {s.claim_expires:%H:%M} UTC" if s.claimed_by and s.claim_expires else ""),
+        + (f", claimed by {s.claimed_by} until {shown(s.claim_expires, zone)}" if s.claimed_by and s.claim_expires else ""),
         f"  priority {u.priority_class.value} (score {u.score:.1f}); AI {s.ai_status}" + (f": {s.ai_reason}" if s.ai_reason else ""),
         *[f"    why: {r}" for r in u.reasons],
     ]
@@ -122,7 +125,7 @@ def _show(view: Any) -> str:
     for fb in view.feedback:
         lines.append(f"  your feedback: {fb.verdict.value} on {fb.kind}" + (f" #{fb.finding_id}" if fb.finding_id else ""))
     for r in view.reports:
-        who = f"signed by {r.signed_by} {r.signed_at:%Y-%m-%d %H:%M} UTC" if r.signed_by and r.signed_at else "draft"
+        who = f"signed by {r.signed_by} {shown(r.signed_at, zone, date=True)}" if r.signed_by and r.signed_at else "draft"
         amends = f", amends v{r.amends_id}" if r.amends_id else ""
         lines.append(f"  report v{r.version} ({who}{amends}): {r.text}")
     return "\n".join(lines)
@@ -133,7 +136,7 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
     uid = resolve_study(service.engine, args.study)
     action = args.case
     if action == "conflicts":
-        return print_conflicts(service.engine, uid, args.json)
+        return print_conflicts(service.engine, uid, args.json, service.settings.site.zone)
     if action == "history":
         for event in service.history(uid):
             print(json.dumps(event, ensure_ascii=False, sort_keys=True))
@@ -141,10 +144,10 @@ def _run(args: argparse.Namespace, open_worklist: Callable[[argparse.Namespace],
     reader, account = acting(args, service.settings)
     user = reader.name
     if action == "show":
-        print(_show(service.open(uid, user)))
+        print(_show(service.open(uid, user), service.settings.site.zone))
     elif action == "claim":
         until = service.claim(uid, user)
-        print(f"claimed {uid} for {user} until {until:%Y-%m-%d %H:%M} UTC")
+        print(f"claimed {uid} for {user} until {shown(until, service.settings.site.zone, date=True)}")
     elif action == "release":
         state = service.release(uid, user)
         print(f"released {uid}; read state {state.value}")

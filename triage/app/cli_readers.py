@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from triage import clock
 from triage.app.cli_case import USER_ENV, acting, read_secret
 from triage.errors import TriageError
 from triage.reading import identity, signing
@@ -55,7 +56,7 @@ def _cmd_list(args: argparse.Namespace, open_worklist: Callable[[argparse.Namesp
         if r.auth is identity.AuthMethod.PAM:
             secret = "OS account password (PAM)"
         elif r.name in with_password:
-            secret = f"password set {with_password[r.name]:%Y-%m-%d %H:%M} UTC"
+            secret = f"password set {clock.shown(with_password[r.name], service.settings.site.zone, date=True)}"
         else:
             secret = "no password set"
         shown = f" ({r.display_name})" if r.display_name != r.name else ""

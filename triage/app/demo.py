@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from dicom_io.send import find_dicom_files, replay
+from triage import clock
 from triage.app.server import TriageServer
 from triage.app.studies import format_table
 from triage.config import load_settings
@@ -127,7 +128,8 @@ def _watch(worklist: WorklistService, stop: threading.Event) -> bool:
         if _signature(items) != shown and (not pending or time.monotonic() > deadline - RANKED_TIMEOUT_S + 5):
             shown = _signature(items)
             print()
-            print(f"-- worklist at {time.strftime('%H:%M:%S')}: {len(items) - len(pending)} of {len(items)} studies scored --")
+            at = clock.shown(clock.utcnow(), worklist.settings.site.zone, seconds=True)
+            print(f"-- worklist at {at}: {len(items) - len(pending)} of {len(items)} studies scored --")
             print(format_table(items))
         if items and not pending:
             return any(i.study.ai_status == AIStatus.FAILED.value for i in items)

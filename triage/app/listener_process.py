@@ -19,14 +19,20 @@ from dicom_io.store import InstanceStore
 from triage.clock import utcnow
 from triage.config import Settings
 from triage.logs import setup_logging
+from triage.monitor.metrics import AnswerCounts
 from triage.store.index_rpc import IndexClient
 from triage.store.permissions import group_id
 
 log = logging.getLogger(__name__)
 
 
-def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connection, ready: EventType) -> None:
-    """Entry point of a listener process; returns on SIGTERM or when the main process is gone."""
+def run_listener_process(
+    settings: Settings, shared: SharedSocket, conn: Connection, ready: EventType, answers: AnswerCounts | None = None
+) -> None:
+    """Entry point of a listener process; returns on SIGTERM or when the main process is gone.
+
+    ``answers``: this process's row of the server's C-STORE answer counters (``/metrics``).
+    """
     setup_logging(settings.log_level)
     # The header is read for the index only; values pydicom would warn about are
     # still stored as received, and UIDs used in paths are checked by our own rules.
@@ -44,9 +50,14 @@ def run_listener_process(settings: Settings, shared: SharedSocket, conn: Connect
         stop.set()
 
     index = IndexClient(conn, on_lost=on_lost)
-    listener = Listener(
-        settings.listener.options(), Ingestor(store, index, clock=utcnow, max_instance_bytes=settings.listener.max_instance_mb * 2**20)
+    ingestor = Ingestor(
+        store,
+        index,
+        clock=utcnow,
+        max_instance_bytes=settings.listener.max_instance_mb * 2**20,
+        on_answer=answers.count if answers is not None else None,
     )
+    listener = Listener(settings.listener.options(), ingestor)
     listener.start(shared)
     ready.set()
     stop.wait()

@@ -26,6 +26,7 @@ from types import FrameType
 from dicom_io.ingest import Ingestor
 from dicom_io.listener import Listener, SharedSocket, bind
 from dicom_io.store import InstanceStore
+from triage.app.health import Monitoring
 from triage.app.listener_process import run_listener_process
 from triage.clock import utcnow
 from triage.config import Settings
@@ -39,6 +40,7 @@ from triage.store.index import SqlIndex
 from triage.store.index_rpc import serve_index
 from triage.store.permissions import group_id, prepare_data_dir
 from triage.store.recovery import recover
+from triage.store.retention import Retention, RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ class TriageServer:
         )
         self.store = InstanceStore(settings.data_dir, min_free_bytes=settings.listener.min_free_mb * 2**20, group=group)
         self.index = SqlIndex(self.engine, data_dir=settings.data_dir)
+        # Retention deletes the pixels of signed, delivered studies: in the roles that hold the data volume.
+        self.retention: RetentionSweeper | None = (
+            RetentionSweeper(Retention(self.engine, self.store, settings))
+            if settings.retention.enabled and settings.role in ("all", "listener")
+            else None
+        )
         self.processes = settings.listener.process_count
         # Roles (scale-out): a listener receives, indexes and decides completeness;
         # a worker scores jobs (and sends results); "all" does everything.
@@ -79,9 +87,14 @@ class TriageServer:
         self.outbox: OutboxSender | None = OutboxSender(self.engine, settings) if sends else None
         # Scoring: torch and the detectors load in start(), not here. A scored study's results
         # are queued for the PACS as its last series is recorded.
+        # /healthz, /metrics, systemd readiness and watchdog (triage.app.health): built before the parts it
+        # observes (the listeners count their answers into it, the worker's results feed its histograms).
+        self.monitoring = Monitoring(self.engine, settings, listener_rows=self.processes if self.receives else 0)
         self.scoring: ScoringWorker | None = (
             ScoringWorker(
-                self.engine, settings, on_recorded=on_recorded_hook(self.engine, settings, self.outbox.wake if self.outbox else None)
+                self.engine,
+                settings,
+                on_recorded=self.monitoring.observing(on_recorded_hook(self.engine, settings, self.outbox.wake if self.outbox else None)),
             )
             if scores
             else None
@@ -108,6 +121,10 @@ class TriageServer:
         (and sending) begin only if no stop was asked for by then, so the stop that
         follows has no series in flight to wait for.
         """
+        self._start(stopping)
+        self.monitoring.start(self)  # last: READY=1 to systemd, and /healthz, once everything runs
+
+    def _start(self, stopping: Callable[[], bool]) -> None:
         self.anchorer.start()
         if not self.receives:
             log.info("worker role: scoring jobs from %s", self.engine.url.render_as_string(hide_password=True))
@@ -122,10 +139,18 @@ class TriageServer:
         )
         self.index.start()
         self.monitor.start()
+        if self.retention is not None:
+            self.retention.start()  # its first pass finishes any purge a crash interrupted
         if self.processes == 1:
             self.listener = Listener(
                 self.settings.listener.options(),
-                Ingestor(self.store, self.index, clock=utcnow, max_instance_bytes=self.settings.listener.max_instance_mb * 2**20),
+                Ingestor(
+                    self.store,
+                    self.index,
+                    clock=utcnow,
+                    max_instance_bytes=self.settings.listener.max_instance_mb * 2**20,
+                    on_answer=self.monitoring.on_answer(0),
+                ),
             )
             self.listener.start()
             self._start_scoring(stopping)
@@ -161,7 +186,7 @@ class TriageServer:
         ready = self._mp.Event()
         process = self._mp.Process(
             target=run_listener_process,
-            args=(self.settings, SharedSocket(self._socket, self._loads, slot), child_conn, ready),
+            args=(self.settings, SharedSocket(self._socket, self._loads, slot), child_conn, ready, self.monitoring.answers_for(slot)),
             name=f"listener-{slot + 1}",
             daemon=True,
         )
@@ -184,7 +209,23 @@ class TriageServer:
                 self._loads[i] = 0
                 self._children[i] = self._spawn(i)
 
+    def listener_problem(self) -> str | None:
+        """Why this server's listener is not accepting associations, or None (for /healthz)."""
+        if self.listener is not None:
+            return None if self.listener.accepting else "the listener is not accepting associations"
+        if self._socket is None or self._socket.fileno() < 0:
+            return "the listener is not started"
+        dead = [c.process.name for c in self._children if not c.process.is_alive()]
+        return f"listener process {', '.join(dead)} is not running" if dead else None
+
+    def associations_open(self) -> int:
+        """DICOM connections being served, across the listener processes (for /metrics)."""
+        if self.listener is not None:
+            return self.listener.active_associations
+        return sum(self._loads) if self._socket is not None else 0
+
     def stop(self) -> None:
+        self.monitoring.stop()  # first: STOPPING=1, and no watchdog ping or probe meets a half-stopped server
         if self.listener is not None:
             self.listener.stop()
         for child in self._children:
@@ -207,6 +248,8 @@ class TriageServer:
             self.scoring.stop()  # the series in flight finish and are recorded
         if self.outbox is not None:
             self.outbox.stop()  # after scoring, which queues; what is not sent stays pending in the DB
+        if self.retention is not None:
+            self.retention.stop()
         self.index.close()
         self.anchorer.stop()  # last: the head after every event of this run
         self.engine.dispose()

@@ -49,6 +49,8 @@ def item_json(item: WorklistItem, results: Sequence[ResultState] | None = None) 
         "read_state": s.read_state.value,
         "claimed_by": s.claimed_by,
         "conflicts": s.conflicts,
+        "pixels_purged": s.pixels_purged_at is not None,
+        "pixels_purged_at": s.pixels_purged_at.isoformat() if s.pixels_purged_at else None,
         "findings": [f.as_json() | {"label": AI_LABEL} for f in item.findings],
     }
     if results is not None:

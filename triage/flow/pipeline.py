@@ -487,6 +487,8 @@ class ScoringWorker:
         self.on_recorded = on_recorded
         self._in_flight: set[int] = set()  # job ids, for the heartbeat
         self._in_flight_lock = threading.Lock()
+        # time.monotonic() of the claiming loop's last turn: what /healthz and the systemd watchdog read.
+        self._last_turn: float | None = None
 
     def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
         """Load the detectors (seconds: torch and the weights), then claim jobs, unless ``stopping()`` says a stop
@@ -517,6 +519,15 @@ class ScoringWorker:
         """Whether the worker is claiming jobs (started, and not stopped)."""
         return self._thread.is_alive()
 
+    def beat_age(self) -> float | None:
+        """Seconds since the claiming loop last went round (None: it has not started).
+
+        The loop turns at least every ``min(poll_interval, heartbeat_seconds)``
+        unless a database call or a bug holds it; leases are renewed from it.
+        """
+        last = self._last_turn
+        return None if last is None else time.monotonic() - last
+
     def wake(self) -> None:
         """Look for jobs now (new series completed), not at the next poll."""
         self._wake.set()
@@ -535,6 +546,7 @@ class ScoringWorker:
         cfg = self.settings.pipeline
         last_reassess = last_beat = 0.0
         while not self._stop.is_set():
+            self._last_turn = time.monotonic()
             try:
                 if time.monotonic() - last_beat >= cfg.heartbeat_seconds:
                     with self._in_flight_lock:

@@ -382,6 +382,7 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
                 manufacturer=MANUFACTURER,
                 software_version=__version__,
                 institution_name=study["institution_name"],
+                zone=settings.site.zone,
             )
         if kind is ResultKind.KEY_IMAGE:
             finding = _finding(conn, _finding_id(source_key))
@@ -393,7 +394,13 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
                 raise OutboxError(f"image {region['sop_instance_uid']} of AI finding {finding.id} is not stored")
             source = key_image.key_image_source(settings.data_dir / path, finding.kind, region.get("slice_index"))
             return key_image.build_key_image(
-                study, finding, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid, manufacturer=MANUFACTURER
+                study,
+                finding,
+                source,
+                sop_instance_uid=sop_uid,
+                series_instance_uid=series_uid,
+                manufacturer=MANUFACTURER,
+                zone=settings.site.zone,
             )
         report = conn.execute(select(REPORT).where(REPORT.c.id == int(source_key))).first()
         if report is None or report.status != ReportStatus.SIGNED.value or report.signed_at is None:
@@ -414,6 +421,7 @@ def build_dataset(engine: Engine, settings: Settings, kind: ResultKind | str, st
             amends=amends,
             manufacturer=MANUFACTURER,
             institution_name=study["institution_name"],
+            zone=settings.site.zone,
         )
 
 

@@ -59,9 +59,11 @@ def read_series_pixels(series: SeriesImages) -> SeriesPixels:
     Raises
     ------
     PixelDataError
-        With a one-line message: no files, not an image series, or unreadable pixels.
+        With a one-line message: deleted by retention, no files, not an image series, or unreadable pixels.
     """
     modality = (series.modality or "").upper()
+    if series.pixels_purged_at is not None:
+        raise PixelDataError(f"pixels deleted by retention on {series.pixels_purged_at:%Y-%m-%d}")
     if not series.files:
         raise PixelDataError(f"series {series.series_uid} has no stored files to show")
     if modality and modality not in VOLUME_MODALITIES | RADIOGRAPH_MODALITIES:

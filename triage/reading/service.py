@@ -25,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from triage.clock import as_utc, utcnow
+from triage.clock import as_utc, shown, utcnow
 from triage.config import Settings
 from triage.flow.cases import case_input, current_findings
 from triage.flow.policy import assess
@@ -69,11 +69,6 @@ from triage.store.tables import FEEDBACK, FINDING, IMPRESSION, INSTANCE, REPORT,
 from triage.vocabulary import FINDING_KINDS, ReadState, ReportStatus, Verdict
 
 log = logging.getLogger(__name__)
-
-
-def _hhmm(value: datetime | None) -> str:
-    expires = utc_or_none(value)
-    return f"{expires.astimezone(UTC):%H:%M} UTC" if expires else "?"
 
 
 def _normalise_kinds(kinds: Iterable[str] | str, what: str) -> tuple[str, ...]:
@@ -150,8 +145,10 @@ class WorklistService:
             raise NotFound(f"study {study_uid} not found")
         return row
 
-    @staticmethod
-    def _require_claimant(study: Row, user: str, now: datetime, action: ReadAction) -> None:
+    def _hhmm(self, value: datetime | None) -> str:
+        return shown(utc_or_none(value), self.settings.site.zone)  # the site's clock: what the reader's wall clock reads
+
+    def _require_claimant(self, study: Row, user: str, now: datetime, action: ReadAction) -> None:
         verb = VERBS[action]
         # The user's own claim counts even after it lapsed: had anyone taken it
         # over since, claimed_by would name them.
@@ -159,7 +156,7 @@ class WorklistService:
             return
         if claim_is_live(study.claimed_by, study.claim_expires, now):
             raise ClaimConflict(
-                f"cannot {verb} study {study.study_uid}: it is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}"
+                f"cannot {verb} study {study.study_uid}: it is claimed by {study.claimed_by} until {self._hhmm(study.claim_expires)}"
             )
         raise NotPermitted(f"cannot {verb} study {study.study_uid}: {user} has not claimed it (claim it first)")
 
@@ -239,7 +236,7 @@ class WorklistService:
             target = next_state(study.read_state, ReadAction.CLAIM, study_uid)
             live = claim_is_live(study.claimed_by, study.claim_expires, now)
             if live and study.claimed_by != user:
-                raise ClaimConflict(f"study {study_uid} is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}")
+                raise ClaimConflict(f"study {study_uid} is claimed by {study.claimed_by} until {self._hhmm(study.claim_expires)}")
             expires = self._claim_until(now)
             self._set_study(conn, study, ReadAction.CLAIM, read_state=target.value, claimed_by=user, claim_expires=expires)
             detail = {
@@ -278,7 +275,7 @@ class WorklistService:
                 raise InvalidTransition(f"cannot release study {study_uid}: it is not claimed")
             if study.claimed_by != user and claim_is_live(study.claimed_by, study.claim_expires, now):
                 raise ClaimConflict(
-                    f"cannot release study {study_uid}: it is claimed by {study.claimed_by} until {_hhmm(study.claim_expires)}"
+                    f"cannot release study {study_uid}: it is claimed by {study.claimed_by} until {self._hhmm(study.claim_expires)}"
                 )
             worked = any(
                 conn.execute(select(table.c.id).where(table.c.study_pk == study.id).limit(1)).first() is not None
@@ -807,6 +804,7 @@ class WorklistService:
                 series_number=s.series_number,
                 files=tuple(p for p, _ in by_series.get(s.id, [])),
                 sop_instance_uids=tuple(u for _, u in by_series.get(s.id, [])),
+                pixels_purged_at=utc_or_none(study.pixels_purged_at),
             )
             for s in series
         ]

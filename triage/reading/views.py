@@ -54,6 +54,8 @@ class StudyFacts:
     # Versions set aside because they reused one of the study's SOP Instance UIDs
     # with other content (triage.store.conflicts): the study's identity is in doubt.
     conflicts: int = 0
+    # When retention deleted the study's stored pixels (triage.store.retention); None: they are kept.
+    pixels_purged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class SeriesImages:
     series_number: int | None
     files: tuple[Path, ...]  # absolute, in instance-number order
     sop_instance_uids: tuple[str, ...]  # one per file
+    pixels_purged_at: datetime | None = None  # the study's pixels deleted by retention then: the files are gone
 
 
 def worklist_order_key(item: WorklistItem) -> tuple[bool, float, datetime, str]:
@@ -170,6 +173,7 @@ def study_facts(row: Any, now: datetime) -> StudyFacts:
         claimed_by=row.claimed_by if live else None,
         claim_expires=utc_or_none(row.claim_expires) if live else None,
         conflicts=row.conflicts,
+        pixels_purged_at=utc_or_none(row.pixels_purged_at),
     )
 
 

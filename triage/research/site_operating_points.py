@@ -82,15 +82,18 @@ def choose_operating_points(
 
 
 def site_config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path:
-    """The site's settings file: ``--config``, else ``$TRIAGE_CONFIG``, else ./triage.toml (created if absent).
+    """The site's settings file: ``--config``, else ``$TRIAGE_CONFIG`` (either created if absent), else
+    the file :func:`triage.config.resolve_config_path` finds, else ./triage.toml (created).
 
     The same file :func:`triage.config.load_settings` reads, so the point
-    written is the point applied. Never a shipped card: refused with
-    :class:`ConfigError`.
+    written is the point applied (a new ./triage.toml beside an existing
+    ``/etc/triage/triage.toml`` would hide all of it: files are not merged).
+    Never a shipped card: refused with :class:`ConfigError`.
     """
-    from triage.config import DEFAULT_CONFIG_NAME
+    from triage.config import DEFAULT_CONFIG_NAME, resolve_config_path
 
-    path = Path(explicit or environ.get("TRIAGE_CONFIG") or DEFAULT_CONFIG_NAME)
+    named = explicit or environ.get("TRIAGE_CONFIG")
+    path = Path(named) if named else resolve_config_path(None, environ) or Path(DEFAULT_CONFIG_NAME)
     if path.resolve().is_relative_to(registry.MODELS_DIR.resolve()):
         raise ConfigError(
             f"config: {path} is inside the shipped models ({registry.MODELS_DIR}); a site's operating points go into its own settings file"

@@ -101,6 +101,7 @@ class Action(str, enum.Enum):
     RESULT_SENT = "result_sent"  # an AI result or signed report acknowledged by a PACS (triage.outbox.service)
     READER_PASSWORD_SET = "reader_password_set"  # a reader's signing password set or reset (triage.reading.signing)
     SIGNATURE_REFUSED = "signature_refused"  # a wrong signing password or PAM refusal (21 CFR 11.300(d))
+    PIXELS_PURGED = "pixels_purged"  # a study's stored instances deleted by retention (triage.store.retention)
 
 
 class AuditError(TriageError):

@@ -64,6 +64,11 @@ class Study(StudyBase, table=True):
     # Payloads that reused one of the study's SOP Instance UIDs with other content,
     # kept aside (InstanceConflict); non-zero flags the study on every worklist view.
     conflicts: int = 0
+    # Retention (triage.store.retention): when the study's stored pixels were deleted (its
+    # index rows, reports and audit stay), and whether files of that purge may remain
+    # (set in the purge's transaction, cleared once they are gone: a crash in between is finished later).
+    pixels_purged_at: datetime | None = None
+    purge_pending: bool = False
 
 
 class SeriesBase(SQLModel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from rich.text import Text
@@ -28,6 +28,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from triage.clock import shown
 from triage.flow.cases import FindingRow
 from triage.reading.pixels import is_image_series
 from triage.reading.states import ClaimConflict, InvalidTransition, NotPermitted, check_user
@@ -46,13 +47,6 @@ T = TypeVar("T")
 AI_LABEL = "AI suggestion"
 AI_NOTE = "AI output is a suggestion, not a diagnosis."
 REPORT_LINES_SHOWN = 6
-
-
-def _hhmm(at: datetime | None) -> str:
-    if at is None:
-        return "?"
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    return f"{at.astimezone(UTC):%H:%M} UTC"
 
 
 def display_mode(app: Any) -> str:
@@ -173,6 +167,10 @@ class StudyScreen(Screen[None]):
     def _service(self) -> Any:
         return self._worklist_app.service
 
+    def _hhmm(self, at: datetime | None) -> str:
+        """A time as the reader's wall clock reads it: the site's zone, with its abbreviation."""
+        return shown(at, self._worklist_app.service.settings.site.zone)
+
     @property
     def _user(self) -> str:
         return self._worklist_app.user
@@ -240,9 +238,9 @@ class StudyScreen(Screen[None]):
         if s.claimed_by is None:
             text.append("not claimed (c to claim)")
         elif s.claimed_by == self._user:
-            text.append(f"claimed by you until {_hhmm(s.claim_expires)}", style="green")
+            text.append(f"claimed by you until {self._hhmm(s.claim_expires)}", style="green")
         else:
-            text.append(f"claimed by {s.claimed_by} until {_hhmm(s.claim_expires)}", style="red")
+            text.append(f"claimed by {s.claimed_by} until {self._hhmm(s.claim_expires)}", style="red")
         return text
 
     def _series_text(self) -> Text:
@@ -320,7 +318,7 @@ class StudyScreen(Screen[None]):
             text.append("not recorded (i)", style="dim")
         else:
             kinds = ", ".join(imp.kinds) if imp.kinds else "nothing called present"
-            text.append(f"{imp.text}\n  [{kinds}] at {_hhmm(imp.created_at)}")
+            text.append(f"{imp.text}\n  [{kinds}] at {self._hhmm(imp.created_at)}")
         return text
 
     def _reports_text(self, view: StudyView) -> Text:
@@ -332,7 +330,7 @@ class StudyScreen(Screen[None]):
         for r in view.reports:
             line = f"  v{r.version} {r.status.value}"
             if r.signed_by:
-                line += f" by {r.signed_by} at {_hhmm(r.signed_at)}"
+                line += f" by {r.signed_by} at {self._hhmm(r.signed_at)}"
             else:
                 line += f" by {r.author}"
             if r.amends_id is not None and r.amends_id in by_id:
@@ -384,7 +382,7 @@ class StudyScreen(Screen[None]):
     def action_claim(self) -> None:
         expires = self._call(self._service.claim, self.study_uid, self._user)
         if expires is not None:
-            self.notify(f"Claimed until {_hhmm(expires)}")
+            self.notify(f"Claimed until {self._hhmm(expires)}")
         self.reload()
 
     def action_release(self) -> None:
@@ -482,7 +480,7 @@ class StudyScreen(Screen[None]):
                 raise InvalidTransition(f"cannot sign study {self.study_uid}: no draft report (e to write one)")
             holder = view.study.claimed_by
             if holder is not None and holder != user:
-                until = _hhmm(view.study.claim_expires)
+                until = self._hhmm(view.study.claim_expires)
                 raise ClaimConflict(f"cannot sign study {self.study_uid}: it is claimed by {holder} until {until}")
         except Exception as exc:
             self._worklist_app.report_error(exc)
@@ -544,4 +542,4 @@ class StudyScreen(Screen[None]):
     def action_history(self) -> None:
         events = self._call(self._service.history, self.study_uid)
         if events is not None:
-            self.app.push_screen(HistoryScreen(self.study_uid, events))
+            self.app.push_screen(HistoryScreen(self.study_uid, events, self._worklist_app.service.settings.site.zone))

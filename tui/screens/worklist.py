@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
+from triage.clock import shown
 from triage.reading.views import WorklistItem
 from tui.host import BANNER, WorklistHost
 from tui.model import FINDING_CHOICES, STATUS_CHOICES, WorklistModel
@@ -313,7 +314,7 @@ class WorklistScreen(Screen[None]):
         try:
             if verb == "claim":
                 expires = app.service.claim(uid, app.user)
-                self.notify(f"Claimed {what} until {expires:%H:%M} UTC", timeout=3)
+                self.notify(f"Claimed {what} until {shown(expires, app.service.settings.site.zone)}", timeout=3)
             else:
                 state = app.service.release(uid, app.user)
                 self.notify(f"Released {what} ({state.value})", timeout=3)

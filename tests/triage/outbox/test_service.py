@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydicom import dcmread
@@ -40,6 +41,7 @@ from triage.outbox.service import (
     OutboxSender,
     ResultKind,
     backoff_seconds,
+    build_dataset,
     build_file,
     claim_due,
     enqueue_scored,
@@ -387,3 +389,20 @@ def test_a_tls_destination_without_its_files_is_a_config_error(make_settings) ->
 
     with pytest.raises(ConfigError, match="results.destinations.*no such file"):
         make_settings(**{"results.destinations": [destination(104) | {"tls": True, "ca": "/nonexistent/ca.pem"}]})
+
+
+def test_the_ai_sr_is_built_on_the_site_clock(start) -> None:
+    # New York: a non-zero offset whatever the season, so a UTC-stamped SR could not pass.
+    source = start("triage", **{"results.destinations": [destination(1)], "site.timezone": "America/New_York"})
+    receive_head_ct(source)
+    job = record_scoring(source)
+    assert enqueue_scored(source.engine, source.settings, job.study_pk) == 1
+    (row,) = outbox_rows(source.engine)
+    before = utcnow()
+    ds = build_dataset(source.engine, source.settings, ResultKind.AI_SR, job.study_pk, row.source_key)
+    offset = before.astimezone(ZoneInfo("America/New_York")).strftime("%z")
+    assert ds.TimezoneOffsetFromUTC == offset and offset in ("-0500", "-0400")
+    made = datetime.strptime(f"{ds.ContentDate}{str(ds.ContentTime).split('.')[0]}{offset}", "%Y%m%d%H%M%S%z")
+    assert before - timedelta(seconds=1) <= made <= utcnow()
+    header = dcmread(sorted((SAMPLES / "05_head_ct").glob("*.dcm"))[0], stop_before_pixels=True)
+    assert (ds.StudyDate, ds.StudyTime) == (header.StudyDate, header.StudyTime)  # the study's own, as received
