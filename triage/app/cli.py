@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from triage import __version__
-from triage.app import cli_case, cli_config, cli_readers, cli_retention
+from triage.app import cli_case, cli_config, cli_db, cli_readers, cli_retention
 from triage.app.plugins import add_bench_commands
 from triage.bench import infer as bench_infer
 from triage.bench import pipeline as bench_pipeline
 from triage.bench import scale as bench_scale
 from triage.config import Settings, load_settings
-from triage.errors import USER_ERRORS, ConfigError, TriageError
+from triage.errors import USER_ERRORS, ConfigError, TriageError, missing_extra
 from triage.logs import setup_logging
 from triage.vocabulary import FINDING_KINDS
 
@@ -465,6 +465,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from triage.progress import progress_bar
     from triage.research.evaluate import acquisition_strata, lesions_found, not_scored_line, read_manifest, score_manifest, update_cards
 
+    if args.cards_dir and not args.update_cards:
+        raise UsageError("--cards-dir needs --update-cards")
     if args.labels:
         return _cmd_evaluate_labels(args)
     for flag, given in (("--set-operating-point", args.set_operating_point), ("--min-n", args.min_n is not None)):
@@ -503,11 +505,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             updated, notes = update_cards(
                 reports,
                 result.models,
-                registry.MODELS_DIR,
+                Path(args.cards_dir) if args.cards_dir else _models_dir(),
                 _command_line(args),
                 result.seed,
                 table="real_test" if real else "test",
                 extra_figures=by_stratum,
+                shipped_dir=registry.MODELS_DIR,
             )
     if args.json:
         doc = reports_as_json(reports, disclaimer) | result.as_json()
@@ -640,13 +643,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     results = train_kind(args.kind, cfg, out, _command_line(args), show_progress=not args.no_progress)
     for result in results:
         print(format_result(result))
+    # Written beside, not over, the shipped detectors: nothing scores with them until a site names them.
+    print(f"cards in {out}: score with them by listing them in [detectors] external (or --model CARD)")
     return 0
 
 
 def _models_dir() -> Path:
-    from detectors.registry import MODELS_DIR
+    """Where ``train`` and ``evaluate --update-cards`` write unless told: the user's data directory.
 
-    return MODELS_DIR
+    Never the installed package (read-only, or shared by every user of it); a card written
+    here scores only where named (``[detectors] external``, ``--model``)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("triage")) / "models"
 
 
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
@@ -718,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_case.add_parser(sub, _add_index_args, _open_worklist)
     cli_readers.add_parser(sub, _add_index_args, _open_worklist)
     cli_retention.add_parser(sub, _add_index_args, _open_worklist)
+    cli_db.add_parser(sub, _add_index_args, _settings)
     cli_config.add_parser(sub)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail: verify it, export it")
@@ -834,7 +844,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sensitivity the chosen operating point keeps on the labelled studies (default 0.95)",
     )
     p.add_argument(
-        "--update-cards", action="store_true", help="write the test figures into the shipped detectors' cards (detectors/models/)"
+        "--update-cards",
+        action="store_true",
+        help="write the shipped detectors' cards with these test figures (and their weights) to --cards-dir",
+    )
+    p.add_argument(
+        "--cards-dir", metavar="DIR", help="where --update-cards writes (default: <user data dir>/models; the package's are read only)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_detector_args(p)
@@ -848,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantoms", type=int, help="training phantoms per detector (default 300)")
     p.add_argument("--validation", type=int, help="validation phantoms, for calibration and the operating point (default 200)")
     p.add_argument("--workers", type=int, help="phantom generation processes (default 0: one per core)")
-    p.add_argument("--out", metavar="DIR", help="where weights and cards go (default: the package's detectors/models)")
+    p.add_argument("--out", metavar="DIR", help="where weights and cards go (default: <user data dir>/models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
@@ -885,6 +900,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"triage: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))  # every USER_ERRORS class has one
+    except ModuleNotFoundError as exc:
+        # torch, matplotlib, psycopg come with extras (pyproject.toml): a lean host gets the install line.
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print(f"triage: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except KeyboardInterrupt:
         print("triage: interrupted", file=sys.stderr)
         return 130

@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from triage.clock import utcnow
 from triage.config import PolicySettings, Settings
-from triage.errors import DatabaseError
+from triage.errors import DatabaseError, require_extra
 from triage.flow.cases import case_inputs
 from triage.flow.policy import assess
 from triage.store import audit
@@ -469,6 +469,9 @@ class ScoringWorker:
         clock: Callable[[], datetime] = utcnow,
         on_recorded: Callable[[ClaimedJob], None] | None = None,
     ) -> None:
+        if detectors is None or inference is None:
+            # Checked now, not when start() imports torch: a server would be listening by then.
+            require_extra("torch", "torchvision", "scipy")
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -218,6 +219,7 @@ def update_cards(
     seed: int | None,
     table: str = "test",
     extra_figures: Mapping[str, Mapping[str, Any]] | None = None,
+    shipped_dir: Path | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Write each shipped detector's test figures into its card and re-render its Markdown card.
 
@@ -225,10 +227,12 @@ def update_cards(
     ``real_test`` for real-anatomy ones (``triage samples real``).
     ``extra_figures`` adds figures per detector name (sensitivity by stratum).
 
-    Only a card in ``models_dir`` whose SHA-256 is that of the model that was
-    evaluated is changed: figures of an external replacement, or of weights
-    that changed since, must not land in the shipped card. Everything else in
-    the card is kept.
+    Only a card whose SHA-256 is that of the model that was evaluated is
+    changed: figures of an external replacement, or of weights that changed
+    since, must not land in the shipped card. Everything else in the card is kept.
+    The card is ``models_dir``'s, else (with ``shipped_dir``) a copy of the
+    shipped one written to ``models_dir`` with its weights beside it, so the
+    installed package is read, never written, unless ``models_dir`` is it.
 
     Returns
     -------
@@ -238,12 +242,15 @@ def update_cards(
     written, skipped = [], []
     for report in reports:
         card = models_dir / f"{report.detector}.toml"
+        source = card
+        if not card.is_file() and shipped_dir is not None:
+            source = shipped_dir / f"{report.detector}.toml"
         model = models.get(report.detector)
-        if not card.is_file():
-            skipped.append(f"{report.detector}: not a shipped detector (no {card})")
+        if not source.is_file():
+            skipped.append(f"{report.detector}: not a shipped detector (no {source})")
             continue
         try:
-            spec = load_card(card)
+            spec = load_card(source)
         except CardError as exc:
             skipped.append(f"{report.detector}: {exc}")
             continue
@@ -251,6 +258,13 @@ def update_cards(
             scored = model.sha256[:12] if model else "?"
             skipped.append(f"{report.detector}: evaluated model (sha256 {scored}) is not the shipped card's ({spec.sha256[:12]})")
             continue
+        if source != card:
+            card.parent.mkdir(parents=True, exist_ok=True)
+            if spec.weights and not Path(spec.weights).is_absolute():
+                # The copied card names its weights relative to itself: they go beside it.
+                weights = card.parent / spec.weights
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source.parent / spec.weights, weights)
         figures = card_test_table(report, command, seed)
         if report.positives_with_truth:
             figures["top_region_on_lesion"] = round(report.top_on_lesion / report.positives_with_truth, 4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, String, Text, UniqueConstraint
+from sqlalchemy import Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from triage.clock import utcnow
@@ -231,7 +231,12 @@ class Feedback(SQLModel, table=True):
 class Report(SQLModel, table=True):
     """A report version. A signed version is never changed; an amendment is a new version pointing to it."""
 
-    __table_args__ = (UniqueConstraint("study_pk", "version", name="uq_report_study_version"),)
+    __table_args__ = (
+        UniqueConstraint("study_pk", "version", name="uq_report_study_version"),
+        # Retention's sweep and the signed-report queries look up signed reports by when they were signed
+        # (migration 0002; before it, every report was scanned).
+        Index("ix_report_status_signed_at", "status", "signed_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     study_pk: int = Field(foreign_key="study.id", index=True)

@@ -132,13 +132,22 @@ def test_score_text_shows_route_decision_regions_and_footer(
 
 
 def test_evaluate_writes_report_plots_json_and_shipped_cards(
-    no_shipped_models: Path, cli_cards: dict[str, Path], manifest_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    no_shipped_models: Path,
+    cli_cards: dict[str, Path],
+    manifest_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from detectors.spec import load_card
     from tests.triage.detector_cards import write_card
 
-    shipped = write_card("bleed-ct", no_shipped_models)  # a "shipped" detector; fracture-xr comes by --model
-    before = load_card(shipped)
+    original = write_card("bleed-ct", no_shipped_models)  # a "shipped" detector; fracture-xr comes by --model
+    shipped_text = original.read_text()
+    before = load_card(original)
+    # The updated card and a copy of its weights go to the user's data directory, not into the package.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    shipped = tmp_path / "xdg" / "triage" / "models" / "bleed-ct.toml"
     plots = tmp_path / "plots"
     argv = [
         "evaluate",
@@ -177,6 +186,15 @@ def test_evaluate_writes_report_plots_json_and_shipped_cards(
     )
     assert "Test on phantoms (`triage evaluate`" in shipped.with_suffix(".md").read_text()
     assert "studies" in captured.err  # the progress bar
+    assert original.read_text() == shipped_text and not original.with_suffix(".md").exists()
+    assert (shipped.parent / "bleed-ct.pt").read_bytes() == (original.parent / "bleed-ct.pt").read_bytes()
+
+    # --cards-dir names the folder; a second run updates the card already there.
+    named = tmp_path / "named"
+    argv = ["evaluate", str(manifest_folder), "--device", "cpu", "--no-progress", "--json", "--update-cards", "--cards-dir", str(named)]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["cards_updated"] == [str(named / "bleed-ct.toml")]
+    assert load_card(named / "bleed-ct.toml").extra["test"]["studies"] == 2 and original.read_text() == shipped_text
 
     assert main(["evaluate", str(manifest_folder), "--device", "cpu", "--no-progress", "--model", str(cli_cards["fracture-xr"])]) == 0
     out = capsys.readouterr().out
@@ -210,6 +228,7 @@ def test_evaluate_lists_failures_instead_of_crashing(
         (["score", "{tmp}/no-such-folder", "--device", "cpu"], "no such file or folder", 1),
         (["score", "{tmp}", "--device", "cpu"], "no DICOM files found", 1),
         (["evaluate", "{tmp}", "--device", "cpu"], "no manifest.json in", 1),
+        (["evaluate", "{tmp}", "--cards-dir", "{tmp}"], "--cards-dir needs --update-cards", 2),
         (["train", "bleed", "--epochs", "0"], "--epochs must be at least 1", 2),
         (["train", "bleed", "--device", "tpu"], "config: detectors.device", 2),
     ],
@@ -292,6 +311,31 @@ def test_train_trains_every_task_of_the_kind(tmp_path: Path, monkeypatch: pytest
     assert f"nodule-ct 1.0.0: weights {tmp_path / 'nodule-ct.pt'} (sha256 abababababab)" in captured.out
     assert "AUC 0.75, sensitivity 1.0, specificity 0.5 at operating point 0.2500" in captured.out
     assert "nodule-xr validation" in captured.err  # one bar per stage, named for the task
+
+
+def test_train_writes_to_the_user_data_dir_not_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import replace
+
+    import detectors.registry
+    import triage.research.training
+    from detectors.tasks import TASKS
+    from detectors.train import TrainResult
+
+    out_dirs = []
+
+    def fake_train(name, cfg, out_dir, progress, command):  # noqa: ANN001, ANN202
+        out_dirs.append(out_dir)
+        spec = replace(TASKS[name].spec, sha256="ab" * 32, operating_point=0.25)
+        return TrainResult(spec, out_dir / f"{name}.toml", {"validation_studies": 2, "validation_positive": 1})
+
+    monkeypatch.setattr(triage.research.training, "train", fake_train)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert main(["train", "bleed", "--device", "cpu", "--no-progress"]) == 0
+    models = tmp_path / "xdg" / "triage" / "models"
+    assert out_dirs == [models] and models != detectors.registry.MODELS_DIR
+    assert f"cards in {models}: score with them by listing them in [detectors] external" in capsys.readouterr().out
 
 
 def test_train_that_cannot_calibrate_is_one_line(

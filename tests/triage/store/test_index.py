@@ -117,5 +117,13 @@ def test_an_index_from_an_older_version_is_refused_with_a_clear_message(tmp_path
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE study (id INTEGER PRIMARY KEY, study_uid VARCHAR(64))")
-    with pytest.raises(DatabaseError, match=r"older version of triage \(table study lacks .*ai_status"):
+    # Tables but no alembic_version: made before migrations; every command names the upgrade, which then
+    # finds it older than the baseline revision (triage.store.migrations) and says so instead of half-migrating.
+    with pytest.raises(DatabaseError, match=r"at schema revision none \(made before schema migrations\).*run `triage db upgrade`"):
         make_engine(f"sqlite:///{db}")
+    from triage.store import migrations
+
+    engine = make_engine(f"sqlite:///{db}", create=False)
+    with pytest.raises(DatabaseError, match=r"older than the first schema revision \(it lacks .*study.ai_status"):
+        migrations.upgrade(engine, "old.db")
+    engine.dispose()
