@@ -13,6 +13,7 @@ from dicom_io.writer import StudyMeta, ct_datasets, simple_head_volume, write_da
 from tests.pg import postgres_cluster, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 from triage.app.server import TriageServer
 from triage.config import Settings, load_settings
+from triage.store.audit_key import set_key_file
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,6 +30,15 @@ def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         # [site] timezone defaults to the host's zone ($TZ first): times shown read the same on every machine.
         mp.setenv("TZ", "UTC")
         yield
+
+
+@pytest.fixture(autouse=True)
+def _default_audit_key_file() -> Iterator[None]:
+    """Each test starts with the process's audit key file at its default: a CLI run (``main([...])``)
+    sets it from its settings, and a later test's rows must not be written with that test's key."""
+    set_key_file(None)
+    yield
+    set_key_file(None)
 
 
 @pytest.fixture
