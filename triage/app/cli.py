@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from detectors.registry import DetectorSet
 
 
-SAMPLE_STUDIES = Path(__file__).resolve().parent.parent / "sample_studies"
+SAMPLE_STUDIES = Path(__file__).resolve().parents[2] / "sample_studies"  # the repository's, beside the packages
 
 
 LABELS_HELP = """\

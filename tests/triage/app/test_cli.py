@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from triage.app.cli import main
+from tests.support import REPO_ROOT
+from triage.app.cli import SAMPLE_STUDIES, main
 from triage.bench.common import free_port
 
 
@@ -351,3 +352,9 @@ def test_train_that_cannot_calibrate_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith('triage: error: training bleed-ct failed: Argument "labels" must hold both classes')
     assert err.count("\n") == 1
+
+
+def test_demo_default_samples_are_the_committed_ones() -> None:
+    # `make demo` runs `triage demo` with this default: it must name the repository's sample_studies/.
+    assert SAMPLE_STUDIES == REPO_ROOT / "sample_studies"
+    assert (SAMPLE_STUDIES / "manifest.json").is_file() and any(SAMPLE_STUDIES.rglob("*.dcm"))
